@@ -1,0 +1,1 @@
+"""cvpdl-bench: the harness (CLI, registry, seeded runner, tracking, results and reports)."""

@@ -1,0 +1,88 @@
+"""The typed registry of suites and method specs. Names are unique; asking for an unknown one is a user error
+that lists the valid choices.
+
+A method spec is data plus a builder: name, suite, paper reference, its own config sections (dataclasses whose
+fields are the schema and the defaults), and ``build(cfg) -> method``. Adding a method is one file in ``cvpdl/``
+plus one ``register_method`` call in its suite module.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cvpdl.errors import UserInputError
+
+ConfigSections = dict[str, type]  # section name -> dataclass
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    suite: str
+    paper: str
+    build: Callable[[dict], Any]  # resolved config (sections as dicts) -> the method object
+    config: ConfigSections = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SuiteSpec:
+    """A suite: its question, dataset, config schema and profiles, and the hooks the runner calls.
+
+    ``prepare(run) -> shared`` builds what all cells share (data, cached models); ``run_cell(run, shared, method,
+    seed) -> CellResult`` trains and evaluates one (method, seed); figures and summary questions are drawn from
+    the written results by ``benchmark.report`` and ``paper_figures``.
+    """
+
+    name: str
+    question: str
+    dataset: str
+    config: ConfigSections
+    profiles: dict[str, dict[str, Any]]  # profile -> {"section.key": value} over the dataclass defaults
+    prepare: Callable[..., Any] | None = None
+    run_cell: Callable[..., Any] | None = None
+    baseline: str | None = None
+    headline: tuple[tuple[str, str], ...] = ()  # (metric, split) pairs of the printed summary table
+    answers: Callable[[Any], list[str]] | None = None  # metrics DataFrame -> markdown lines for summary.md
+    status: str = "ready"  # anything else: why the suite cannot run yet
+
+
+class Registry:
+    def __init__(self):
+        self._suites: dict[str, SuiteSpec] = {}
+        self._methods: dict[str, dict[str, MethodSpec]] = {}
+
+    def register_suite(self, spec: SuiteSpec) -> SuiteSpec:
+        if spec.name in self._suites:
+            raise ValueError(f"suite {spec.name!r} is already registered")
+        self._suites[spec.name] = spec
+        self._methods[spec.name] = {}
+        return spec
+
+    def register_method(self, spec: MethodSpec) -> MethodSpec:
+        if spec.suite not in self._suites:
+            raise ValueError(f"method {spec.name!r} names unknown suite {spec.suite!r}")
+        if spec.name in self._methods[spec.suite]:
+            raise ValueError(f"method {spec.name!r} is already registered in suite {spec.suite!r}")
+        self._methods[spec.suite][spec.name] = spec
+        return spec
+
+    def suites(self) -> list[SuiteSpec]:
+        return list(self._suites.values())
+
+    def suite(self, name: str) -> SuiteSpec:
+        if name not in self._suites:
+            raise UserInputError(f"unknown suite {name!r}; choose from: {', '.join(self._suites)}")
+        return self._suites[name]
+
+    def methods(self, suite: str) -> list[MethodSpec]:
+        return list(self._methods[self.suite(suite).name].values())
+
+    def method(self, suite: str, name: str) -> MethodSpec:
+        known = self._methods[self.suite(suite).name]
+        if name not in known:
+            raise UserInputError(f"unknown method {name!r} for suite {suite!r}; choose from: {', '.join(known)}")
+        return known[name]
+
+
+REGISTRY = Registry()

@@ -1,0 +1,231 @@
+"""The seeded runner: the only place that seeds, picks the device, opens MLflow runs and writes result files.
+
+Each (method, seed) is a cell. A finished cell is stored under ``DIR/<suite>/cells/<hash>/`` (hash of resolved
+config, method, seed and data options) and reused by later invocations unless ``force`` is set, so an interrupted
+run continues where it stopped.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import random
+import subprocess
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from benchmark import config as config_lib
+from benchmark.registry import REGISTRY, MethodSpec, SuiteSpec
+from benchmark.report import headline_table, render_suite
+from benchmark.results import COLUMNS, atomic_write_csv, read_metrics, records_frame, write_json
+from cvpdl.errors import UserInputError
+
+PACKAGES = ("torch", "torchvision", "open_clip_torch", "pycocotools", "mlflow", "numpy", "scipy", "pandas", "mlxtend")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class RunOptions:
+    suite: str
+    methods: list[str] | None = None
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    profile: str = "default"
+    overrides: list[str] = field(default_factory=list)
+    results_dir: Path = Path("results")
+    device: str = "auto"
+    data: str = "digits"
+    data_root: Path | None = None
+    clip: str | None = None
+    clip_weights: Path | None = None
+    cache_dir: Path | None = None
+    threads: int | None = None
+    force: bool = False
+
+
+@dataclass
+class RunContext:
+    """What a suite's hooks receive: resolved config, device, where to cache artefacts, data options."""
+
+    suite: str
+    cfg: dict
+    device: torch.device
+    cache_dir: Path
+    data: str
+    data_root: Path | None
+    clip: str | None
+    clip_weights: Path | None
+
+
+@dataclass
+class CellResult:
+    records: list[dict]  # {"epoch", "split", "metric", "value"}; epoch None for final metrics
+    timings: list[dict] = field(default_factory=list)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserInputError("--device cuda: no CUDA device is visible to torch")
+    if name not in ("cpu", "cuda"):
+        raise UserInputError(f"unknown device {name!r}; choose from: auto, cpu, cuda")
+    return torch.device(name)
+
+
+def git_state() -> tuple[str, bool]:
+    """Commit of the code and whether tracked code (not ``results/``) differs from it."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
+                               cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
+        return commit, bool(dirty)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", False
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "missing"
+    return out
+
+
+def resolve(options: RunOptions) -> tuple[SuiteSpec, list[MethodSpec], dict]:
+    """Validate every user choice before anything is written."""
+    spec = REGISTRY.suite(options.suite)
+    if spec.status != "ready":
+        raise UserInputError(f"suite {spec.name!r} cannot run yet: {spec.status}")
+    if options.profile not in spec.profiles:
+        raise UserInputError(f"unknown profile {options.profile!r}; choose from: {', '.join(spec.profiles)}")
+    names = options.methods or [m.name for m in REGISTRY.methods(spec.name)]
+    methods = [REGISTRY.method(spec.name, name) for name in names]
+    if len(set(names)) != len(names):
+        raise UserInputError(f"--methods lists a method twice: {' '.join(names)}")
+    if not options.seeds or len(set(options.seeds)) != len(options.seeds):
+        raise UserInputError("--seeds must list distinct integers")
+    sections = dict(spec.config)
+    for method in REGISTRY.methods(spec.name):
+        sections.update(method.config)
+    cfg = config_lib.resolve(sections, spec.profiles[options.profile], options.overrides)
+    if options.data not in ("digits", "coco", "imagefolder"):
+        raise UserInputError(f"unknown --data {options.data!r}; choose from: digits, coco, imagefolder")
+    if options.data != "digits" and (options.data_root is None or not Path(options.data_root).is_dir()):
+        raise UserInputError(f"--data {options.data} needs --data-root pointing at an existing folder "
+                             f"(got {options.data_root})")
+    if (options.clip is None) != (options.clip_weights is None):
+        raise UserInputError("--clip and --clip-weights go together: an open_clip architecture and its local file")
+    if options.clip_weights is not None and not Path(options.clip_weights).is_file():
+        raise UserInputError(f"CLIP checkpoint not found: {options.clip_weights}")
+    return spec, methods, cfg
+
+
+def _cell_dir(suite_dir: Path, cfg_hash: str, method: str, seed: int) -> Path:
+    return suite_dir / "cells" / cfg_hash / f"{method}_seed{seed}"
+
+
+def _store_cell(path: Path, frame: pd.DataFrame, timings: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> None:
+    atomic_write_csv(path / "metrics.csv", frame)
+    atomic_write_csv(path / "timings.csv", timings)
+    for name, table in tables.items():
+        atomic_write_csv(path / "tables" / f"{name}.csv", table)
+    (path / "DONE").touch()  # last: marks the cell complete
+
+
+def _load_cell(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, pd.DataFrame]]:
+    tables = {p.stem: pd.read_csv(p) for p in sorted((path / "tables").glob("*.csv"))}
+    return read_metrics(path / "metrics.csv"), read_metrics(path / "timings.csv"), tables
+
+
+def run_suite(options: RunOptions) -> pd.DataFrame:
+    spec, methods, cfg = resolve(options)
+    device = pick_device(options.device)
+    threads = options.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    torch.backends.cudnn.benchmark = False
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    # CUDA RoIAlign backward has no deterministic kernel: warn there instead of failing
+    torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
+
+    data_options = {"data": options.data, "data_root": str(options.data_root) if options.data_root else None,
+                    "clip": options.clip, "clip_weights": str(options.clip_weights) if options.clip_weights else None}
+    cfg_hash = config_lib.config_hash({"cfg": cfg, **data_options})
+    commit, dirty = git_state()
+    results_dir = Path(options.results_dir)
+    suite_dir = results_dir / spec.name
+    cache_dir = Path(options.cache_dir or os.environ.get("CVPDL_CACHE") or Path.home() / ".cache" / "cvpdl-bench")
+    run_info = {"suite": spec.name, "profile": options.profile, "methods": [m.name for m in methods],
+                "seeds": options.seeds, "config": cfg, "config_hash": cfg_hash, **data_options,
+                "git_commit": commit, "git_dirty": dirty, "versions": versions(), "device": str(device),
+                "threads": threads}
+    tags = {"config_hash": cfg_hash, "git_commit": commit, "git_dirty": str(dirty), "device": str(device),
+            "torch": torch.__version__, "threads": str(threads), "profile": options.profile}
+
+    from benchmark.tracking import Tracker
+
+    tracker = Tracker(results_dir, spec.name)
+    context = RunContext(spec.name, cfg, device, cache_dir, options.data, options.data_root, options.clip,
+                         options.clip_weights)
+    started = time.time()
+    frames, timing_frames, tables = [], [], {}
+    with tracker.run(f"{spec.name}-{options.profile}", cfg, {**tags, "role": "invocation"}) as parent_id:
+        shared = None
+        cells = [(m, s) for m in methods for s in options.seeds]
+        for method, seed in tqdm(cells, desc=f"{spec.name} cells", unit="cell"):
+            path = _cell_dir(suite_dir, cfg_hash, method.name, seed)
+            with tracker.run(f"{method.name}-seed{seed}", {**cfg, "method": method.name, "seed": seed},
+                             {**tags, "role": "cell", "method": method.name, "seed": str(seed)}, nested=True) as run_id:
+                if (path / "DONE").is_file() and not options.force:
+                    frame, timing, cell_tables = _load_cell(path)
+                    tqdm.write(f"[{method.name} seed {seed}] finished before: reusing {path}")
+                else:
+                    if shared is None:
+                        shared = spec.prepare(context)
+                        for artifact in getattr(shared, "artifacts", ()):  # e.g. the trained CLIP weights
+                            tracker.mlflow.log_artifact(str(artifact), artifact_path="cached")
+                    generator = seed_everything(seed)
+                    result: CellResult = spec.run_cell(context, shared, method, seed, generator)
+                    meta = {"suite": spec.name, "method": method.name, "seed": seed}
+                    frame = records_frame([{**meta, **r} for r in result.records])
+                    timing = records_frame([{**meta, **r} for r in result.timings])
+                    cell_tables = {name: t.assign(method=method.name, seed=seed) for name, t in result.tables.items()}
+                    _store_cell(path, frame, timing, cell_tables)
+                tracker.log_records(run_id, frame.to_dict("records") + timing.to_dict("records"))
+                tracker.log_artifacts(run_id, path)
+            frames.append(frame)
+            timing_frames.append(timing)
+            for name, table in cell_tables.items():
+                tables.setdefault(name, []).append(table)
+
+        metrics = pd.concat(frames, ignore_index=True)[COLUMNS]
+        atomic_write_csv(suite_dir / "metrics.csv", metrics)
+        atomic_write_csv(suite_dir / "timings.csv", pd.concat(timing_frames, ignore_index=True)[COLUMNS])
+        for name, parts in tables.items():
+            atomic_write_csv(suite_dir / "tables" / f"{name}.csv", pd.concat(parts, ignore_index=True))
+        run_info["wall_seconds"] = round(time.time() - started, 1)
+        write_json(suite_dir / "run.json", run_info)
+        written = render_suite(spec.name, suite_dir)
+        for path in [suite_dir / "metrics.csv", suite_dir / "run.json", *written]:
+            tracker.mlflow.log_artifact(str(path), artifact_path="results" if path.suffix != ".png" else "figures")
+    print(f"\n{spec.name}: {len(cells)} cells in {run_info['wall_seconds']} s → {suite_dir}")
+    print(headline_table(spec, metrics))
+    return metrics
+

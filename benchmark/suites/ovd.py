@@ -1,0 +1,240 @@
+"""Suite ``ovd``: detecting novel objects — CLIP on crops vs CLIP with RoIAlign vs RegionCLIP.
+
+Shared by every cell (and cached on disk by config hash, like downloaded weights): the digits world, the CLIP
+(trained here on the caption corpus, or a local open_clip checkpoint) and the class-agnostic localizer trained
+on base boxes. A cell (method, seed) draws its own test canvases from the held-out test pool with its seed, fits
+the method (RegionCLIP pretraining; nothing for the zero-shot baselines) and runs the common evaluation.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from benchmark.config import section_config
+from benchmark.registry import REGISTRY, MethodSpec, SuiteSpec
+from benchmark.report import describe, summary_rows
+from benchmark.runner import CellResult, RunContext
+from cvpdl.data.coco import load_coco_split
+from cvpdl.data.detection_split import DetectionSplit, resized
+from cvpdl.data.digits_world import GENERATOR_VERSION, DigitsWorldConfig, load_digits_split
+from cvpdl.errors import UserInputError
+from cvpdl.evaluation.stats import paired_test
+from cvpdl.ovd.clip_crop import ClipCrop
+from cvpdl.ovd.clip_model import ClipEncoder, TinyClipConfig, build_tiny_clip, load_pretrained_clip
+from cvpdl.ovd.clip_roi import ClipRoi
+from cvpdl.ovd.localizer import LocalizerConfig, build_localizer, propose, train_localizer
+from cvpdl.ovd.protocol import OvdEvalConfig, evaluate_ovd
+from cvpdl.ovd.region_classifier import OvdContext
+from cvpdl.ovd.regionclip import RegionClip, RegionClipConfig
+from cvpdl.ovd.tiny_clip_training import train_clip
+
+
+@dataclass(frozen=True)
+class OvdDataConfig:
+    train_images: int = 4000
+    test_images: int = 500
+    single_images: int = 500  # single-digit test canvases for whole-image zero-shot (Fig. 1(b))
+    coco_train_split: str = "train2017"
+    coco_test_split: str = "val2017"
+    coco_image_size: int = 224  # real images are resized to this square input
+
+
+@dataclass(frozen=True)
+class ClipRoiConfig:
+    image_scale: float = 2.0  # whole image fed at this multiple of CLIP's input size
+
+
+@dataclass
+class OvdShared:
+    context: OvdContext
+    localizer: torch.nn.Module
+    artifacts: list[Path] = field(default_factory=list)
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _cached_state(path: Path, module: torch.nn.Module, train) -> None:
+    """Load ``module``'s weights from ``path`` or train it and save them there (atomically)."""
+    if path.is_file():
+        module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return
+    train()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(module.state_dict(), tmp)
+    tmp.replace(path)
+
+
+def _load_split(run: RunContext, split: str, n: int, seed: int) -> DetectionSplit:
+    data = section_config(run.cfg, "data", OvdDataConfig)
+    if run.data == "coco":
+        name = data.coco_train_split if split == "train" else data.coco_test_split
+        real = load_coco_split(run.data_root, name)
+        if split != "train" and not real.novel_cat_ids:
+            raise UserInputError(f"{name}: none of the OV-COCO novel category names occur in its categories")
+        return resized(real, data.coco_image_size)
+    world = section_config(run.cfg, "world", DigitsWorldConfig)
+    digits_range = (1, 1) if split == "test_single" else None
+    return load_digits_split(world, split, n, seed, run.cache_dir, digits_range)
+
+
+def prepare(run: RunContext) -> OvdShared:
+    cfg, device = run.cfg, run.device
+    data = section_config(cfg, "data", OvdDataConfig)
+    train = _load_split(run, "train", data.train_images, section_config(cfg, "world", DigitsWorldConfig).seed)
+    if run.data == "coco" and not train.captions:
+        raise UserInputError(f"{run.data_root}/annotations/captions_{data.coco_train_split}.json is needed: "
+                             "RegionCLIP's concept pool comes from captions")
+    data_key = [GENERATOR_VERSION, cfg["world"], cfg["data"], run.data, run.data_root]
+    artifacts = []
+    if run.clip:
+        encoder = ClipEncoder(load_pretrained_clip(run.clip, run.clip_weights).to(device).eval())
+    else:
+        clip_cfg = section_config(cfg, "clip", TinyClipConfig)
+        encoder = ClipEncoder(build_tiny_clip(clip_cfg), clip_cfg.context_length)
+        clip_path = run.cache_dir / "clip" / f"tiny_clip_{_key(data_key, cfg['clip'])}.pt"
+
+        def fit_clip():
+            encoder.model.to(device)
+            train_clip(encoder, train.images, train.captions, clip_cfg, torch.Generator().manual_seed(clip_cfg.seed))
+
+        _cached_state(clip_path, encoder.model, fit_clip)
+        encoder.model.to(device).eval()
+        artifacts.append(clip_path)
+    for p in encoder.model.parameters():
+        p.requires_grad_(False)
+
+    loc_cfg = section_config(cfg, "localizer", LocalizerConfig)
+    localizer = build_localizer(loc_cfg, train.image(0).shape[0])
+    loc_path = run.cache_dir / "localizer" / f"fcos_{_key(data_key, cfg['localizer'])}.pt"
+
+    def fit_localizer():
+        torch.manual_seed(loc_cfg.seed)
+        localizer.to(device)
+        train_localizer(localizer, train, loc_cfg, torch.Generator().manual_seed(loc_cfg.seed), train.base_classes)
+
+    _cached_state(loc_path, localizer, fit_localizer)
+    localizer.to(device).eval()
+    artifacts.append(loc_path)
+    context = OvdContext(encoder, train, propose(localizer, train), list(train.class_names))
+    return OvdShared(context, localizer, artifacts)
+
+
+def run_cell(run: RunContext, shared: OvdShared, method: MethodSpec, seed: int, generator: torch.Generator
+             ) -> CellResult:
+    data = section_config(run.cfg, "data", OvdDataConfig)
+    test = _load_split(run, "test", data.test_images, seed)
+    single = _load_split(run, "test_single", data.single_images, seed) if run.data == "digits" else None
+    classifier = method.build(run.cfg)
+    history = classifier.fit(shared.context, generator)
+    records = [{"epoch": epoch + 1, "split": "train", "metric": name, "value": value}
+               for name, values in history.items() for epoch, value in enumerate(values)]
+    result = evaluate_ovd(classifier, shared.context, test, single or _single_objects(test),
+                          propose(shared.localizer, test), section_config(run.cfg, "eval", OvdEvalConfig), generator)
+    records += [{"epoch": None, "split": s, "metric": m, "value": v} for s, m, v in result.metrics]
+    timings = [{"epoch": None, "split": s, "metric": m, "value": v} for s, m, v in result.timings]
+    return CellResult(records, timings, {"score_vs_iou": result.scatter})
+
+
+def _single_objects(split: DetectionSplit) -> DetectionSplit:
+    """Real data has no single-object canvases: use its images that hold exactly one object."""
+    keep = [i for i in range(len(split)) if len(split.target(i)[1]) == 1]
+    ids = {split.image_ids[i] for i in keep}
+    coco = {**split.coco, "images": [im for im in split.coco["images"] if im["id"] in ids],
+            "annotations": [a for a in split.coco["annotations"] if a["image_id"] in ids]}
+    return DetectionSplit(np.stack([split.image(i) for i in keep]), coco, None, split.novel_cat_ids)
+
+
+def _verdict(frame: pd.DataFrame, method: str, baseline: str, metric: str, split: str,
+             baseline_metric: str | None = None) -> str:
+    """"+0.123 [0.05, 0.19], p=0.01: higher" from a paired test over seeds."""
+    finals = frame[frame["epoch"].isna()]
+    a = finals[(finals["method"] == method) & (finals["metric"] == metric) & (finals["split"] == split)]
+    b = finals[(finals["method"] == baseline) & (finals["metric"] == (baseline_metric or metric))
+               & (finals["split"] == split)]
+    pairs = a.merge(b, on="seed", suffixes=("", "_b"))
+    if pairs.empty:
+        return "not measured"
+    t = paired_test(pairs["value"].tolist(), pairs["value_b"].tolist())
+    if t.n < 2:
+        return f"Δ {t.mean_diff:+.3f} (one seed: no interval)"
+    side = ("higher" if t.ci_low > 0 else "lower" if t.ci_high < 0 else "no significant difference")
+    return f"Δ {t.mean_diff:+.3f} [{t.ci_low:+.3f}, {t.ci_high:+.3f}], p={t.p_value:.3g}, n={t.n}: {side}"
+
+
+def answers(frame: pd.DataFrame) -> list[str]:
+    rows = summary_rows(frame)
+    methods = set(frame["method"])
+    out = []
+    first = next(iter(sorted(methods)))
+    out.append(f"**The CLIP learned** (C1): whole-image zero-shot top-1 on single-digit test canvases "
+               f"{describe(rows, first, 'clip_zs_top1_image', 'all')} (chance 0.100).")
+    if "clip_crop" in methods:
+        out.append("**Crop vs whole image** (Fig. 1(b)): `clip_crop` top-1 on ground-truth crops "
+                   f"{describe(rows, 'clip_crop', 'zs_top1', 'all')} vs the same CLIP on whole single-digit images "
+                   f"{describe(rows, 'clip_crop', 'zs_top1_image', 'all')}; crop − image "
+                   f"{_verdict(frame, 'clip_crop', 'clip_crop', 'zs_top1', 'all', 'zs_top1_image')}.")
+    for method in ("clip_crop", "clip_roi", "regionclip"):
+        if method in methods:
+            out.append(f"**Score vs IoU** (Fig. 1(a)), `{method}`: Spearman ρ between a proposal's score and its "
+                       f"IoU with the best ground truth {describe(rows, method, 'score_iou_spearman', 'all')}.")
+    if "regionclip" in methods:
+        for baseline in ("clip_crop", "clip_roi"):
+            if baseline not in methods:
+                continue
+            for metric in ("zs_top1", "AP50"):
+                for split in ("novel", "base"):
+                    out.append(f"`regionclip` vs `{baseline}`, {metric} on {split}: "
+                               f"{_verdict(frame, 'regionclip', baseline, metric, split)}.")
+    return out
+
+
+PROFILES = {
+    "quick": {"data.train_images": 1500, "data.test_images": 60, "data.single_images": 100, "clip.epochs": 6,
+              "clip.batch_size": 128, "clip.lr": 1e-3, "localizer.epochs": 1, "regionclip.images": 256,
+              "regionclip.batch_size": 32, "eval.scatter_points": 200},
+    "default": {},
+    "full": {"world.canvas_size": 128, "world.digit_size": [24, 48], "world.max_digits": 5, "clip.image_size": 128,
+             "clip.vision_width": 64, "clip.embed_dim": 256, "clip.text_width": 256, "clip.epochs": 40,
+             "data.train_images": 3000, "data.test_images": 1000, "data.single_images": 1000,
+             "localizer.epochs": 12, "regionclip.epochs": 3},
+}
+
+SUITE = REGISTRY.register_suite(SuiteSpec(
+    name="ovd",
+    question="Why does locating, then classifying crops zero-shot with CLIP work poorly, and does RegionCLIP's "
+             "region-text pretraining fix it? (RegionCLIP, Zhong et al., CVPR 2022, Fig. 1 and Tables 1/4)",
+    dataset="digits world (MNIST canvases + captions; novel digits two, five, eight) or COCO with OV-COCO 48/17",
+    config={"world": DigitsWorldConfig, "data": OvdDataConfig, "clip": TinyClipConfig, "localizer": LocalizerConfig,
+            "eval": OvdEvalConfig},
+    profiles=PROFILES,
+    prepare=prepare,
+    run_cell=run_cell,
+    baseline="clip_crop",
+    headline=(("zs_top1", "base"), ("zs_top1", "novel"), ("zs_top1_image", "all"), ("AP50", "novel"),
+              ("AP50", "base"), ("score_iou_spearman", "all")),
+    answers=answers,
+))
+
+REGISTRY.register_method(MethodSpec(
+    name="clip_crop", suite="ovd",
+    paper="Radford et al., ICML 2021 (CLIP), applied to pixel crops as in RegionCLIP Fig. 1",
+    build=lambda cfg: ClipCrop()))
+REGISTRY.register_method(MethodSpec(
+    name="clip_roi", suite="ovd",
+    paper="CLIP with RoIAlign region features (RegionCLIP's region encoder without pretraining), Zhong et al. 2022",
+    build=lambda cfg: ClipRoi(section_config(cfg, "clip_roi", ClipRoiConfig).image_scale),
+    config={"clip_roi": ClipRoiConfig}))
+REGISTRY.register_method(MethodSpec(
+    name="regionclip", suite="ovd",
+    paper="Zhong et al., RegionCLIP: Region-based Language-Image Pretraining, CVPR 2022",
+    build=lambda cfg: RegionClip(section_config(cfg, "regionclip", RegionClipConfig)),
+    config={"regionclip": RegionClipConfig}))

@@ -1,0 +1,73 @@
+"""The common detection evaluator: COCO AP through pycocotools, plus the open-vocabulary AP50 split.
+
+Detections are COCO results dicts (``image_id``, ``category_id`` with the dataset's own ids, ``bbox`` absolute
+xywh, ``score``). Empty detections give AP 0; pycocotools' -1 ("no ground truth in that range") is kept as is.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+def coco_from_dict(gt: dict) -> COCO:
+    coco = COCO()
+    coco.dataset = copy.deepcopy(gt)
+    coco.dataset.setdefault("info", {})
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _run_cocoeval(gt: COCO, detections: list[dict]) -> COCOeval:
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = gt.loadRes(copy.deepcopy(detections))
+        evaluator = COCOeval(gt, dt, iouType="bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator
+
+
+def per_class_ap50(evaluator: COCOeval) -> dict[int, float]:
+    """AP at IoU 0.5, area "all", 100 detections, per category id (NaN where the class has no ground truth)."""
+    precision = evaluator.eval["precision"][0, :, :, 0, -1]  # [recall, category]
+    out = {}
+    for k, cat_id in enumerate(evaluator.params.catIds):
+        p = precision[:, k]
+        out[cat_id] = float(np.mean(p[p > -1])) if np.any(p > -1) else float("nan")
+    return out
+
+
+def evaluate_detections(gt: dict, detections: list[dict], novel_cat_ids: list[int] | None = None) -> dict[str, float]:
+    """COCO stats (``STAT_NAMES``) and, when ``novel_cat_ids`` is given, ``AP50_base/novel/all``.
+
+    The OV split is "generalized": all classes are detected and scored together, and the per-class AP50 is then
+    averaged over the novel, the base and all categories (as in OV-COCO).
+    """
+    gt_coco = coco_from_dict(gt)
+    gt_cats = {c["id"] for c in gt["categories"]}
+    unknown = {d["category_id"] for d in detections} - gt_cats
+    if unknown:
+        raise ValueError(f"detections use category ids not in the ground truth: {sorted(unknown)}")
+    if not detections:
+        stats = dict.fromkeys(STAT_NAMES, 0.0)
+        per_class = {c: 0.0 for c in sorted(gt_cats)}
+    else:
+        evaluator = _run_cocoeval(gt_coco, detections)
+        stats = {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats)}
+        per_class = per_class_ap50(evaluator)
+    if novel_cat_ids is not None:
+        with_gt = {ann["category_id"] for ann in gt["annotations"]}
+        groups = {"novel": [c for c in per_class if c in set(novel_cat_ids)],
+                  "base": [c for c in per_class if c not in set(novel_cat_ids)], "all": list(per_class)}
+        for name, ids in groups.items():
+            values = [per_class[c] for c in ids if c in with_gt]
+            stats[f"AP50_{name}"] = float(np.mean(values)) if values else float("nan")
+    return stats

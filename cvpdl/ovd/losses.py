@@ -1,0 +1,48 @@
+"""Contrastive and distillation losses of CLIP training and RegionCLIP pretraining."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def multi_positive_cross_entropy(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against a uniform target over each row's positives (rows without a positive are skipped).
+
+    With exactly one positive per row this is the usual InfoNCE / CLIP loss; with several (duplicate captions,
+    regions sharing a concept) none of the true matches is pushed away as a negative.
+    """
+    positives = positives.float()
+    counts = positives.sum(dim=1)
+    keep = counts > 0
+    targets = positives[keep] / counts[keep, None]
+    return -(targets * F.log_softmax(logits[keep], dim=1)).sum(dim=1).mean()
+
+
+def image_text_contrastive(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor,
+                           same_text: torch.Tensor) -> torch.Tensor:
+    """Symmetric CLIP loss on normalised embeddings; ``same_text[i, j]`` marks pairs with equal captions."""
+    logits = logit_scale * image_emb @ text_emb.T
+    return 0.5 * (multi_positive_cross_entropy(logits, same_text) + multi_positive_cross_entropy(logits.T, same_text.T))
+
+
+def region_concept_contrastive(region_emb: torch.Tensor, concept_emb: torch.Tensor, labels: torch.Tensor,
+                               logit_scale: float | torch.Tensor) -> torch.Tensor:
+    """RegionCLIP's region-concept alignment, both ways: each region against all concepts (one positive, its
+    pseudo-label) and each concept present in the batch against all regions (every region with that label)."""
+    logits = logit_scale * region_emb @ concept_emb.T
+    positives = F.one_hot(labels, concept_emb.shape[0]).bool()
+    return 0.5 * (multi_positive_cross_entropy(logits, positives) + multi_positive_cross_entropy(logits.T, positives.T))
+
+
+def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+                    ) -> torch.Tensor:
+    """KL(teacher ‖ student) over the concepts, ``batchmean``, scaled by T² (Hinton)."""
+    log_p_student = F.log_softmax(student_logits / temperature, dim=1)
+    p_teacher = F.softmax(teacher_logits / temperature, dim=1)
+    return F.kl_div(log_p_student, p_teacher, reduction="batchmean") * temperature ** 2
+
+
+def same_caption_mask(captions: list[str]) -> torch.Tensor:
+    ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+    index = torch.tensor([ids[c] for c in captions])
+    return index[:, None] == index[None, :]

@@ -1,0 +1,47 @@
+"""The small interface every ``ovd`` method implements: embed regions (and whole images) into CLIP's space.
+
+Methods differ only in how a region is turned into an embedding; zero-shot classification against the prompt
+embeddings of all class names, the shared localizer and the evaluation are common (``protocol.py``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cvpdl.data.detection_split import DetectionSplit
+from cvpdl.ovd.clip_model import ClipEncoder
+
+
+@dataclass
+class OvdContext:
+    """What the suite shares with every method of a cell: the (teacher) CLIP, the training split and its
+    class-agnostic proposals, the class names (prompts) and the batch size for inference."""
+
+    clip: ClipEncoder
+    train: DetectionSplit
+    train_proposals: list[tuple[np.ndarray, np.ndarray]]
+    class_names: list[str]
+    batch_size: int = 128
+
+
+class RegionClassifier:
+    """Base class: ``fit`` (optional training; returns per-epoch losses by name) and two embedding functions."""
+
+    def fit(self, ctx: OvdContext, generator: torch.Generator) -> dict[str, list[float]]:
+        return {}
+
+    def encoder(self, ctx: OvdContext) -> ClipEncoder:
+        """The visual encoder used for whole images (the CLIP itself unless the method trains its own)."""
+        return ctx.clip
+
+    @torch.no_grad()
+    def embed_images(self, ctx: OvdContext, images: np.ndarray) -> torch.Tensor:
+        enc = self.encoder(ctx)
+        return torch.cat([enc.encode_image(enc.to_tensor(images[i:i + ctx.batch_size])).cpu()
+                          for i in range(0, len(images), ctx.batch_size)]) if len(images) else torch.zeros(0)
+
+    def embed_regions(self, ctx: OvdContext, images: np.ndarray, boxes: list[np.ndarray]) -> torch.Tensor:
+        """L2-normalised embeddings of every box (xyxy px) of every image, concatenated in order."""
+        raise NotImplementedError

@@ -1,0 +1,130 @@
+"""RegionCLIP (Zhong et al., CVPR 2022): region–text pretraining of CLIP's visual encoder.
+
+Region–concept pairs come from class-agnostic proposals × a concept pool parsed from the captions; the frozen
+teacher CLIP pseudo-labels each proposal from its crop (softmax(cos / 0.01), kept if its max exceeds 0.1). The
+student visual encoder, initialised from the teacher, learns RoIAlign region features with three losses:
+region–concept contrastive, image–text contrastive (keeps the whole-image alignment) and KL distillation to the
+teacher's region scores. Concept and caption embeddings come from the teacher's frozen text encoder.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cvpdl.data.captions import concept_pool, prompt
+from cvpdl.ovd.clip_crop import ClipCrop
+from cvpdl.ovd.clip_model import ClipEncoder
+from cvpdl.ovd.clip_roi import ClipRoi, embed_regions_roi
+from cvpdl.ovd.losses import distillation_kl, image_text_contrastive, region_concept_contrastive, same_caption_mask
+from cvpdl.ovd.region_classifier import OvdContext
+
+
+@dataclass(frozen=True)
+class RegionClipConfig:
+    epochs: int = 1
+    images: int = 4000  # training images used (from the start of the training split)
+    batch_size: int = 32
+    lr: float = 1e-4
+    regions_per_image: int = 6
+    proposals: str = "localizer"  # or "random": RegionCLIP's random-box ablation
+    temperature: float = 0.01  # teacher pseudo-label softmax(cos / T)
+    keep_threshold: float = 0.1  # keep a pseudo-label when its max probability exceeds this
+    weight_region: float = 1.0
+    weight_image: float = 1.0
+    weight_distill: float = 1.0
+    image_scale: float = 2.0
+
+
+def random_boxes(n: int, size: int, generator: torch.Generator, min_side: float = 8.0) -> np.ndarray:
+    xy = torch.rand(n, 2, generator=generator) * (size - min_side)
+    wh = min_side + torch.rand(n, 2, generator=generator) * (size / 2 - min_side)
+    return torch.cat([xy, (xy + wh).clamp(max=size)], dim=1).numpy()
+
+
+def pseudo_label(teacher_region_emb: torch.Tensor, concept_emb: torch.Tensor, temperature: float, threshold: float
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Teacher logits (cos / T), argmax labels, and the keep mask (max softmax probability > threshold)."""
+    logits = teacher_region_emb @ concept_emb.T / temperature
+    confidence, labels = logits.softmax(dim=1).max(dim=1)
+    return logits, labels, confidence > threshold
+
+
+class RegionClip(ClipRoi):
+    def __init__(self, cfg: RegionClipConfig):
+        super().__init__(cfg.image_scale)
+        self.cfg = cfg
+        self.student: ClipEncoder | None = None
+
+    def encoder(self, ctx: OvdContext) -> ClipEncoder:
+        return self.student or ctx.clip
+
+    def _regions(self, ctx: OvdContext, n: int, generator: torch.Generator) -> list[np.ndarray]:
+        k, size = self.cfg.regions_per_image, ctx.train.image(0).shape[0]
+        if self.cfg.proposals == "random":
+            return [random_boxes(k, size, generator) for _ in range(n)]
+        if self.cfg.proposals != "localizer":
+            raise ValueError(f"regionclip.proposals must be 'localizer' or 'random', got {self.cfg.proposals!r}")
+        return [boxes[:k] for boxes, _ in ctx.train_proposals[:n]]
+
+    def fit(self, ctx: OvdContext, generator: torch.Generator) -> dict[str, list[float]]:
+        cfg, teacher = self.cfg, ctx.clip
+        n = min(cfg.images, len(ctx.train))
+        images = np.stack([ctx.train.image(i) for i in range(n)])
+        captions = ctx.train.captions[:n]
+        regions = self._regions(ctx, n, generator)
+        concepts = concept_pool(captions, ctx.class_names)
+        with torch.no_grad():
+            concept_emb = teacher.encode_text([prompt(c) for c in concepts])
+            caption_emb = torch.cat([teacher.encode_text(captions[i:i + 512]) for i in range(0, n, 512)])
+            teacher_emb = ClipCrop().embed_regions(ctx, images, regions).to(teacher.device)
+        teacher_logits, labels, keep = pseudo_label(teacher_emb, concept_emb, cfg.temperature, cfg.keep_threshold)
+        offsets = np.cumsum([0] + [len(r) for r in regions])
+
+        self.student = ClipEncoder(copy.deepcopy(teacher.model), teacher.tokenizer.context_length)
+        model = self.student.model
+        model.eval()  # frozen batch-norm statistics, as detectron2 fine-tuning does
+        params = list(model.visual.parameters())
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
+        steps = max(1, n // cfg.batch_size)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps)
+        scale = 1.0 / cfg.temperature
+        history: dict[str, list[float]] = {"loss_region": [], "loss_image": [], "loss_distill": []}
+        for _ in range(cfg.epochs):
+            order = torch.randperm(n, generator=generator).tolist()
+            sums = dict.fromkeys(history, 0.0)
+            for step in range(steps):
+                idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+                rows = torch.as_tensor(np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in idx]),
+                                       dtype=torch.long)
+                region_emb = embed_regions_roi(self.student, images[idx], [regions[i] for i in idx],
+                                               cfg.image_scale, len(idx))
+                image_emb = self.student.encode_image(self.student.to_tensor(images[idx]))
+                same = same_caption_mask([captions[i] for i in idx]).to(image_emb.device)
+                kept = keep[rows]
+                losses = {
+                    "loss_region": region_concept_contrastive(region_emb[kept], concept_emb, labels[rows][kept],
+                                                              scale) if kept.any() else region_emb.sum() * 0,
+                    "loss_image": image_text_contrastive(image_emb, caption_emb[idx], model.logit_scale.exp(), same),
+                    "loss_distill": distillation_kl(scale * region_emb @ concept_emb.T, teacher_logits[rows]),
+                }
+                total = (cfg.weight_region * losses["loss_region"] + cfg.weight_image * losses["loss_image"]
+                         + cfg.weight_distill * losses["loss_distill"])
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                optimizer.step()
+                schedule.step()
+                for name, value in losses.items():
+                    sums[name] += value.item() / steps
+            for name in history:
+                history[name].append(sums[name])
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return history
+

@@ -1,0 +1,43 @@
+"""One seaborn style for every figure, and the inputs figures are drawn from."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+sns.set_theme(context="paper", style="whitegrid", palette="colorblind", font_scale=1.1)
+plt.rcParams.update({"savefig.dpi": 130, "figure.dpi": 100, "svg.hashsalt": "cvpdl", "pdf.compression": 6})
+
+
+@dataclass
+class SuiteInputs:
+    metrics: pd.DataFrame
+    tables: dict[str, pd.DataFrame]
+
+
+def load_inputs(suite_dir: Path) -> SuiteInputs:
+    from benchmark.results import read_metrics
+
+    tables = {p.stem: pd.read_csv(p) for p in sorted((suite_dir / "tables").glob("*.csv"))}
+    return SuiteInputs(read_metrics(suite_dir / "metrics.csv"), tables)
+
+
+def final(metrics: pd.DataFrame, metric: str) -> pd.DataFrame:
+    return metrics[metrics["epoch"].isna() & (metrics["metric"] == metric)]
+
+
+def save(figure: plt.Figure, stem: Path) -> Path:
+    """PNG (shown in the README) and PDF, with no timestamps so reruns compare equal in content."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    png = stem.with_suffix(".png")
+    figure.savefig(png, metadata={"Software": None})
+    figure.savefig(stem.with_suffix(".pdf"), metadata={"CreationDate": None, "Producer": None, "Creator": None})
+    plt.close(figure)
+    return png
