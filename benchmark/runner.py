@@ -125,6 +125,8 @@ def resolve(options: RunOptions) -> tuple[SuiteSpec, list[MethodSpec], dict]:
     for method in REGISTRY.methods(spec.name):
         sections.update(method.config)
     cfg = config_lib.resolve(sections, spec.profiles[options.profile], options.overrides)
+    for method in methods:
+        method.build(cfg)  # builders validate their config values: fail now, before anything is trained or written
     if options.data not in ("digits", "coco", "imagefolder"):
         raise UserInputError(f"unknown --data {options.data!r}; choose from: digits, coco, imagefolder")
     if options.data != "digits" and (options.data_root is None or not Path(options.data_root).is_dir()):

@@ -198,9 +198,9 @@ def answers(frame: pd.DataFrame) -> list[str]:
 
 
 PROFILES = {
-    "quick": {"data.train_images": 1500, "data.test_images": 60, "data.single_images": 100, "clip.epochs": 6,
-              "clip.batch_size": 128, "clip.lr": 1e-3, "localizer.epochs": 1, "regionclip.images": 256,
-              "regionclip.batch_size": 32, "eval.scatter_points": 200},
+    "quick": {"data.train_images": 1500, "data.test_images": 40, "data.single_images": 80, "clip.epochs": 6,
+              "clip.batch_size": 128, "clip.lr": 1e-3, "localizer.epochs": 1, "regionclip.images": 128,
+              "eval.scatter_points": 200},
     "default": {},
     "full": {"world.canvas_size": 128, "world.digit_size": [24, 48], "world.max_digits": 5, "clip.image_size": 128,
              "clip.vision_width": 64, "clip.embed_dim": 256, "clip.text_width": 256, "clip.epochs": 40,

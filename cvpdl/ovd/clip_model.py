@@ -30,7 +30,7 @@ class TinyClipConfig:
     text_heads: int = 4
     context_length: int = 24
     # training on the caption corpus (the design's measured recipe: one-cycle warm-up, lr 5e-4, batch 256)
-    epochs: int = 30
+    epochs: int = 15
     batch_size: int = 256
     lr: float = 5e-4
     weight_decay: float = 0.1

@@ -5,11 +5,11 @@ FCOS rather than Faster R-CNN: on the CPU, torchvision's RoIAlign backward domin
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 from torch import nn
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -20,7 +20,7 @@ from cvpdl.data.detection_split import DetectionSplit
 @dataclass(frozen=True)
 class LocalizerConfig:
     width: int = 32
-    epochs: int = 6
+    epochs: int = 3
     batch_size: int = 16
     lr: float = 2e-3
     detections_per_image: int = 10
@@ -57,7 +57,7 @@ def _batch(split: DetectionSplit, idx: list[int], device: torch.device, keep_cla
 
 
 def train_localizer(model: FCOS, split: DetectionSplit, cfg: LocalizerConfig, generator: torch.Generator,
-                    keep_classes: list[int], on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
+                    keep_classes: list[int]) -> list[float]:
     """Train class-agnostically on the boxes of ``keep_classes`` only; returns the mean loss per epoch."""
     device = next(model.parameters()).device
     model.train()
@@ -67,7 +67,7 @@ def train_localizer(model: FCOS, split: DetectionSplit, cfg: LocalizerConfig, ge
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps,
                                                    pct_start=0.1)
     history = []
-    for epoch in range(cfg.epochs):
+    for epoch in tqdm(range(cfg.epochs), desc="train localizer", unit="epoch", leave=False):
         order = torch.randperm(len(split), generator=generator).tolist()
         losses = []
         for step in range(steps):
@@ -80,8 +80,6 @@ def train_localizer(model: FCOS, split: DetectionSplit, cfg: LocalizerConfig, ge
             schedule.step()
             losses.append(loss.item())
         history.append(float(np.mean(losses)))
-        if on_epoch:
-            on_epoch(epoch, history[-1])
     model.eval()
     return history
 

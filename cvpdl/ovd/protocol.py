@@ -22,7 +22,7 @@ LOGIT_SCALE = 100.0  # CLIP's trained temperature for zero-shot softmax scores
 
 @dataclass(frozen=True)
 class OvdEvalConfig:
-    jitter_per_box: int = 8
+    jitter_per_box: int = 4
     scatter_points: int = 1500  # proposals kept per cell for the Fig. 1(a) scatter
 
 

@@ -1,17 +1,17 @@
 """Contrastive training of the tiny CLIP on an image–caption corpus (the digits world's canvases)."""
 from __future__ import annotations
 
-from collections.abc import Callable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from cvpdl.ovd.clip_model import ClipEncoder, TinyClipConfig
 from cvpdl.ovd.losses import image_text_contrastive, same_caption_mask
 
 
 def train_clip(encoder: ClipEncoder, images: np.ndarray, captions: list[str], cfg: TinyClipConfig,
-               generator: torch.Generator, on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
+               generator: torch.Generator) -> list[float]:
     """Train ``encoder.model`` in place; returns the mean loss of each epoch.
 
     Duplicate captions in a batch are positives, not negatives (``same_caption_mask``), and the learning rate
@@ -25,7 +25,7 @@ def train_clip(encoder: ClipEncoder, images: np.ndarray, captions: list[str], cf
                                                    pct_start=cfg.warmup_frac)
     tokens = encoder.tokenizer(captions)
     history = []
-    for epoch in range(cfg.epochs):
+    for epoch in tqdm(range(cfg.epochs), desc="train CLIP", unit="epoch", leave=False):
         order = torch.randperm(len(images), generator=generator)
         losses = []
         for step in range(steps_per_epoch):
@@ -43,7 +43,5 @@ def train_clip(encoder: ClipEncoder, images: np.ndarray, captions: list[str], cf
                 model.logit_scale.clamp_(0, np.log(100))
             losses.append(loss.item())
         history.append(float(np.mean(losses)))
-        if on_epoch:
-            on_epoch(epoch, history[-1])
     model.eval()
     return history

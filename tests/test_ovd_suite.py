@@ -1,0 +1,80 @@
+"""End-to-end: the ovd suite on the quick profile, run determinism, report regeneration, MLflow tracking."""
+import shutil
+
+import pandas as pd
+import pytest
+
+from benchmark.cli import main
+from benchmark.results import COLUMNS
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, cache_dir):
+    results = tmp_path_factory.mktemp("results")
+    code = main(["run", "--suite", "ovd", "--profile", "quick", "--seeds", "0", "1", "--results-dir", str(results),
+                 "--cache-dir", str(cache_dir)])
+    assert code == 0
+    return results
+
+
+def test_quick_run_writes_every_output(quick_run):
+    suite_dir = quick_run / "ovd"
+    for name in ("metrics.csv", "timings.csv", "summary.md", "run.json", "tables/score_vs_iou.csv"):
+        assert (suite_dir / name).is_file(), name
+    for name in ("fig1a_score_vs_iou", "fig1b_crop_vs_image", "region_zero_shot", "ovd_ap50"):
+        assert (suite_dir / "figures" / f"{name}.png").is_file() and (suite_dir / "figures" / f"{name}.pdf").is_file()
+    metrics = pd.read_csv(suite_dir / "metrics.csv")
+    assert list(metrics.columns) == COLUMNS
+    assert set(metrics["method"]) == {"clip_crop", "clip_roi", "regionclip"}
+    assert set(metrics["seed"]) == {0, 1}
+    finals = metrics[metrics["epoch"].isna()]
+    for metric in ("zs_top1", "zs_top1_image", "clip_zs_top1_image", "AP50"):
+        assert set(finals[finals["metric"] == metric]["split"]) == {"base", "novel", "all"}, metric
+    assert "score_iou_spearman" in set(finals["metric"])
+    assert not metrics[metrics["method"] == "regionclip"]["metric"].str.startswith("loss_").sum() == 0
+    summary = (suite_dir / "summary.md").read_text()
+    assert "Paired tests against `clip_crop`" in summary and "What the numbers say" in summary
+    assert (quick_run / "mlflow.db").is_file()
+
+
+def test_tiny_clip_beats_chance_clearly_on_quick(quick_run):
+    metrics = pd.read_csv(quick_run / "ovd" / "metrics.csv")
+    clip = metrics[(metrics["metric"] == "clip_zs_top1_image") & (metrics["split"] == "all")]["value"]
+    assert clip.mean() > 0.2, f"tiny CLIP at {clip.mean():.3f}, chance is 0.1"
+
+
+def test_same_seed_twice_gives_identical_metrics(quick_run, tmp_path, cache_dir):
+    code = main(["run", "--suite", "ovd", "--profile", "quick", "--seeds", "1", "--methods", "clip_roi", "regionclip",
+                 "--results-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--force"])
+    assert code == 0
+    again = pd.read_csv(tmp_path / "ovd" / "metrics.csv")
+    first = pd.read_csv(quick_run / "ovd" / "metrics.csv")
+    first = first[(first["seed"] == 1) & first["method"].isin(["clip_roi", "regionclip"])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(first, again)
+
+
+def test_report_rebuilds_summary_byte_for_byte(quick_run, tmp_path):
+    copy = tmp_path / "results"
+    shutil.copytree(quick_run / "ovd", copy / "ovd", ignore=shutil.ignore_patterns("cells"))
+    original = (copy / "ovd" / "summary.md").read_bytes()
+    (copy / "ovd" / "summary.md").unlink()
+    shutil.rmtree(copy / "ovd" / "figures")
+    assert main(["report", "--suite", "ovd", "--results-dir", str(copy)]) == 0
+    assert (copy / "ovd" / "summary.md").read_bytes() == original
+    assert (copy / "ovd" / "figures" / "ovd_ap50.png").is_file()
+
+
+def test_report_from_mlflow_matches_metrics_csv(quick_run, tmp_path):
+    from benchmark.report import metrics_from_mlflow
+
+    tracked = metrics_from_mlflow("ovd", quick_run)
+    written = pd.read_csv(quick_run / "ovd" / "metrics.csv")
+    assert len(tracked) == len(written)
+    assert sorted(tracked["value"].round(6)) == pytest.approx(sorted(written["value"].round(6)), nan_ok=True)
+
+
+def test_malformed_metrics_csv_is_one_clear_error(tmp_path, capsys):
+    (tmp_path / "ovd").mkdir()
+    (tmp_path / "ovd" / "metrics.csv").write_text("a,b\n1,2\n")
+    assert main(["report", "--suite", "ovd", "--results-dir", str(tmp_path)]) == 2
+    assert "columns must be" in capsys.readouterr().err
