@@ -26,6 +26,16 @@ class MethodSpec:
 
 
 @dataclass(frozen=True)
+class Section:
+    """One course question as REPORT.md and summary.md answer it."""
+
+    heading: str
+    literature: str  # the answer the papers give
+    measured: list[str]  # what this harness measured, every claim with its numbers
+    figures: list[str]  # figure names under results/<suite>/figures/
+
+
+@dataclass(frozen=True)
 class SuiteSpec:
     """A suite: its question, dataset, config schema and profiles, and the hooks the runner calls.
 
@@ -43,8 +53,10 @@ class SuiteSpec:
     run_cell: Callable[..., Any] | None = None
     baseline: str | None = None
     headline: tuple[tuple[str, str], ...] = ()  # (metric, split) pairs of the printed summary table
-    answers: Callable[[Any], list[str]] | None = None  # metrics DataFrame -> markdown lines for summary.md
+    # (metrics, timings) DataFrames -> the course questions this suite answers, with measured lines
+    report_sections: Callable[[Any, Any], list[Section]] | None = None
     status: str = "ready"  # anything else: why the suite cannot run yet
+    course_questions: tuple[str, ...] = ()  # listed in REPORT.md while the suite has no results
 
 
 class Registry:

@@ -1,0 +1,43 @@
+"""GLD (Kim et al., ICCV 2021): global and local logits with densely connected relations.
+
+The final feature map is pooled into L = grid² regions; each region goes through the network's own head →
+local logits. All logits are standardised per row before the softmax. Loss = (1−α)·CE + α·KL_global
++ Σ_regions KL_local + β·relation, the relation comparing row-normalised distance matrices of all global + local
+logits of the batch (within and across images), teacher vs student.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from cvpdl.distill.base import Distiller
+from cvpdl.distill.losses import gld_relation, kd_kl, standardize
+
+
+@dataclass(frozen=True)
+class GLDConfig:
+    alpha: float = 0.7
+    beta: float = 500.0
+    grid: int = 2
+    temperature: float = 1.0  # on standardised logits, whose scale is already fixed
+
+
+class GLD(Distiller):
+    def __init__(self, student, teacher, cfg: GLDConfig):
+        super().__init__(student, teacher)
+        self.cfg = cfg
+
+    def losses(self, x, y, teacher_out):
+        cfg = self.cfg
+        out = self.student(x)
+        local_s = self.student.local_logits(out["feature_map"], cfg.grid)  # B, L, K
+        local_t = self.teacher.local_logits(teacher_out["feature_map"], cfg.grid)
+        global_s, global_t = standardize(out["logits"]), standardize(teacher_out["logits"])
+        local_s, local_t = standardize(local_s), standardize(local_t)
+        local = sum(kd_kl(local_s[:, r], local_t[:, r], cfg.temperature) for r in range(local_s.shape[1]))
+        all_s = torch.cat([global_s, local_s.flatten(0, 1)])
+        all_t = torch.cat([global_t, local_t.flatten(0, 1)])
+        return {"loss_ce": (1 - cfg.alpha) * F.cross_entropy(out["logits"], y),
+                "loss_global": cfg.alpha * kd_kl(global_s, global_t, cfg.temperature),
+                "loss_local": local,
+                "loss_relation": cfg.beta * gld_relation(all_s, all_t)}

@@ -1,0 +1,34 @@
+"""Distillation losses: Hinton KD, GLD (standardised global/local logits + relation), FitNet hints."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(softmax(z_t/T) ‖ softmax(z_s/T)) · T², summed over classes, averaged over the batch (Hinton et al.)."""
+    log_p_s = F.log_softmax(student_logits / temperature, dim=-1)
+    p_t = F.softmax(teacher_logits / temperature, dim=-1)
+    return F.kl_div(log_p_s, p_t, reduction="batchmean") * temperature ** 2
+
+
+def standardize(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Per-row z-score of the logits (GLD): removes each row's scale and offset before the softmax."""
+    return (logits - logits.mean(dim=-1, keepdim=True)) / (logits.std(dim=-1, keepdim=True) + eps)
+
+
+def relation_matrix(logits: torch.Tensor) -> torch.Tensor:
+    """Row-normalised pairwise squared Euclidean distances between all rows (N × N, rows sum to 1)."""
+    d = torch.cdist(logits, logits).pow(2)
+    return d / d.sum(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def gld_relation(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Densely connected relations: distance matrices of all global + local logits of the batch, teacher vs
+    student, compared by mean squared error."""
+    return F.mse_loss(relation_matrix(student_logits), relation_matrix(teacher_logits))
+
+
+def fitnet_hint(student_features: torch.Tensor, teacher_features: torch.Tensor) -> torch.Tensor:
+    """FitNet: MSE between the regressed student hint and the teacher's guided layer (same shape)."""
+    return F.mse_loss(student_features, teacher_features)

@@ -1,0 +1,59 @@
+"""Reverse feature distillation (Li et al., CVPR 2023, "Rethinking feature-based knowledge distillation for face
+recognition"): a large teacher's embedding has a lower intrinsic dimension than a small student can reach, so
+plain mimicking is hard. Stage 0 trains the student alone; stage 1 trains the teacher with CE + MSE to the frozen
+stage-0 student embedding (shrinking the gap; here a fine-tune of the cached teacher); stage 2 trains a fresh
+student on MSE to that teacher's embedding only. The stage-2 student classifies with the stage-1 teacher's
+(frozen) classifier: its embedding lives in the teacher's space, and face recognition has no classifier at all.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from cvpdl.distill.base import Distiller
+from cvpdl.distill.networks import ConvNet
+from cvpdl.distill.student_baseline import StudentBaseline
+from cvpdl.distill.training import ClassificationData, KDFit, TrainConfig, train
+
+
+@dataclass(frozen=True)
+class ReverseKDConfig:
+    reverse_weight: float = 1.0  # stage 1: weight of MSE(teacher embedding, stage-0 student embedding)
+    teacher_epochs: int = 4  # stage 1 length (fine-tune of the trained teacher)
+    feature_weight: float = 1.0  # stage 2: weight of MSE(student embedding, stage-1 teacher embedding)
+
+
+class EmbeddingMimic(Distiller):
+    """CE (optional) + weight · MSE(model embedding, target embedding); used by stages 1 and 2."""
+
+    def __init__(self, model: ConvNet, target: ConvNet, ce_weight: float, feature_weight: float):
+        super().__init__(model, target)
+        self.ce_weight, self.feature_weight = ce_weight, feature_weight
+
+    def losses(self, x, y, teacher_out):
+        out = self.student(x)
+        losses = {"loss_feature": self.feature_weight * F.mse_loss(out["embedding"], teacher_out["embedding"])}
+        if self.ce_weight:
+            losses["loss_ce"] = self.ce_weight * F.cross_entropy(out["logits"], y)
+        return losses
+
+
+def fit_reverse(make_student: Callable[[], ConvNet], teacher: ConvNet, data: ClassificationData, train_cfg: TrainConfig,
+                cfg: ReverseKDConfig, generator: torch.Generator) -> KDFit:
+    stage0 = make_student()
+    train(StudentBaseline(stage0), data, train_cfg, generator, desc="reverse KD stage 0 (student)")
+    reversed_teacher = copy.deepcopy(teacher).requires_grad_(True)
+    train(EmbeddingMimic(reversed_teacher, stage0, ce_weight=1.0, feature_weight=cfg.reverse_weight), data,
+          replace(train_cfg, epochs=cfg.teacher_epochs, lr=train_cfg.lr / 3), generator,
+          desc="reverse KD stage 1 (teacher)")
+    reversed_teacher.eval().requires_grad_(False)
+    student = make_student()
+    student.classifier.load_state_dict(reversed_teacher.classifier.state_dict())
+    student.classifier.requires_grad_(False)
+    history = train(EmbeddingMimic(student, reversed_teacher, ce_weight=0.0, feature_weight=cfg.feature_weight),
+                    data, train_cfg, generator, desc="reverse KD stage 2 (student)")
+    return KDFit(student, history, teacher_after_reverse=reversed_teacher)

@@ -1,0 +1,112 @@
+"""Training and evaluation loops shared by the teacher, the student baseline and every distiller."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from cvpdl.distill.base import Distiller
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+
+
+@dataclass
+class ClassificationData:
+    """Image tensors (N, 3, H, W, normalised) and labels of the three splits."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+
+@dataclass
+class TrainHistory:
+    per_epoch: dict[str, list[float]] = field(default_factory=dict)  # val top1 and each loss term
+    test_top1: list[float] = field(default_factory=list)  # per epoch; read only at the last and best-val epoch
+
+    @property
+    def top1_last(self) -> float:
+        return self.test_top1[-1]
+
+    @property
+    def top1_best(self) -> float:
+        """Test top-1 at the epoch with the best validation top-1 (model selection never sees the test set)."""
+        return self.test_top1[int(np.argmax(self.per_epoch["top1"]))]
+
+
+@dataclass
+class KDFit:
+    """What a kd method hands back: the trained student, its history, extra trainable parameters (FitNet's
+    regressor) and, for reverse distillation, the teacher after stage 1."""
+
+    student: nn.Module
+    history: TrainHistory
+    extra_parameters: int = 0
+    teacher_after_reverse: nn.Module | None = None
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> dict[str, torch.Tensor]:
+    """All outputs of ``model`` in eval mode over ``x``, concatenated."""
+    was_training = model.training
+    model.eval()
+    outs = [model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    model.train(was_training)
+    return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+
+
+def top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    return (predict(model, x)["logits"].argmax(1) == y).float().mean().item()
+
+
+def train(distiller: Distiller, data: ClassificationData, cfg: TrainConfig, generator: torch.Generator,
+          desc: str = "train") -> TrainHistory:
+    """AdamW with a one-cycle schedule; teacher outputs are computed once (no augmentation: they are fixed)."""
+    teacher_out = predict(distiller.teacher, data.x_train) if distiller.teacher is not None else None
+    params = distiller.trainable_parameters()
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = max(1, len(data.x_train) // cfg.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps,
+                                                   pct_start=0.2)
+    history = TrainHistory()
+    for _ in tqdm(range(cfg.epochs), desc=desc, unit="epoch", leave=False):
+        distiller.train()
+        order = torch.randperm(len(data.x_train), generator=generator)
+        sums: dict[str, float] = {}
+        for step in range(steps):
+            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            batch_teacher = {k: v[idx] for k, v in teacher_out.items()} if teacher_out else None
+            losses = distiller.losses(data.x_train[idx], data.y_train[idx], batch_teacher)
+            optimizer.zero_grad(set_to_none=True)
+            sum(losses.values()).backward()
+            optimizer.step()
+            schedule.step()
+            for name, value in losses.items():
+                sums[name] = sums.get(name, 0.0) + value.item() / steps
+        distiller.eval()
+        history.per_epoch.setdefault("top1", []).append(top1(distiller.student, data.x_val, data.y_val))
+        for name, value in sums.items():
+            history.per_epoch.setdefault(name, []).append(value)
+        history.test_top1.append(top1(distiller.student, data.x_test, data.y_test))
+    return history
+
+
+def fit_distiller(distiller: Distiller, data: ClassificationData, cfg: TrainConfig, generator: torch.Generator
+                  ) -> KDFit:
+    history = train(distiller, data, cfg, generator, desc=type(distiller).__name__)
+    student = {id(p) for p in distiller.student.parameters()}
+    extra = sum(p.numel() for p in distiller.trainable_parameters() if id(p) not in student)
+    return KDFit(distiller.student, history, extra_parameters=extra)

@@ -1,0 +1,66 @@
+"""The ``kd`` figures: student top-1 per method, validation curves, intrinsic dimensions."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from paper_figures.bars import grouped_bars
+from paper_figures.style import SuiteInputs, final
+
+METHOD_ORDER = ["student_baseline", "logit_kd", "gld", "fitnet", "reverse_feature_kd"]
+
+
+def _methods(frame: pd.DataFrame) -> list[str]:
+    present = set(frame["method"])
+    return [m for m in METHOD_ORDER if m in present]
+
+
+def kd_accuracy(inputs: SuiteInputs):
+    frame = final(inputs.metrics, "top1_last")
+    if frame.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    grouped_bars(ax, frame.assign(hue="student top-1 (last epoch)"), "method", "hue", _methods(frame),
+                 ["student top-1 (last epoch)"])
+    teacher = final(inputs.metrics, "teacher_top1")["value"].mean()
+    ax.axhline(teacher, c="black", ls="--", lw=1, label=f"teacher {teacher:.3f}")
+    base = frame[frame["method"] == "student_baseline"]["value"]
+    if len(base):
+        ax.axhline(base.mean(), c="grey", ls=":", lw=1, label=f"student alone {base.mean():.3f}")
+    low = min(frame["value"].min(), teacher) - 0.03
+    ax.set_ylim(max(0.0, low), min(1.0, max(frame["value"].max(), teacher) + 0.02))
+    ax.set_ylabel("test top-1 (mean, 95% t-interval)")
+    ax.set_title("Student accuracy per distillation method")
+    ax.tick_params(axis="x", labelrotation=12)
+    ax.legend(frameon=False, loc="lower right")
+    return fig
+
+
+def kd_curves(inputs: SuiteInputs):
+    m = inputs.metrics
+    curves = m[(m["metric"] == "top1") & (m["split"] == "val") & m["epoch"].notna()].astype({"epoch": int})
+    if curves.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    sns.lineplot(curves, x="epoch", y="value", hue="method", hue_order=_methods(curves), errorbar="sd", ax=ax)
+    ax.set_ylabel("validation top-1 (mean ± std over seeds)")
+    ax.set_title("Training curves")
+    return fig
+
+
+def intrinsic_dimension(inputs: SuiteInputs):
+    frame = final(inputs.metrics, "intrinsic_dim")
+    if frame.empty:
+        return None
+    frame = frame.assign(model=frame["split"] + " (" + frame["method"] + ")")
+    order = list(dict.fromkeys(frame.sort_values(["split", "method"])["model"]))
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    grouped_bars(ax, frame.assign(hue="TwoNN"), "model", "hue", order, ["TwoNN"])
+    ax.set_ylabel("intrinsic dimension of the embedding")
+    ax.set_title("Intrinsic dimension (TwoNN; same test samples for every model)")
+    ax.tick_params(axis="x", labelrotation=20)
+    return fig
+
+
+FIGURES = {"kd_accuracy": kd_accuracy, "kd_curves": kd_curves, "intrinsic_dimension": intrinsic_dimension}

@@ -1,0 +1,29 @@
+"""End-to-end: the kd suite on the quick profile; the teacher is trained once per seed and reused."""
+import pandas as pd
+
+from benchmark.cli import main
+from benchmark.results import COLUMNS
+
+
+def test_kd_quick_run(tmp_path, cache_dir):
+    code = main(["run", "--suite", "kd", "--profile", "quick", "--seeds", "0", "1", "--results-dir", str(tmp_path),
+                 "--cache-dir", str(cache_dir)])
+    assert code == 0
+    suite_dir = tmp_path / "kd"
+    metrics = pd.read_csv(suite_dir / "metrics.csv")
+    assert list(metrics.columns) == COLUMNS
+    assert set(metrics["method"]) == {"student_baseline", "logit_kd", "gld", "fitnet", "reverse_feature_kd"}
+    finals = metrics[metrics["epoch"].isna()]
+    teacher = finals[finals["metric"] == "teacher_top1"].groupby("seed")["value"].nunique()
+    assert (teacher == 1).all(), "every method of a seed must distil from the same cached teacher"
+    assert len(list((cache_dir / "kd_teacher").glob("*.pt"))) >= 2
+    ids = finals[finals["metric"] == "intrinsic_dim"]
+    assert set(ids[ids["method"] == "reverse_feature_kd"]["split"]) == {"teacher", "student", "teacher_after_reverse"}
+    assert set(ids[ids["method"] == "fitnet"]["split"]) == {"teacher", "student"}
+    per_epoch = metrics[metrics["epoch"].notna()]
+    assert {"top1", "loss_ce", "loss_kd", "loss_local", "loss_relation", "loss_hint", "loss_feature"} <= \
+        set(per_epoch["metric"])
+    for name in ("kd_accuracy", "kd_curves", "intrinsic_dimension"):
+        assert (suite_dir / "figures" / f"{name}.png").is_file()
+    assert "Paired tests against `student_baseline`" in (suite_dir / "summary.md").read_text()
+    assert "B3. Reverse feature distillation" in (tmp_path / "REPORT.md").read_text()
