@@ -13,7 +13,7 @@ import pandas as pd
 from benchmark.registry import REGISTRY, SuiteSpec
 from benchmark.results import atomic_write_text, read_metrics
 from cvpdl.errors import UserInputError
-from cvpdl.evaluation.stats import paired_test, summarize
+from cvpdl.evaluation.stats import PairedTest, paired_test, summarize
 
 
 def _fmt(x: float, digits: int = 3) -> str:
@@ -47,17 +47,26 @@ def describe(rows: pd.DataFrame, method: str, metric: str, split: str) -> str:
     return f"{_fmt(r['mean'])} ± {_fmt(r['std'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}], n={r['n']}"
 
 
-def paired_verdict(frame: pd.DataFrame, method: str, baseline: str, metric: str, split: str,
-             baseline_metric: str | None = None) -> str:
-    """"Δ +0.123 [+0.050, +0.190], p=0.01, n=3: higher" from a paired test over seeds."""
-    finals = frame[frame["epoch"].isna()]
-    a = finals[(finals["method"] == method) & (finals["metric"] == metric) & (finals["split"] == split)]
-    b = finals[(finals["method"] == baseline) & (finals["metric"] == (baseline_metric or metric))
-               & (finals["split"] == split)]
-    pairs = a.merge(b, on="seed", suffixes=("", "_b"))
+def _final_values(finals: pd.DataFrame, method: str, metric: str, split: str) -> pd.DataFrame:
+    return finals[(finals["method"] == method) & (finals["metric"] == metric) & (finals["split"] == split)]
+
+
+def _paired(a: pd.DataFrame, b: pd.DataFrame) -> PairedTest | None:
+    """Paired test of the values of ``a`` against ``b``, matched by seed (None when no seed is shared)."""
+    pairs = a[["seed", "value"]].merge(b[["seed", "value"]], on="seed", suffixes=("", "_base"))
     if pairs.empty:
+        return None
+    return paired_test(pairs["value"].tolist(), pairs["value_base"].tolist())
+
+
+def paired_verdict(frame: pd.DataFrame, method: str, baseline: str, metric: str, split: str,
+                   baseline_metric: str | None = None) -> str:
+    """"Δ +0.123 [+0.050, +0.190], p=0.01, n=3: higher" from a paired test over seeds."""
+    finals = final_metrics(frame)
+    t = _paired(_final_values(finals, method, metric, split),
+                _final_values(finals, baseline, baseline_metric or metric, split))
+    if t is None:
         return "not measured"
-    t = paired_test(pairs["value"].tolist(), pairs["value_b"].tolist())
     if t.n < 2:
         return f"Δ {t.mean_diff:+.3f} (one seed: no interval)"
     side = ("higher" if t.ci_low > 0 else "lower" if t.ci_high < 0 else "no significant difference")
@@ -65,19 +74,14 @@ def paired_verdict(frame: pd.DataFrame, method: str, baseline: str, metric: str,
 
 
 def paired_rows(frame: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Every final (metric, split) of every method against the same of ``baseline``, paired by seed."""
     finals = final_metrics(frame)
     rows = []
-    base = finals[finals["method"] == baseline]
     for (method, metric, split), group in finals.groupby(["method", "metric", "split"], sort=False):
-        if method == baseline:
-            continue
-        ref = base[(base["metric"] == metric) & (base["split"] == split)]
-        pairs = group.merge(ref, on="seed", suffixes=("", "_base"))
-        if pairs.empty:
-            continue
-        t = paired_test(pairs["value"].tolist(), pairs["value_base"].tolist())
-        rows.append({"method": method, "metric": metric, "split": split, "diff": t.mean_diff, "ci_low": t.ci_low,
-                     "ci_high": t.ci_high, "p": t.p_value, "n": t.n})
+        t = None if method == baseline else _paired(group, _final_values(finals, baseline, metric, split))
+        if t is not None:
+            rows.append({"method": method, "metric": metric, "split": split, "diff": t.mean_diff,
+                         "ci_low": t.ci_low, "ci_high": t.ci_high, "p": t.p_value, "n": t.n})
     return pd.DataFrame(rows, columns=["method", "metric", "split", "diff", "ci_low", "ci_high", "p", "n"])
 
 

@@ -1,8 +1,8 @@
 """The seeded runner: the only place that seeds, picks the device, opens MLflow runs and writes result files.
 
-Each (method, seed) is a cell. A finished cell is stored under ``DIR/<suite>/cells/<hash>/`` (hash of resolved
-config, method, seed and data options) and reused by later invocations unless ``force`` is set, so an interrupted
-run continues where it stopped.
+Each (method, seed) is a cell. A finished cell is stored under ``DIR/<suite>/cells/<key>/<method>_seed<seed>/``
+(key: hash of the resolved config, data options and git commit) and reused by later invocations of the same code
+unless ``force`` is set, so an interrupted run continues where it stopped.
 """
 from __future__ import annotations
 
@@ -139,8 +139,8 @@ def resolve(options: RunOptions) -> tuple[SuiteSpec, list[MethodSpec], dict]:
     return spec, methods, cfg
 
 
-def _cell_dir(suite_dir: Path, cfg_hash: str, method: str, seed: int) -> Path:
-    return suite_dir / "cells" / cfg_hash / f"{method}_seed{seed}"
+def _cell_dir(suite_dir: Path, key: str, method: str, seed: int) -> Path:
+    return suite_dir / "cells" / key / f"{method}_seed{seed}"
 
 
 def _store_cell(path: Path, frame: pd.DataFrame, timings: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> None:
@@ -171,6 +171,7 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
                     "clip": options.clip, "clip_weights": str(options.clip_weights) if options.clip_weights else None}
     cfg_hash = config_lib.config_hash({"cfg": cfg, **data_options})
     commit, dirty = git_state()
+    cell_key = config_lib.config_hash({"config_hash": cfg_hash, "commit": commit})  # new code → new cells
     results_dir = Path(options.results_dir)
     suite_dir = results_dir / spec.name
     cache_dir = Path(options.cache_dir or os.environ.get("CVPDL_CACHE") or Path.home() / ".cache" / "cvpdl-bench")
@@ -188,19 +189,19 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
                          options.clip_weights)
     started = time.time()
     frames, timing_frames, tables = [], [], {}
-    with tracker.run(f"{spec.name}-{options.profile}", cfg, {**tags, "role": "invocation"}) as parent_id:
-        shared = None
+    with tracker.run(f"{spec.name}-{options.profile}", cfg, {**tags, "role": "invocation"}):
+        shared, prepared = None, False
         cells = [(m, s) for m in methods for s in options.seeds]
         for method, seed in tqdm(cells, desc=f"{spec.name} cells", unit="cell"):
-            path = _cell_dir(suite_dir, cfg_hash, method.name, seed)
+            path = _cell_dir(suite_dir, cell_key, method.name, seed)
             with tracker.run(f"{method.name}-seed{seed}", {**cfg, "method": method.name, "seed": seed},
                              {**tags, "role": "cell", "method": method.name, "seed": str(seed)}, nested=True) as run_id:
                 if (path / "DONE").is_file() and not options.force:
                     frame, timing, cell_tables = _load_cell(path)
                     tqdm.write(f"[{method.name} seed {seed}] finished before: reusing {path}")
                 else:
-                    if shared is None:
-                        shared = spec.prepare(context)
+                    if not prepared:
+                        shared, prepared = spec.prepare(context), True
                         for artifact in getattr(shared, "artifacts", ()):  # e.g. the trained CLIP weights
                             tracker.mlflow.log_artifact(str(artifact), artifact_path="cached")
                     generator = seed_everything(seed)

@@ -176,12 +176,13 @@ def report_sections(frame: pd.DataFrame, timings: pd.DataFrame | None) -> list[S
             lines.append(f"`reverse_feature_kd` vs `fitnet`, top-1: "
                          f"{paired_verdict(frame, 'reverse_feature_kd', 'fitnet', 'top1_last', 'test')}.")
         lines.append(f"TwoNN intrinsic dimension of the embeddings: teacher "
-                     f"{describe(rows, 'reverse_feature_kd', 'intrinsic_dim', 'teacher')}, student alone-trained "
-                     f"by distillation {describe(rows, 'reverse_feature_kd', 'intrinsic_dim', 'student')}, teacher "
+                     f"{describe(rows, 'reverse_feature_kd', 'intrinsic_dim', 'teacher')}, reverse-distilled "
+                     f"student {describe(rows, 'reverse_feature_kd', 'intrinsic_dim', 'student')}, teacher "
                      f"after reverse distillation "
                      f"{describe(rows, 'reverse_feature_kd', 'intrinsic_dim', 'teacher_after_reverse')} "
-                     f"(MLE cross-check: {describe(rows, 'reverse_feature_kd', 'intrinsic_dim_mle', 'teacher')} / "
-                     f"{describe(rows, 'reverse_feature_kd', 'intrinsic_dim_mle', 'teacher_after_reverse')}).")
+                     f"(MLE cross-check, same order: "
+                     + " / ".join(describe(rows, 'reverse_feature_kd', 'intrinsic_dim_mle', s)
+                                  for s in ('teacher', 'student', 'teacher_after_reverse')) + ").")
         sections.append(Section(
             "B3. Reverse feature distillation (Li et al., CVPR 2023)",
             "A large teacher can represent data with an intrinsic dimension a small student cannot reach, making "

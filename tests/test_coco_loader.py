@@ -1,0 +1,58 @@
+"""Real COCO-format data: a tiny dataset written to disk loads; missing or malformed files are clear errors."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cvpdl.data.coco import load_coco_split
+from cvpdl.data.detection_split import resized
+from cvpdl.errors import UserInputError
+
+
+def write_dataset(root, annotations=None):
+    (root / "annotations").mkdir(parents=True)
+    (root / "val").mkdir()
+    for i in (1, 2):
+        Image.fromarray(np.full((40, 80, 3), 50 * i, np.uint8)).save(root / "val" / f"{i}.png")
+    coco = {"images": [{"id": i, "file_name": f"{i}.png", "width": 80, "height": 40} for i in (1, 2)],
+            "annotations": annotations if annotations is not None else [
+                {"id": 1, "image_id": 1, "category_id": 18, "bbox": [8, 4, 16, 8]}],
+            "categories": [{"id": 18, "name": "dog"}, {"id": 1, "name": "person"}]}
+    (root / "annotations" / "instances_val.json").write_text(json.dumps(coco))
+    (root / "annotations" / "captions_val.json").write_text(json.dumps(
+        {"annotations": [{"image_id": 1, "caption": "a dog"}, {"image_id": 1, "caption": "a brown dog"}]}))
+
+
+def test_loads_coco_split_with_ov_novel_names_and_captions(tmp_path):
+    write_dataset(tmp_path)
+    split = load_coco_split(tmp_path, "val")
+    assert split.novel_cat_ids == [18]  # "dog" is OV-COCO novel
+    assert split.captions == ["a dog a brown dog", ""]
+    assert split.image(0).shape == (40, 80, 3)
+    boxes, labels = split.target(0)
+    assert boxes.tolist() == [[8, 4, 24, 12]] and labels.tolist() == [0]
+    small = resized(split, 20)  # x scaled by 1/4, y by 1/2
+    assert small.images.shape == (2, 20, 20, 3)
+    assert small.coco["annotations"][0]["bbox"] == [2.0, 2.0, 4.0, 4.0]
+
+
+@pytest.mark.parametrize("annotations, message", [
+    ([{"id": 1, "image_id": 1, "category_id": 99, "bbox": [0, 0, 1, 1]}], "unknown category_id 99"),
+    ([{"id": 1, "image_id": 7, "category_id": 18, "bbox": [0, 0, 1, 1]}], "unknown image_id 7"),
+    ([{"id": 1, "image_id": 1, "category_id": 18, "bbox": [0, 0, -1, 1]}], "malformed bbox"),
+    ([{"id": 1, "image_id": 1, "bbox": [0, 0, 1, 1]}], "lacks category_id"),
+])
+def test_malformed_annotations_are_named(tmp_path, annotations, message):
+    write_dataset(tmp_path, annotations)
+    with pytest.raises(UserInputError, match=message):
+        load_coco_split(tmp_path, "val")
+
+
+def test_missing_files_say_where_they_go(tmp_path):
+    with pytest.raises(UserInputError, match="ROOT/annotations/instances_val.json"):
+        load_coco_split(tmp_path, "val")
+    write_dataset(tmp_path)
+    (tmp_path / "val" / "2.png").unlink()
+    with pytest.raises(UserInputError, match="image file not found"):
+        load_coco_split(tmp_path, "val")

@@ -1,0 +1,68 @@
+"""The runner on a tiny test-only suite: failure handling, MLflow run states, resuming finished cells, no partial
+results, and the per-cell determinism of seeds."""
+from dataclasses import dataclass
+
+import pandas as pd
+import pytest
+import torch
+
+from benchmark.registry import REGISTRY, MethodSpec, SuiteSpec
+from benchmark.runner import CellResult, RunOptions, run_suite
+
+CALLS = []
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    fail_seed: int = -1
+
+
+def _run_cell(run, shared, method, seed, generator):
+    CALLS.append((method.name, seed))
+    if seed == run.cfg["toy"]["fail_seed"]:
+        raise RuntimeError("boom")
+    value = torch.rand(1, generator=generator).item() + torch.rand(1).item()  # both seeded by the runner
+    return CellResult([{"epoch": 1, "split": "val", "metric": "score", "value": value},
+                       {"epoch": None, "split": "test", "metric": "score", "value": value}])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def toy_suite():
+    if "toy" not in {s.name for s in REGISTRY.suites()}:
+        REGISTRY.register_suite(SuiteSpec(name="toy", question="q", dataset="none", config={"toy": ToyConfig},
+                                          profiles={"quick": {}}, prepare=lambda run: None, run_cell=_run_cell,
+                                          baseline="a", headline=(("score", "test"),)))
+        REGISTRY.register_method(MethodSpec("a", "toy", "test-only", build=lambda cfg: None))
+        REGISTRY.register_method(MethodSpec("b", "toy", "test-only", build=lambda cfg: None))
+
+
+def options(tmp_path, **kw):
+    return RunOptions(suite="toy", seeds=[0, 1], profile="quick", results_dir=tmp_path, cache_dir=tmp_path / "c",
+                      **kw)
+
+
+def test_seeded_cells_are_reproducible_and_resumable(tmp_path, capsys):
+    first = run_suite(options(tmp_path))
+    assert "method" in capsys.readouterr().out  # the summary table
+    CALLS.clear()
+    second = run_suite(options(tmp_path))  # finished cells are reused, not recomputed
+    assert CALLS == []
+    pd.testing.assert_frame_equal(first, second)
+    forced = run_suite(options(tmp_path / "other", force=True))
+    assert len(CALLS) == 4
+    pd.testing.assert_frame_equal(first, forced)
+    assert first[first["seed"] == 0]["value"].iloc[0] != first[first["seed"] == 1]["value"].iloc[0]
+
+
+def test_failed_cell_marks_mlflow_runs_and_writes_no_table(tmp_path):
+    import mlflow
+
+    with pytest.raises(RuntimeError, match="boom"):
+        run_suite(options(tmp_path, overrides=["toy.fail_seed=1"]))
+    assert not (tmp_path / "toy" / "metrics.csv").exists()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["cvpdl-bench/toy"])
+    states = {(r["tags.role"], r.get("tags.seed")): r["status"] for _, r in runs.iterrows()}
+    assert states[("invocation", None)] == "FAILED"
+    assert states[("cell", "0")] == "FINISHED" and states[("cell", "1")] == "FAILED"
+    assert "RUNNING" not in set(runs["status"])
