@@ -53,7 +53,7 @@ def read_metrics(path: Path) -> pd.DataFrame:
     if list(frame.columns) != COLUMNS:
         raise UserInputError(f"{path}: columns must be {','.join(COLUMNS)}, found {','.join(map(str, frame.columns))}")
     for column in ("seed", "value"):
-        if not pd.api.types.is_numeric_dtype(frame[column]):
+        if len(frame) and not pd.api.types.is_numeric_dtype(frame[column]):
             raise UserInputError(f"{path}: column {column!r} has non-numeric entries")
     frame["epoch"] = pd.to_numeric(frame["epoch"], errors="raise").astype("Int64")
     return frame

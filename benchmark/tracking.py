@@ -42,7 +42,10 @@ class Tracker:
         self.mlflow = mlflow
         self.uri = tracking_uri(results_dir)
         results_dir.mkdir(parents=True, exist_ok=True)
+        user_uri = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(self.uri)
+        if user_uri is None:  # mlflow exports the URI to the environment: undo it, the next results dir is not ours
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
         self.client = MlflowClient(self.uri)
         name = f"cvpdl-bench/{suite}"
         experiment = self.client.get_experiment_by_name(name)

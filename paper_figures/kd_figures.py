@@ -33,7 +33,7 @@ def kd_accuracy(inputs: SuiteInputs):
     ax.set_ylabel("test top-1 (mean, 95% t-interval)")
     ax.set_title("Student accuracy per distillation method")
     ax.tick_params(axis="x", labelrotation=12)
-    ax.legend(frameon=False, loc="lower right")
+    ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3)
     return fig
 
 

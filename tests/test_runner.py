@@ -55,14 +55,12 @@ def test_seeded_cells_are_reproducible_and_resumable(tmp_path, capsys):
 
 
 def test_failed_cell_marks_mlflow_runs_and_writes_no_table(tmp_path):
-    import mlflow
+    from mlflow.tracking import MlflowClient
 
     with pytest.raises(RuntimeError, match="boom"):
         run_suite(options(tmp_path, overrides=["toy.fail_seed=1"]))
     assert not (tmp_path / "toy" / "metrics.csv").exists()
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=["cvpdl-bench/toy"])
-    states = {(r["tags.role"], r.get("tags.seed")): r["status"] for _, r in runs.iterrows()}
-    assert states[("invocation", None)] == "FAILED"
-    assert states[("cell", "0")] == "FINISHED" and states[("cell", "1")] == "FAILED"
-    assert "RUNNING" not in set(runs["status"])
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("cvpdl-bench/toy").experiment_id])
+    states = {(r.data.tags["role"], r.data.tags.get("seed")): r.info.status for r in runs}
+    assert states == {("invocation", None): "FAILED", ("cell", "0"): "FINISHED", ("cell", "1"): "FAILED"}

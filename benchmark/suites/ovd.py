@@ -84,6 +84,7 @@ def prepare(run: RunContext) -> OvdShared:
         encoder = ClipEncoder(load_pretrained_clip(run.clip, run.clip_weights).to(device).eval())
     else:
         clip_cfg = section_config(cfg, "clip", TinyClipConfig)
+        torch.manual_seed(clip_cfg.seed)  # initial weights: part of what the cache key stands for
         encoder = ClipEncoder(build_tiny_clip(clip_cfg), clip_cfg.context_length)
         clip_path = run.cache_dir / "clip" / f"tiny_clip_{cache_key(data_key, cfg['clip'])}.pt"
 
@@ -98,11 +99,11 @@ def prepare(run: RunContext) -> OvdShared:
         p.requires_grad_(False)
 
     loc_cfg = section_config(cfg, "localizer", LocalizerConfig)
+    torch.manual_seed(loc_cfg.seed)
     localizer = build_localizer(loc_cfg, train.image(0).shape[0])
     loc_path = run.cache_dir / "localizer" / f"fcos_{cache_key(data_key, cfg['localizer'])}.pt"
 
     def fit_localizer():
-        torch.manual_seed(loc_cfg.seed)
         localizer.to(device)
         train_localizer(localizer, train, loc_cfg, torch.Generator().manual_seed(loc_cfg.seed), train.base_classes)
 
@@ -202,7 +203,7 @@ def report_sections(frame: pd.DataFrame, timings: pd.DataFrame | None) -> list[S
 
 
 PROFILES = {
-    "quick": {"data.train_images": 1500, "data.test_images": 40, "data.single_images": 80, "clip.epochs": 6,
+    "quick": {"data.train_images": 1500, "data.test_images": 40, "data.single_images": 80, "clip.epochs": 8,
               "clip.batch_size": 128, "clip.lr": 1e-3, "localizer.epochs": 1, "regionclip.images": 128,
               "eval.scatter_points": 200},
     "default": {},
