@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from paper_figures import kd_figures, ovd_figures
+from paper_figures import detr_figures, kd_figures, ovd_figures
 
-FIGURES = {"kd": kd_figures.FIGURES, "ovd": ovd_figures.FIGURES}
+FIGURES = {"detr": detr_figures.FIGURES, "kd": kd_figures.FIGURES, "ovd": ovd_figures.FIGURES}
 
 
 def render_suite_figures(suite: str, suite_dir: Path) -> list[Path]:

@@ -25,9 +25,12 @@ def negative_entropy(attention: torch.Tensor) -> float:
     return float((p * p.log()).sum(-1).mean())
 
 
-def positional_attention(query_pos: torch.Tensor, key_pos: torch.Tensor) -> torch.Tensor:
-    """softmax(q_pos · k_pos / √d) of each query against the image PE: (Q, HW)."""
-    return (query_pos @ key_pos.T / query_pos.shape[-1] ** 0.5).softmax(dim=-1)
+def positional_attention(query_pos: torch.Tensor, key_pos: torch.Tensor, heads: int) -> torch.Tensor:
+    """softmax(q_pos · k_pos / √d_h) of each query's positional part against the image PE, as the first decoder
+    layer's cross-attention projects them, per head, then averaged over heads: (Q, HW)."""
+    q = query_pos.view(query_pos.shape[0], heads, -1).transpose(0, 1)  # heads, Q, d_h
+    k = key_pos.view(key_pos.shape[0], heads, -1).transpose(0, 1)  # heads, HW, d_h
+    return (q @ k.transpose(1, 2) / q.shape[-1] ** 0.5).softmax(dim=-1).mean(dim=0)
 
 
 def entropy(p: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,8 @@
 """A small CNN backbone (stride 8) shared by every DETR variant of a comparison."""
 from torch import nn
 
+STRIDE = 8  # three stride-2 convolutions
+
 
 def build_backbone(width: int, d_model: int) -> nn.Sequential:
     def block(cin, cout, stride):

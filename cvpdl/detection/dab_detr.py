@@ -40,9 +40,24 @@ class DabDetr(nn.Module):
         self.class_head = nn.Linear(d, num_classes)
         self.box_head = MLP(d, d, 4, 3)  # shared by the layers: predicts Δ of the anchor in logit space
 
-    def positional_queries(self) -> torch.Tensor:
-        """(Q, d): the learned anchors' (y, x) sine embedding — the positional part met by the image PE."""
-        return sine_embed(self.anchors.weight.sigmoid()[:, [1, 0]], self.d_model // 2)
+    def _query_sine(self, anchors: torch.Tensor, tgt: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positional query (for self-attention) and the modulated (y, x) sine query of cross-attention."""
+        half = self.d_model // 2
+        sine = sine_embed(anchors, half)  # x, y, w, h → reorder to y, x, w, h (the image PE is y, x)
+        sine = torch.cat([sine[..., half:2 * half], sine[..., :half], sine[..., 2 * half:]], dim=-1)
+        query_sine = sine[..., :self.d_model] * (1.0 if layer == 0 else self.query_scale(tgt))
+        ref_wh = self.ref_anchor_head(tgt).sigmoid()  # width/height-modulated attention
+        query_sine = torch.cat([query_sine[..., :half] * (ref_wh[..., 1:2] / anchors[..., 3:4]),
+                                query_sine[..., half:] * (ref_wh[..., 0:1] / anchors[..., 2:3])], dim=-1)
+        return self.ref_point_head(sine), query_sine
+
+    def positional_parts(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The positional parts of the first cross-attention: projected anchor sine query and projected PE."""
+        q = self.anchors.num_embeddings
+        tgt = self._content(torch.full((q,), self.num_classes, device=pos.device), 0.0)
+        _, query_sine = self._query_sine(self.anchors.weight.sigmoid(), tgt, 0)
+        layer = self.layers[0]
+        return layer.q_pos(query_sine), layer.k_pos(pos)
 
     def _content(self, labels: torch.Tensor, indicator: float) -> torch.Tensor:
         emb = self.label_embed(labels)
@@ -66,14 +81,7 @@ class DabDetr(nn.Module):
         out = {"logits": [], "boxes": [], "cross_attn": [], "grid": grid}
         dn_logits, dn_boxes = [], []
         for i, layer in enumerate(self.layers):
-            half = self.d_model // 2
-            sine = sine_embed(anchors, half)  # (y, x, w, h order below)
-            sine = torch.cat([sine[..., half:2 * half], sine[..., :half], sine[..., 2 * half:]], dim=-1)
-            query_pos = self.ref_point_head(sine)
-            query_sine = sine[..., :self.d_model] * (1.0 if i == 0 else self.query_scale(tgt))
-            ref_wh = self.ref_anchor_head(tgt).sigmoid()  # width/height-modulated attention
-            query_sine = torch.cat([query_sine[..., :half] * (ref_wh[..., 1:2] / anchors[..., 3:4]),
-                                    query_sine[..., half:] * (ref_wh[..., 0:1] / anchors[..., 2:3])], dim=-1)
+            query_pos, query_sine = self._query_sine(anchors, tgt, i)
             tgt, weights = layer(tgt, query_pos, query_sine, memory, pos, mask)
             boxes = (self.box_head(tgt) + inverse_sigmoid(anchors)).sigmoid()
             logits = self.class_head(tgt)

@@ -54,9 +54,11 @@ class Detr(nn.Module):
         self.class_head = nn.Linear(cfg.d_model, num_classes + 1)
         self.box_head = MLP(cfg.d_model, cfg.d_model, 4, 3)
 
-    def positional_queries(self) -> torch.Tensor:
-        """(Q, d): what each query contributes to the position part of cross-attention."""
-        return self.query_pos.weight
+    def positional_parts(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The positional parts of the first cross-attention: W_q · query_pos and W_k · PE (projections only)."""
+        attn = self.layers[0].cross_attn
+        d = self.query_pos.embedding_dim
+        return self.query_pos.weight @ attn.in_proj_weight[:d].T, pos @ attn.in_proj_weight[d:2 * d].T
 
     def forward(self, images: torch.Tensor, targets: list[dict] | None = None) -> dict:
         memory, pos, grid = self.encoder(images)

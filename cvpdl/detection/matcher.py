@@ -47,13 +47,18 @@ def hungarian_match(logits: torch.Tensor, boxes: torch.Tensor, targets: list[dic
     """Per image: (query indices, target indices) of the minimum-cost one-to-one assignment.
 
     ``logits`` (B, Q, C), ``boxes`` (B, Q, 4); each target has ``labels`` (N,) and ``boxes`` (N, 4) cxcywh.
+    The costs of the whole batch are computed in one go (as DETR does), then solved image by image.
     """
+    b, q = logits.shape[:2]
+    sizes = [len(t["labels"]) for t in targets]
+    empty = (torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+    if sum(sizes) == 0:
+        return [empty for _ in targets]
+    labels = torch.cat([t["labels"] for t in targets])
+    gt = torch.cat([t["boxes"] for t in targets])
+    cost = match_costs(logits.flatten(0, 1), boxes.flatten(0, 1), labels, gt, costs).view(b, q, -1).cpu()
     out = []
-    for b, t in enumerate(targets):
-        if len(t["labels"]) == 0:
-            out.append((torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)))
-            continue
-        cost = match_costs(logits[b], boxes[b], t["labels"], t["boxes"], costs).cpu()
-        rows, cols = linear_sum_assignment(cost.numpy())
+    for i, block in enumerate(cost.split(sizes, dim=-1)):
+        rows, cols = linear_sum_assignment(block[i].numpy()) if sizes[i] else ([], [])
         out.append((torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)))
     return out

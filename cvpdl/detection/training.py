@@ -1,0 +1,89 @@
+"""Training, evaluation and per-epoch probes shared by DETR, DAB-DETR and DN-DETR."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cvpdl.analysis.detr_dynamics import assignment_vector, negative_entropy
+from cvpdl.data.detection_split import DetectionSplit
+from cvpdl.detection.box_ops import xyxy_to_cxcywh
+from cvpdl.detection.criterion import SetCriterion
+from cvpdl.detection.matcher import hungarian_match
+from cvpdl.detection.postprocess import top_k_detections
+from cvpdl.evaluation.coco_eval import evaluate_detections
+
+
+@dataclass(frozen=True)
+class DetrTrainConfig:
+    epochs: int = 8
+    batch_size: int = 32
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    grad_clip: float = 0.1
+    top_k: int = 30  # detections kept per image
+    target_ap50: float = 0.1  # epochs_to_target: first epoch whose val AP50 reaches this
+
+
+def batch(split: DetectionSplit, indices: list[int], device: torch.device) -> tuple[torch.Tensor, list[dict]]:
+    """Normalised images and targets (contiguous labels, cxcywh boxes in [0, 1])."""
+    images = torch.stack([torch.from_numpy(split.image(i)) for i in indices]).to(device)
+    images = (images.permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.25
+    h, w = images.shape[-2:]
+    scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=device)
+    targets = []
+    for i in indices:
+        boxes, labels = split.target(i)
+        targets.append({"labels": torch.as_tensor(labels, device=device),
+                        "boxes": xyxy_to_cxcywh(torch.as_tensor(boxes, device=device).reshape(-1, 4)) / scale})
+    return images, targets
+
+
+def train_epoch(model, criterion: SetCriterion, split: DetectionSplit, cfg: DetrTrainConfig,
+                optimizer: torch.optim.Optimizer, generator: torch.Generator, device: torch.device) -> float:
+    model.train()
+    order = torch.randperm(len(split), generator=generator).tolist()
+    losses = []
+    for start in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):
+        images, targets = batch(split, order[start:start + cfg.batch_size], device)
+        outputs = model(images, targets, generator) if model.focal else model(images, targets)
+        loss = sum(criterion(outputs, targets)[0].values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        losses.append(loss.item())
+    return float(np.mean(losses))
+
+
+@torch.no_grad()
+def evaluate(model, criterion: SetCriterion, split: DetectionSplit, cfg: DetrTrainConfig, device: torch.device
+             ) -> tuple[dict[str, float], float]:
+    """COCO stats of the pinned top-k post-processing, and the mean matching loss (no denoising) on ``split``."""
+    model.eval()
+    detections, losses = [], []
+    for start in range(0, len(split), 64):
+        indices = list(range(start, min(start + 64, len(split))))
+        images, targets = batch(split, indices, device)
+        out = model(images)
+        losses.append(sum(criterion(out, targets)[0].values()).item() * len(indices))
+        for i, (scores, labels, boxes) in zip(indices, top_k_detections(
+                out["logits"][-1], out["boxes"][-1], model.focal, images.shape[-2:], cfg.top_k)):
+            for s, c, (x0, y0, x1, y1) in zip(scores.tolist(), labels.tolist(), boxes.tolist()):
+                detections.append({"image_id": split.image_ids[i], "category_id": split.cat_ids[c],
+                                   "bbox": [x0, y0, x1 - x0, y1 - y0], "score": s})
+    return evaluate_detections(split.coco, detections), float(np.sum(losses) / len(split))
+
+
+@torch.no_grad()
+def probe(model, criterion: SetCriterion, split: DetectionSplit, device: torch.device
+          ) -> tuple[list[torch.Tensor], list[float]]:
+    """On the fixed probe set, eval mode: each image's last-layer query→GT assignment, and the negative entropy
+    of the decoder cross-attention per layer (averaged over heads, queries, images)."""
+    model.eval()
+    images, targets = batch(split, list(range(len(split))), device)
+    out = model(images)
+    indices = hungarian_match(out["logits"][-1], out["boxes"][-1], targets, criterion.costs)
+    q = out["logits"][-1].shape[1]
+    return [assignment_vector(ix, q) for ix in indices], [negative_entropy(w) for w in out["cross_attn"]]

@@ -1,0 +1,79 @@
+"""The ``detr`` figures: convergence, matching instability, cross-attention sparsity, positional attention."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+from paper_figures.style import SuiteInputs
+
+METHOD_ORDER = ["detr", "dab_detr", "dn_dab_detr"]
+
+
+def _curves(inputs: SuiteInputs, metric: str) -> pd.DataFrame:
+    m = inputs.metrics
+    return m[(m["metric"] == metric) & m["epoch"].notna()].astype({"epoch": int})
+
+
+def _line(inputs: SuiteInputs, metric: str, ylabel: str, title: str):
+    curves = _curves(inputs, metric)
+    if curves.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    order = [m for m in METHOD_ORDER if m in set(curves["method"])]
+    sns.lineplot(curves, x="epoch", y="value", hue="method", hue_order=order, errorbar="sd", marker="o", ax=ax)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return fig
+
+
+def convergence(inputs: SuiteInputs):
+    return _line(inputs, "AP50", "val AP50 (mean ± std over seeds)", "Convergence (DN-DETR Fig. 5)")
+
+
+def matching_instability(inputs: SuiteInputs):
+    return _line(inputs, "matching_instability", "changed assignments / #GT",
+                 "Matching instability between consecutive epochs (DN-DETR §3)")
+
+
+def cross_attn_sparsity(inputs: SuiteInputs):
+    m = inputs.metrics
+    curves = m[m["metric"].str.startswith("cross_attn_neg_entropy_l") & m["epoch"].notna()].astype({"epoch": int})
+    if curves.empty:
+        return None
+    curves = curves.assign(layer=curves["metric"].str.replace("cross_attn_neg_entropy_l", "layer ", regex=False))
+    order = [x for x in METHOD_ORDER if x in set(curves["method"])]
+    grid = sns.relplot(curves, x="epoch", y="value", hue="method", hue_order=order, col="layer", kind="line",
+                       errorbar="sd", height=3.2, aspect=1.0, facet_kws={"sharey": False})
+    grid.set_ylabels("Σ p log p (higher = sparser)")
+    grid.figure.suptitle("Decoder cross-attention sparsity per layer (Sun et al. 2020)", y=1.03)
+    return grid.figure
+
+
+def positional_attention(inputs: SuiteInputs):
+    table = inputs.tables.get("positional_attention")
+    if table is None or table.empty:
+        return None
+    methods = [m for m in ("detr", "dab_detr") if m in set(table["method"])]
+    seed = table["seed"].min()
+    queries = sorted(table["query"].unique())
+    fig, axes = plt.subplots(len(methods), len(queries), figsize=(1.6 * len(queries), 1.9 * len(methods)),
+                             squeeze=False)
+    for row, method in zip(axes, methods):
+        sub = table[(table["method"] == method) & (table["seed"] == seed)]
+        for ax, q in zip(row, queries):
+            cells = sub[sub["query"] == q]
+            grid = np.zeros((cells["y"].max() + 1, cells["x"].max() + 1))
+            grid[cells["y"], cells["x"]] = cells["value"]
+            ax.imshow(grid, cmap="viridis")
+            ax.set_title(f"H={cells['entropy'].iloc[0]:.2f}, {int(cells['modes'].iloc[0])} mode(s)", fontsize=7)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        row[0].set_ylabel(method)
+    fig.suptitle(f"Positional attention of 8 learned queries against the image PE (seed {seed})")
+    return fig
+
+
+FIGURES = {"convergence": convergence, "matching_instability": matching_instability,
+           "cross_attn_sparsity": cross_attn_sparsity, "positional_attention": positional_attention}

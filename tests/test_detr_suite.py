@@ -1,0 +1,22 @@
+"""End-to-end: the detr suite on the quick profile writes every per-epoch and final metric and its figures."""
+import pandas as pd
+
+from benchmark.cli import main
+
+
+def test_detr_quick_run(tmp_path, cache_dir):
+    code = main(["run", "--suite", "detr", "--profile", "quick", "--seeds", "0", "1", "--set", "train.epochs=3",
+                 "--results-dir", str(tmp_path), "--cache-dir", str(cache_dir)])
+    assert code == 0
+    suite_dir = tmp_path / "detr"
+    metrics = pd.read_csv(suite_dir / "metrics.csv")
+    assert set(metrics["method"]) == {"detr", "dab_detr", "dn_dab_detr"}
+    per_epoch = metrics[metrics["epoch"].notna()]
+    assert {"AP", "AP50", "loss", "matching_instability", "cross_attn_neg_entropy", "cross_attn_neg_entropy_l0",
+            "cross_attn_neg_entropy_l2"} <= set(per_epoch["metric"])
+    assert set(per_epoch[per_epoch["metric"] == "matching_instability"]["epoch"]) == {2, 3}
+    finals = metrics[metrics["epoch"].isna()]
+    assert {("test", "AP"), ("test", "AP50"), ("test", "AP75"), ("test", "epochs_to_target"),
+            ("probe", "pos_attn_entropy"), ("probe", "pos_attn_modes")} <= set(zip(finals["split"], finals["metric"]))
+    for name in ("convergence", "matching_instability", "cross_attn_sparsity", "positional_attention"):
+        assert (suite_dir / "figures" / f"{name}.png").is_file(), name

@@ -1,0 +1,157 @@
+"""Golden-value tests of the DETR-family mechanics: matcher, losses, box ops, denoising, analyses."""
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cvpdl.analysis.detr_dynamics import (assignment_vector, count_modes, matching_instability, negative_entropy,
+                                          positional_attention)
+from cvpdl.detection.box_ops import cxcywh_to_xyxy, inverse_sigmoid
+from cvpdl.detection.criterion import LossWeights, SetCriterion
+from cvpdl.detection.dab_detr import DabDetr
+from cvpdl.detection.denoising import DenoisingConfig, attention_mask, build_dn_queries, noise_boxes
+from cvpdl.detection.detr import Detr, DetrConfig
+from cvpdl.detection.matcher import MatcherCosts, hungarian_match, match_costs
+from cvpdl.detection.position_encoding import image_position_encoding, sine_embed
+
+
+def random_case(seed, queries=5, targets=3, classes=4):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(1, queries, classes + 1, generator=g)
+    boxes = torch.rand(1, queries, 4, generator=g) * 0.5 + 0.25
+    t = {"labels": torch.randint(0, classes, (targets,), generator=g),
+         "boxes": torch.rand(targets, 4, generator=g) * 0.5 + 0.25}
+    return logits, boxes, t
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("focal", [False, True])
+def test_hungarian_matches_brute_force(seed, focal):
+    logits, boxes, t = random_case(seed)
+    costs = MatcherCosts(focal=focal)
+    if focal:
+        logits = logits[..., :-1]
+    cost = match_costs(logits[0], boxes[0], t["labels"], t["boxes"], costs)
+    best = min(sum(cost[q, j].item() for j, q in enumerate(perm))
+               for perm in itertools.permutations(range(5), 3))
+    rows, cols = hungarian_match(logits, boxes, [t], costs)[0]
+    assert sum(cost[r, c].item() for r, c in zip(rows, cols)) == pytest.approx(best, rel=1e-6)
+
+
+def test_matching_cost_weights_hand_value():
+    logits = torch.tensor([[0.0, 0.0]])  # softmax: 0.5 for class 0
+    pred = torch.tensor([[0.5, 0.5, 0.2, 0.2]])
+    gt = torch.tensor([[0.5, 0.6, 0.2, 0.2]])  # L1 = 0.1; IoU = 0.1*... see below
+    # xyxy: pred [0.4,0.4,0.6,0.6], gt [0.4,0.5,0.6,0.7]: inter 0.2*0.1=0.02, union 0.06, IoU 1/3; hull = area 0.06
+    expected = 1 * -0.5 + 5 * 0.1 + 2 * -(1 / 3)
+    assert match_costs(logits, pred, torch.tensor([0]), gt, MatcherCosts()).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_criterion_hand_values():
+    crit = SetCriterion(2, LossWeights(), MatcherCosts())
+    logits = torch.tensor([[[10.0, -10.0, -10.0], [-10.0, -10.0, 10.0]]])  # q0 → class 0, q1 → no object
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.1, 0.1, 0.1, 0.1]]])
+    target = [{"labels": torch.tensor([0]), "boxes": torch.tensor([[0.5, 0.6, 0.2, 0.2]])}]
+    losses, indices = crit({"logits": [logits], "boxes": [boxes]}, target)
+    assert indices[0][0].tolist() == [0] and indices[0][1].tolist() == [0]
+    assert losses["loss_bbox"].item() == pytest.approx(5 * 0.1, abs=1e-5)
+    # GIoU = IoU − (hull − union)/hull = 1/3 − (0.06 − 0.06)/0.06 = 1/3
+    assert losses["loss_giou"].item() == pytest.approx(2 * (1 - 1 / 3), abs=1e-5)
+    assert losses["loss_ce"].item() == pytest.approx(0.0, abs=1e-6)  # both queries confidently right
+
+
+def test_focal_criterion_uses_torchvision_sigmoid_focal_loss():
+    crit = SetCriterion(2, LossWeights(), MatcherCosts(focal=True))
+    logits = torch.zeros(1, 2, 2)
+    target_classes = torch.tensor([[0, 2]])  # q1 unmatched
+    # every entry p = 0.5: positive term α(1−p)^γ·log 2, negative (1−α)p^γ·log 2
+    pos = 0.25 * 0.25 * math.log(2)
+    neg = 0.75 * 0.25 * math.log(2)
+    assert crit.class_loss(logits, target_classes, 1.0).item() == pytest.approx(pos + 3 * neg, rel=1e-5)
+
+
+def test_box_ops():
+    assert cxcywh_to_xyxy(torch.tensor([[0.5, 0.5, 0.2, 0.4]])).tolist() == [pytest.approx([0.4, 0.3, 0.6, 0.7])]
+    assert inverse_sigmoid(torch.tensor([0.5])).item() == pytest.approx(0.0)
+    assert torch.isfinite(inverse_sigmoid(torch.tensor([0.0, 1.0]))).all()
+
+
+def test_dn_attention_mask():
+    mask = attention_mask(groups=3, group_size=2, num_matching=4)
+    pad = 6
+    assert mask[pad:, :pad].all(), "matching queries must not see DN queries"
+    assert not mask[pad:, pad:].any() and not mask[:pad, pad:].any()
+    for g, h in itertools.product(range(3), range(3)):
+        block = mask[2 * g:2 * g + 2, 2 * h:2 * h + 2]
+        assert block.all() if g != h else not block.any()
+
+
+def test_dn_noise_stays_within_lambda():
+    boxes = torch.tensor([[0.5, 0.5, 0.2, 0.3]]).repeat(2000, 1)
+    noised = noise_boxes(boxes, 0.4, torch.Generator().manual_seed(0))
+    assert ((noised[:, 0] - 0.5).abs() <= 0.4 * 0.2 / 2 + 1e-6).all()
+    assert ((noised[:, 1] - 0.5).abs() <= 0.4 * 0.3 / 2 + 1e-6).all()
+    assert (noised[:, 2] >= 0.2 * 0.6 - 1e-6).all() and (noised[:, 2] <= 0.2 * 1.4 + 1e-6).all()
+    assert (noised[:, 3] >= 0.3 * 0.6 - 1e-6).all() and (noised[:, 3] <= 0.3 * 1.4 + 1e-6).all()
+    assert (noise_boxes(torch.tensor([[0.99, 0.01, 0.5, 0.5]]), 0.4) <= 1).all()
+
+
+def test_dn_queries_and_label_flips():
+    targets = [{"labels": torch.tensor([1, 2]), "boxes": torch.rand(2, 4) * 0.5 + 0.25},
+               {"labels": torch.tensor([0]), "boxes": torch.rand(1, 4) * 0.5 + 0.25}]
+    cfg = DenoisingConfig(groups=5, label_flip=0.2)
+    labels, boxes, valid, indices, size = build_dn_queries(targets, cfg, 10, torch.Generator().manual_seed(0))
+    assert size == 2 and labels.shape == (2, 10) and valid.sum().item() == 5 * 3
+    assert (labels[1, 1::2] == 10).all(), "padding of the shorter image"
+    assert indices[0][1].tolist() == [0, 1] * 5 and indices[1][0].tolist() == [0, 2, 4, 6, 8]
+    many = [{"labels": torch.zeros(1000, dtype=torch.long), "boxes": torch.full((1000, 4), 0.5)}]
+    flipped, *_ = build_dn_queries(many, DenoisingConfig(groups=1), 10, torch.Generator().manual_seed(1))
+    assert 0.13 < (flipped != 0).float().mean().item() < 0.23  # p 0.2, minus flips back to the same class
+
+
+def test_dn_reconstruction_loss_needs_no_matching_and_models_run():
+    cfg = DetrConfig(backbone_width=8, d_model=16, heads=2, encoder_layers=1, decoder_layers=2, d_ff=32,
+                     num_queries=4)
+    images = torch.randn(2, 3, 32, 32)
+    targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])},
+               {"labels": torch.tensor([0, 2]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.7, 0.2, 0.2]])}]
+    dn = DabDetr(cfg, 3, DenoisingConfig(groups=2)).train()
+    out = dn(images, targets, torch.Generator().manual_seed(0))
+    assert len(out["logits"]) == 2 and out["logits"][0].shape == (2, 4, 3)
+    assert out["dn"]["logits"][0].shape == (2, 4, 3)  # 2 groups × 2 (largest image)
+    losses, _ = SetCriterion(3, LossWeights(), MatcherCosts(focal=True))(out, targets)
+    assert {"loss_dn_ce", "loss_dn_bbox", "loss_dn_giou", "loss_ce"} <= set(losses)
+    sum(losses.values()).backward()
+    assert out["cross_attn"][0].shape == (2, 2, 4, 16)
+    detr = Detr(cfg, 3)
+    assert detr(images)["logits"][-1].shape == (2, 4, 4)
+    assert dn.eval()(images).get("dn") is None
+
+
+def test_instability_and_entropy_metrics():
+    prev = [assignment_vector((torch.tensor([0, 2]), torch.tensor([0, 1])), 4)]
+    cur = [assignment_vector((torch.tensor([1, 2]), torch.tensor([0, 1])), 4)]
+    assert prev[0].tolist() == [0, -1, 1, -1]
+    assert matching_instability(prev, cur, num_gt=2) == 1.0  # q0 lost GT 0, q1 gained it: 2 changes / 2 GT
+    uniform = torch.full((1, 1, 2, 4), 0.25)
+    assert negative_entropy(uniform) == pytest.approx(-math.log(4))
+    assert negative_entropy(torch.tensor([[1.0, 0.0]])) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_positional_attention_and_modes():
+    maps = positional_attention(torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.0, 0.0]]), heads=1)
+    e = math.exp(1 / math.sqrt(2))
+    assert maps[0].tolist() == pytest.approx([e / (e + 1), 1 / (e + 1)])
+    two_peaks = np.zeros((6, 6))
+    two_peaks[1, 1], two_peaks[4, 4], two_peaks[4, 0] = 1.0, 0.8, 0.1
+    assert count_modes(two_peaks) == 2  # the 0.1 bump is below half of the maximum
+    assert count_modes(np.ones((4, 4))) == 0  # flat: no strict maximum
+
+
+def test_sine_position_encodings_share_one_space():
+    pe = image_position_encoding(2, 2, 8)
+    assert pe.shape == (4, 8)
+    centre = torch.tensor([[0.25, 0.75]])  # (y, x) of cell (row 0, col 1)
+    assert torch.allclose(sine_embed(centre, 4), pe[1:2])
