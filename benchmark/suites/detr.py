@@ -57,7 +57,8 @@ def _subset(split: DetectionSplit, n: int) -> DetectionSplit:
     ids = set(split.image_ids[:n])
     coco = {**split.coco, "images": split.coco["images"][:n],
             "annotations": [a for a in split.coco["annotations"] if a["image_id"] in ids]}
-    return DetectionSplit(np.stack([split.image(i) for i in range(min(n, len(split)))]), coco, split.captions,
+    captions = split.captions[:n] if split.captions else None
+    return DetectionSplit(np.stack([split.image(i) for i in range(min(n, len(split)))]), coco, captions,
                           split.novel_cat_ids)
 
 
