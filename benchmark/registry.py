@@ -33,6 +33,7 @@ class Section:
     literature: str  # the answer the papers give
     measured: list[str]  # what this harness measured, every claim with its numbers
     figures: list[str]  # figure names under results/<suite>/figures/
+    verdict: str = ""  # does the measurement agree with the paper? (computed from the intervals)
 
 
 @dataclass(frozen=True)

@@ -59,18 +59,29 @@ def _paired(a: pd.DataFrame, b: pd.DataFrame) -> PairedTest | None:
     return paired_test(pairs["value"].tolist(), pairs["value_base"].tolist())
 
 
+def paired_comparison(frame: pd.DataFrame, method: str, baseline: str, metric: str, split: str,
+                      baseline_metric: str | None = None) -> PairedTest | None:
+    finals = final_metrics(frame)
+    return _paired(_final_values(finals, method, metric, split),
+                   _final_values(finals, baseline, baseline_metric or metric, split))
+
+
+def direction(t: PairedTest | None) -> str:
+    """"higher" / "lower" where the 95% interval of the paired difference excludes 0."""
+    if t is None or t.n < 2:
+        return "not measured"
+    return "higher" if t.ci_low > 0 else "lower" if t.ci_high < 0 else "no significant difference"
+
+
 def paired_verdict(frame: pd.DataFrame, method: str, baseline: str, metric: str, split: str,
                    baseline_metric: str | None = None) -> str:
     """"Δ +0.123 [+0.050, +0.190], p=0.01, n=3: higher" from a paired test over seeds."""
-    finals = final_metrics(frame)
-    t = _paired(_final_values(finals, method, metric, split),
-                _final_values(finals, baseline, baseline_metric or metric, split))
+    t = paired_comparison(frame, method, baseline, metric, split, baseline_metric)
     if t is None:
         return "not measured"
     if t.n < 2:
         return f"Δ {t.mean_diff:+.3f} (one seed: no interval)"
-    side = ("higher" if t.ci_low > 0 else "lower" if t.ci_high < 0 else "no significant difference")
-    return f"Δ {t.mean_diff:+.3f} [{t.ci_low:+.3f}, {t.ci_high:+.3f}], p={t.p_value:.3g}, n={t.n}: {side}"
+    return f"Δ {t.mean_diff:+.3f} [{t.ci_low:+.3f}, {t.ci_high:+.3f}], p={t.p_value:.3g}, n={t.n}: {direction(t)}"
 
 
 def paired_rows(frame: pd.DataFrame, baseline: str) -> pd.DataFrame:
@@ -103,7 +114,8 @@ def summary_markdown(spec: SuiteSpec, frame: pd.DataFrame, timings: pd.DataFrame
              f"commit `{run.get('git_commit', '?')[:12]}`{' (dirty)' if run.get('git_dirty') else ''}, "
              f"device `{run.get('device', '?')}`, {run.get('threads', '?')} threads.\n\n"]
     if spec.report_sections:
-        lines = [f"- {line}\n" for section in spec.report_sections(frame, timings) for line in section.measured]
+        lines = [f"- {line}\n" for section in spec.report_sections(frame, timings)
+                 for line in section.measured + ([f"**Agreement:** {section.verdict}"] if section.verdict else [])]
         parts += ["## What the numbers say\n\n", *lines, "\n"]
     parts += ["## Final metrics (mean ± std over seeds, 95% t-interval)\n\n", _markdown(table), "\n"]
     if spec.baseline and spec.baseline in set(frame["method"]):
@@ -183,7 +195,7 @@ def report_markdown(results_dir: Path) -> str:
         for section in spec.report_sections(frame, timings):
             parts.append(f"### {section.heading}\n\n**The literature.** {section.literature}\n\n**Measured.**\n\n")
             parts += [f"- {line}\n" for line in section.measured]
-            parts.append("\n")
+            parts.append(f"\n**Agreement with the paper.** {section.verdict}\n\n" if section.verdict else "\n")
             parts += [f"![{name}]({spec.name}/figures/{name}.png)\n" for name in section.figures]
             parts.append("\n")
     return "".join(parts)

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from benchmark.config import section_config
 from benchmark.registry import REGISTRY, MethodSpec, Section, SuiteSpec
-from benchmark.report import describe, paired_verdict, summary_rows
+from benchmark.report import cell, describe, direction, paired_comparison, paired_verdict, summary_rows
 from benchmark.runner import CellResult, RunContext
 from cvpdl.analysis.detr_dynamics import count_modes, entropy, matching_instability, positional_attention
 from cvpdl.data.coco import load_coco_split
@@ -124,6 +124,42 @@ def run_cell(run: RunContext, shared: DetrShared, method: MethodSpec, seed: int,
     return CellResult(records, [], {"positional_attention": table})
 
 
+def _first_last(frame: pd.DataFrame, method: str, metric: str) -> tuple[float, float] | None:
+    rows = frame[(frame["method"] == method) & (frame["metric"] == metric) & frame["epoch"].notna()]
+    if rows.empty:
+        return None
+    by_epoch = rows.groupby("epoch")["value"].mean()
+    return float(by_epoch.iloc[0]), float(by_epoch.iloc[-1])
+
+
+def _a1_verdict(frame: pd.DataFrame, rows: pd.DataFrame, methods: list[str]) -> str:
+    parts = []
+    trend = {m: _first_last(frame, m, "matching_instability") for m in methods}
+    falling = [m for m, t in trend.items() if t and t[1] < t[0]]
+    parts.append(f"instability falls from the first to the last epoch for {', '.join(falling) or 'no method'}")
+    sparse = [m for m in methods if (t := _first_last(frame, m, "cross_attn_neg_entropy")) and t[1] > t[0]]
+    parts.append(f"cross-attention keeps getting sparser to the last epoch for {', '.join(sparse) or 'no method'}")
+    detr, dab = cell(rows, "detr", "pos_attn_entropy", "probe"), cell(rows, "dab_detr", "pos_attn_entropy", "probe")
+    if detr is not None and dab is not None:
+        separated = dab["ci_high"] < detr["ci_low"]
+        parts.append("DAB's positional attention has lower entropy than DETR's" +
+                     (" (intervals separated)" if separated else " only in the mean (intervals overlap)"))
+    return "Measured: " + "; ".join(parts) + ". Compare with the literature above claim by claim."
+
+
+def _a2_verdict(frame: pd.DataFrame, methods: list[str]) -> str:
+    pairs = [(m, b) for m, b in (("dab_detr", "detr"), ("dn_dab_detr", "dab_detr")) if m in methods and b in methods]
+    sides = {f"{m} vs {b}": direction(paired_comparison(frame, m, b, "AP50", "test")) for m, b in pairs}
+    if all(side == "higher" for side in sides.values()):
+        return "Yes: test AP50 rises from DETR to DAB-DETR to DN-DETR at equal epochs, each step significant."
+    finals = frame[frame["epoch"].isna() & (frame["metric"] == "AP50") & (frame["split"] == "test")]
+    means = finals.groupby("method")["value"].mean()
+    ordered = all(means.get(m, float("nan")) > means.get(b, float("nan")) for m, b in pairs)
+    return ("; ".join(f"{k}: {v}" for k, v in sides.items()) + ". The mean test AP50 is "
+            + ("ordered as in the papers (DN-DETR > DAB-DETR > DETR)" if ordered else "not ordered as in the papers")
+            + ", but not every step is significant at this number of seeds and epochs.")
+
+
 def _curve_trend(frame: pd.DataFrame, method: str, metric: str) -> str:
     """Mean over seeds of ``metric`` at the first and the last epoch where it exists."""
     rows = frame[(frame["method"] == method) & (frame["metric"] == metric) & frame["epoch"].notna()]
@@ -163,13 +199,14 @@ def report_sections(frame: pd.DataFrame, timings: pd.DataFrame | None) -> list[S
                 "only slowly (Sun et al.). DAB-DETR adds that a learned query's positional part does not line up with "
                 "the image's positional encoding, giving multi-mode or near-uniform positional attention.",
                 instability + sparsity + positional,
-                ["matching_instability", "cross_attn_sparsity", "positional_attention"]),
+                ["matching_instability", "cross_attn_sparsity", "positional_attention"],
+                _a1_verdict(frame, rows, methods)),
         Section("A2. How do DAB-DETR and DN-DETR address it?",
                 "DAB-DETR makes queries explicit 4-D anchor boxes refined layer by layer, whose sine embedding is the "
                 "positional query (with width/height-modulated attention): a clear positional prior per query. "
                 "DN-DETR feeds noised ground truths as extra queries that must reconstruct the originals without "
                 "matching: stable targets that shortcut box-offset learning; it reports faster convergence and "
-                "lower instability.", convergence, ["convergence"]),
+                "lower instability.", convergence, ["convergence"], _a2_verdict(frame, methods)),
     ]
 
 

@@ -15,7 +15,7 @@ import torch
 
 from benchmark.config import section_config
 from benchmark.registry import REGISTRY, MethodSpec, Section, SuiteSpec
-from benchmark.report import describe, paired_verdict, summary_rows
+from benchmark.report import cell, describe, direction, paired_comparison, paired_verdict, summary_rows
 from benchmark.runner import CellResult, RunContext
 from benchmark.cache import cache_key, cached_state
 from cvpdl.analysis.intrinsic_dimension import intrinsic_dimension
@@ -140,6 +140,26 @@ def run_cell(run: RunContext, shared: KDShared, method: MethodSpec, seed: int, g
     return CellResult(records, timings)
 
 
+def _b1_verdict(frame: pd.DataFrame, base: str) -> str:
+    logit = direction(paired_comparison(frame, "logit_kd", base, "top1_last", "test"))
+    feature = direction(paired_comparison(frame, "fitnet", base, "top1_last", "test"))
+    text = f"Logit KD vs the student alone: {logit}; FitNet vs the student alone: {feature}."
+    if feature == "lower" and logit != "lower":
+        text += (" With a student much thinner than its teacher, feature mimicking hurt while logit matching did "
+                 "not: the mismatch cost the literature warns about, not the extra signal it promises.")
+    return text
+
+
+def _b3_verdict(frame: pd.DataFrame, rows: pd.DataFrame) -> str:
+    teacher = cell(rows, "reverse_feature_kd", "intrinsic_dim", "teacher")
+    student = cell(rows, "reverse_feature_kd", "intrinsic_dim", "student")
+    premise = ("" if teacher is None or student is None else
+               "The paper's premise (teacher ID below student ID) " +
+               ("holds" if teacher["mean"] < student["mean"] else "does not hold") + " here; ")
+    return premise + "reverse feature KD vs FitNet: " + direction(
+        paired_comparison(frame, "reverse_feature_kd", "fitnet", "top1_last", "test")) + "."
+
+
 def report_sections(frame: pd.DataFrame, timings: pd.DataFrame | None) -> list[Section]:
     rows = summary_rows(frame)
     methods = set(frame["method"])
@@ -161,7 +181,7 @@ def report_sections(frame: pd.DataFrame, timings: pd.DataFrame | None) -> list[S
         "Logit distillation matches output distributions: simple, architecture-agnostic, needs only the teacher's "
         "outputs. Feature distillation matches internal representations: more signal, often said to transfer more, "
         "but it needs aligned shapes (a regressor) and suffers when teacher and student differ a lot.",
-        lines, ["kd_accuracy", "kd_curves"])]
+        lines, ["kd_accuracy", "kd_curves"], _b1_verdict(frame, base))]
     if "gld" in methods and "logit_kd" in methods:
         sections.append(Section(
             "B2. GLD: global and local logits with dense relations (Kim et al., ICCV 2021)",
@@ -169,7 +189,9 @@ def report_sections(frame: pd.DataFrame, timings: pd.DataFrame | None) -> list[S
             "feature map (through the network's own classifier), standardises the logits, and matches the relations "
             "between all global and local logits in the batch.",
             [f"`gld` vs `logit_kd`, top-1: {paired_verdict(frame, 'gld', 'logit_kd', 'top1_last', 'test')}."],
-            ["kd_accuracy"]))
+            ["kd_accuracy"],
+            "The paper reports GLD above logit KD; measured: "
+            + direction(paired_comparison(frame, "gld", "logit_kd", "top1_last", "test")) + "."))
     if "reverse_feature_kd" in methods:
         lines = []
         if "fitnet" in methods:
@@ -188,7 +210,7 @@ def report_sections(frame: pd.DataFrame, timings: pd.DataFrame | None) -> list[S
             "A large teacher can represent data with an intrinsic dimension a small student cannot reach, making "
             "plain feature mimicking hard; training the teacher to also mimic a trained student's features first "
             "(reverse distillation) closes the gap, and the student then distils from that teacher.",
-            lines, ["intrinsic_dimension"]))
+            lines, ["intrinsic_dimension"], _b3_verdict(frame, rows)))
     return sections
 
 
