@@ -124,20 +124,21 @@ def run_cell(run: RunContext, shared: DetrShared, method: MethodSpec, seed: int,
     return CellResult(records, [], {"positional_attention": table})
 
 
-def _first_last(frame: pd.DataFrame, method: str, metric: str) -> tuple[float, float] | None:
+def _first_last(frame: pd.DataFrame, method: str, metric: str) -> tuple[int, float, int, float] | None:
+    """(first epoch, its mean over seeds, last epoch, its mean) of a per-epoch metric."""
     rows = frame[(frame["method"] == method) & (frame["metric"] == metric) & frame["epoch"].notna()]
     if rows.empty:
         return None
     by_epoch = rows.groupby("epoch")["value"].mean()
-    return float(by_epoch.iloc[0]), float(by_epoch.iloc[-1])
+    return int(by_epoch.index[0]), float(by_epoch.iloc[0]), int(by_epoch.index[-1]), float(by_epoch.iloc[-1])
 
 
 def _a1_verdict(frame: pd.DataFrame, rows: pd.DataFrame, methods: list[str]) -> str:
     parts = []
     trend = {m: _first_last(frame, m, "matching_instability") for m in methods}
-    falling = [m for m, t in trend.items() if t and t[1] < t[0]]
+    falling = [m for m, t in trend.items() if t and t[3] < t[1]]
     parts.append(f"instability falls from the first to the last epoch for {', '.join(falling) or 'no method'}")
-    sparse = [m for m in methods if (t := _first_last(frame, m, "cross_attn_neg_entropy")) and t[1] > t[0]]
+    sparse = [m for m in methods if (t := _first_last(frame, m, "cross_attn_neg_entropy")) and t[3] > t[1]]
     parts.append(f"cross-attention keeps getting sparser to the last epoch for {', '.join(sparse) or 'no method'}")
     detr, dab = cell(rows, "detr", "pos_attn_entropy", "probe"), cell(rows, "dab_detr", "pos_attn_entropy", "probe")
     if detr is not None and dab is not None:
@@ -161,12 +162,8 @@ def _a2_verdict(frame: pd.DataFrame, methods: list[str]) -> str:
 
 
 def _curve_trend(frame: pd.DataFrame, method: str, metric: str) -> str:
-    """Mean over seeds of ``metric`` at the first and the last epoch where it exists."""
-    rows = frame[(frame["method"] == method) & (frame["metric"] == metric) & frame["epoch"].notna()]
-    if rows.empty:
-        return "not measured"
-    by_epoch = rows.groupby("epoch")["value"].mean()
-    return f"{by_epoch.iloc[0]:.3f} at epoch {by_epoch.index[0]} → {by_epoch.iloc[-1]:.3f} at epoch {by_epoch.index[-1]}"
+    t = _first_last(frame, method, metric)
+    return "not measured" if t is None else f"{t[1]:.3f} at epoch {t[0]} → {t[3]:.3f} at epoch {t[2]}"
 
 
 def report_sections(frame: pd.DataFrame, timings: pd.DataFrame | None) -> list[Section]:
