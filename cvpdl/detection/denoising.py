@@ -51,23 +51,21 @@ def attention_mask(groups: int, group_size: int, num_matching: int, device=None)
 def build_dn_queries(targets: list[dict], cfg: DenoisingConfig, num_classes: int, generator: torch.Generator | None
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list, int]:
     """Noised labels (B, pad) — ``num_classes`` marks padding — noised boxes (B, pad, 4), a validity mask, the
-    (query, target) indices of the reconstruction loss per image, and the group size."""
-    group_size = max(1, max(len(t["labels"]) for t in targets))
-    pad = cfg.groups * group_size
+    (query, target) indices of the reconstruction loss per image, and the group size. The whole batch is noised
+    in one go: ground truths padded to the largest image, repeated once per group (group-major)."""
+    sizes = [len(t["labels"]) for t in targets]
+    group_size, groups, b = max(1, max(sizes)), cfg.groups, len(targets)
     device = targets[0]["boxes"].device
-    labels = torch.full((len(targets), pad), num_classes, dtype=torch.long, device=device)
-    boxes = torch.full((len(targets), pad, 4), 0.5, device=device)
-    valid = torch.zeros(len(targets), pad, dtype=torch.bool, device=device)
-    indices = []
-    for b, t in enumerate(targets):
-        n = len(t["labels"])
-        queries, gts = [], []
-        for g in range(cfg.groups):
-            start = g * group_size
-            labels[b, start:start + n] = flip_labels(t["labels"], cfg.label_flip, num_classes, generator)
-            boxes[b, start:start + n] = noise_boxes(t["boxes"], cfg.box_noise, generator)
-            valid[b, start:start + n] = True
-            queries.append(torch.arange(start, start + n))
-            gts.append(torch.arange(n))
-        indices.append((torch.cat(queries), torch.cat(gts)) if n else (torch.zeros(0, dtype=torch.long),) * 2)
+    labels = torch.full((b, group_size), num_classes, dtype=torch.long, device=device)
+    boxes = torch.full((b, group_size, 4), 0.5, device=device)
+    for i, t in enumerate(targets):
+        labels[i, :sizes[i]] = t["labels"]
+        boxes[i, :sizes[i]] = t["boxes"]
+    valid = (labels != num_classes).repeat(1, groups)
+    labels = torch.where(valid, flip_labels(labels.repeat(1, groups), cfg.label_flip, num_classes, generator),
+                         num_classes)
+    noised = noise_boxes(boxes.repeat(1, groups, 1).reshape(-1, 4), cfg.box_noise, generator).view(b, -1, 4)
+    boxes = torch.where(valid[..., None], noised, 0.5)
+    indices = [((torch.arange(groups)[:, None] * group_size + torch.arange(n)[None]).flatten(),
+                torch.arange(n).repeat(groups)) for n in sizes]
     return labels, boxes, valid, indices, group_size
