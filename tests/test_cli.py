@@ -20,7 +20,7 @@ def test_list_shows_the_three_suites():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["run", "--suite", "nope"], "unknown suite 'nope'; choose from: kd, ovd, detr"),
+    (["run", "--suite", "nope"], "unknown suite 'nope'; choose from: detr, kd, ovd"),
     (["run", "--suite", "ovd", "--methods", "foo"], "unknown method 'foo' for suite 'ovd'; choose from: clip_crop"),
     (["run", "--suite", "ovd", "--set", "clip.nope=1"], "unknown config key 'clip.nope'"),
     (["run", "--suite", "ovd", "--profile", "huge"], "unknown profile 'huge'"),
