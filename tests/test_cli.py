@@ -2,18 +2,30 @@
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
+
+from benchmark.cli import main
 
 from tests.test_coco_eval import gt_as_detections, make_gt
 
 
-def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "benchmark", *args], capture_output=True, text=True, cwd=cwd)
+@pytest.fixture
+def cli(capsys):
+    """Run the CLI in-process (fast); ``test_list_shows_the_three_suites`` covers ``python -m benchmark`` itself."""
+    def run(*args):
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:
+            code = exit_.code
+        captured = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
+    return run
 
 
 def test_list_shows_the_three_suites():
-    out = cli("list")
+    out = subprocess.run([sys.executable, "-m", "benchmark", "list"], capture_output=True, text=True)
     assert out.returncode == 0
     for name in ("ovd:", "detr:", "kd:", "clip_crop", "clip_roi", "regionclip"):
         assert name in out.stdout
@@ -26,10 +38,12 @@ def test_list_shows_the_three_suites():
     (["run", "--suite", "ovd", "--profile", "huge"], "unknown profile 'huge'"),
     (["run", "--suite", "ovd", "--data", "coco", "--data-root", "/nonexistent"], "--data coco needs --data-root"),
     (["run", "--suite", "ovd", "--clip", "RN50", "--clip-weights", "/nonexistent.pt"], "CLIP checkpoint not found"),
-    (["run", "--suite", "detr"], "cannot run yet"),
+    (["run", "--suite", "detr", "--seeds", "1", "1"], "--seeds must list distinct integers"),
+    (["run", "--suite", "kd", "--set", "train.epochs=ten"], "cannot read 'ten' as int"),
+    (["run", "--suite", "ovd", "--set", "regionclip.label_pool=x"], "regionclip.label_pool must be one of"),
     (["report", "--suite", "ovd", "--results-dir", "/nonexistent"], "no results at"),
 ])
-def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, cli):
     out = cli(*args, "--results-dir", str(tmp_path)) if args[0] == "run" else cli(*args)
     assert out.returncode == 2, out.stderr
     assert message in out.stderr
@@ -38,7 +52,7 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
     assert not any(tmp_path.iterdir()), "bad input must not write anything"
 
 
-def test_evaluate_prints_stats_and_ov_split(tmp_path):
+def test_evaluate_prints_stats_and_ov_split(tmp_path, cli):
     (tmp_path / "gt.json").write_text(json.dumps(make_gt()))
     (tmp_path / "dt.json").write_text(json.dumps(gt_as_detections(make_gt())))
     out = cli("evaluate", "--gt", str(tmp_path / "gt.json"), "--dt", str(tmp_path / "dt.json"),
@@ -49,7 +63,7 @@ def test_evaluate_prints_stats_and_ov_split(tmp_path):
     assert set(stats) >= {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"}
 
 
-def test_evaluate_rejects_malformed_files(tmp_path):
+def test_evaluate_rejects_malformed_files(tmp_path, cli):
     (tmp_path / "gt.json").write_text(json.dumps(make_gt()))
     (tmp_path / "bad.json").write_text("{not json")
     (tmp_path / "dt.json").write_text(json.dumps([{"image_id": 1}]))
