@@ -29,5 +29,5 @@ class Distiller(nn.Module):
 
     def losses(self, x: torch.Tensor, y: torch.Tensor, teacher_out: dict[str, torch.Tensor] | None
                ) -> dict[str, torch.Tensor]:
-        """Weighted loss terms by name (``loss_*``); the optimiser minimises their sum."""
-        raise NotImplementedError
+        """Weighted loss terms by name (``loss_*``); the optimiser minimises their sum. Subclasses define it."""
+        raise TypeError(f"{type(self).__name__} does not define its losses")

@@ -15,7 +15,7 @@ from cvpdl.data.captions import prompt
 from cvpdl.data.detection_split import DetectionSplit
 from cvpdl.evaluation.classification import split_top1
 from cvpdl.evaluation.coco_eval import evaluate_detections
-from cvpdl.ovd.region_classifier import OvdContext, RegionClassifier
+from cvpdl.ovd.region_classifier import OvdContext, RegionClassifier, embed_images
 
 LOGIT_SCALE = 100.0  # CLIP's trained temperature for zero-shot softmax scores
 
@@ -59,7 +59,7 @@ def evaluate_ovd(method: RegionClassifier, ctx: OvdContext, test: DetectionSplit
     single_images = _stack(single)
     single_labels = torch.as_tensor(np.array([single.target(i)[1][0] for i in range(len(single))]))
     add("zs_top1_image", split_top1(method.embed_images(ctx, single_images) @ text.T, single_labels, novel))
-    clip_logits = RegionClassifier().embed_images(ctx, single_images) @ text.T
+    clip_logits = embed_images(ctx.clip, single_images, ctx.batch_size) @ text.T
     add("clip_zs_top1_image", split_top1(clip_logits, single_labels, novel))
 
     # locate (shared class-agnostic localizer), then classify each proposal

@@ -5,6 +5,8 @@ embeddings of all class names, the shared localizer and the evaluation are commo
 """
 from __future__ import annotations
 
+import abc
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +28,14 @@ class OvdContext:
     batch_size: int = 128
 
 
-class RegionClassifier:
+@torch.no_grad()
+def embed_images(encoder: ClipEncoder, images: np.ndarray, batch_size: int) -> torch.Tensor:
+    """L2-normalised whole-image embeddings, in batches."""
+    return torch.cat([encoder.encode_image(encoder.to_tensor(images[i:i + batch_size])).cpu()
+                      for i in range(0, len(images), batch_size)]) if len(images) else torch.zeros(0)
+
+
+class RegionClassifier(abc.ABC):
     """Base class: ``fit`` (optional training; returns per-epoch losses by name) and two embedding functions."""
 
     def fit(self, ctx: OvdContext, generator: torch.Generator) -> dict[str, list[float]]:
@@ -36,12 +45,9 @@ class RegionClassifier:
         """The visual encoder used for whole images (the CLIP itself unless the method trains its own)."""
         return ctx.clip
 
-    @torch.no_grad()
     def embed_images(self, ctx: OvdContext, images: np.ndarray) -> torch.Tensor:
-        enc = self.encoder(ctx)
-        return torch.cat([enc.encode_image(enc.to_tensor(images[i:i + ctx.batch_size])).cpu()
-                          for i in range(0, len(images), ctx.batch_size)]) if len(images) else torch.zeros(0)
+        return embed_images(self.encoder(ctx), images, ctx.batch_size)
 
+    @abc.abstractmethod
     def embed_regions(self, ctx: OvdContext, images: np.ndarray, boxes: list[np.ndarray]) -> torch.Tensor:
         """L2-normalised embeddings of every box (xyxy px) of every image, concatenated in order."""
-        raise NotImplementedError
