@@ -53,15 +53,6 @@ class DetrShared:
     probe: DetectionSplit
 
 
-def _subset(split: DetectionSplit, n: int) -> DetectionSplit:
-    ids = set(split.image_ids[:n])
-    coco = {**split.coco, "images": split.coco["images"][:n],
-            "annotations": [a for a in split.coco["annotations"] if a["image_id"] in ids]}
-    captions = split.captions[:n] if split.captions else None
-    return DetectionSplit(np.stack([split.image(i) for i in range(min(n, len(split)))]), coco, captions,
-                          split.novel_cat_ids)
-
-
 def prepare(run: RunContext) -> DetrShared:
     data = section_config(run.cfg, "data", DetrDataConfig)
     if run.data == "coco":
@@ -73,7 +64,7 @@ def prepare(run: RunContext) -> DetrShared:
         train = load_digits_split(world, "train", data.train_images, world.seed, run.cache_dir)
         val = load_digits_split(world, "val", data.val_images, world.seed, run.cache_dir)
         test = load_digits_split(world, "test", data.test_images, world.seed, run.cache_dir)
-    return DetrShared(train, val, test, _subset(val, data.probe_images))
+    return DetrShared(train, val, test, val.subset(list(range(min(data.probe_images, len(val))))))
 
 
 def _pos_attention(model, grid: tuple[int, int], heads: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:

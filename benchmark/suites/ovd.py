@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -132,11 +131,7 @@ def run_cell(run: RunContext, shared: OvdShared, method: MethodSpec, seed: int, 
 
 def _single_objects(split: DetectionSplit) -> DetectionSplit:
     """Real data has no single-object canvases: use its images that hold exactly one object."""
-    keep = [i for i in range(len(split)) if len(split.target(i)[1]) == 1]
-    ids = {split.image_ids[i] for i in keep}
-    coco = {**split.coco, "images": [im for im in split.coco["images"] if im["id"] in ids],
-            "annotations": [a for a in split.coco["annotations"] if a["image_id"] in ids]}
-    return DetectionSplit(np.stack([split.image(i) for i in keep]), coco, None, split.novel_cat_ids)
+    return split.subset([i for i in range(len(split)) if len(split.target(i)[1]) == 1])
 
 
 def _clip_verdict(r) -> str:

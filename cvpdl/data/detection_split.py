@@ -55,6 +55,14 @@ class DetectionSplit:
 
         return np.asarray(Image.open(self.images[i]).convert("RGB"))
 
+    def subset(self, indices: list[int]) -> "DetectionSplit":
+        """The images at ``indices`` (loaded into memory), their annotations and captions."""
+        ids = {self.image_ids[i] for i in indices}
+        coco = {**self.coco, "images": [self.coco["images"][i] for i in indices],
+                "annotations": [a for a in self.coco["annotations"] if a["image_id"] in ids]}
+        captions = [self.captions[i] for i in indices] if self.captions else None
+        return DetectionSplit(np.stack([self.image(i) for i in indices]), coco, captions, self.novel_cat_ids)
+
     def target(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Non-crowd ground-truth boxes (xyxy, absolute px) and contiguous class indices of image ``i``."""
         return self._targets[i]
