@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import generalized_box_iou, sigmoid_focal_loss
+from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from cvpdl.detection.box_ops import cxcywh_to_xyxy
 from cvpdl.detection.matcher import MatcherCosts, hungarian_match
@@ -44,7 +44,8 @@ class SetCriterion:
 
     def box_losses(self, pred: torch.Tensor, gt: torch.Tensor, num_boxes: float) -> tuple[torch.Tensor, torch.Tensor]:
         l1 = F.l1_loss(pred, gt, reduction="sum") / num_boxes
-        giou = (1 - torch.diag(generalized_box_iou(cxcywh_to_xyxy(pred), cxcywh_to_xyxy(gt)))).sum() / num_boxes
+        # pairwise (not the N × N matrix): the DN part has groups × targets pairs per layer
+        giou = generalized_box_iou_loss(cxcywh_to_xyxy(pred), cxcywh_to_xyxy(gt), reduction="sum") / num_boxes
         return l1, giou
 
     def layer_losses(self, logits: torch.Tensor, boxes: torch.Tensor, targets: list[dict],
