@@ -1,4 +1,4 @@
-"""``python -m benchmark``: list, run, evaluate, report.
+"""``python -m benchmark``: list, run, evaluate, report, perf.
 
 User errors (unknown names, bad files, bad values) print one line and exit 2; nothing already written is touched.
 """
@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from cvpdl.errors import UserInputError
@@ -43,11 +45,22 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "~/.cache/cvpdl-bench)")
     run.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     run.add_argument("--force", action="store_true", help="recompute cells that finished before")
+    run.add_argument("--resume", action="store_true", help="continue interrupted cells from their last per-epoch "
+                                                           "checkpoint (finished cells are always reused)")
 
     evaluate = sub.add_parser("evaluate", help="the common COCO evaluator on a ground truth and detections")
     evaluate.add_argument("--gt", type=Path, required=True, help="COCO ground-truth JSON")
     evaluate.add_argument("--dt", type=Path, required=True, help="COCO results JSON (list of detections)")
     evaluate.add_argument("--novel-cat-ids", nargs="+", type=int, help="adds AP50_base / AP50_novel / AP50_all")
+
+    perf = sub.add_parser("perf", help="throughput, evaluator speed and suite wall times → DIR/perf/perf.md")
+    perf.add_argument("--results-dir", type=Path, default=Path("results"))
+    perf.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    perf.add_argument("--steps", type=int, default=20, help="timed training steps per model")
+    perf.add_argument("--suites-profile", default="quick", help="profile each suite is run on for its wall time "
+                                                                "(none: skip)")
+    perf.add_argument("--cache-dir", type=Path)
+    perf.add_argument("--threads", type=int)
 
     report = sub.add_parser("report", help="rebuild summary.md and figures from written results, no training")
     report.add_argument("--suite", required=True)
@@ -99,8 +112,14 @@ def cmd_report(args) -> None:
         print(path)
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (a scheduler, `kill`) ends runs KILLED, like Ctrl-C
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         import benchmark.suites  # noqa: F401  (registers every suite)
 
@@ -114,10 +133,17 @@ def main(argv: list[str] | None = None) -> int:
             cmd_evaluate(args)
         elif args.command == "report":
             cmd_report(args)
+        elif args.command == "perf":
+            from benchmark.perf import PerfOptions, run_perf
+
+            if args.steps < 1:
+                raise UserInputError(f"--steps must be at least 1, got {args.steps}")
+            run_perf(PerfOptions(**{k: v for k, v in vars(args).items() if k != "command"}))
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("interrupted: finished cells are kept and reused by the next run", file=sys.stderr)
+        print("interrupted: finished cells are kept and reused by the next run; add --resume to continue the "
+              "interrupted cell from its last epoch", file=sys.stderr)
         return 130
     return 0

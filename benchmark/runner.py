@@ -2,16 +2,27 @@
 
 Each (method, seed) is a cell. A finished cell is stored under ``DIR/<suite>/cells/<key>/<method>_seed<seed>/``
 (key: hash of the resolved config, data options and git commit) and reused by later invocations of the same code
-unless ``force`` is set, so an interrupted run continues where it stopped.
+unless ``force`` is set. While a cell trains, its loops checkpoint every epoch into that folder; ``resume``
+continues an interrupted cell from there, to the same numbers as an uninterrupted run.
+
+A cell whose loss diverges ends FAILED and the others go on; the suite's files are then left as they were.
+Invocations of the same config and code share the suite folder: under a lock, each merges its cells into the
+existing ``metrics.csv`` (other seeds or methods are kept), so concurrent runs lose nothing.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import platform
 import random
+import shutil
+import socket
 import subprocess
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -23,8 +34,14 @@ from tqdm.auto import tqdm
 from benchmark import config as config_lib
 from benchmark.registry import REGISTRY, MethodSpec, SuiteSpec
 from benchmark.report import headline_table, render_suite
-from benchmark.results import COLUMNS, atomic_write_csv, read_metrics, records_frame, write_json
-from cvpdl.errors import UserInputError
+from benchmark.results import (
+    COLUMNS,
+    atomic_write_csv,
+    read_metrics,
+    records_frame,
+    write_json,
+)
+from cvpdl.errors import NonFiniteLossError, UserInputError
 
 PACKAGES = ("torch", "torchvision", "open_clip_torch", "pycocotools", "mlflow", "numpy", "scipy", "pandas", "mlxtend")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +63,7 @@ class RunOptions:
     cache_dir: Path | None = None
     threads: int | None = None
     force: bool = False
+    resume: bool = False  # continue interrupted cells from their last per-epoch checkpoint
 
 
 @dataclass
@@ -60,6 +78,7 @@ class RunContext:
     data_root: Path | None
     clip: str | None
     clip_weights: Path | None
+    checkpoints: Path | None = None  # the cell's per-epoch checkpoint folder (set per cell by the runner)
 
 
 @dataclass
@@ -156,6 +175,59 @@ def _load_cell(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, pd.Dat
     return read_metrics(path / "metrics.csv"), read_metrics(path / "timings.csv"), tables
 
 
+def _check_writable(results_dir: Path) -> None:
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=results_dir, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise UserInputError(f"results dir {results_dir} is not writable ({err.strerror or err})") from None
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive advisory lock held while concurrent invocations update the same suite folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _cell_order(frame: pd.DataFrame, spec: SuiteSpec) -> pd.DataFrame:
+    """Rows in registry method order, then seed; a cell's own rows keep their order."""
+    rank = {m.name: i for i, m in enumerate(REGISTRY.methods(spec.name))}
+    keys = frame["method"].map(rank).astype(int) * 1_000_000 + frame["seed"].astype(int)
+    return frame.iloc[np.argsort(keys.to_numpy(), kind="stable")].reset_index(drop=True)
+
+
+def _merge_previous(suite_dir: Path, run_info: dict, parts: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Fold in the cells of the results already in ``suite_dir`` when they come from the same config and code
+    (another invocation with other seeds or methods, possibly running at the same time); otherwise replace them."""
+    previous = suite_dir / "run.json"
+    if not previous.is_file():
+        return parts
+    old = json.loads(previous.read_text())
+    if any(old.get(k) != run_info[k] for k in ("config_hash", "git_commit", "profile")):
+        return parts
+    merged = {}
+    for name, frame in parts.items():
+        path = suite_dir / (f"{name}.csv" if name in ("metrics", "timings") else f"tables/{name}.csv")
+        if not path.is_file():
+            merged[name] = frame
+            continue
+        earlier = pd.read_csv(path) if name not in ("metrics", "timings") else read_metrics(path)
+        ours = set(zip(frame["method"], frame["seed"]))
+        keep = [(m, s) not in ours for m, s in zip(earlier["method"], earlier["seed"])]
+        merged[name] = pd.concat([earlier[keep], frame], ignore_index=True)
+    run_info["methods"] = [m.name for m in REGISTRY.methods(run_info["suite"])
+                           if m.name in set(merged["metrics"]["method"])]
+    run_info["seeds"] = sorted({int(s) for s in merged["metrics"]["seed"]})
+    return merged
+
+
 def run_suite(options: RunOptions) -> pd.DataFrame:
     spec, methods, cfg = resolve(options)
     device = pick_device(options.device)
@@ -173,6 +245,7 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
     commit, dirty = git_state()
     cell_key = config_lib.config_hash({"config_hash": cfg_hash, "commit": commit})  # new code → new cells
     results_dir = Path(options.results_dir)
+    _check_writable(results_dir)
     suite_dir = results_dir / spec.name
     cache_dir = Path(options.cache_dir or os.environ.get("CVPDL_CACHE") or Path.home() / ".cache" / "cvpdl-bench")
     run_info = {"suite": spec.name, "profile": options.profile, "methods": [m.name for m in methods],
@@ -180,7 +253,8 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
                 "git_commit": commit, "git_dirty": dirty, "versions": versions(), "device": str(device),
                 "threads": threads}
     tags = {"config_hash": cfg_hash, "git_commit": commit, "git_dirty": str(dirty), "device": str(device),
-            "torch": torch.__version__, "threads": str(threads), "profile": options.profile}
+            "torch": torch.__version__, "threads": str(threads), "profile": options.profile,
+            "host": socket.gethostname(), "pid": str(os.getpid())}  # host + pid: stale RUNNING runs are found
 
     from benchmark.tracking import Tracker
 
@@ -188,46 +262,70 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
     context = RunContext(spec.name, cfg, device, cache_dir, options.data, options.data_root, options.clip,
                          options.clip_weights)
     started = time.time()
-    frames, timing_frames, tables = [], [], {}
+    frames, timing_frames, tables, failures = [], [], {}, []
     with tracker.run(f"{spec.name}-{options.profile}", cfg, {**tags, "role": "invocation"}):
         shared, prepared = None, False
         cells = [(m, s) for m in methods for s in options.seeds]
         for method, seed in tqdm(cells, desc=f"{spec.name} cells", unit="cell"):
             path = _cell_dir(suite_dir, cell_key, method.name, seed)
-            with tracker.run(f"{method.name}-seed{seed}", {**cfg, "method": method.name, "seed": seed},
-                             {**tags, "role": "cell", "method": method.name, "seed": str(seed)}, nested=True) as run_id:
-                if (path / "DONE").is_file() and not options.force:
-                    frame, timing, cell_tables = _load_cell(path)
-                    tqdm.write(f"[{method.name} seed {seed}] finished before: reusing {path}")
-                else:
-                    if not prepared:
-                        shared, prepared = spec.prepare(context), True
-                        for artifact in getattr(shared, "artifacts", ()):  # e.g. the trained CLIP weights
-                            tracker.mlflow.log_artifact(str(artifact), artifact_path="cached")
-                    generator = seed_everything(seed)
-                    result: CellResult = spec.run_cell(context, shared, method, seed, generator)
-                    meta = {"suite": spec.name, "method": method.name, "seed": seed}
-                    frame = records_frame([{**meta, **r} for r in result.records])
-                    timing = records_frame([{**meta, **r} for r in result.timings])
-                    cell_tables = {name: t.assign(method=method.name, seed=seed) for name, t in result.tables.items()}
-                    _store_cell(path, frame, timing, cell_tables)
-                tracker.log_records(run_id, frame.to_dict("records") + timing.to_dict("records"))
-                tracker.log_artifacts(run_id, path)
+            try:
+                with tracker.run(f"{method.name}-seed{seed}", {**cfg, "method": method.name, "seed": seed},
+                                 {**tags, "role": "cell", "method": method.name, "seed": str(seed)},
+                                 nested=True) as run_id:
+                    if (path / "DONE").is_file() and not options.force:
+                        frame, timing, cell_tables = _load_cell(path)
+                        tqdm.write(f"[{method.name} seed {seed}] finished before: reusing {path}")
+                    else:
+                        if not prepared:
+                            prepare_started = time.time()
+                            shared, prepared = spec.prepare(context), True
+                            run_info["prepare_seconds"] = round(time.time() - prepare_started, 1)
+                            for artifact in getattr(shared, "artifacts", ()):  # e.g. the trained CLIP weights
+                                tracker.log_artifact(run_id, artifact, "cached")
+                        checkpoints = path / "checkpoints"
+                        if not options.resume:  # a fresh start; with --resume the cell continues from them
+                            shutil.rmtree(checkpoints, ignore_errors=True)
+                        generator = seed_everything(seed)
+                        result: CellResult = spec.run_cell(replace(context, checkpoints=checkpoints), shared, method,
+                                                           seed, generator)
+                        meta = {"suite": spec.name, "method": method.name, "seed": seed}
+                        frame = records_frame([{**meta, **r} for r in result.records])
+                        timing = records_frame([{**meta, **r} for r in result.timings])
+                        cell_tables = {name: t.assign(method=method.name, seed=seed)
+                                       for name, t in result.tables.items()}
+                        _store_cell(path, frame, timing, cell_tables)
+                        shutil.rmtree(checkpoints, ignore_errors=True)
+                    tracker.log_records(run_id, frame.to_dict("records") + timing.to_dict("records"))
+                    tracker.log_artifacts(run_id, path)
+            except NonFiniteLossError as err:  # this cell diverged: it ends FAILED, the others go on
+                failures.append(f"{method.name} seed {seed}: {err}")
+                tqdm.write(f"[{method.name} seed {seed}] FAILED: {err}")
+                continue
             frames.append(frame)
             timing_frames.append(timing)
             for name, table in cell_tables.items():
                 tables.setdefault(name, []).append(table)
+        if failures:
+            raise UserInputError(f"{len(failures)} of {len(cells)} cells failed ({'; '.join(failures)}); the "
+                                 f"finished ones are kept under {suite_dir / 'cells'} and {suite_dir} is unchanged")
 
-        metrics = pd.concat(frames, ignore_index=True)[COLUMNS]
-        atomic_write_csv(suite_dir / "metrics.csv", metrics)
-        atomic_write_csv(suite_dir / "timings.csv", pd.concat(timing_frames, ignore_index=True)[COLUMNS])
-        for name, parts in tables.items():
-            atomic_write_csv(suite_dir / "tables" / f"{name}.csv", pd.concat(parts, ignore_index=True))
+        parts = {"metrics": pd.concat(frames, ignore_index=True)[COLUMNS],
+                 "timings": pd.concat(timing_frames, ignore_index=True)[COLUMNS],
+                 **{name: pd.concat(p, ignore_index=True) for name, p in tables.items()}}
         run_info["wall_seconds"] = round(time.time() - started, 1)
-        write_json(suite_dir / "run.json", run_info)
-        written = render_suite(spec.name, suite_dir)
+        with _locked(suite_dir / ".lock"):
+            parts = {name: _cell_order(frame, spec) for name, frame in _merge_previous(suite_dir, run_info,
+                                                                                        parts).items()}
+            atomic_write_csv(suite_dir / "metrics.csv", parts["metrics"])
+            atomic_write_csv(suite_dir / "timings.csv", parts["timings"])
+            for name, table in parts.items():
+                if name not in ("metrics", "timings"):
+                    atomic_write_csv(suite_dir / "tables" / f"{name}.csv", table)
+            write_json(suite_dir / "run.json", run_info)
+            written = render_suite(spec.name, suite_dir)
         for path in [suite_dir / "metrics.csv", suite_dir / "run.json", *written]:
-            tracker.mlflow.log_artifact(str(path), artifact_path="results" if path.suffix != ".png" else "figures")
+            tracker.log_artifact(None, path, "results" if path.suffix != ".png" else "figures")
+        metrics = parts["metrics"]
     print(f"\n{spec.name}: {len(cells)} cells in {run_info['wall_seconds']} s → {suite_dir}")
     print(headline_table(spec, metrics))
     return metrics

@@ -2,24 +2,52 @@
 
 The default tracking URI is a SQLite file inside the results dir, created once before any cell;
 ``MLFLOW_TRACKING_URI`` (e.g. a shared server) overrides it. A run that raises ends FAILED, an interrupted one
-KILLED, never left RUNNING.
+(Ctrl-C, SIGTERM) KILLED; runs a SIGKILLed invocation left RUNNING are marked KILLED by the next one.
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from cvpdl.errors import UserInputError
+
 MAX_PARAM_LENGTH = 500
 
 
 def tracking_uri(results_dir: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(results_dir / 'mlflow.db').resolve()}"
+    # a SQLite writer waits up to 60 s for another invocation's write lock instead of failing at once
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(results_dir / 'mlflow.db').resolve()}?timeout=60"
+
+
+def check_reachable(uri: str) -> None:
+    """A tracking server that does not answer is a one-line error before any training, not a retry loop."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=5).raise_for_status()
+    except requests.RequestException as err:
+        raise UserInputError(f"MLflow tracking server {uri} is unreachable ({type(err).__name__}); start it or "
+                             "unset MLFLOW_TRACKING_URI to track into the results dir") from None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _flatten(cfg: dict, prefix: str = "") -> dict[str, str]:
@@ -34,26 +62,43 @@ def _flatten(cfg: dict, prefix: str = "") -> dict[str, str]:
 
 class Tracker:
     def __init__(self, results_dir: Path, suite: str):
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+        for name in ("alembic", "mlflow"):  # schema-creation chatter would bury the one-line errors
+            logging.getLogger(name).setLevel(logging.WARNING)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         import mlflow
         from mlflow.tracking import MlflowClient
 
         self.mlflow = mlflow
         self.uri = tracking_uri(results_dir)
+        check_reachable(self.uri)
         results_dir.mkdir(parents=True, exist_ok=True)
         user_uri = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(self.uri)
         if user_uri is None:  # mlflow exports the URI to the environment: undo it, the next results dir is not ours
             os.environ.pop("MLFLOW_TRACKING_URI", None)
-        self.client = MlflowClient(self.uri)
-        name = f"cvpdl-bench/{suite}"
-        experiment = self.client.get_experiment_by_name(name)
-        if experiment is None:
-            artifacts = None if self.uri.startswith("http") else (results_dir / "mlartifacts").resolve().as_uri()
-            self.experiment_id = self.client.create_experiment(name, artifact_location=artifacts)
-        else:
-            self.experiment_id = experiment.experiment_id
+        # one invocation at a time creates the store's schema and the experiment (concurrent creation races)
+        with open(results_dir / ".mlflow.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.client = MlflowClient(self.uri)
+            name = f"cvpdl-bench/{suite}"
+            experiment = self.client.get_experiment_by_name(name)
+            if experiment is None:
+                artifacts = None if self.uri.startswith("http") else (results_dir / "mlartifacts").resolve().as_uri()
+                self.experiment_id = self.client.create_experiment(name, artifact_location=artifacts)
+            else:
+                self.experiment_id = experiment.experiment_id
+            fcntl.flock(lock, fcntl.LOCK_UN)
+        self.killed_stale_runs = self._end_stale_runs()
+
+    def _end_stale_runs(self) -> list[str]:
+        """Runs left RUNNING by an invocation of this host that no longer exists (SIGKILL, power loss) → KILLED."""
+        host, stale = socket.gethostname(), []
+        for run in self.client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+            tags = run.data.tags
+            if tags.get("host") == host and tags.get("pid", "").isdigit() and not _pid_alive(int(tags["pid"])):
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+                stale.append(run.info.run_id)
+        return stale
 
     @contextlib.contextmanager
     def run(self, name: str, params: dict, tags: dict[str, str], nested: bool = False) -> Iterator[str]:
@@ -90,3 +135,10 @@ class Tracker:
 
     def log_artifacts(self, run_id: str, directory: Path) -> None:
         self.client.log_artifacts(run_id, str(directory))
+
+    def log_artifact(self, run_id: str | None, path: Path, artifact_path: str) -> None:
+        """One file into ``run_id`` (None: the active run)."""
+        if run_id is None:
+            self.mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        else:
+            self.client.log_artifact(run_id, str(path), artifact_path=artifact_path)

@@ -1,7 +1,19 @@
 import os
+import runpy
 from pathlib import Path
 
 import pytest
+
+NO_NETWORK = Path(__file__).resolve().parent / "no_network"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_network():
+    """Outbound connections fail in this process and in every process it starts (via ``sitecustomize``)."""
+    runpy.run_path(str(NO_NETWORK / "sitecustomize.py"))  # installs the guard here
+
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(NO_NETWORK), os.environ.get("PYTHONPATH")]))
+    yield
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from cvpdl.evaluation.coco_eval import STAT_NAMES, evaluate_detections
+from cvpdl.evaluation.coco_eval import BACKENDS, STAT_NAMES, evaluate_detections
 
 
 def make_gt():
@@ -30,26 +30,30 @@ def gt_as_detections(gt):
             for a in gt["annotations"] if not a["iscrowd"]]
 
 
-def test_ground_truth_fed_back_scores_one():
-    stats = evaluate_detections(make_gt(), gt_as_detections(make_gt()))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ground_truth_fed_back_scores_one(backend):
+    stats = evaluate_detections(make_gt(), gt_as_detections(make_gt()), backend=backend)
     assert stats["AP"] == pytest.approx(1.0)
     assert stats["AP50"] == pytest.approx(1.0)
     assert stats["AR100"] == pytest.approx(1.0)
 
 
-def test_empty_detections_give_zero_not_a_crash():
-    stats = evaluate_detections(make_gt(), [], novel_cat_ids=[7])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_detections_give_zero_not_a_crash(backend):
+    stats = evaluate_detections(make_gt(), [], novel_cat_ids=[7], backend=backend)
     assert all(stats[k] == 0.0 for k in STAT_NAMES)
     assert stats["AP50_novel"] == 0.0 and stats["AP50_base"] == 0.0
 
 
-def test_detection_on_crowd_region_is_ignored_not_a_false_positive():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_detection_on_crowd_region_is_ignored_not_a_false_positive(backend):
     gt = make_gt()
     dets = gt_as_detections(gt) + [{"image_id": 2, "category_id": 3, "bbox": [70, 70, 25, 25], "score": 0.99}]
-    assert evaluate_detections(gt, dets)["AP"] == pytest.approx(1.0)
+    assert evaluate_detections(gt, dets, backend=backend)["AP"] == pytest.approx(1.0)
 
 
-def test_hand_computed_precision_recall():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hand_computed_precision_recall(backend):
     """Category 7 has two GTs. Detections by score: TP (0.9), FP (0.8), TP (0.7).
     Precision at recall 0.5 is 1.0, at recall 1.0 it is 2/3; COCO's 101-point interpolated AP at IoU .5 is
     (51 * 1.0 + 50 * 2/3) / 101 for class 7; classes 3 and 11 are detected perfectly (AP 1)."""
@@ -58,7 +62,7 @@ def test_hand_computed_precision_recall():
     dets += [{"image_id": 1, "category_id": 7, "bbox": [50, 50, 30, 30], "score": 0.9},
              {"image_id": 4, "category_id": 7, "bbox": [10, 10, 10, 10], "score": 0.8},
              {"image_id": 3, "category_id": 7, "bbox": [0, 0, 40, 40], "score": 0.7}]
-    stats = evaluate_detections(gt, dets, novel_cat_ids=[7])
+    stats = evaluate_detections(gt, dets, novel_cat_ids=[7], backend=backend)
     ap7 = (51 * 1.0 + 50 * 2 / 3) / 101
     assert stats["AP50_novel"] == pytest.approx(ap7)
     assert stats["AP50_base"] == pytest.approx(1.0)
@@ -66,7 +70,9 @@ def test_hand_computed_precision_recall():
     assert stats["AP50"] == pytest.approx((ap7 + 2) / 3)
 
 
-def test_matches_raw_pycocotools_on_random_detections(tmp_path):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_matches_raw_pycocotools_on_random_detections(tmp_path, backend):
+    """Both backends give raw pycocotools' 12 stats and the same OV split (to the last bits of a float sum)."""
     gt = make_gt()
     rng = np.random.default_rng(0)
     dets = []
@@ -77,7 +83,9 @@ def test_matches_raw_pycocotools_on_random_detections(tmp_path):
             dets.append({"image_id": image_id, "category_id": int(rng.choice([3, 7, 11])),
                          "bbox": [x, y, w, h], "score": float(rng.uniform())})
     dets += gt_as_detections(gt)
-    ours = evaluate_detections(gt, dets)
+    ours = evaluate_detections(gt, dets, novel_cat_ids=[7], backend=backend)
+    reference = evaluate_detections(gt, dets, novel_cat_ids=[7], backend="pycocotools")
+    assert ours == pytest.approx(reference, rel=1e-12, abs=1e-12)
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(str(tmp_path / "gt.json"))
@@ -85,9 +93,14 @@ def test_matches_raw_pycocotools_on_random_detections(tmp_path):
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    assert [ours[k] for k in STAT_NAMES] == pytest.approx(list(ev.stats))
+    assert [ours[k] for k in STAT_NAMES] == pytest.approx(list(ev.stats), rel=1e-12, abs=1e-12)
 
 
 def test_unknown_category_in_detections_is_an_error():
     with pytest.raises(ValueError, match="99"):
         evaluate_detections(make_gt(), [{"image_id": 1, "category_id": 99, "bbox": [0, 0, 1, 1], "score": 1}])
+
+
+def test_detections_for_images_not_in_the_ground_truth_are_an_error():
+    with pytest.raises(ValueError, match="image ids not in the ground truth: \\[42\\]"):
+        evaluate_detections(make_gt(), [{"image_id": 42, "category_id": 3, "bbox": [0, 0, 1, 1], "score": 1}])

@@ -13,13 +13,25 @@ import numpy as np
 import pandas as pd
 import torch
 
+from benchmark.cache import cache_key, cached_state
 from benchmark.config import section_config
 from benchmark.registry import REGISTRY, MethodSpec, Section, SuiteSpec
-from benchmark.report import cell, describe, direction, paired_comparison, paired_verdict, summary_rows
+from benchmark.report import (
+    cell,
+    describe,
+    direction,
+    paired_comparison,
+    paired_verdict,
+    summary_rows,
+)
 from benchmark.runner import CellResult, RunContext
-from benchmark.cache import cache_key, cached_state
 from cvpdl.analysis.intrinsic_dimension import intrinsic_dimension
-from cvpdl.data.digits_world import GENERATOR_VERSION, DigitsWorldConfig, load_digits_split
+from cvpdl.checkpoint import Checkpoint
+from cvpdl.data.digits_world import (
+    GENERATOR_VERSION,
+    DigitsWorldConfig,
+    load_digits_split,
+)
 from cvpdl.data.imagefolder import load_imagefolder
 from cvpdl.distill.fitnet import FitNet, FitNetConfig
 from cvpdl.distill.gld import GLD, GLDConfig
@@ -27,7 +39,14 @@ from cvpdl.distill.logit_kd import LogitKD, LogitKDConfig
 from cvpdl.distill.networks import ConvNet, NetConfig
 from cvpdl.distill.reverse_feature_kd import ReverseKDConfig, fit_reverse
 from cvpdl.distill.student_baseline import StudentBaseline
-from cvpdl.distill.training import ClassificationData, TrainConfig, fit_distiller, predict, top1, train
+from cvpdl.distill.training import (
+    ClassificationData,
+    TrainConfig,
+    fit_distiller,
+    predict,
+    top1,
+    train,
+)
 
 METHODS = ("student_baseline", "logit_kd", "gld", "fitnet", "reverse_feature_kd")
 
@@ -118,7 +137,8 @@ def run_cell(run: RunContext, shared: KDShared, method: MethodSpec, seed: int, g
         return ConvNet(student_cfg, data.num_classes)
 
     started = time.perf_counter()
-    fit = method.build(cfg)(make_student, teacher, data, section_config(cfg, "train", TrainConfig), generator)
+    fit = method.build(cfg)(make_student, teacher, data, section_config(cfg, "train", TrainConfig), generator,
+                            Checkpoint(run.checkpoints, method.name))
     seconds = time.perf_counter() - started
     records = [{"epoch": e + 1, "split": "val" if name == "top1" else "train", "metric": name, "value": v}
                for name, values in fit.history.per_epoch.items() for e, v in enumerate(values)]
@@ -242,21 +262,22 @@ def _register(name: str, paper: str, build, config=None):
 
 
 _register("student_baseline", "the student trained alone with cross-entropy",
-          lambda cfg: lambda make, teacher, data, tc, g: fit_distiller(StudentBaseline(make()), data, tc, g))
+          lambda cfg: lambda make, teacher, data, tc, g, ckpt: fit_distiller(
+              StudentBaseline(make()), data, tc, g, ckpt))
 _register("logit_kd", "Hinton, Vinyals, Dean, Distilling the Knowledge in a Neural Network, 2015",
-          lambda cfg: lambda make, teacher, data, tc, g: fit_distiller(
-              LogitKD(make(), teacher, section_config(cfg, "logit_kd", LogitKDConfig)), data, tc, g),
+          lambda cfg: lambda make, teacher, data, tc, g, ckpt: fit_distiller(
+              LogitKD(make(), teacher, section_config(cfg, "logit_kd", LogitKDConfig)), data, tc, g, ckpt),
           {"logit_kd": LogitKDConfig})
 _register("gld", "Kim et al., Distilling Global and Local Logits with Densely Connected Relations, ICCV 2021",
-          lambda cfg: lambda make, teacher, data, tc, g: fit_distiller(
-              GLD(make(), teacher, section_config(cfg, "gld", GLDConfig)), data, tc, g),
+          lambda cfg: lambda make, teacher, data, tc, g, ckpt: fit_distiller(
+              GLD(make(), teacher, section_config(cfg, "gld", GLDConfig)), data, tc, g, ckpt),
           {"gld": GLDConfig})
 _register("fitnet", "Romero et al., FitNets: Hints for Thin Deep Nets, ICLR 2015",
-          lambda cfg: lambda make, teacher, data, tc, g: fit_distiller(
-              FitNet(make(), teacher, section_config(cfg, "fitnet", FitNetConfig)), data, tc, g),
+          lambda cfg: lambda make, teacher, data, tc, g, ckpt: fit_distiller(
+              FitNet(make(), teacher, section_config(cfg, "fitnet", FitNetConfig)), data, tc, g, ckpt),
           {"fitnet": FitNetConfig})
 _register("reverse_feature_kd", "Li et al., Rethinking Feature-based Knowledge Distillation for Face Recognition, "
                                 "CVPR 2023",
-          lambda cfg: lambda make, teacher, data, tc, g: fit_reverse(
-              make, teacher, data, tc, section_config(cfg, "reverse_feature_kd", ReverseKDConfig), g),
+          lambda cfg: lambda make, teacher, data, tc, g, ckpt: fit_reverse(
+              make, teacher, data, tc, section_config(cfg, "reverse_feature_kd", ReverseKDConfig), g, ckpt),
           {"reverse_feature_kd": ReverseKDConfig})

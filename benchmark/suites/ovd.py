@@ -13,24 +13,45 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from benchmark.cache import cache_key, cached_state
 from benchmark.config import section_config
 from benchmark.registry import REGISTRY, MethodSpec, Section, SuiteSpec
-from benchmark.cache import cache_key, cached_state
-from benchmark.report import cell, describe, direction, paired_comparison, paired_verdict, summary_rows
+from benchmark.report import (
+    cell,
+    describe,
+    direction,
+    paired_comparison,
+    paired_verdict,
+    summary_rows,
+)
 from benchmark.runner import CellResult, RunContext
+from cvpdl.checkpoint import Checkpoint
 from cvpdl.data.coco import load_coco_split
 from cvpdl.data.detection_split import DetectionSplit, resized
-from cvpdl.data.digits_world import GENERATOR_VERSION, DigitsWorldConfig, load_digits_split
+from cvpdl.data.digits_world import (
+    GENERATOR_VERSION,
+    DigitsWorldConfig,
+    load_digits_split,
+)
 from cvpdl.errors import UserInputError
 from cvpdl.ovd.clip_crop import ClipCrop
-from cvpdl.ovd.clip_model import ClipEncoder, TinyClipConfig, build_tiny_clip, load_pretrained_clip
+from cvpdl.ovd.clip_model import (
+    ClipEncoder,
+    TinyClipConfig,
+    build_tiny_clip,
+    load_pretrained_clip,
+)
 from cvpdl.ovd.clip_roi import ClipRoi
-from cvpdl.ovd.localizer import LocalizerConfig, build_localizer, propose, train_localizer
+from cvpdl.ovd.localizer import (
+    LocalizerConfig,
+    build_localizer,
+    propose,
+    train_localizer,
+)
 from cvpdl.ovd.protocol import OvdEvalConfig, evaluate_ovd
 from cvpdl.ovd.region_classifier import OvdContext
 from cvpdl.ovd.regionclip import RegionClip, RegionClipConfig
 from cvpdl.ovd.tiny_clip_training import train_clip
-
 
 METHODS = ("clip_crop", "clip_roi", "regionclip")
 
@@ -119,7 +140,7 @@ def run_cell(run: RunContext, shared: OvdShared, method: MethodSpec, seed: int, 
     test = _load_split(run, "test", data.test_images, seed)
     single = _load_split(run, "test_single", data.single_images, seed) if run.data == "digits" else None
     classifier = method.build(run.cfg)
-    history = classifier.fit(shared.context, generator)
+    history = classifier.fit(shared.context, generator, Checkpoint(run.checkpoints, method.name))
     records = [{"epoch": epoch + 1, "split": "train", "metric": name, "value": value}
                for name, values in history.items() for epoch, value in enumerate(values)]
     result = evaluate_ovd(classifier, shared.context, test, single or _single_objects(test),
@@ -202,7 +223,8 @@ def report_sections(frame: pd.DataFrame, timings: pd.DataFrame | None) -> list[S
     if "clip_crop" in methods:
         measured.append(f"`clip_crop` on ground-truth crops {describe(rows, 'clip_crop', 'zs_top1', 'all')} vs the "
                         f"same CLIP on whole single-digit images {describe(rows, 'clip_crop', 'zs_top1_image', 'all')}:"
-                        f" crop − image {paired_verdict(frame, 'clip_crop', 'clip_crop', 'zs_top1', 'all', 'zs_top1_image')}.")
+                        " crop − image "
+                        f"{paired_verdict(frame, 'clip_crop', 'clip_crop', 'zs_top1', 'all', 'zs_top1_image')}.")
     if "clip_roi" in methods:
         measured.append(f"`clip_roi` (RoIAlign on the whole-image feature map) on the same boxes "
                         f"{describe(rows, 'clip_roi', 'zs_top1', 'all')}; vs `clip_crop` "
@@ -229,7 +251,8 @@ def report_sections(frame: pd.DataFrame, timings: pd.DataFrame | None) -> list[S
         measured.append(f"Whole-image alignment after region pretraining: `regionclip` on whole single-digit images "
                         f"{describe(rows, 'regionclip', 'zs_top1_image', 'all')} vs its teacher "
                         f"{describe(rows, 'regionclip', 'clip_zs_top1_image', 'all')}: "
-                        f"{paired_verdict(frame, 'regionclip', 'regionclip', 'zs_top1_image', 'all', 'clip_zs_top1_image')}.")
+                        + paired_verdict(frame, "regionclip", "regionclip", "zs_top1_image", "all",
+                                         "clip_zs_top1_image") + ".")
     sections.append(Section(
         "C2c. RegionCLIP: region-text pretraining (Zhong et al., CVPR 2022)",
         "RegionCLIP builds region-text pairs from class-agnostic proposals and a concept pool parsed from captions, "

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,11 +139,14 @@ def load_digits_split(cfg: DigitsWorldConfig, split: str, n_images: int, seed: i
     images, objects = compose(cfg, pools[pool_name], n_images, seed, digits_range)
     coco = to_coco(objects, cfg.canvas_size)
     captions = [make_caption([DIGIT_NAMES[d] for d, _ in placed]) for placed in objects]
-    if path:
-        path.mkdir(parents=True, exist_ok=True)
-        tmp = path / "images.tmp.npy"
-        np.save(tmp, images)
-        (path / "coco.json").write_text(json.dumps(coco))
-        (path / "captions.json").write_text(json.dumps(captions))
-        tmp.rename(path / "images.npy")  # written last: its presence marks a complete entry
+    if path:  # written into a private folder, then renamed: concurrent invocations never see half an entry
+        tmp = path.parent / f".{key}.{os.getpid()}.tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        (tmp / "coco.json").write_text(json.dumps(coco))
+        (tmp / "captions.json").write_text(json.dumps(captions))
+        np.save(tmp / "images.npy", images)
+        try:
+            tmp.rename(path)
+        except OSError:  # another invocation stored the same entry first
+            shutil.rmtree(tmp, ignore_errors=True)
     return DetectionSplit(images, coco, captions, novel_cat_ids=[d + 1 for d in cfg.novel_digits])

@@ -7,6 +7,8 @@ inverse-sigmoid space, detached before the next layer. Classification is sigmoid
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -39,6 +41,11 @@ class DabDetr(nn.Module):
         self.layers = nn.ModuleList(ConditionalDecoderLayer(d, cfg.heads, cfg.d_ff) for _ in range(cfg.decoder_layers))
         self.class_head = nn.Linear(d, num_classes)
         self.box_head = MLP(d, d, 4, 3)  # shared by the layers: predicts Δ of the anchor in logit space
+        # official initialisation: focal-loss prior (every class starts at probability 0.01, so the many negatives
+        # do not swamp the first steps) and Δ = 0 (a layer's first prediction is its anchor)
+        nn.init.constant_(self.class_head.bias, -math.log((1 - 0.01) / 0.01))
+        nn.init.zeros_(self.box_head.layers[-1].weight)
+        nn.init.zeros_(self.box_head.layers[-1].bias)
 
     def _query_sine(self, anchors: torch.Tensor, tgt: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Positional query (for self-attention) and the modulated (y, x) sine query of cross-attention."""

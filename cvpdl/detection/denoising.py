@@ -14,9 +14,16 @@ class DenoisingConfig:
     box_noise: float = 0.4  # λ: centre shift up to λ·w/2, λ·h/2; width/height scaled in [1−λ, 1+λ]
 
 
+def _source(generator: torch.Generator | None, device: torch.device) -> torch.device:
+    """Where to draw: on the generator's device (the runner's generators live on the CPU, a batch may be on
+    CUDA); the draws are then moved to the batch."""
+    return generator.device if generator is not None else device
+
+
 def noise_boxes(boxes: torch.Tensor, lam: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """cxcywh boxes in [0, 1] → noised copies, clamped to [0, 1]."""
-    u = torch.rand(boxes.shape, generator=generator, device=boxes.device) * 2 - 1  # U(-1, 1)
+    u = torch.rand(boxes.shape, generator=generator, device=_source(generator, boxes.device)).to(boxes.device)
+    u = u * 2 - 1  # U(-1, 1)
     cx = boxes[:, 0] + u[:, 0] * lam * boxes[:, 2] / 2
     cy = boxes[:, 1] + u[:, 1] * lam * boxes[:, 3] / 2
     w = boxes[:, 2] * (1 + u[:, 2] * lam)
@@ -26,8 +33,9 @@ def noise_boxes(boxes: torch.Tensor, lam: float, generator: torch.Generator | No
 
 def flip_labels(labels: torch.Tensor, p: float, num_classes: int, generator: torch.Generator | None = None
                 ) -> torch.Tensor:
-    flip = torch.rand(labels.shape, generator=generator, device=labels.device) < p
-    random = torch.randint(0, num_classes, labels.shape, generator=generator, device=labels.device)
+    source = _source(generator, labels.device)
+    flip = torch.rand(labels.shape, generator=generator, device=source).to(labels.device) < p
+    random = torch.randint(0, num_classes, labels.shape, generator=generator, device=source).to(labels.device)
     return torch.where(flip, random, labels)
 
 

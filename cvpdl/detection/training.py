@@ -12,6 +12,7 @@ from cvpdl.detection.box_ops import xyxy_to_cxcywh
 from cvpdl.detection.criterion import SetCriterion
 from cvpdl.detection.matcher import hungarian_match
 from cvpdl.detection.postprocess import top_k_detections
+from cvpdl.errors import check_finite
 from cvpdl.evaluation.coco_eval import evaluate_detections
 
 
@@ -41,7 +42,8 @@ def batch(split: DetectionSplit, indices: list[int], device: torch.device) -> tu
 
 
 def train_epoch(model, criterion: SetCriterion, split: DetectionSplit, cfg: DetrTrainConfig,
-                optimizer: torch.optim.Optimizer, generator: torch.Generator, device: torch.device) -> float:
+                optimizer: torch.optim.Optimizer, generator: torch.Generator, device: torch.device, epoch: int = 1
+                ) -> float:
     model.train()
     order = torch.randperm(len(split), generator=generator).tolist()
     losses = []
@@ -49,6 +51,7 @@ def train_epoch(model, criterion: SetCriterion, split: DetectionSplit, cfg: Detr
         images, targets = batch(split, order[start:start + cfg.batch_size], device)
         outputs = model(images, targets, generator) if model.focal else model(images, targets)
         loss = sum(criterion(outputs, targets)[0].values())
+        check_finite(loss, f"epoch {epoch}, step {start // cfg.batch_size + 1}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,6 @@ class ConvNet(nn.Module):
         """GLD: pool the final map into grid×grid regions and classify each with the network's own head
         (embedding + classifier) → (B, grid², classes)."""
         regions = F.adaptive_avg_pool2d(fmap, grid).flatten(2).transpose(1, 2)  # B, L, C
-        b, l, c = regions.shape
-        emb = self.embed(regions.reshape(b * l, c))
-        return self.classifier(emb).reshape(b, l, -1)
+        b, cells, c = regions.shape
+        emb = self.embed(regions.reshape(b * cells, c))
+        return self.classifier(emb).reshape(b, cells, -1)

@@ -8,7 +8,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from cvpdl.checkpoint import Checkpoint
 from cvpdl.distill.base import Distiller
+from cvpdl.errors import check_finite
 
 
 @dataclass(frozen=True)
@@ -73,16 +75,22 @@ def top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def train(distiller: Distiller, data: ClassificationData, cfg: TrainConfig, generator: torch.Generator,
-          desc: str = "train") -> TrainHistory:
-    """AdamW with a one-cycle schedule; teacher outputs are computed once (no augmentation: they are fixed)."""
+          desc: str = "train", checkpoint: Checkpoint | None = None) -> TrainHistory:
+    """AdamW with a one-cycle schedule; teacher outputs are computed once (no augmentation: they are fixed).
+    With a ``checkpoint``, the state is saved after every epoch and a saved one is resumed from."""
     teacher_out = predict(distiller.teacher, data.x_train) if distiller.teacher is not None else None
     params = distiller.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = max(1, len(data.x_train) // cfg.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps,
                                                    pct_start=0.2)
-    history = TrainHistory()
-    for _ in tqdm(range(cfg.epochs), desc=desc, unit="epoch", leave=False):
+    history, done = TrainHistory(), 0
+    checkpoint = checkpoint or Checkpoint(None, desc)
+    stateful = {"distiller": distiller, "optimizer": optimizer, "schedule": schedule}
+    if (progress := checkpoint.restore(stateful, generator)) is not None:
+        history, done = TrainHistory(progress["per_epoch"], progress["test_top1"]), progress["epoch"]
+    for epoch in tqdm(range(done + 1, cfg.epochs + 1), desc=desc, unit="epoch", leave=False, initial=done,
+                      total=cfg.epochs):
         distiller.train()
         order = torch.randperm(len(data.x_train), generator=generator)
         sums: dict[str, float] = {}
@@ -90,8 +98,10 @@ def train(distiller: Distiller, data: ClassificationData, cfg: TrainConfig, gene
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
             batch_teacher = {k: v[idx] for k, v in teacher_out.items()} if teacher_out else None
             losses = distiller.losses(data.x_train[idx], data.y_train[idx], batch_teacher)
+            total = sum(losses.values())
+            check_finite(total, f"{desc} epoch {epoch}, step {step + 1}")
             optimizer.zero_grad(set_to_none=True)
-            sum(losses.values()).backward()
+            total.backward()
             optimizer.step()
             schedule.step()
             for name, value in losses.items():
@@ -101,12 +111,13 @@ def train(distiller: Distiller, data: ClassificationData, cfg: TrainConfig, gene
         for name, value in sums.items():
             history.per_epoch.setdefault(name, []).append(value)
         history.test_top1.append(top1(distiller.student, data.x_test, data.y_test))
+        checkpoint.save(stateful, generator, epoch=epoch, per_epoch=history.per_epoch, test_top1=history.test_top1)
     return history
 
 
-def fit_distiller(distiller: Distiller, data: ClassificationData, cfg: TrainConfig, generator: torch.Generator
-                  ) -> KDFit:
-    history = train(distiller, data, cfg, generator, desc=type(distiller).__name__)
+def fit_distiller(distiller: Distiller, data: ClassificationData, cfg: TrainConfig, generator: torch.Generator,
+                  checkpoint: Checkpoint | None = None) -> KDFit:
+    history = train(distiller, data, cfg, generator, desc=type(distiller).__name__, checkpoint=checkpoint)
     student = {id(p) for p in distiller.student.parameters()}
     extra = sum(p.numel() for p in distiller.trainable_parameters() if id(p) not in student)
     return KDFit(distiller.student, history, extra_parameters=extra)

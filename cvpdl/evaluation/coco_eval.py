@@ -1,5 +1,7 @@
-"""The common detection evaluator: COCO AP through pycocotools, plus the open-vocabulary AP50 split.
+"""The common detection evaluator: COCO AP, plus the open-vocabulary AP50 split.
 
+Two backends compute the same numbers: faster-coco-eval (C++ evaluate/accumulate, the default) and pycocotools
+(the reference implementation; ``tests/test_coco_eval.py`` checks that all 12 stats and the precision array agree).
 Detections are COCO results dicts (``image_id``, ``category_id`` with the dataset's own ids, ``bbox`` absolute
 xywh, ``score``). Empty detections give AP 0; pycocotools' -1 ("no ground truth in that range") is kept as is.
 """
@@ -9,15 +11,19 @@ import contextlib
 import copy
 import io
 
+import faster_coco_eval
 import numpy as np
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+import pycocotools.coco
+import pycocotools.cocoeval
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+BACKENDS = {"faster-coco-eval": (faster_coco_eval.COCO, faster_coco_eval.COCOeval_faster),
+            "pycocotools": (pycocotools.coco.COCO, pycocotools.cocoeval.COCOeval)}
+DEFAULT_BACKEND = "faster-coco-eval"
 
 
-def coco_from_dict(gt: dict) -> COCO:
-    coco = COCO()
+def coco_from_dict(gt: dict, backend: str = DEFAULT_BACKEND):
+    coco = BACKENDS[backend][0]()
     coco.dataset = copy.deepcopy(gt)
     coco.dataset.setdefault("info", {})
     with contextlib.redirect_stdout(io.StringIO()):
@@ -25,17 +31,17 @@ def coco_from_dict(gt: dict) -> COCO:
     return coco
 
 
-def _run_cocoeval(gt: COCO, detections: list[dict]) -> COCOeval:
+def _run_cocoeval(gt, detections: list[dict], backend: str):
     with contextlib.redirect_stdout(io.StringIO()):
-        dt = gt.loadRes(copy.deepcopy(detections))
-        evaluator = COCOeval(gt, dt, iouType="bbox")
+        dt = gt.loadRes([dict(d) for d in detections])  # loadRes adds keys to each dict, never changes the bbox
+        evaluator = BACKENDS[backend][1](gt, dt, iouType="bbox")
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
     return evaluator
 
 
-def per_class_ap50(evaluator: COCOeval) -> dict[int, float]:
+def per_class_ap50(evaluator) -> dict[int, float]:
     """AP at IoU 0.5, area "all", 100 detections, per category id (NaN where the class has no ground truth)."""
     precision = evaluator.eval["precision"][0, :, :, 0, -1]  # [recall, category]
     out = {}
@@ -45,22 +51,26 @@ def per_class_ap50(evaluator: COCOeval) -> dict[int, float]:
     return out
 
 
-def evaluate_detections(gt: dict, detections: list[dict], novel_cat_ids: list[int] | None = None) -> dict[str, float]:
+def evaluate_detections(gt: dict, detections: list[dict], novel_cat_ids: list[int] | None = None,
+                        backend: str = DEFAULT_BACKEND) -> dict[str, float]:
     """COCO stats (``STAT_NAMES``) and, when ``novel_cat_ids`` is given, ``AP50_base/novel/all``.
 
     The OV split is "generalized": all classes are detected and scored together, and the per-class AP50 is then
     averaged over the novel, the base and all categories (as in OV-COCO).
     """
-    gt_coco = coco_from_dict(gt)
+    gt_coco = coco_from_dict(gt, backend)
     gt_cats = {c["id"] for c in gt["categories"]}
     unknown = {d["category_id"] for d in detections} - gt_cats
     if unknown:
         raise ValueError(f"detections use category ids not in the ground truth: {sorted(unknown)}")
+    unknown = {d["image_id"] for d in detections} - {im["id"] for im in gt["images"]}
+    if unknown:
+        raise ValueError(f"detections use image ids not in the ground truth: {sorted(unknown)[:10]}")
     if not detections:
         stats = dict.fromkeys(STAT_NAMES, 0.0)
         per_class = {c: 0.0 for c in sorted(gt_cats)}
     else:
-        evaluator = _run_cocoeval(gt_coco, detections)
+        evaluator = _run_cocoeval(gt_coco, detections, backend)
         stats = {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats)}
         per_class = per_class_ap50(evaluator)
     if novel_cat_ids is not None:

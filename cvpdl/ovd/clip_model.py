@@ -52,7 +52,11 @@ def load_pretrained_clip(arch: str, weights: str | Path) -> open_clip.CLIP:
         raise UserInputError(f"unknown open_clip architecture {arch!r} (see open_clip.list_models())")
     if not Path(weights).is_file():
         raise UserInputError(f"CLIP checkpoint not found: {weights} (pass a local file with --clip-weights)")
-    return open_clip.create_model(arch, pretrained=str(weights))
+    try:
+        return open_clip.create_model(arch, pretrained=str(weights))
+    except Exception as err:  # truncated file, another architecture's weights, not a checkpoint at all
+        raise UserInputError(f"CLIP checkpoint {weights} cannot be loaded as {arch} ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0][:200] if str(err) else 'no detail'})") from None
 
 
 class ClipEncoder:

@@ -34,7 +34,9 @@ class OvdResult:
 
 
 def _stack(split: DetectionSplit) -> np.ndarray:
-    return split.images if isinstance(split.images, np.ndarray) else np.stack([split.image(i) for i in range(len(split))])
+    if isinstance(split.images, np.ndarray):
+        return split.images
+    return np.stack([split.image(i) for i in range(len(split))])
 
 
 def evaluate_ovd(method: RegionClassifier, ctx: OvdContext, test: DetectionSplit, single: DetectionSplit,

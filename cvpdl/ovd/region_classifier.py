@@ -6,12 +6,12 @@ embeddings of all class names, the shared localizer and the evaluation are commo
 from __future__ import annotations
 
 import abc
-
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from cvpdl.checkpoint import Checkpoint
 from cvpdl.data.detection_split import DetectionSplit
 from cvpdl.ovd.clip_model import ClipEncoder
 
@@ -36,9 +36,11 @@ def embed_images(encoder: ClipEncoder, images: np.ndarray, batch_size: int) -> t
 
 
 class RegionClassifier(abc.ABC):
-    """Base class: ``fit`` (optional training; returns per-epoch losses by name) and two embedding functions."""
+    """Base class: ``fit`` (optional training, resumable from a per-epoch ``checkpoint``; returns per-epoch losses
+    by name) and two embedding functions."""
 
-    def fit(self, ctx: OvdContext, generator: torch.Generator) -> dict[str, list[float]]:
+    def fit(self, ctx: OvdContext, generator: torch.Generator, checkpoint: Checkpoint | None = None
+            ) -> dict[str, list[float]]:
         return {}
 
     def encoder(self, ctx: OvdContext) -> ClipEncoder:

@@ -20,12 +20,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from cvpdl.checkpoint import Checkpoint
 from cvpdl.data.captions import concept_pool, parse_concepts, prompt
-from cvpdl.errors import UserInputError
+from cvpdl.errors import UserInputError, check_finite
 from cvpdl.ovd.clip_crop import ClipCrop
 from cvpdl.ovd.clip_model import ClipEncoder
 from cvpdl.ovd.clip_roi import ClipRoi, embed_regions_roi
-from cvpdl.ovd.losses import distillation_kl, image_text_contrastive, region_concept_contrastive, same_caption_mask
+from cvpdl.ovd.losses import (
+    distillation_kl,
+    image_text_contrastive,
+    region_concept_contrastive,
+    same_caption_mask,
+)
 from cvpdl.ovd.region_classifier import OvdContext
 
 
@@ -99,7 +105,8 @@ class RegionClip(ClipRoi):
             rows += [[c in named for c in concepts]] * len(boxes)
         return torch.tensor(rows, dtype=torch.bool).reshape(-1, len(concepts))
 
-    def fit(self, ctx: OvdContext, generator: torch.Generator) -> dict[str, list[float]]:
+    def fit(self, ctx: OvdContext, generator: torch.Generator, checkpoint: Checkpoint | None = None
+            ) -> dict[str, list[float]]:
         cfg, teacher = self.cfg, ctx.clip
         n = min(cfg.images, len(ctx.train))
         images = np.stack([ctx.train.image(i) for i in range(n)])
@@ -128,7 +135,12 @@ class RegionClip(ClipRoi):
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps)
         scale = 1.0 / cfg.temperature
         history: dict[str, list[float]] = {"loss_region": [], "loss_image": [], "loss_distill": []}
-        for _ in tqdm(range(cfg.epochs), desc="RegionCLIP pretraining", unit="epoch", leave=False):
+        checkpoint, done = checkpoint or Checkpoint(None, "regionclip"), 0
+        stateful = {"model": model, "optimizer": optimizer, "schedule": schedule}
+        if (progress := checkpoint.restore(stateful, generator)) is not None:
+            history, done = progress["history"], progress["epoch"]
+        for epoch in tqdm(range(done + 1, cfg.epochs + 1), desc="RegionCLIP pretraining", unit="epoch", leave=False,
+                          initial=done, total=cfg.epochs):
             order = torch.randperm(n, generator=generator).tolist()
             sums = dict.fromkeys(history, 0.0)
             for step in range(steps):
@@ -148,6 +160,7 @@ class RegionClip(ClipRoi):
                 }
                 total = (cfg.weight_region * losses["loss_region"] + cfg.weight_image * losses["loss_image"]
                          + cfg.weight_distill * losses["loss_distill"])
+                check_finite(total, f"RegionCLIP pretraining epoch {epoch}, step {step + 1}")
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 optimizer.step()
@@ -156,6 +169,7 @@ class RegionClip(ClipRoi):
                     sums[name] += value.item() / steps
             for name in history:
                 history[name].append(sums[name])
+            checkpoint.save(stateful, generator, epoch=epoch, history=history)
         for p in model.parameters():
             p.requires_grad_(False)
         return history

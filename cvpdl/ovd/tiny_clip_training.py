@@ -1,7 +1,6 @@
 """Contrastive training of the tiny CLIP on an image–caption corpus (the digits world's canvases)."""
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 from tqdm.auto import tqdm

@@ -1,0 +1,239 @@
+"""Reliability of the runner: diverging cells, signals, stale MLflow runs, kill-and-resume, concurrent invocations,
+a real MLflow server, and one clear line for each kind of bad input."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from benchmark.cli import main
+from benchmark.registry import REGISTRY, MethodSpec, SuiteSpec
+from benchmark.runner import CellResult, RunOptions, run_suite
+from cvpdl.checkpoint import Checkpoint
+from cvpdl.errors import NonFiniteLossError, UserInputError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class FlakyConfig:
+    nan_seed: int = -1  # this seed's loss diverges
+    term_seed: int = -1  # this seed receives SIGTERM while it trains
+
+
+def _run_cell(run, shared, method, seed, generator):
+    cfg = run.cfg["flaky"]
+    if seed == cfg["nan_seed"]:
+        raise NonFiniteLossError("loss is nan at epoch 1, step 3")
+    if seed == cfg["term_seed"]:
+        signal.raise_signal(signal.SIGTERM)
+    value = torch.rand(1, generator=generator).item()
+    return CellResult([{"epoch": None, "split": "test", "metric": "score", "value": value}])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def flaky_suite():
+    if "flaky" not in {s.name for s in REGISTRY.suites()}:
+        REGISTRY.register_suite(SuiteSpec(name="flaky", question="q", dataset="none", config={"flaky": FlakyConfig},
+                                          profiles={"quick": {}}, prepare=lambda run: None, run_cell=_run_cell,
+                                          baseline="a", headline=(("score", "test"),)))
+        REGISTRY.register_method(MethodSpec("a", "flaky", "test-only", build=lambda cfg: None))
+
+
+def test_outbound_network_is_refused_here_and_in_child_processes():
+    with pytest.raises(ConnectionRefusedError, match="network access refused"):
+        socket.create_connection(("192.0.2.1", 80), timeout=1)  # TEST-NET-1
+    child = subprocess.run([sys.executable, "-c", "import socket; socket.create_connection(('192.0.2.1', 80), 1)"],
+                           capture_output=True, text=True)
+    assert child.returncode != 0 and "network access refused" in child.stderr
+
+
+def _states(results_dir: Path, suite: str) -> dict:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{results_dir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(f"cvpdl-bench/{suite}").experiment_id])
+    return {(r.data.tags["role"], r.data.tags.get("seed"), r.info.run_id): r.info.status for r in runs}
+
+
+def test_a_diverging_cell_fails_alone_and_nothing_written_is_lost(tmp_path):
+    opts = dict(suite="flaky", profile="quick", results_dir=tmp_path, cache_dir=tmp_path / "c")
+    run_suite(RunOptions(seeds=[0], **opts))
+    before = (tmp_path / "flaky" / "metrics.csv").read_bytes()
+    with pytest.raises(UserInputError, match=r"1 of 3 cells failed \(a seed 2: loss is nan at epoch 1, step 3\)"):
+        run_suite(RunOptions(seeds=[1, 2, 3], overrides=["flaky.nan_seed=2"], **opts))
+    assert (tmp_path / "flaky" / "metrics.csv").read_bytes() == before  # the failing run changed nothing
+    assert len(list((tmp_path / "flaky" / "cells").glob("*/a_seed*/DONE"))) == 3  # seeds 0, 1, 3 kept
+    statuses = sorted(v for (role, seed, _), v in _states(tmp_path, "flaky").items() if role == "cell")
+    assert statuses == ["FAILED", "FINISHED", "FINISHED", "FINISHED"]
+    run_suite(RunOptions(seeds=[1, 3], **opts))  # same config and code: merged with seed 0's results
+    assert sorted(pd.read_csv(tmp_path / "flaky" / "metrics.csv")["seed"]) == [0, 1, 3]
+
+
+def test_sigterm_ends_the_runs_killed(tmp_path, capsys):
+    code = main(["run", "--suite", "flaky", "--profile", "quick", "--seeds", "0", "1", "--set", "flaky.term_seed=1",
+                 "--results-dir", str(tmp_path), "--cache-dir", str(tmp_path / "c")])
+    assert code == 130 and "interrupted" in capsys.readouterr().err
+    states = {(role, seed): v for (role, seed, _), v in _states(tmp_path, "flaky").items()}
+    assert states == {("invocation", None): "KILLED", ("cell", "0"): "FINISHED", ("cell", "1"): "KILLED"}
+
+
+def test_runs_left_running_by_a_dead_process_are_marked_killed(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    run_suite(RunOptions(suite="flaky", seeds=[0], profile="quick", results_dir=tmp_path, cache_dir=tmp_path / "c"))
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("cvpdl-bench/flaky").experiment_id
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan = client.create_run(experiment, tags={"host": socket.gethostname(), "pid": str(dead.pid),
+                                                 "role": "invocation"}).info.run_id
+    alive = client.create_run(experiment, tags={"host": socket.gethostname(), "pid": str(os.getpid()),
+                                                "role": "invocation"}).info.run_id
+    run_suite(RunOptions(suite="flaky", seeds=[0], profile="quick", results_dir=tmp_path, cache_dir=tmp_path / "c"))
+    assert client.get_run(orphan).info.status == "KILLED"
+    assert client.get_run(alive).info.status == "RUNNING"  # a live invocation is left alone
+
+
+def _cli(*args, env=None, **kw):
+    return subprocess.Popen([sys.executable, "-m", "benchmark", *args], cwd=REPO, env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_metrics(tmp_path, cache_dir):
+    args = ["run", "--suite", "detr", "--profile", "quick", "--methods", "dn_dab_detr", "--seeds", "0",
+            "--set", "train.epochs=3", "--cache-dir", str(cache_dir)]
+    reference = _cli(*args, "--results-dir", str(tmp_path / "reference"))
+    assert reference.wait(timeout=300) == 0, reference.stderr.read()
+
+    killed = _cli(*args, "--results-dir", str(tmp_path / "killed"))
+    deadline = time.time() + 300
+    while not list((tmp_path / "killed").glob("detr/cells/*/*/checkpoints/detr.pt")):  # mid-cell, after an epoch
+        assert killed.poll() is None and time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.2)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "killed" / "detr" / "metrics.csv").exists()
+
+    resumed = _cli(*args, "--results-dir", str(tmp_path / "killed"), "--resume")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    assert (tmp_path / "killed" / "detr" / "metrics.csv").read_bytes() == \
+        (tmp_path / "reference" / "detr" / "metrics.csv").read_bytes()
+    states = _states(tmp_path / "killed", "detr")
+    assert sorted(states.values()) == ["FINISHED", "FINISHED", "KILLED", "KILLED"]  # the SIGKILLed runs, closed
+
+
+def test_four_concurrent_invocations_share_one_store(tmp_path, cache_dir):
+    runs = [_cli("run", "--suite", "detr", "--profile", "quick", "--methods", "detr", "--seeds", str(seed),
+                 "--threads", "1", "--set", "train.epochs=1", "--results-dir", str(tmp_path),
+                 "--cache-dir", str(cache_dir)) for seed in range(4)]
+    for run in runs:
+        assert run.wait(timeout=600) == 0, run.stderr.read()
+    assert sorted(pd.read_csv(tmp_path / "detr" / "metrics.csv")["seed"].unique()) == [0, 1, 2, 3]
+    assert json.loads((tmp_path / "detr" / "run.json").read_text())["seeds"] == [0, 1, 2, 3]
+    states = _states(tmp_path, "detr")
+    assert len(states) == 8 and set(states.values()) == {"FINISHED"}
+
+
+def test_a_real_mlflow_server_on_loopback(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                               "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        import requests
+
+        deadline = time.time() + 90
+        while True:
+            try:
+                if requests.get(f"{uri}/health", timeout=1).ok:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
+            time.sleep(0.5)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        run_suite(RunOptions(suite="flaky", seeds=[0, 1], profile="quick", results_dir=tmp_path / "r",
+                             cache_dir=tmp_path / "c"))
+        client = MlflowClient(uri)
+        runs = client.search_runs([client.get_experiment_by_name("cvpdl-bench/flaky").experiment_id])
+        assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3
+        cell = next(r for r in runs if r.data.tags.get("seed") == "0")
+        assert "test/score" in cell.data.metrics
+        assert not (tmp_path / "r" / "mlflow.db").exists()  # tracked on the server, not in the results dir
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_a_corrupt_checkpoint_is_one_line(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    checkpoint = Checkpoint(tmp_path, "train")
+    checkpoint.save({"model": model}, torch.Generator(), epoch=1)
+    assert checkpoint.restore({"model": torch.nn.Linear(2, 2)}, torch.Generator()) == {"epoch": 1}
+    checkpoint.path.write_bytes(checkpoint.path.read_bytes()[:100])  # truncated
+    with pytest.raises(UserInputError, match="cannot be resumed from"):
+        checkpoint.restore({"model": model}, torch.Generator())
+    Checkpoint(tmp_path, "other").save({"model": torch.nn.Linear(3, 3)}, torch.Generator())
+    with pytest.raises(UserInputError, match="cannot be resumed from"):  # another model's state
+        Checkpoint(tmp_path, "other").restore({"model": model}, torch.Generator())
+
+
+@pytest.fixture
+def cli_main(capsys):
+    def run(*args):
+        code = main(list(args))
+        return code, capsys.readouterr().err
+    return run
+
+
+def test_more_bad_inputs_are_one_line_and_exit_2(tmp_path, cli_main, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, err = cli_main("run", "--suite", "flaky", "--profile", "quick", "--results-dir", str(blocker / "sub"))
+    assert code == 2 and "is not writable" in err and err.count("\n") == 1
+
+    garbage = tmp_path / "weights.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    code, err = cli_main("run", "--suite", "ovd", "--profile", "quick", "--clip", "RN50", "--clip-weights",
+                         str(garbage), "--results-dir", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c"))
+    assert code == 2 and "cannot be loaded as RN50" in err and err.count("\n") == 1
+
+    truncated = tmp_path / "gt.json"
+    truncated.write_text('{"images": [')
+    code, err = cli_main("evaluate", "--gt", str(truncated), "--dt", str(truncated))
+    assert code == 2 and "gt.json" in err and err.count("\n") == 1
+
+    gt = {"images": [{"id": 1, "width": 10, "height": 10}], "categories": [{"id": 1, "name": "a"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "area": 25, "iscrowd": 0}]}
+    (tmp_path / "gt_ok.json").write_text(json.dumps(gt))
+    (tmp_path / "dt.json").write_text(json.dumps([{"image_id": 9, "category_id": 1, "bbox": [0, 0, 5, 5],
+                                                   "score": 1.0}]))
+    code, err = cli_main("evaluate", "--gt", str(tmp_path / "gt_ok.json"), "--dt", str(tmp_path / "dt.json"))
+    assert code == 2 and "image ids not in the ground truth: [9]" in err
+
+    code, err = cli_main("run", "--suite", "flaky", "--profile", "quick", "--device", "tpu",
+                         "--results-dir", str(tmp_path / "r"))
+    assert code == 2 and "unknown device 'tpu'" in err
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    code, err = cli_main("run", "--suite", "flaky", "--profile", "quick", "--results-dir", str(tmp_path / "r2"))
+    assert code == 2 and "is unreachable" in err and err.count("\n") == 1
+    assert not (tmp_path / "r2" / "flaky").exists()
