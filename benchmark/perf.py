@@ -33,6 +33,7 @@ from benchmark import config as config_lib
 from benchmark.registry import REGISTRY
 from benchmark.results import atomic_write_csv, atomic_write_text
 from cvpdl.data.digits_world import DigitsWorldConfig, load_digits_split
+from cvpdl.detection.backbone import build_backbone
 from cvpdl.detection.criterion import LossWeights, SetCriterion
 from cvpdl.detection.detr import DetrConfig
 from cvpdl.detection.matcher import MatcherCosts
@@ -85,14 +86,26 @@ def matmul_flops_per_second(device: torch.device, n: int | None = None, repeats:
     return 2 * n ** 3 / best
 
 
+class _FeatureList(torch.nn.Module):
+    """Our backbone's convolutions (without the final 1×1 projection, which HF's ``input_projection`` replaces)
+    in the shape HF's ``DetrConvEncoder`` expects: a list of feature maps."""
+
+    def __init__(self, convs: torch.nn.Sequential):
+        super().__init__()
+        self.convs = convs
+
+    def forward(self, pixel_values):
+        return [self.convs(pixel_values)]
+
+
 def hf_detr(cfg: DetrConfig, num_classes: int) -> torch.nn.Module:
-    """Hugging Face DETR at the nearest config: same d_model, layers, heads, FFN width, queries, aux loss and no
-    dropout; its backbone is a two-stage basic-block ResNet (stride 8, widths 32 → 64 → 128 like ours) since
-    transformers' DETR only accepts ResNet-style backbones."""
+    """Hugging Face DETR at our config: same d_model, layers, heads, FFN width, queries, aux loss, no dropout, and
+    our backbone swapped in for its ResNet (the same convolutions, stride 8, 4·width channels into a 1×1
+    projection), so the comparison is of the detector around it: transformer, matcher, losses."""
     from transformers import DetrConfig as HfDetrConfig
     from transformers import DetrForObjectDetection, ResNetConfig
 
-    w = cfg.backbone_width
+    w = cfg.backbone_width  # the ResNet only fixes the channel count HF's input projection is built for
     backbone = ResNetConfig(num_channels=3, embedding_size=w, hidden_sizes=[2 * w, 4 * w], depths=[1, 1],
                             layer_type="basic", out_features=["stage2"])
     hf = HfDetrConfig(use_timm_backbone=False, backbone_config=backbone, use_pretrained_backbone=False,
@@ -101,7 +114,9 @@ def hf_detr(cfg: DetrConfig, num_classes: int) -> torch.nn.Module:
                       decoder_attention_heads=cfg.heads, encoder_ffn_dim=cfg.d_ff, decoder_ffn_dim=cfg.d_ff,
                       auxiliary_loss=True, num_labels=num_classes, dropout=0.0, attention_dropout=0.0,
                       activation_dropout=0.0)
-    return DetrForObjectDetection(hf)
+    model = DetrForObjectDetection(hf)
+    model.model.backbone.model = _FeatureList(build_backbone(cfg.backbone_width, cfg.d_model)[:-1])
+    return model
 
 
 def _training_step(name: str, cfg: dict, num_classes: int, device: torch.device):

@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmark import config as config_lib
+from benchmark import distributed
 from benchmark.registry import REGISTRY, MethodSpec, SuiteSpec
 from benchmark.report import headline_table, render_suite
 from benchmark.results import (
@@ -231,6 +232,7 @@ def _merge_previous(suite_dir: Path, run_info: dict, parts: dict[str, pd.DataFra
 def run_suite(options: RunOptions) -> pd.DataFrame:
     spec, methods, cfg = resolve(options)
     device = pick_device(options.device)
+    rank, world, device = distributed.setup(device)
     threads = options.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     torch.backends.cudnn.benchmark = False
@@ -251,14 +253,14 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
     run_info = {"suite": spec.name, "profile": options.profile, "methods": [m.name for m in methods],
                 "seeds": options.seeds, "config": cfg, "config_hash": cfg_hash, **data_options,
                 "git_commit": commit, "git_dirty": dirty, "versions": versions(), "device": str(device),
-                "threads": threads}
+                "threads": threads, "world_size": world}
     tags = {"config_hash": cfg_hash, "git_commit": commit, "git_dirty": str(dirty), "device": str(device),
             "torch": torch.__version__, "threads": str(threads), "profile": options.profile,
             "host": socket.gethostname(), "pid": str(os.getpid())}  # host + pid: stale RUNNING runs are found
 
-    from benchmark.tracking import Tracker
+    from benchmark.tracking import NoTracking, Tracker
 
-    tracker = Tracker(results_dir, spec.name)
+    tracker = Tracker(results_dir, spec.name) if rank == 0 else NoTracking()
     context = RunContext(spec.name, cfg, device, cache_dir, options.data, options.data_root, options.clip,
                          options.clip_weights)
     started = time.time()
@@ -272,7 +274,7 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
                 with tracker.run(f"{method.name}-seed{seed}", {**cfg, "method": method.name, "seed": seed},
                                  {**tags, "role": "cell", "method": method.name, "seed": str(seed)},
                                  nested=True) as run_id:
-                    if (path / "DONE").is_file() and not options.force:
+                    if distributed.agree((path / "DONE").is_file() and not options.force):
                         frame, timing, cell_tables = _load_cell(path)
                         tqdm.write(f"[{method.name} seed {seed}] finished before: reusing {path}")
                     else:
@@ -283,8 +285,9 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
                             for artifact in getattr(shared, "artifacts", ()):  # e.g. the trained CLIP weights
                                 tracker.log_artifact(run_id, artifact, "cached")
                         checkpoints = path / "checkpoints"
-                        if not options.resume:  # a fresh start; with --resume the cell continues from them
+                        if not options.resume and rank == 0:  # a fresh start; --resume continues from them
                             shutil.rmtree(checkpoints, ignore_errors=True)
+                        distributed.barrier()
                         generator = seed_everything(seed)
                         result: CellResult = spec.run_cell(replace(context, checkpoints=checkpoints), shared, method,
                                                            seed, generator)
@@ -293,8 +296,9 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
                         timing = records_frame([{**meta, **r} for r in result.timings])
                         cell_tables = {name: t.assign(method=method.name, seed=seed)
                                        for name, t in result.tables.items()}
-                        _store_cell(path, frame, timing, cell_tables)
-                        shutil.rmtree(checkpoints, ignore_errors=True)
+                        if rank == 0:
+                            _store_cell(path, frame, timing, cell_tables)
+                            shutil.rmtree(checkpoints, ignore_errors=True)
                     tracker.log_records(run_id, frame.to_dict("records") + timing.to_dict("records"))
                     tracker.log_artifacts(run_id, path)
             except NonFiniteLossError as err:  # this cell diverged: it ends FAILED, the others go on
@@ -309,6 +313,9 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
             raise UserInputError(f"{len(failures)} of {len(cells)} cells failed ({'; '.join(failures)}); the "
                                  f"finished ones are kept under {suite_dir / 'cells'} and {suite_dir} is unchanged")
 
+        if rank != 0:  # under torchrun only rank 0 writes
+            distributed.barrier()
+            return pd.concat(frames, ignore_index=True)[COLUMNS]
         parts = {"metrics": pd.concat(frames, ignore_index=True)[COLUMNS],
                  "timings": pd.concat(timing_frames, ignore_index=True)[COLUMNS],
                  **{name: pd.concat(p, ignore_index=True) for name, p in tables.items()}}
@@ -326,6 +333,7 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
         for path in [suite_dir / "metrics.csv", suite_dir / "run.json", *written]:
             tracker.log_artifact(None, path, "results" if path.suffix != ".png" else "figures")
         metrics = parts["metrics"]
+    distributed.barrier()
     print(f"\n{spec.name}: {len(cells)} cells in {run_info['wall_seconds']} s → {suite_dir}")
     print(headline_table(spec, metrics))
     return metrics

@@ -142,3 +142,20 @@ class Tracker:
             self.mlflow.log_artifact(str(path), artifact_path=artifact_path)
         else:
             self.client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+
+
+class NoTracking:
+    """What ranks other than 0 get under torchrun: the tracker's calls, nothing recorded."""
+
+    @contextlib.contextmanager
+    def run(self, name: str, params: dict, tags: dict[str, str], nested: bool = False) -> Iterator[None]:
+        yield None
+
+    def log_records(self, run_id, records) -> None:
+        pass
+
+    def log_artifacts(self, run_id, directory) -> None:
+        pass
+
+    def log_artifact(self, run_id, path, artifact_path) -> None:
+        pass

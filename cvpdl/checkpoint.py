@@ -54,8 +54,8 @@ class Checkpoint:
         return Checkpoint(self.directory, f"{self.name}.{name}")
 
     def save(self, stateful: dict[str, Any], generator: torch.Generator, **progress: Any) -> None:
-        if self.path is None:
-            return
+        if self.path is None or (torch.distributed.is_initialized() and torch.distributed.get_rank() != 0):
+            return  # under DDP every rank holds the same state: rank 0 writes it
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         torch.save({"state": {k: obj.state_dict() for k, obj in stateful.items()}, "rng": capture_rng(generator),

@@ -129,7 +129,8 @@ def test_dn_reconstruction_loss_needs_no_matching_and_models_run():
     losses, _ = SetCriterion(3, LossWeights(), MatcherCosts(focal=True))(out, targets)
     assert {"loss_dn_ce", "loss_dn_bbox", "loss_dn_giou", "loss_ce"} <= set(losses)
     sum(losses.values()).backward()
-    assert out["cross_attn"][0].shape == (2, 2, 4, 16)
+    assert out["cross_attn"][0] is None  # training: fused attention, no weights
+    assert dn.eval()(images)["cross_attn"][0].shape == (2, 2, 4, 16)  # eval: the weights the analyses read
     detr = Detr(cfg, 3)
     assert detr(images)["logits"][-1].shape == (2, 4, 4)
     assert dn.eval()(images).get("dn") is None

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from benchmark.config import section_config
@@ -99,6 +100,7 @@ def run_cell(run: RunContext, shared: DetrShared, method: MethodSpec, seed: int,
                              MatcherCosts(focal=model.focal, focal_alpha=weights.focal_alpha,
                                           focal_gamma=weights.focal_gamma))
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    trained = DistributedDataParallel(model) if torch.distributed.is_initialized() else model  # torchrun
     records, previous, to_target, done = [], None, float("nan"), 0
     checkpoint, stateful = Checkpoint(run.checkpoints, "detr"), {"model": model, "optimizer": optimizer}
     if (progress := checkpoint.restore(stateful, generator)) is not None:
@@ -106,7 +108,7 @@ def run_cell(run: RunContext, shared: DetrShared, method: MethodSpec, seed: int,
     num_gt = sum(len(shared.probe.target(i)[1]) for i in range(len(shared.probe)))
     for epoch in tqdm(range(done + 1, train_cfg.epochs + 1), desc=method.name, unit="epoch", leave=False,
                       initial=done, total=train_cfg.epochs):
-        train_epoch(model, criterion, shared.train, train_cfg, optimizer, generator, device, epoch)
+        train_epoch(trained, criterion, shared.train, train_cfg, optimizer, generator, device, epoch)
         stats, val_loss = evaluate(model, criterion, shared.val, train_cfg, device)
         assignments, neg_entropy = probe(model, criterion, shared.probe, device)
         values = {"AP": stats["AP"], "AP50": stats["AP50"], "loss": val_loss,
@@ -235,7 +237,8 @@ PROFILES = {
     "default": {},
     "full": {"world.canvas_size": 128, "world.digit_size": [20, 48], "world.max_digits": 6,
              "data.train_images": 4000, "data.val_images": 500, "data.test_images": 1000, "train.epochs": 50,
-             "model.d_model": 128, "model.encoder_layers": 4, "model.decoder_layers": 4, "model.num_queries": 20},
+             "model.d_model": 128, "model.encoder_layers": 4, "model.decoder_layers": 4, "model.num_queries": 20,
+             "train.batch_size": 64},
 }
 
 REGISTRY.register_suite(SuiteSpec(

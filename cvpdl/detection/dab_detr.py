@@ -95,7 +95,7 @@ class DabDetr(nn.Module):
             split = dn["pad"] if dn else 0
             out["logits"].append(logits[:, split:])
             out["boxes"].append(boxes[:, split:])
-            out["cross_attn"].append(weights[:, :, split:])
+            out["cross_attn"].append(None if weights is None else weights[:, :, split:])
             if dn:
                 dn_logits.append(logits[:, :split])
                 dn_boxes.append(boxes[:, :split])

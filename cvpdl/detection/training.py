@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from cvpdl.analysis.detr_dynamics import assignment_vector, negative_entropy
 from cvpdl.data.detection_split import DetectionSplit
@@ -46,10 +47,13 @@ def train_epoch(model, criterion: SetCriterion, split: DetectionSplit, cfg: Detr
                 ) -> float:
     model.train()
     order = torch.randperm(len(split), generator=generator).tolist()
+    # under DDP each rank takes every world-th image of the same seeded global batch (a DistributedSampler's split)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    focal = getattr(model, "module", model).focal
     losses = []
     for start in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):
-        images, targets = batch(split, order[start:start + cfg.batch_size], device)
-        outputs = model(images, targets, generator) if model.focal else model(images, targets)
+        images, targets = batch(split, order[start:start + cfg.batch_size][rank::world], device)
+        outputs = model(images, targets, generator) if focal else model(images, targets)
         loss = sum(criterion(outputs, targets)[0].values())
         check_finite(loss, f"epoch {epoch}, step {start // cfg.batch_size + 1}")
         optimizer.zero_grad(set_to_none=True)

@@ -1,6 +1,7 @@
 """Transformer pieces: the encoder (shared), DETR's decoder layer and DAB-DETR's conditional decoder layer.
 
-Decoder layers return their cross-attention weights (B, heads, Q, HW) for the sparsity analysis.
+Decoder layers return their cross-attention weights (B, heads, Q, HW) for the sparsity analysis in eval mode; in
+training mode nothing reads them, so they return None and attention runs through the fused kernel.
 """
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ class DetrDecoderLayer(nn.Module):
     def forward(self, tgt, query_pos, memory, pos, self_mask=None):
         q = tgt + query_pos
         tgt = self.norm1(tgt + self.self_attn(q, q, tgt, attn_mask=self_mask, need_weights=False)[0])
-        out, weights = self.cross_attn(tgt + query_pos, memory + pos, memory, average_attn_weights=False)
+        out, weights = self.cross_attn(tgt + query_pos, memory + pos, memory, need_weights=not self.training,
+                                       average_attn_weights=False)
         return self.ffn(self.norm2(tgt + out)), weights
 
 
@@ -87,6 +89,10 @@ class ConditionalDecoderLayer(nn.Module):
         tgt = self.norm1(tgt + self.self_attn(q, q, tgt, attn_mask=self_mask, need_weights=False)[0])
         q = torch.cat([self._split(self.q_content(tgt)), self._split(self.q_pos(query_sine))], dim=-1)
         k = torch.cat([self._split(self.k_content(memory)), self._split(self.k_pos(pos.expand_as(memory)))], dim=-1)
-        weights = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(dim=-1)  # B, heads, Q, HW
-        out = (weights @ self._split(self.v(memory))).transpose(1, 2).flatten(2)
-        return self.ffn(self.norm2(tgt + self.out(out))), weights
+        v = self._split(self.v(memory))
+        if self.training:
+            out, weights = F.scaled_dot_product_attention(q, k, v), None
+        else:
+            weights = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).softmax(dim=-1)  # B, heads, Q, HW
+            out = weights @ v
+        return self.ffn(self.norm2(tgt + self.out(out.transpose(1, 2).flatten(2)))), weights
