@@ -62,11 +62,12 @@ def _flatten(cfg: dict, prefix: str = "") -> dict[str, str]:
 
 class Tracker:
     def __init__(self, results_dir: Path, suite: str):
-        for name in ("alembic", "mlflow"):  # schema-creation chatter would bury the one-line errors
-            logging.getLogger(name).setLevel(logging.WARNING)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         import mlflow
         from mlflow.tracking import MlflowClient
+
+        for name in ("alembic", "mlflow"):  # schema-creation chatter would bury the one-line errors
+            logging.getLogger(name).setLevel(logging.WARNING)
 
         self.mlflow = mlflow
         self.uri = tracking_uri(results_dir)

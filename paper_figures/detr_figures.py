@@ -56,6 +56,8 @@ def positional_attention(inputs: SuiteInputs):
     if table is None or table.empty:
         return None
     methods = [m for m in ("detr", "dab_detr") if m in set(table["method"])]
+    if not methods:  # e.g. a run of dn_dab_detr alone
+        return None
     seed = table["seed"].min()
     queries = sorted(table["query"].unique())
     fig, axes = plt.subplots(len(methods), len(queries), figsize=(1.6 * len(queries), 1.9 * len(methods)),

@@ -53,10 +53,12 @@ def load_pretrained_clip(arch: str, weights: str | Path) -> open_clip.CLIP:
     if not Path(weights).is_file():
         raise UserInputError(f"CLIP checkpoint not found: {weights} (pass a local file with --clip-weights)")
     try:
+        torch.load(weights, map_location="cpu", weights_only=True)  # tensors only: never unpickle code from a file
         return open_clip.create_model(arch, pretrained=str(weights))
     except Exception as err:  # truncated file, another architecture's weights, not a checkpoint at all
+        detail = str(err).splitlines()[0][:120] if str(err) else "no detail"
         raise UserInputError(f"CLIP checkpoint {weights} cannot be loaded as {arch} ({type(err).__name__}: "
-                             f"{str(err).splitlines()[0][:200] if str(err) else 'no detail'})") from None
+                             f"{detail})") from None
 
 
 class ClipEncoder:
