@@ -20,3 +20,20 @@ def test_detr_quick_run(tmp_path, cache_dir):
             ("probe", "pos_attn_entropy"), ("probe", "pos_attn_modes")} <= set(zip(finals["split"], finals["metric"]))
     for name in ("convergence", "matching_instability", "cross_attn_sparsity", "positional_attention"):
         assert (suite_dir / "figures" / f"{name}.png").is_file(), name
+
+
+def test_detr_same_seed_twice_gives_identical_metrics(tmp_path, cache_dir):
+    args = ["run", "--suite", "detr", "--profile", "quick", "--methods", "detr", "dab_detr", "--seeds", "0",
+            "--cache-dir", str(cache_dir)]
+    assert main([*args, "--results-dir", str(tmp_path / "a")]) == 0
+    assert main([*args, "--results-dir", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "a" / "detr" / "metrics.csv").read_bytes() == \
+        (tmp_path / "b" / "detr" / "metrics.csv").read_bytes()
+
+
+def test_a_diverging_cell_is_one_line_and_exit_2(tmp_path, cache_dir, capsys):
+    code = main(["run", "--suite", "detr", "--profile", "quick", "--methods", "detr", "--seeds", "0",
+                 "--set", "train.lr=1e30", "--results-dir", str(tmp_path), "--cache-dir", str(cache_dir)])
+    err = capsys.readouterr().err
+    assert code == 2 and "1 of 1 cells failed (detr seed 0: loss is nan at epoch 1, step" in err
+    assert not (tmp_path / "detr" / "metrics.csv").exists()

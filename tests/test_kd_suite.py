@@ -27,3 +27,12 @@ def test_kd_quick_run(tmp_path, cache_dir):
         assert (suite_dir / "figures" / f"{name}.png").is_file()
     assert "Paired tests against `student_baseline`" in (suite_dir / "summary.md").read_text()
     assert "B3. Reverse feature distillation" in (tmp_path / "REPORT.md").read_text()
+
+
+def test_kd_same_seed_twice_gives_identical_metrics(tmp_path, cache_dir):
+    """The reverse-KD cell (three training stages, the cached teacher) recomputed from scratch: same bytes."""
+    args = ["run", "--suite", "kd", "--profile", "quick", "--methods", "reverse_feature_kd", "--seeds", "0",
+            "--cache-dir", str(cache_dir)]
+    assert main([*args, "--results-dir", str(tmp_path / "a")]) == 0
+    assert main([*args, "--results-dir", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "a" / "kd" / "metrics.csv").read_bytes() == (tmp_path / "b" / "kd" / "metrics.csv").read_bytes()

@@ -7,6 +7,7 @@ cross-attention sparsity on a fixed probe set; at the end, test AP and the posit
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,14 +102,20 @@ def run_cell(run: RunContext, shared: DetrShared, method: MethodSpec, seed: int,
                                           focal_gamma=weights.focal_gamma))
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     trained = DistributedDataParallel(model) if torch.distributed.is_initialized() else model  # torchrun
-    records, previous, to_target, done = [], None, float("nan"), 0
+    records, timings, previous, to_target, done = [], [], None, float("nan"), 0
     checkpoint, stateful = Checkpoint(run.checkpoints, "detr"), {"model": model, "optimizer": optimizer}
     if (progress := checkpoint.restore(stateful, generator)) is not None:
-        records, previous, to_target, done = (progress[k] for k in ("records", "previous", "to_target", "epoch"))
+        records, timings, previous, to_target, done = (progress[k] for k in ("records", "timings", "previous",
+                                                                            "to_target", "epoch"))
     num_gt = sum(len(shared.probe.target(i)[1]) for i in range(len(shared.probe)))
     for epoch in tqdm(range(done + 1, train_cfg.epochs + 1), desc=method.name, unit="epoch", leave=False,
                       initial=done, total=train_cfg.epochs):
+        started = time.perf_counter()
         train_epoch(trained, criterion, shared.train, train_cfg, optimizer, generator, device, epoch)
+        seconds = time.perf_counter() - started
+        timings += [{"epoch": epoch, "split": "train", "metric": "train_seconds", "value": seconds},
+                    {"epoch": epoch, "split": "train", "metric": "train_images_per_second",
+                     "value": len(shared.train) // train_cfg.batch_size * train_cfg.batch_size / seconds}]
         stats, val_loss = evaluate(model, criterion, shared.val, train_cfg, device)
         assignments, neg_entropy = probe(model, criterion, shared.probe, device)
         values = {"AP": stats["AP"], "AP50": stats["AP50"], "loss": val_loss,
@@ -120,7 +127,8 @@ def run_cell(run: RunContext, shared: DetrShared, method: MethodSpec, seed: int,
         if np.isnan(to_target) and stats["AP50"] >= train_cfg.target_ap50:
             to_target = float(epoch)
         records += [{"epoch": epoch, "split": "val", "metric": k, "value": v} for k, v in values.items()]
-        checkpoint.save(stateful, generator, epoch=epoch, records=records, previous=previous, to_target=to_target)
+        checkpoint.save(stateful, generator, epoch=epoch, records=records, timings=timings, previous=previous,
+                        to_target=to_target)
     stats, _ = evaluate(model, criterion, shared.test, train_cfg, device)
     records += [{"epoch": None, "split": "test", "metric": k, "value": stats[k]} for k in ("AP", "AP50", "AP75")]
     records.append({"epoch": None, "split": "test", "metric": "epochs_to_target", "value": to_target})
@@ -135,7 +143,7 @@ def run_cell(run: RunContext, shared: DetrShared, method: MethodSpec, seed: int,
     table = pd.DataFrame([{"query": q, "y": i // grid[1], "x": i % grid[1], "value": float(maps[q, i]),
                            "entropy": float(ent[q]), "modes": modes[q]}
                           for q in range(min(8, len(maps))) for i in range(maps.shape[1])])
-    return CellResult(records, [], {"positional_attention": table})
+    return CellResult(records, timings, {"positional_attention": table})
 
 
 def _first_last(frame: pd.DataFrame, method: str, metric: str) -> tuple[int, float, int, float] | None:
