@@ -9,7 +9,7 @@ class NonFiniteLossError(ArithmeticError):
     """Training diverged: the loss became NaN or infinite. The runner fails that cell and keeps the others."""
 
 
-def check_finite(loss, where: str) -> None:
-    """Raise ``NonFiniteLossError`` naming ``where`` (e.g. "epoch 3, step 12") when ``loss`` is NaN or ±inf."""
-    if not bool(loss.isfinite().all()):
-        raise NonFiniteLossError(f"loss is {loss.item() if loss.numel() == 1 else 'not finite'} at {where}")
+def check_finite(value, where: str, what: str = "loss") -> None:
+    """Raise ``NonFiniteLossError`` naming ``where`` (e.g. "epoch 3, step 12") when ``value`` has NaN or ±inf."""
+    if not bool(value.isfinite().all()):
+        raise NonFiniteLossError(f"{what} is {value.item() if value.numel() == 1 else 'not finite'} at {where}")

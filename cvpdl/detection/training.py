@@ -54,8 +54,11 @@ def train_epoch(model, criterion: SetCriterion, split: DetectionSplit, cfg: Detr
     for start in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):
         images, targets = batch(split, order[start:start + cfg.batch_size][rank::world], device)
         outputs = model(images, targets, generator) if focal else model(images, targets)
+        where = f"epoch {epoch}, step {start // cfg.batch_size + 1}"
+        # NaN predictions would break the matcher before the loss exists; a sum is NaN/inf iff an entry is (one sync)
+        check_finite(torch.stack([p.sum() for p in outputs["logits"] + outputs["boxes"]]), where, "a prediction")
         loss = sum(criterion(outputs, targets)[0].values())
-        check_finite(loss, f"epoch {epoch}, step {start // cfg.batch_size + 1}")
+        check_finite(loss, where)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
