@@ -8,7 +8,6 @@ xywh, ``score``). Empty detections give AP 0; pycocotools' -1 ("no ground truth 
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 
 import faster_coco_eval
@@ -24,8 +23,8 @@ DEFAULT_BACKEND = "faster-coco-eval"
 
 def coco_from_dict(gt: dict, backend: str = DEFAULT_BACKEND):
     coco = BACKENDS[backend][0]()
-    coco.dataset = copy.deepcopy(gt)
-    coco.dataset.setdefault("info", {})
+    # evaluation writes into the annotation dicts ("ignore"): copy those, share the rest
+    coco.dataset = {"info": {}, **gt, "annotations": [dict(a) for a in gt.get("annotations", [])]}
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
