@@ -35,13 +35,7 @@ from benchmark import config as config_lib
 from benchmark import distributed
 from benchmark.registry import REGISTRY, MethodSpec, SuiteSpec
 from benchmark.report import headline_table, render_suite
-from benchmark.results import (
-    COLUMNS,
-    atomic_write_csv,
-    read_metrics,
-    records_frame,
-    write_json,
-)
+from benchmark.results import COLUMNS, atomic_write_csv, read_metrics, records_frame, write_json
 from cvpdl.errors import NonFiniteLossError, UserInputError
 
 PACKAGES = ("torch", "torchvision", "open_clip_torch", "pycocotools", "mlflow", "numpy", "scipy", "pandas", "mlxtend")

@@ -11,7 +11,8 @@ RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 @pytest.mark.slow
 @pytest.mark.parametrize("suite, methods", [("ovd", ["clip_crop", "clip_roi", "regionclip"]),
-                                            ("kd", ["student_baseline", "logit_kd"])])
+                                            ("kd", ["student_baseline", "logit_kd"]),
+                                            ("detr", ["detr", "dn_dab_detr"])])
 def test_default_profile_seed0_reproduces_committed_metrics(suite, methods, tmp_path):
     assert main(["run", "--suite", suite, "--seeds", "0", "--methods", *methods,
                  "--results-dir", str(tmp_path)]) == 0

@@ -18,21 +18,9 @@ from tqdm.auto import tqdm
 
 from benchmark.config import section_config
 from benchmark.registry import REGISTRY, MethodSpec, Section, SuiteSpec
-from benchmark.report import (
-    cell,
-    describe,
-    direction,
-    paired_comparison,
-    paired_verdict,
-    summary_rows,
-)
+from benchmark.report import cell, describe, direction, paired_comparison, paired_verdict, summary_rows
 from benchmark.runner import CellResult, RunContext
-from cvpdl.analysis.detr_dynamics import (
-    count_modes,
-    entropy,
-    matching_instability,
-    positional_attention,
-)
+from cvpdl.analysis.detr_dynamics import count_modes, entropy, matching_instability, positional_attention
 from cvpdl.checkpoint import Checkpoint
 from cvpdl.data.coco import load_coco_split
 from cvpdl.data.detection_split import DetectionSplit, resized

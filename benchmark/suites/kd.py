@@ -16,22 +16,11 @@ import torch
 from benchmark.cache import cache_key, cached_state
 from benchmark.config import section_config
 from benchmark.registry import REGISTRY, MethodSpec, Section, SuiteSpec
-from benchmark.report import (
-    cell,
-    describe,
-    direction,
-    paired_comparison,
-    paired_verdict,
-    summary_rows,
-)
+from benchmark.report import cell, describe, direction, paired_comparison, paired_verdict, summary_rows
 from benchmark.runner import CellResult, RunContext
 from cvpdl.analysis.intrinsic_dimension import intrinsic_dimension
 from cvpdl.checkpoint import Checkpoint
-from cvpdl.data.digits_world import (
-    GENERATOR_VERSION,
-    DigitsWorldConfig,
-    load_digits_split,
-)
+from cvpdl.data.digits_world import GENERATOR_VERSION, DigitsWorldConfig, load_digits_split
 from cvpdl.data.imagefolder import load_imagefolder
 from cvpdl.distill.fitnet import FitNet, FitNetConfig
 from cvpdl.distill.gld import GLD, GLDConfig
@@ -39,14 +28,7 @@ from cvpdl.distill.logit_kd import LogitKD, LogitKDConfig
 from cvpdl.distill.networks import ConvNet, NetConfig
 from cvpdl.distill.reverse_feature_kd import ReverseKDConfig, fit_reverse
 from cvpdl.distill.student_baseline import StudentBaseline
-from cvpdl.distill.training import (
-    ClassificationData,
-    TrainConfig,
-    fit_distiller,
-    predict,
-    top1,
-    train,
-)
+from cvpdl.distill.training import ClassificationData, TrainConfig, fit_distiller, predict, top1, train
 
 METHODS = ("student_baseline", "logit_kd", "gld", "fitnet", "reverse_feature_kd")
 

@@ -16,38 +16,17 @@ import torch
 from benchmark.cache import cache_key, cached_state
 from benchmark.config import section_config
 from benchmark.registry import REGISTRY, MethodSpec, Section, SuiteSpec
-from benchmark.report import (
-    cell,
-    describe,
-    direction,
-    paired_comparison,
-    paired_verdict,
-    summary_rows,
-)
+from benchmark.report import cell, describe, direction, paired_comparison, paired_verdict, summary_rows
 from benchmark.runner import CellResult, RunContext
 from cvpdl.checkpoint import Checkpoint
 from cvpdl.data.coco import load_coco_split
 from cvpdl.data.detection_split import DetectionSplit, resized
-from cvpdl.data.digits_world import (
-    GENERATOR_VERSION,
-    DigitsWorldConfig,
-    load_digits_split,
-)
+from cvpdl.data.digits_world import GENERATOR_VERSION, DigitsWorldConfig, load_digits_split
 from cvpdl.errors import UserInputError
 from cvpdl.ovd.clip_crop import ClipCrop
-from cvpdl.ovd.clip_model import (
-    ClipEncoder,
-    TinyClipConfig,
-    build_tiny_clip,
-    load_pretrained_clip,
-)
+from cvpdl.ovd.clip_model import ClipEncoder, TinyClipConfig, build_tiny_clip, load_pretrained_clip
 from cvpdl.ovd.clip_roi import ClipRoi
-from cvpdl.ovd.localizer import (
-    LocalizerConfig,
-    build_localizer,
-    propose,
-    train_localizer,
-)
+from cvpdl.ovd.localizer import LocalizerConfig, build_localizer, propose, train_localizer
 from cvpdl.ovd.protocol import OvdEvalConfig, evaluate_ovd
 from cvpdl.ovd.region_classifier import OvdContext
 from cvpdl.ovd.regionclip import RegionClip, RegionClipConfig
