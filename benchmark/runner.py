@@ -255,6 +255,9 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
     from benchmark.tracking import NoTracking, Tracker
 
     tracker = Tracker(results_dir, spec.name) if rank == 0 else NoTracking()
+    if tracker.killed_stale_runs:
+        tqdm.write(f"marked {len(tracker.killed_stale_runs)} MLflow run(s) KILLED that a killed invocation had left "
+                   "RUNNING")
     context = RunContext(spec.name, cfg, device, cache_dir, options.data, options.data_root, options.clip,
                          options.clip_weights)
     started = time.time()

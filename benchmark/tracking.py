@@ -148,6 +148,8 @@ class Tracker:
 class NoTracking:
     """What ranks other than 0 get under torchrun: the tracker's calls, nothing recorded."""
 
+    killed_stale_runs: list[str] = []
+
     @contextlib.contextmanager
     def run(self, name: str, params: dict, tags: dict[str, str], nested: bool = False) -> Iterator[None]:
         yield None
