@@ -163,7 +163,7 @@ def _a2_verdict(frame: pd.DataFrame, methods: list[str]) -> str:
     the val AP50 curve (convergence speed)."""
     pairs = [(m, b) for m, b in (("dab_detr", "detr"), ("dn_dab_detr", "dab_detr")) if m in methods and b in methods]
     parts = []
-    criteria = (("AP50", "test", "final test AP50"), ("AP50_auc", "val", "area under the val AP50 curve"))
+    criteria = (("AP50", "test", "Final test AP50"), ("AP50_auc", "val", "Area under the val AP50 curve"))
     for metric, split, what in criteria:
         sides = [direction(paired_comparison(frame, m, b, metric, split)) for m, b in pairs]
         finals = frame[frame["epoch"].isna() & (frame["metric"] == metric) & (frame["split"] == split)]
