@@ -38,3 +38,8 @@ def agree(value):
 def barrier() -> None:
     if active():
         dist.barrier()
+
+
+def close() -> None:
+    if active():
+        dist.destroy_process_group()

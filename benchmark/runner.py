@@ -205,7 +205,7 @@ def _merge_previous(suite_dir: Path, run_info: dict, parts: dict[str, pd.DataFra
     if not previous.is_file():
         return parts
     old = json.loads(previous.read_text())
-    if any(old.get(k) != run_info[k] for k in ("config_hash", "git_commit", "profile")):
+    if any(old.get(k, 1) != run_info[k] for k in ("config_hash", "git_commit", "profile", "world_size")):
         return parts
     merged = {}
     for name, frame in parts.items():
@@ -227,7 +227,7 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
     spec, methods, cfg = resolve(options)
     device = pick_device(options.device)
     rank, world, device = distributed.setup(device)
-    threads = options.threads or os.cpu_count() or 1
+    threads = options.threads or max(1, (os.cpu_count() or 1) // world)  # torchrun ranks share the cores
     torch.set_num_threads(threads)
     torch.backends.cudnn.benchmark = False
     if device.type == "cuda":
@@ -239,7 +239,8 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
                     "clip": options.clip, "clip_weights": str(options.clip_weights) if options.clip_weights else None}
     cfg_hash = config_lib.config_hash({"cfg": cfg, **data_options})
     commit, dirty = git_state()
-    cell_key = config_lib.config_hash({"config_hash": cfg_hash, "commit": commit})  # new code → new cells
+    key = {"config_hash": cfg_hash, "commit": commit, **({"world_size": world} if world > 1 else {})}
+    cell_key = config_lib.config_hash(key)  # new code (or a DDP run, whose batches differ) → new cells
     results_dir = Path(options.results_dir)
     _check_writable(results_dir)
     suite_dir = results_dir / spec.name
@@ -271,31 +272,33 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
                 with tracker.run(f"{method.name}-seed{seed}", {**cfg, "method": method.name, "seed": seed},
                                  {**tags, "role": "cell", "method": method.name, "seed": str(seed)},
                                  nested=True) as run_id:
-                    if distributed.agree((path / "DONE").is_file() and not options.force):
-                        frame, timing, cell_tables = _load_cell(path)
-                        tqdm.write(f"[{method.name} seed {seed}] finished before: reusing {path}")
-                    else:
-                        if not prepared:
-                            prepare_started = time.time()
-                            shared, prepared = spec.prepare(context), True
-                            run_info["prepare_seconds"] = round(time.time() - prepare_started, 1)
-                            for artifact in getattr(shared, "artifacts", ()):  # e.g. the trained CLIP weights
-                                tracker.log_artifact(run_id, artifact, "cached")
-                        checkpoints = path / "checkpoints"
-                        if not options.resume and rank == 0:  # a fresh start; --resume continues from them
-                            shutil.rmtree(checkpoints, ignore_errors=True)
-                        distributed.barrier()
-                        generator = seed_everything(seed)
-                        result: CellResult = spec.run_cell(replace(context, checkpoints=checkpoints), shared, method,
-                                                           seed, generator)
-                        meta = {"suite": spec.name, "method": method.name, "seed": seed}
-                        frame = records_frame([{**meta, **r} for r in result.records])
-                        timing = records_frame([{**meta, **r} for r in result.timings])
-                        cell_tables = {name: t.assign(method=method.name, seed=seed)
-                                       for name, t in result.tables.items()}
-                        if rank == 0:
-                            _store_cell(path, frame, timing, cell_tables)
-                            shutil.rmtree(checkpoints, ignore_errors=True)
+                    # one invocation trains a cell at a time; another one waiting here then finds it DONE
+                    with _locked(path.parent / f"{path.name}.lock") if world == 1 else contextlib.nullcontext():
+                        if distributed.agree((path / "DONE").is_file() and not options.force):
+                            frame, timing, cell_tables = _load_cell(path)
+                            tqdm.write(f"[{method.name} seed {seed}] finished before: reusing {path}")
+                        else:
+                            if not prepared:
+                                prepare_started = time.time()
+                                shared, prepared = spec.prepare(context), True
+                                run_info["prepare_seconds"] = round(time.time() - prepare_started, 1)
+                                for artifact in getattr(shared, "artifacts", ()):  # e.g. the trained CLIP weights
+                                    tracker.log_artifact(run_id, artifact, "cached")
+                            checkpoints = path / "checkpoints"
+                            if not options.resume and rank == 0:  # a fresh start; --resume continues from them
+                                shutil.rmtree(checkpoints, ignore_errors=True)
+                            distributed.barrier()
+                            generator = seed_everything(seed)
+                            cell_context = replace(context, checkpoints=checkpoints)
+                            result: CellResult = spec.run_cell(cell_context, shared, method, seed, generator)
+                            meta = {"suite": spec.name, "method": method.name, "seed": seed}
+                            frame = records_frame([{**meta, **r} for r in result.records])
+                            timing = records_frame([{**meta, **r} for r in result.timings])
+                            cell_tables = {name: t.assign(method=method.name, seed=seed)
+                                           for name, t in result.tables.items()}
+                            if rank == 0:
+                                _store_cell(path, frame, timing, cell_tables)
+                                shutil.rmtree(checkpoints, ignore_errors=True)
                     tracker.log_records(run_id, frame.to_dict("records") + timing.to_dict("records"))
                     tracker.log_artifacts(run_id, path)
             except NonFiniteLossError as err:  # this cell diverged: it ends FAILED, the others go on
@@ -312,6 +315,7 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
 
         if rank != 0:  # under torchrun only rank 0 writes
             distributed.barrier()
+            distributed.close()
             return pd.concat(frames, ignore_index=True)[COLUMNS]
         parts = {"metrics": pd.concat(frames, ignore_index=True)[COLUMNS],
                  "timings": pd.concat(timing_frames, ignore_index=True)[COLUMNS],
@@ -331,6 +335,7 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
             tracker.log_artifact(None, path, "results" if path.suffix != ".png" else "figures")
         metrics = parts["metrics"]
     distributed.barrier()
+    distributed.close()
     print(f"\n{spec.name}: {len(cells)} cells in {run_info['wall_seconds']} s → {suite_dir}")
     print(headline_table(spec, metrics))
     return metrics

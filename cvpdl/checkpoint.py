@@ -7,6 +7,7 @@ bookkeeping (epoch, history). It is written atomically after each epoch and read
 """
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +58,7 @@ class Checkpoint:
         if self.path is None or (torch.distributed.is_initialized() and torch.distributed.get_rank() != 0):
             return  # under DDP every rank holds the same state: rank 0 writes it
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
         torch.save({"state": {k: obj.state_dict() for k, obj in stateful.items()}, "rng": capture_rng(generator),
                     "progress": progress}, tmp)
         tmp.replace(self.path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
@@ -63,7 +64,12 @@ class SetCriterion:
     def __call__(self, outputs: dict, targets: list[dict]) -> tuple[dict[str, torch.Tensor], list]:
         """Named losses summed over decoder layers (``loss_*``, plus ``loss_dn_*`` for denoising queries) and the
         last layer's matching (for the instability analysis)."""
-        num_boxes = max(1.0, float(sum(len(t["labels"]) for t in targets)))
+        num_boxes = float(sum(len(t["labels"]) for t in targets))
+        if dist.is_initialized():  # DDP: normalise by the mean box count over ranks, as DETR does
+            total = torch.tensor([num_boxes], device=outputs["logits"][0].device)
+            dist.all_reduce(total)
+            num_boxes = total.item() / dist.get_world_size()
+        num_boxes = max(1.0, num_boxes)
         losses: dict[str, torch.Tensor] = {}
         last_indices = None
         for logits, boxes in zip(outputs["logits"], outputs["boxes"]):  # one entry per decoder layer

@@ -42,13 +42,28 @@ def batch(split: DetectionSplit, indices: list[int], device: torch.device) -> tu
     return images, targets
 
 
+def _check_finite_on_all_ranks(value: torch.Tensor, where: str, what: str) -> None:
+    """``check_finite``, agreed across DDP ranks: one rank raising alone would leave the others in an all-reduce."""
+    if dist.is_initialized():
+        bad = (~value.detach().isfinite()).any().float().reshape(1)
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if bad.item():
+            value = torch.full_like(value.detach(), float("nan"))
+    check_finite(value, where, what)
+
+
 def train_epoch(model, criterion: SetCriterion, split: DetectionSplit, cfg: DetrTrainConfig,
                 optimizer: torch.optim.Optimizer, generator: torch.Generator, device: torch.device, epoch: int = 1
                 ) -> float:
     model.train()
     order = torch.randperm(len(split), generator=generator).tolist()
-    # under DDP each rank takes every world-th image of the same seeded global batch (a DistributedSampler's split)
+    # under DDP each rank takes every world-th image of the same seeded global batch (a DistributedSampler's split);
+    # the order is rank 0's, since DN noise draws as many numbers as a rank's shard has boxes
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    if world > 1:
+        box = [order]
+        dist.broadcast_object_list(box, src=0)
+        order = box[0]
     focal = getattr(model, "module", model).focal
     losses = []
     for start in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):
@@ -56,9 +71,10 @@ def train_epoch(model, criterion: SetCriterion, split: DetectionSplit, cfg: Detr
         outputs = model(images, targets, generator) if focal else model(images, targets)
         where = f"epoch {epoch}, step {start // cfg.batch_size + 1}"
         # NaN predictions would break the matcher before the loss exists; a sum is NaN/inf iff an entry is (one sync)
-        check_finite(torch.stack([p.sum() for p in outputs["logits"] + outputs["boxes"]]), where, "a prediction")
+        _check_finite_on_all_ranks(torch.stack([p.sum() for p in outputs["logits"] + outputs["boxes"]]), where,
+                                   "a prediction")
         loss = sum(criterion(outputs, targets)[0].values())
-        check_finite(loss, where)
+        _check_finite_on_all_ranks(loss, where, "loss")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
