@@ -121,7 +121,7 @@ def hf_detr(cfg: DetrConfig, num_classes: int) -> torch.nn.Module:
 
 
 def _training_step(name: str, cfg: dict, num_classes: int, device: torch.device):
-    """A closure doing one optimiser step on (images, targets), and the model."""
+    """A closure doing one optimiser step of model ``name`` on (images, targets)."""
     if name == HF_DETR:
         model = hf_detr(config_lib.section_config(cfg, "model", DetrConfig), num_classes).to(device)
 
@@ -149,11 +149,9 @@ def _training_step(name: str, cfg: dict, num_classes: int, device: torch.device)
 
 
 def training_throughput(report: PerfReport, device: torch.device, steps: int, cache_dir: Path, peak: float) -> None:
-    spec = REGISTRY.suite("detr")
-    sections = dict(spec.config)
-    for method in REGISTRY.methods("detr"):
-        sections.update(method.config)
-    cfg = config_lib.resolve(sections, {}, [])
+    from benchmark.runner import RunOptions, resolve
+
+    _, _, cfg = resolve(RunOptions(suite="detr"))  # the default profile's config, as `run` resolves it
     batch_size = cfg["train"]["batch_size"]
     world = config_lib.section_config(cfg, "world", DigitsWorldConfig)
     split = load_digits_split(world, "train", batch_size * (steps + 4), world.seed, cache_dir)

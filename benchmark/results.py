@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
@@ -18,6 +20,18 @@ import pandas as pd
 from cvpdl.errors import UserInputError
 
 COLUMNS = ["suite", "method", "seed", "epoch", "split", "metric", "value"]
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    """An exclusive advisory file lock, held while concurrent invocations touch the same files."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

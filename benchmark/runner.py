@@ -12,7 +12,6 @@ existing ``metrics.csv`` (other seeds or methods are kept), so concurrent runs l
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import platform
@@ -35,7 +34,7 @@ from benchmark import config as config_lib
 from benchmark import distributed
 from benchmark.registry import REGISTRY, MethodSpec, SuiteSpec
 from benchmark.report import headline_table, render_suite
-from benchmark.results import COLUMNS, atomic_write_csv, read_metrics, records_frame, write_json
+from benchmark.results import COLUMNS, atomic_write_csv, locked, read_metrics, records_frame, write_json
 from cvpdl.errors import NonFiniteLossError, UserInputError
 
 PACKAGES = ("torch", "torchvision", "open_clip_torch", "pycocotools", "mlflow", "numpy", "scipy", "pandas", "mlxtend")
@@ -179,18 +178,6 @@ def _check_writable(results_dir: Path) -> None:
         raise UserInputError(f"results dir {results_dir} is not writable ({err.strerror or err})") from None
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive advisory lock held while concurrent invocations update the same suite folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _cell_order(frame: pd.DataFrame, spec: SuiteSpec) -> pd.DataFrame:
     """Rows in registry method order, then seed; a cell's own rows keep their order."""
     rank = {m.name: i for i, m in enumerate(REGISTRY.methods(spec.name))}
@@ -273,7 +260,7 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
                                  {**tags, "role": "cell", "method": method.name, "seed": str(seed)},
                                  nested=True) as run_id:
                     # one invocation trains a cell at a time; another one waiting here then finds it DONE
-                    with _locked(path.parent / f"{path.name}.lock") if world == 1 else contextlib.nullcontext():
+                    with locked(path.parent / f"{path.name}.lock") if world == 1 else contextlib.nullcontext():
                         if distributed.agree((path / "DONE").is_file() and not options.force):
                             frame, timing, cell_tables = _load_cell(path)
                             tqdm.write(f"[{method.name} seed {seed}] finished before: reusing {path}")
@@ -321,7 +308,7 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
                  "timings": pd.concat(timing_frames, ignore_index=True)[COLUMNS],
                  **{name: pd.concat(p, ignore_index=True) for name, p in tables.items()}}
         run_info["wall_seconds"] = round(time.time() - started, 1)
-        with _locked(suite_dir / ".lock"):
+        with locked(suite_dir / ".lock"):
             parts = {name: _cell_order(frame, spec) for name, frame in _merge_previous(suite_dir, run_info,
                                                                                         parts).items()}
             atomic_write_csv(suite_dir / "metrics.csv", parts["metrics"])

@@ -7,7 +7,6 @@ The default tracking URI is a SQLite file inside the results dir, created once b
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from benchmark.results import locked
 from cvpdl.errors import UserInputError
 
 MAX_PARAM_LENGTH = 500
@@ -78,8 +78,7 @@ class Tracker:
         if user_uri is None:  # mlflow exports the URI to the environment: undo it, the next results dir is not ours
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         # one invocation at a time creates the store's schema and the experiment (concurrent creation races)
-        with open(results_dir / ".mlflow.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with locked(results_dir / ".mlflow.lock"):
             self.client = MlflowClient(self.uri)
             name = f"cvpdl-bench/{suite}"
             experiment = self.client.get_experiment_by_name(name)
@@ -88,7 +87,6 @@ class Tracker:
                 self.experiment_id = self.client.create_experiment(name, artifact_location=artifacts)
             else:
                 self.experiment_id = experiment.experiment_id
-            fcntl.flock(lock, fcntl.LOCK_UN)
         self.killed_stale_runs = self._end_stale_runs()
 
     def _end_stale_runs(self) -> list[str]:
