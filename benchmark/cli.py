@@ -26,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m benchmark", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    sub.add_parser("list", help="suites, their methods, datasets and paper references")
+    listing = sub.add_parser("list", help="suites, their methods, datasets and paper references")
+    listing.add_argument("--verbose", "-v", action="store_true", help="also each method's declared deviations "
+                                                                       "from the paper's official code")
 
     run = sub.add_parser("run", help="train and evaluate every (method, seed) cell of a suite")
     run.add_argument("--suite", required=True)
@@ -69,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_list() -> None:
+def cmd_list(verbose: bool = False) -> None:
     from benchmark.registry import REGISTRY
 
     for suite in REGISTRY.suites():
@@ -77,6 +79,9 @@ def cmd_list() -> None:
         print(f"{suite.name}: {suite.question}{state}\n  dataset: {suite.dataset}")
         for method in REGISTRY.methods(suite.name):
             print(f"  - {method.name}: {method.paper}")
+            if verbose:
+                for deviation in method.deviations:
+                    print(f"      deviation: {deviation.line()}")
 
 
 def cmd_evaluate(args) -> None:
@@ -124,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         import benchmark.suites  # noqa: F401  (registers every suite)
 
         if args.command == "list":
-            cmd_list()
+            cmd_list(args.verbose)
         elif args.command == "run":
             from benchmark.runner import RunOptions, run_suite
 

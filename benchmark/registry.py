@@ -17,12 +17,26 @@ ConfigSections = dict[str, type]  # section name -> dataclass
 
 
 @dataclass(frozen=True)
+class Deviation:
+    """One way this implementation differs from the paper's official code: what, why, and how to undo it."""
+
+    what: str
+    why: str
+    restore: str = ""  # the ``--set section.key=value`` flags that restore the official behaviour ("" if none)
+
+    def line(self) -> str:
+        undo = f" Official: `{self.restore}`." if self.restore else " Not switchable."
+        return f"{self.what} — {self.why}.{undo}"
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     name: str
     suite: str
     paper: str
     build: Callable[[dict], Any]  # resolved config (sections as dicts) -> the method object
     config: ConfigSections = field(default_factory=dict)
+    deviations: tuple[Deviation, ...] = ()  # declared differences from the paper's official code
 
 
 @dataclass(frozen=True)
