@@ -1,6 +1,8 @@
-"""Artefacts shared across cells (trained CLIP, localizer, teachers), cached on disk by config hash."""
+"""Artefacts shared across cells (trained CLIP, localizer, teachers), cached on disk under a key of everything
+that shapes them: the caller's config parts, the code that builds them and the hardware signature."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -10,9 +12,27 @@ from pathlib import Path
 
 import torch
 
+import cvpdl
+from benchmark.reproducibility import hardware, hardware_signature
+
+CVPDL_ROOT = Path(cvpdl.__file__).resolve().parent
+
+
+@functools.lru_cache(maxsize=None)
+def code_version(root: Path = CVPDL_ROOT) -> str:
+    """sha256 over the library's source files (path and bytes): an edit anywhere in ``cvpdl/`` retrains cached
+    artefacts. Coarser than the subpackages each artefact imports, but never stale; read once per process."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
 
 def cache_key(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """Key of a cached artefact: ``parts`` (config sections, data options, seed) plus the library code and the
+    hardware signature (CPU model, ISA flags, torch version, current torch threads), which shape trained weights."""
+    shaping = {"code": code_version(), "hardware": hardware_signature(hardware(torch.get_num_threads()))}
+    return hashlib.sha256(json.dumps([parts, shaping], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def cached_state(path: Path, module: torch.nn.Module, train: Callable[[], object]) -> None:

@@ -1,11 +1,17 @@
-"""``python -m benchmark``: list, run, evaluate, report, perf.
+"""``python -m benchmark``: list, run, evaluate, report, perf, verify.
 
 User errors (unknown names, bad files, bad values) print one line and exit 2; nothing already written is touched.
+Exit codes: 0 done, 2 usage or bad input, 3 some cell failed or diverged (the others are kept), 130 interrupted.
+Heavy packages (torch, mlflow, open_clip) are imported by the subcommand that needs them, so ``--help`` and a
+cached ``list`` answer at once.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import logging
+import os
 import signal
 import sys
 import threading
@@ -14,6 +20,8 @@ from pathlib import Path
 from cvpdl.errors import UserInputError
 
 EXIT_USAGE = 2
+EXIT_FAILED_CELLS = 3
+EXIT_INTERRUPTED = 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -24,6 +32,9 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m benchmark", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", dest="verbosity", action="count", default=0,
+                        help="more output: debug lines, MLflow/alembic messages")
+    parser.add_argument("-q", "--quiet", action="store_true", help="errors and the final table only, no progress bars")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     listing = sub.add_parser("list", help="suites, their methods, datasets and paper references")
@@ -33,10 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train and evaluate every (method, seed) cell of a suite")
     run.add_argument("--suite", required=True)
     run.add_argument("--methods", nargs="+", help="subset of the suite's methods (default: all)")
-    run.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    run.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     run.add_argument("--profile", default="default", help="quick | default | full")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="override one config value (repeatable); see run.json for the keys")
+    run.add_argument("--config", dest="config_file", type=Path, metavar="FILE.yaml",
+                     help="config values over the profile: {section: {key: value}} in YAML or JSON (a --print-config "
+                          "output, run.json's config section, or run.json); --set still overrides")
+    run.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     run.add_argument("--results-dir", type=Path, default=Path("results"))
     run.add_argument("--device", default="auto", help="auto | cpu | cuda")
     run.add_argument("--data", default="digits", help="digits (embedded default) | coco | imagefolder")
@@ -47,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "~/.cache/cvpdl-bench)")
     run.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     run.add_argument("--force", action="store_true", help="recompute cells that finished before")
+    run.add_argument("--params", type=Path, help="best.json of `benchmark tune`: each method runs with its tuned "
+                                                 "values (--set still wins)")
     run.add_argument("--resume", action="store_true", help="continue interrupted cells from their last per-epoch "
                                                            "checkpoint (finished cells are always reused)")
 
@@ -64,24 +81,113 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--cache-dir", type=Path)
     perf.add_argument("--threads", type=int)
 
+    verify = sub.add_parser("verify", help="compare a run with the committed results/<suite> (git HEAD), metric by "
+                                           "metric; exit 3 when something did not reproduce")
+    verify.add_argument("--suite", required=True)
+    verify.add_argument("--results-dir", type=Path, help="where the run to check is (default: results), or with "
+                                                         "--run where to write it (default: a new temporary folder)")
+    verify.add_argument("--run", action="store_true", help="rerun the committed profile, methods, seeds and thread "
+                                                           "count first")
+    verify.add_argument("--methods", nargs="+", help="only these methods' cells")
+    verify.add_argument("--seeds", nargs="+", type=int, help="only these seeds' cells")
+    verify.add_argument("--cache-dir", type=Path, help="with --run: cached data and models")
+    verify.add_argument("--threads", type=int, help="with --run: torch threads (default: the committed run's)")
+
+    tune = sub.add_parser("tune", help="the same Optuna budget per method on the val split → DIR/<suite>/tuning/")
+    tune.add_argument("--suite", required=True)
+    tune.add_argument("--methods", nargs="+", help="subset of the suite's methods (default: all)")
+    tune.add_argument("--trials", type=int, default=20, help="completed trials per method (a killed study resumes)")
+    tune.add_argument("--profile", default="default", help="quick | default | full")
+    tune.add_argument("--seed", type=int, default=0, help="seed of every trial's cell and of the TPE sampler")
+    tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                      help="fixed overrides under every trial (e.g. a shorter schedule)")
+    tune.add_argument("--results-dir", type=Path, default=Path("results"))
+    tune.add_argument("--cache-dir", type=Path)
+    tune.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    tune.add_argument("--threads", type=int)
+    tune.add_argument("--timeout", type=float, help="wall seconds per method's study (the trial in flight finishes)")
+
     report = sub.add_parser("report", help="rebuild summary.md and figures from written results, no training")
     report.add_argument("--suite", required=True)
     report.add_argument("--results-dir", type=Path, default=Path("results"))
     report.add_argument("--from-mlflow", action="store_true", help="rebuild metrics.csv from the tracked runs")
+    for name, command in sub.choices.items():  # -v/-q also after the subcommand (list's own -v lists deviations)
+        if name != "list":
+            command.add_argument("-v", "--verbose", dest="verbosity", action="count", default=argparse.SUPPRESS)
+            command.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS)
     return parser
 
 
-def cmd_list(verbose: bool = False) -> None:
-    from benchmark.registry import REGISTRY
+def _code_digest() -> str:
+    """Hash of every source file of the harness and library: a catalog cached under it is never stale."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256(sys.version.encode())
+    for path in sorted([*root.glob("benchmark/**/*.py"), *root.glob("cvpdl/**/*.py")]):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
-    for suite in REGISTRY.suites():
-        state = "" if suite.status == "ready" else f"  [not runnable: {suite.status}]"
-        print(f"{suite.name}: {suite.question}{state}\n  dataset: {suite.dataset}")
-        for method in REGISTRY.methods(suite.name):
-            print(f"  - {method.name}: {method.paper}")
+
+def suite_catalog() -> list[dict]:
+    """Suites, datasets, methods, papers and deviations as plain data. Building it imports every suite (torch,
+    open_clip: seconds), so it is cached per code version in the cache dir and read back without those imports."""
+    cache = Path(os.environ.get("CVPDL_CACHE") or Path.home() / ".cache" / "cvpdl-bench") / "catalog"
+    path = cache / f"{_code_digest()}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    from benchmark.registry import REGISTRY
+    from benchmark.suites import SUITES
+
+    catalog = [{"name": suite.name, "question": suite.question, "dataset": suite.dataset,
+                "datasets": list(suite.datasets), "status": suite.status,
+                "methods": [{"name": m.name, "paper": m.paper, "deviations": [d.line() for d in m.deviations]}
+                            for m in REGISTRY.methods(suite.name)]}
+               for suite in REGISTRY.suites() if suite.name in SUITES]
+    try:
+        from benchmark.results import atomic_write_text
+
+        atomic_write_text(path, json.dumps(catalog, indent=1))
+    except OSError:  # an unwritable cache only costs speed
+        pass
+    return catalog
+
+
+def cmd_list(verbose: bool = False) -> None:
+    for suite in suite_catalog():
+        state = "" if suite["status"] == "ready" else f"  [not runnable: {suite['status']}]"
+        print(f"{suite['name']}: {suite['question']}{state}\n  dataset: {suite['dataset']} "
+              f"(--data {' | '.join(suite['datasets'])})")
+        for method in suite["methods"]:
+            print(f"  - {method['name']}: {method['paper']}")
             if verbose:
-                for deviation in method.deviations:
-                    print(f"      deviation: {deviation.line()}")
+                for deviation in method["deviations"]:
+                    print(f"      deviation: {deviation}")
+
+
+class _TqdmLogHandler(logging.Handler):
+    """Log lines printed between progress bars instead of through them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm.auto import tqdm
+
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def configure_console(verbosity: int, quiet: bool) -> None:
+    """-q: warnings, errors and the final table; default: progress lines too; -v: debug lines and MLflow's own."""
+    logger = logging.getLogger("benchmark")
+    if not any(isinstance(h, _TqdmLogHandler) for h in logger.handlers):
+        handler = _TqdmLogHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.WARNING if quiet else logging.DEBUG if verbosity else logging.INFO)
+    if verbosity:
+        for name in ("alembic", "mlflow"):
+            logging.getLogger(name).setLevel(logging.INFO)
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"  # read by tqdm when it is imported, which the subcommands do after this
 
 
 def cmd_evaluate(args) -> None:
@@ -104,6 +210,21 @@ def cmd_evaluate(args) -> None:
     print(json.dumps(stats, indent=2))
 
 
+def cmd_print_config(options) -> None:
+    """The resolved config as YAML that ``--config`` reads back (same config hash with the same --data options)."""
+    import yaml
+
+    from benchmark import config as config_lib
+    from benchmark.runner import resolve
+
+    _, _, cfg = resolve(options)
+    data_options = {"data": options.data, "data_root": str(options.data_root) if options.data_root else None,
+                    "clip": options.clip, "clip_weights": str(options.clip_weights) if options.clip_weights else None}
+    print(f"# suite {options.suite}, profile {options.profile}; config_hash "
+          f"{config_lib.config_hash({'cfg': cfg, **data_options})} with --data {options.data}")
+    print(yaml.safe_dump(cfg, sort_keys=False), end="")
+
+
 def cmd_report(args) -> None:
     from benchmark.registry import REGISTRY
     from benchmark.report import metrics_from_mlflow, render_suite
@@ -123,21 +244,33 @@ def _terminate(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_console(args.__dict__.pop("verbosity"), args.__dict__.pop("quiet"))
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
     try:
-        import benchmark.suites  # noqa: F401  (registers every suite)
-
         if args.command == "list":
             cmd_list(args.verbose)
-        elif args.command == "run":
+            return 0
+        import benchmark.suites  # noqa: F401  (registers every suite)
+
+        if args.command == "run":
             from benchmark.runner import RunOptions, run_suite
 
-            run_suite(RunOptions(**{k: v for k, v in vars(args).items() if k != "command"}))
+            print_config = args.__dict__.pop("print_config")
+            options = RunOptions(**{k: v for k, v in vars(args).items() if k != "command"})
+            cmd_print_config(options) if print_config else run_suite(options)
         elif args.command == "evaluate":
             cmd_evaluate(args)
         elif args.command == "report":
             cmd_report(args)
+        elif args.command == "tune":
+            from benchmark.tune import TuneOptions, tune_suite
+
+            tune_suite(TuneOptions(**{k: v for k, v in vars(args).items() if k != "command"}))
+        elif args.command == "verify":
+            from benchmark.reproducibility import verify
+
+            return verify(**{k: v for k, v in vars(args).items() if k != "command"})
         elif args.command == "perf":
             from benchmark.perf import PerfOptions, run_perf
 
@@ -150,5 +283,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished cells are kept and reused by the next run; add --resume to continue the "
               "interrupted cell from its last epoch", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as err:
+        runner = sys.modules.get("benchmark.runner")  # loaded whenever cells ran
+        if runner is None or not isinstance(err, runner.CellsFailedError):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED_CELLS
     return 0

@@ -267,12 +267,12 @@ WHY_MISSED = {
                "are about half a training step on a CPU, so 1.5× overall would need the rest (transformer, "
                "matcher, losses) about 3× faster than Hugging Face's. DAB-/DN-DETR do more work per image than "
                "DETR by design (anchor MLPs, per-layer refinement, five denoising groups).",
-    "pycocotools": "faster-coco-eval's C++ evaluate/accumulate is over 10× faster than pycocotools'; what is left is "
-                   "its Python-side preparation (loadRes, the per image × category IoU set-up), which does not "
-                   "shrink with the C++ part. The ratio grows with cores (a 16-core host measured 12×).",
-    "matmul FLOP/s": "The models are tiny (d_model 64, 64-px images, 12 queries): many small kernels, Python-side "
-                     "matching and loss bookkeeping between them. On a GPU they are launch-bound and use well "
-                     "under 1% of the chip.",
+    "pycocotools": "Likely cause, not measured by this run: faster-coco-eval moves evaluate/accumulate to C++, but "
+                   "its Python-side preparation (loadRes, the per image × category IoU set-up) does not shrink with "
+                   "it, so the overall ratio stays below the C++ part's. Only the end-to-end ratio above is measured.",
+    "matmul FLOP/s": "Likely cause, not measured by this run: the models are tiny (d_model 64, 64-px images, 12 "
+                     "queries), so a step is many small kernels with Python-side matching and loss bookkeeping "
+                     "between them. The utilisation above is the only measured figure.",
     "CLIP cached": "Read from the committed run.json: run `python -m benchmark run --suite ovd` twice to measure the "
                    "warm case.",
 }

@@ -30,6 +30,18 @@ class Deviation:
 
 
 @dataclass(frozen=True)
+class SearchParam:
+    """One tunable hyperparameter of a method: a config key and its range (or choices) for ``benchmark tune``."""
+
+    key: str  # "section.key" of the resolved config
+    low: float = 0.0
+    high: float = 1.0
+    log: bool = False
+    integer: bool = False
+    choices: tuple = ()  # categorical instead of a range when given
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     name: str
     suite: str
@@ -37,6 +49,7 @@ class MethodSpec:
     build: Callable[[dict], Any]  # resolved config (sections as dicts) -> the method object
     config: ConfigSections = field(default_factory=dict)
     deviations: tuple[Deviation, ...] = ()  # declared differences from the paper's official code
+    search_space: tuple[SearchParam, ...] = ()  # what ``benchmark tune`` may change, the same budget for every method
 
 
 @dataclass(frozen=True)
@@ -71,7 +84,10 @@ class SuiteSpec:
     # (metrics, timings) DataFrames -> the course questions this suite answers, with measured lines
     report_sections: Callable[[Any, Any], list[Section]] | None = None
     status: str = "ready"  # anything else: why the suite cannot run yet
+    datasets: tuple[str, ...] = ("digits",)  # the --data values prepare() reads; any other is refused up front
     course_questions: tuple[str, ...] = ()  # listed in REPORT.md while the suite has no results
+    # (metric, split) that ``benchmark tune`` maximises: a validation number, never test (last epoch if per-epoch)
+    tuning_objective: tuple[str, str] | None = None
 
 
 class Registry:

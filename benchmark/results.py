@@ -9,13 +9,13 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import tempfile
 from pathlib import Path
 
 import pandas as pd
+from filelock import FileLock
 
 from cvpdl.errors import UserInputError
 
@@ -24,14 +24,11 @@ COLUMNS = ["suite", "method", "seed", "epoch", "split", "metric", "value"]
 
 @contextlib.contextmanager
 def locked(path: Path):
-    """An exclusive advisory file lock, held while concurrent invocations touch the same files."""
+    """An exclusive file lock (``filelock``: flock on POSIX, msvcrt on Windows), held while concurrent invocations
+    touch the same files; a fresh lock object each time, so nesting on one path blocks like two processes would."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with FileLock(path, thread_local=False, is_singleton=False, preserve_lock_file=True):
+        yield
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import platform
 import random
@@ -31,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmark import config as config_lib
-from benchmark import distributed
+from benchmark import distributed, reproducibility
 from benchmark.registry import REGISTRY, MethodSpec, SuiteSpec
 from benchmark.report import headline_table, render_suite
 from benchmark.results import COLUMNS, atomic_write_csv, locked, read_metrics, records_frame, write_json
@@ -39,13 +40,18 @@ from cvpdl.errors import NonFiniteLossError, UserInputError
 
 PACKAGES = ("torch", "torchvision", "open_clip_torch", "pycocotools", "mlflow", "numpy", "scipy", "pandas", "mlxtend")
 REPO_ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("benchmark")  # progress lines; -q hides them, the CLI prints them between progress bars
+
+
+class CellsFailedError(RuntimeError):
+    """Some cells diverged or failed; the others finished and are kept. The CLI exits with its own code (3)."""
 
 
 @dataclass
 class RunOptions:
     suite: str
     methods: list[str] | None = None
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
     profile: str = "default"
     overrides: list[str] = field(default_factory=list)
     results_dir: Path = Path("results")
@@ -58,6 +64,8 @@ class RunOptions:
     threads: int | None = None
     force: bool = False
     resume: bool = False  # continue interrupted cells from their last per-epoch checkpoint
+    config_file: Path | None = None  # YAML/JSON {section: {key: value}} over the profile; overrides still win
+    params: Path | None = None  # best.json of `benchmark tune`: each method's tuned values (--set still wins)
 
 
 @dataclass
@@ -126,6 +134,11 @@ def resolve(options: RunOptions) -> tuple[SuiteSpec, list[MethodSpec], dict]:
     spec = REGISTRY.suite(options.suite)
     if spec.status != "ready":
         raise UserInputError(f"suite {spec.name!r} cannot run yet: {spec.status}")
+    if options.data not in ("digits", "coco", "imagefolder"):
+        raise UserInputError(f"unknown --data {options.data!r}; choose from: digits, coco, imagefolder")
+    if options.data not in spec.datasets:
+        raise UserInputError(f"suite {spec.name!r} cannot use --data {options.data}; it supports: "
+                             f"{', '.join(spec.datasets)}")
     if options.profile not in spec.profiles:
         raise UserInputError(f"unknown profile {options.profile!r}; choose from: {', '.join(spec.profiles)}")
     names = options.methods or [m.name for m in REGISTRY.methods(spec.name)]
@@ -137,11 +150,10 @@ def resolve(options: RunOptions) -> tuple[SuiteSpec, list[MethodSpec], dict]:
     sections = dict(spec.config)
     for method in REGISTRY.methods(spec.name):
         sections.update(method.config)
-    cfg = config_lib.resolve(sections, spec.profiles[options.profile], options.overrides)
+    file_values = config_lib.read_config_file(options.config_file) if options.config_file else None
+    cfg = config_lib.resolve(sections, spec.profiles[options.profile], options.overrides, file_values)
     for method in methods:
         method.build(cfg)  # builders validate their config values: fail now, before anything is trained or written
-    if options.data not in ("digits", "coco", "imagefolder"):
-        raise UserInputError(f"unknown --data {options.data!r}; choose from: digits, coco, imagefolder")
     if options.data != "digits" and (options.data_root is None or not Path(options.data_root).is_dir()):
         raise UserInputError(f"--data {options.data} needs --data-root pointing at an existing folder "
                              f"(got {options.data_root})")
@@ -150,6 +162,20 @@ def resolve(options: RunOptions) -> tuple[SuiteSpec, list[MethodSpec], dict]:
     if options.clip_weights is not None and not Path(options.clip_weights).is_file():
         raise UserInputError(f"CLIP checkpoint not found: {options.clip_weights}")
     return spec, methods, cfg
+
+
+def tuned_configs(options: RunOptions, methods: list[MethodSpec]) -> tuple[dict[str, list[str]], dict[str, dict]]:
+    """``--params best.json``: per method, its tuned ``section.key=value`` list and the config it runs with (the
+    tuned values over the profile and config file; ``--set`` still wins). Methods absent from the file run as is."""
+    if options.params is None:
+        return {}, {}
+    from benchmark.tune import load_params
+
+    tuned = load_params(options.params, options.suite)
+    params = {m.name: tuned[m.name] for m in methods if tuned.get(m.name)}
+    method_cfgs = {name: resolve(replace(options, overrides=[*values, *options.overrides]))[2]
+                   for name, values in params.items()}
+    return params, method_cfgs
 
 
 def _cell_dir(suite_dir: Path, key: str, method: str, seed: int) -> Path:
@@ -192,7 +218,8 @@ def _merge_previous(suite_dir: Path, run_info: dict, parts: dict[str, pd.DataFra
     if not previous.is_file():
         return parts
     old = json.loads(previous.read_text())
-    if any(old.get(k, 1) != run_info[k] for k in ("config_hash", "git_commit", "profile", "world_size")):
+    if any(old.get(k, 1) != run_info[k] for k in ("config_hash", "git_commit", "profile", "world_size",
+                                                 "hardware_signature")):  # cells from another machine: replace
         return parts
     merged = {}
     for name, frame in parts.items():
@@ -212,6 +239,7 @@ def _merge_previous(suite_dir: Path, run_info: dict, parts: dict[str, pd.DataFra
 
 def run_suite(options: RunOptions) -> pd.DataFrame:
     spec, methods, cfg = resolve(options)
+    params, method_cfgs = tuned_configs(options, methods)
     device = pick_device(options.device)
     rank, world, device = distributed.setup(device)
     threads = options.threads or max(1, (os.cpu_count() or 1) // world)  # torchrun ranks share the cores
@@ -224,18 +252,24 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
 
     data_options = {"data": options.data, "data_root": str(options.data_root) if options.data_root else None,
                     "clip": options.clip, "clip_weights": str(options.clip_weights) if options.clip_weights else None}
-    cfg_hash = config_lib.config_hash({"cfg": cfg, **data_options})
+    cfg_hash = config_lib.config_hash({"cfg": cfg, **data_options, **({"params": params} if params else {})})
     commit, dirty = git_state()
     key = {"config_hash": cfg_hash, "commit": commit, **({"world_size": world} if world > 1 else {})}
     cell_key = config_lib.config_hash(key)  # new code (or a DDP run, whose batches differ) → new cells
+    # a tuned method's cells are keyed by its own config, so they are shared by every run with the same values
+    cell_keys = {m: config_lib.config_hash({**key, "config_hash": config_lib.config_hash({"cfg": c, **data_options})})
+                 for m, c in method_cfgs.items()}
     results_dir = Path(options.results_dir)
     _check_writable(results_dir)
     suite_dir = results_dir / spec.name
     cache_dir = Path(options.cache_dir or os.environ.get("CVPDL_CACHE") or Path.home() / ".cache" / "cvpdl-bench")
     run_info = {"suite": spec.name, "profile": options.profile, "methods": [m.name for m in methods],
-                "seeds": options.seeds, "config": cfg, "config_hash": cfg_hash, **data_options,
+                "seeds": options.seeds, "config": cfg, "config_hash": cfg_hash, "params": params, **data_options,
                 "git_commit": commit, "git_dirty": dirty, "versions": versions(), "device": str(device),
-                "threads": threads, "world_size": world}
+                "threads": threads, "world_size": world,
+                # date, command, CPU/ISA, OS, torch build, evaluator, data hashes; the signature decides whether
+                # `verify` expects identical numbers or numbers within tolerances
+                **reproducibility.record(threads, options.data, options.data_root, options.clip_weights)}
     tags = {"config_hash": cfg_hash, "git_commit": commit, "git_dirty": str(dirty), "device": str(device),
             "torch": torch.__version__, "threads": str(threads), "profile": options.profile,
             "host": socket.gethostname(), "pid": str(os.getpid())}  # host + pid: stale RUNNING runs are found
@@ -244,7 +278,7 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
 
     tracker = Tracker(results_dir, spec.name) if rank == 0 else NoTracking()
     if tracker.killed_stale_runs:
-        tqdm.write(f"marked {len(tracker.killed_stale_runs)} MLflow run(s) KILLED that a killed invocation had left "
+        log.info(f"marked {len(tracker.killed_stale_runs)} MLflow run(s) KILLED that a killed invocation had left "
                    "RUNNING")
     context = RunContext(spec.name, cfg, device, cache_dir, options.data, options.data_root, options.clip,
                          options.clip_weights)
@@ -254,16 +288,17 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
         shared, prepared = None, False
         cells = [(m, s) for m in methods for s in options.seeds]
         for method, seed in tqdm(cells, desc=f"{spec.name} cells", unit="cell"):
-            path = _cell_dir(suite_dir, cell_key, method.name, seed)
+            method_cfg = method_cfgs.get(method.name, cfg)
+            path = _cell_dir(suite_dir, cell_keys.get(method.name, cell_key), method.name, seed)
             try:
-                with tracker.run(f"{method.name}-seed{seed}", {**cfg, "method": method.name, "seed": seed},
+                with tracker.run(f"{method.name}-seed{seed}", {**method_cfg, "method": method.name, "seed": seed},
                                  {**tags, "role": "cell", "method": method.name, "seed": str(seed)},
                                  nested=True) as run_id:
                     # one invocation trains a cell at a time; another one waiting here then finds it DONE
                     with locked(path.parent / f"{path.name}.lock") if world == 1 else contextlib.nullcontext():
                         if distributed.agree((path / "DONE").is_file() and not options.force):
                             frame, timing, cell_tables = _load_cell(path)
-                            tqdm.write(f"[{method.name} seed {seed}] finished before: reusing {path}")
+                            log.info(f"[{method.name} seed {seed}] finished before: reusing {path}")
                         else:
                             if not prepared:
                                 prepare_started = time.time()
@@ -276,7 +311,7 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
                                 shutil.rmtree(checkpoints, ignore_errors=True)
                             distributed.barrier()
                             generator = seed_everything(seed)
-                            cell_context = replace(context, checkpoints=checkpoints)
+                            cell_context = replace(context, cfg=method_cfg, checkpoints=checkpoints)
                             result: CellResult = spec.run_cell(cell_context, shared, method, seed, generator)
                             meta = {"suite": spec.name, "method": method.name, "seed": seed}
                             frame = records_frame([{**meta, **r} for r in result.records])
@@ -290,14 +325,14 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
                     tracker.log_artifacts(run_id, path)
             except NonFiniteLossError as err:  # this cell diverged: it ends FAILED, the others go on
                 failures.append(f"{method.name} seed {seed}: {err}")
-                tqdm.write(f"[{method.name} seed {seed}] FAILED: {err}")
+                log.warning(f"[{method.name} seed {seed}] FAILED: {err}")
                 continue
             frames.append(frame)
             timing_frames.append(timing)
             for name, table in cell_tables.items():
                 tables.setdefault(name, []).append(table)
         if failures:
-            raise UserInputError(f"{len(failures)} of {len(cells)} cells failed ({'; '.join(failures)}); the "
+            raise CellsFailedError(f"{len(failures)} of {len(cells)} cells failed ({'; '.join(failures)}); the "
                                  f"finished ones are kept under {suite_dir / 'cells'} and {suite_dir} is unchanged")
 
         if rank != 0:  # under torchrun only rank 0 writes

@@ -1,8 +1,10 @@
 """MLflow tracking: one experiment per suite, one parent run per invocation, one nested run per cell.
 
-The default tracking URI is a SQLite file inside the results dir, created once before any cell;
-``MLFLOW_TRACKING_URI`` (e.g. a shared server) overrides it. A run that raises ends FAILED, an interrupted one
-(Ctrl-C, SIGTERM) KILLED; runs a SIGKILLed invocation left RUNNING are marked KILLED by the next one.
+The default tracking URI is a SQLite file inside the results dir, created once before any cell, complete or not at
+all: it is built and migrated in a temporary file that is renamed into place under a lock, so a kill at any moment
+of start-up leaves no store or a whole one. ``MLFLOW_TRACKING_URI`` (e.g. a shared server) overrides it.
+A run that raises ends FAILED, an interrupted one (Ctrl-C, SIGTERM) KILLED; runs a SIGKILLed invocation left RUNNING
+are marked KILLED by the next one.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import json
 import logging
 import os
 import socket
+import sqlite3
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,11 +23,83 @@ from benchmark.results import locked
 from cvpdl.errors import UserInputError
 
 MAX_PARAM_LENGTH = 500
+STORE_NAME = "mlflow.db"
 
 
 def tracking_uri(results_dir: Path) -> str:
     # a SQLite writer waits up to 60 s for another invocation's write lock instead of failing at once
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(results_dir / 'mlflow.db').resolve()}?timeout=60"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(results_dir / STORE_NAME).resolve()}?timeout=60"
+
+
+def _store_problem(path: Path) -> str | None:
+    """Why the SQLite file at ``path`` is not a complete MLflow store at this mlflow's schema (None: it is one)."""
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    try:  # opening it also rolls back a hot journal a killed writer left
+        with contextlib.closing(sqlite3.connect(path, timeout=60)) as db:
+            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                return "fails SQLite's integrity check"
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            version = db.execute("SELECT version_num FROM alembic_version").fetchone() \
+                if "alembic_version" in tables else None
+    except sqlite3.DatabaseError as err:
+        return f"is not a readable SQLite database ({err})"
+    head = _get_latest_schema_revision()
+    if version is None or version[0] != head:
+        return f"is at schema revision {version[0] if version else 'none'}, not this mlflow's {head}"
+    return None
+
+
+def _run_count(path: Path) -> int | None:
+    """How many runs the store holds (None: unreadable, so possibly some)."""
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=60)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            return db.execute("SELECT count(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+    except sqlite3.DatabaseError:
+        return None
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def ensure_store(path: Path, artifact_root: str) -> None:
+    """Leave a complete, current MLflow store at ``path``; call under the results dir's ``.mlflow.lock``.
+
+    A missing store is created and migrated in a temporary file that is renamed into place (a kill before the rename
+    leaves only that file, removed here next time). A damaged store (e.g. half-migrated by an older, non-atomic
+    start-up) is rebuilt when it holds no runs and is otherwise a one-line error saying what to do.
+    """
+    for leftover in path.parent.glob(f".{path.name}.*.building*"):  # from invocations killed while building
+        leftover.unlink(missing_ok=True)
+    if path.is_file():
+        problem = _store_problem(path)
+        if problem is None:
+            return
+        runs = _run_count(path)
+        if runs != 0:
+            held = "some runs" if runs is None else f"{runs} run(s)"
+            raise UserInputError(f"MLflow store {path} {problem} and holds {held}: back it up and run `mlflow db "
+                                 f"upgrade sqlite:///{path}`, or move it away to start a new store (the result files "
+                                 "do not depend on it)")
+        for stale in (path, path.with_name(path.name + "-journal"), path.with_name(path.name + "-wal"),
+                      path.with_name(path.name + "-shm")):
+            stale.unlink(missing_ok=True)
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    building = path.with_name(f".{path.name}.{os.getpid()}.building")
+    try:
+        SqlAlchemyStore(f"sqlite:///{building}", artifact_root).engine.dispose()
+        _fsync(building)
+        os.replace(building, path)
+        _fsync(path.parent)
+    finally:
+        building.unlink(missing_ok=True)
 
 
 def check_reachable(uri: str) -> None:
@@ -66,8 +141,9 @@ class Tracker:
         import mlflow
         from mlflow.tracking import MlflowClient
 
-        for name in ("alembic", "mlflow"):  # schema-creation chatter would bury the one-line errors
-            logging.getLogger(name).setLevel(logging.WARNING)
+        for name in ("alembic", "mlflow"):  # schema-creation chatter would bury the one-line errors (-v shows it)
+            if logging.getLogger(name).level == logging.NOTSET:
+                logging.getLogger(name).setLevel(logging.WARNING)
 
         self.mlflow = mlflow
         self.uri = tracking_uri(results_dir)
@@ -79,11 +155,13 @@ class Tracker:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         # one invocation at a time creates the store's schema and the experiment (concurrent creation races)
         with locked(results_dir / ".mlflow.lock"):
+            artifacts = None if self.uri.startswith("http") else (results_dir / "mlartifacts").resolve().as_uri()
+            if user_uri is None:
+                ensure_store(results_dir / STORE_NAME, artifacts)
             self.client = MlflowClient(self.uri)
             name = f"cvpdl-bench/{suite}"
             experiment = self.client.get_experiment_by_name(name)
             if experiment is None:
-                artifacts = None if self.uri.startswith("http") else (results_dir / "mlartifacts").resolve().as_uri()
                 self.experiment_id = self.client.create_experiment(name, artifact_location=artifacts)
             else:
                 self.experiment_id = experiment.experiment_id

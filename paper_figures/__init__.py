@@ -6,6 +6,8 @@ from pathlib import Path
 from paper_figures import detr_figures, kd_figures, ovd_figures
 
 FIGURES = {"detr": detr_figures.FIGURES, "kd": kd_figures.FIGURES, "ovd": ovd_figures.FIGURES}
+# What each figure's marks are, quoted under it in REPORT.md.
+CAPTIONS = {"detr": detr_figures.CAPTIONS, "kd": kd_figures.CAPTIONS, "ovd": ovd_figures.CAPTIONS}
 
 
 def render_suite_figures(suite: str, suite_dir: Path) -> list[Path]:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from paper_figures.style import SuiteInputs
+from paper_figures.style import SuiteInputs, t_interval
 
 METHOD_ORDER = ["detr", "dab_detr", "dn_dab_detr"]
 
@@ -22,18 +22,19 @@ def _line(inputs: SuiteInputs, metric: str, ylabel: str, title: str):
         return None
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     order = [m for m in METHOD_ORDER if m in set(curves["method"])]
-    sns.lineplot(curves, x="epoch", y="value", hue="method", hue_order=order, errorbar="sd", marker="o", ax=ax)
+    sns.lineplot(curves, x="epoch", y="value", hue="method", hue_order=order, errorbar=t_interval, marker="o",
+                 ax=ax)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     return fig
 
 
 def convergence(inputs: SuiteInputs):
-    return _line(inputs, "AP50", "val AP50 (mean ± std over seeds)", "Convergence (DN-DETR Fig. 5)")
+    return _line(inputs, "AP50", "val AP50 (mean, 95% t-interval)", "Convergence (DN-DETR Fig. 5)")
 
 
 def matching_instability(inputs: SuiteInputs):
-    return _line(inputs, "matching_instability", "changed assignments / #GT",
+    return _line(inputs, "matching_instability", "changed assignments / #GT (mean, 95% t-interval)",
                  "Matching instability between consecutive epochs (DN-DETR §3)")
 
 
@@ -45,9 +46,10 @@ def cross_attn_sparsity(inputs: SuiteInputs):
     curves = curves.assign(layer=curves["metric"].str.replace("cross_attn_neg_entropy_l", "layer ", regex=False))
     order = [x for x in METHOD_ORDER if x in set(curves["method"])]
     grid = sns.relplot(curves, x="epoch", y="value", hue="method", hue_order=order, col="layer", kind="line",
-                       errorbar="sd", height=3.2, aspect=1.0, facet_kws={"sharey": False})
+                       errorbar=t_interval, height=3.2, aspect=1.0, facet_kws={"sharey": False})
     grid.set_ylabels("Σ p log p (higher = sparser)")
-    grid.figure.suptitle("Decoder cross-attention sparsity per layer (Sun et al. 2020)", y=1.03)
+    grid.figure.suptitle("Decoder cross-attention sparsity per layer (mean, 95% t-interval over seeds)")
+    grid.figure.subplots_adjust(top=0.82)
     return grid.figure
 
 
@@ -60,22 +62,36 @@ def positional_attention(inputs: SuiteInputs):
         return None
     seed = table["seed"].min()
     queries = sorted(table["query"].unique())
-    fig, axes = plt.subplots(len(methods), len(queries), figsize=(1.6 * len(queries), 1.9 * len(methods)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(methods), len(queries), figsize=(1.6 * len(queries) + 1.0, 1.9 * len(methods) + 0.4),
+                             squeeze=False, layout="constrained")
+    shown = table[table["method"].isin(methods) & (table["seed"] == seed) & table["query"].isin(queries)]
+    vmax = float(shown["value"].max())  # one colour scale for every panel, so maps compare across queries/methods
+    image = None
     for row, method in zip(axes, methods):
         sub = table[(table["method"] == method) & (table["seed"] == seed)]
         for ax, q in zip(row, queries):
             cells = sub[sub["query"] == q]
             grid = np.zeros((cells["y"].max() + 1, cells["x"].max() + 1))
             grid[cells["y"], cells["x"]] = cells["value"]
-            ax.imshow(grid, cmap="viridis")
+            image = ax.imshow(grid, cmap="viridis", vmin=0.0, vmax=vmax)
             ax.set_title(f"H={cells['entropy'].iloc[0]:.2f}, {int(cells['modes'].iloc[0])} mode(s)", fontsize=7)
             ax.set_xticks([])
             ax.set_yticks([])
         row[0].set_ylabel(method)
-    fig.suptitle(f"Positional attention of 8 learned queries against the image PE (seed {seed})")
+    fig.colorbar(image, ax=axes, shrink=0.8, label="attention weight")
+    fig.suptitle(f"Positional attention of {len(queries)} learned queries against the image PE (seed {seed})")
     return fig
 
 
 FIGURES = {"convergence": convergence, "matching_instability": matching_instability,
            "cross_attn_sparsity": cross_attn_sparsity, "positional_attention": positional_attention}
+CAPTIONS = {
+    "convergence": "Validation AP50 per epoch. Line: mean over seeds; band: 95% t-interval over seeds (none for n=1).",
+    "matching_instability": "Share of ground truths whose matched query changed since the previous epoch, on the "
+                            "fixed probe images. Line: mean over seeds; band: 95% t-interval over seeds.",
+    "cross_attn_sparsity": "Negative entropy of the decoder cross-attention (higher = sparser), one panel per decoder "
+                           "layer. Line: mean over seeds; band: 95% t-interval over seeds.",
+    "positional_attention": "Positional attention of the first 8 learned queries against the image's positional "
+                            "encoding, one seed (the lowest). All panels share one colour scale (colour bar); "
+                            "panel titles give each map's entropy and number of modes.",
+}

@@ -6,7 +6,8 @@ import pandas as pd
 import seaborn as sns
 
 from paper_figures.bars import grouped_bars
-from paper_figures.style import SuiteInputs, final
+from cvpdl.evaluation.stats import summarize
+from paper_figures.style import SuiteInputs, final, t_interval
 
 METHOD_ORDER = ["student_baseline", "logit_kd", "gld", "fitnet", "reverse_feature_kd"]
 
@@ -28,8 +29,11 @@ def kd_accuracy(inputs: SuiteInputs):
     base = frame[frame["method"] == "student_baseline"]["value"]
     if len(base):
         ax.axhline(base.mean(), c="grey", ls=":", lw=1, label=f"student alone {base.mean():.3f}")
-    low = min(frame["value"].min(), teacher) - 0.03
-    ax.set_ylim(max(0.0, low), min(1.0, max(frame["value"].max(), teacher) + 0.02))
+    # the axis holds every whisker (the 95% t-interval of each bar), not only the per-seed values
+    spans = [summarize(g["value"].tolist()) for _, g in frame.groupby("method")]
+    lows = [s.ci_low if s.n > 1 else s.mean for s in spans] + [frame["value"].min(), teacher]
+    highs = [s.ci_high if s.n > 1 else s.mean for s in spans] + [frame["value"].max(), teacher]
+    ax.set_ylim(max(0.0, min(lows) - 0.03), min(1.0, max(highs)) + 0.02)
     ax.set_ylabel("test top-1 (mean, 95% t-interval)")
     ax.set_title("Student accuracy per distillation method")
     ax.tick_params(axis="x", labelrotation=12)
@@ -43,8 +47,9 @@ def kd_curves(inputs: SuiteInputs):
     if curves.empty:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    sns.lineplot(curves, x="epoch", y="value", hue="method", hue_order=_methods(curves), errorbar="sd", ax=ax)
-    ax.set_ylabel("validation top-1 (mean ± std over seeds)")
+    sns.lineplot(curves, x="epoch", y="value", hue="method", hue_order=_methods(curves), errorbar=t_interval,
+                 ax=ax)
+    ax.set_ylabel("validation top-1 (mean, 95% t-interval)")
     ax.set_title("Training curves")
     return fig
 
@@ -57,10 +62,17 @@ def intrinsic_dimension(inputs: SuiteInputs):
     order = list(dict.fromkeys(frame.sort_values(["split", "method"])["model"]))
     fig, ax = plt.subplots(figsize=(8, 3.8))
     grouped_bars(ax, frame.assign(hue="TwoNN"), "model", "hue", order, ["TwoNN"])
-    ax.set_ylabel("intrinsic dimension of the embedding")
+    ax.set_ylabel("intrinsic dimension (mean, 95% t-interval)")
     ax.set_title("Intrinsic dimension (TwoNN; same test samples for every model)")
     ax.tick_params(axis="x", labelrotation=20)
     return fig
 
 
 FIGURES = {"kd_accuracy": kd_accuracy, "kd_curves": kd_curves, "intrinsic_dimension": intrinsic_dimension}
+CAPTIONS = {
+    "kd_accuracy": "Student test top-1 at the last epoch per method. Bar: mean over seeds; whisker: 95% t-interval "
+                   "over seeds. Dashed line: the teacher's mean test top-1; dotted line: the student trained alone.",
+    "kd_curves": "Validation top-1 per epoch. Line: mean over seeds; band: 95% t-interval over seeds.",
+    "intrinsic_dimension": "TwoNN intrinsic dimension of each model's test embeddings (same samples for every model). "
+                           "Bar: mean over seeds; whisker: 95% t-interval over seeds.",
+}

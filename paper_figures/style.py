@@ -32,10 +32,19 @@ def final(metrics: pd.DataFrame, metric: str) -> pd.DataFrame:
     return metrics[metrics["epoch"].isna() & (metrics["metric"] == metric)]
 
 
+def t_interval(values) -> tuple[float, float]:
+    """seaborn ``errorbar=``: the 95% t-interval of the mean over seeds (a zero-width band for one seed)."""
+    from cvpdl.evaluation.stats import summarize
+
+    s = summarize(list(values))
+    return (s.mean, s.mean) if s.n < 2 else (s.ci_low, s.ci_high)
+
+
 def save(figure: plt.Figure, stem: Path) -> Path:
     """PNG (shown in the README) and PDF, with no timestamps so reruns compare equal in content."""
     stem.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
+    if figure.get_layout_engine() is None:  # figures with a colour bar bring their own (constrained) layout
+        figure.tight_layout()
     png = stem.with_suffix(".png")
     figure.savefig(png, metadata={"Software": None})
     figure.savefig(stem.with_suffix(".pdf"), metadata={"CreationDate": None, "Producer": None, "Creator": None})

@@ -154,5 +154,59 @@ def test_positional_attention_and_modes():
 def test_sine_position_encodings_share_one_space():
     pe = image_position_encoding(2, 2, 8)
     assert pe.shape == (4, 8)
-    centre = torch.tensor([[0.25, 0.75]])  # (y, x) of cell (row 0, col 1)
-    assert torch.allclose(sine_embed(centre, 4), pe[1:2])
+    cell = torch.tensor([[0.5, 1.0]])  # (y, x) of cell (row 0, col 1): (i + 1) / n, as the official cumsum places it
+    assert torch.allclose(sine_embed(cell, 4), pe[1:2], atol=1e-5)
+
+
+def test_image_position_encoding_temperature_hand_values():
+    # cell (0, 0) of a 2 × 2 grid sits at y = x = 1/2 → angle π / T^(2⌊i/2⌋/4) for features i = 0..3
+    for temperature in (20.0, 10000.0):
+        angle = math.pi / math.sqrt(temperature)
+        expected = [0.0, -1.0, math.sin(angle), math.cos(angle)] * 2
+        assert image_position_encoding(2, 2, 8, temperature)[0].tolist() == pytest.approx(expected, abs=1e-5)
+    cfg = DetrConfig(backbone_width=8, d_model=8, heads=2, encoder_layers=1, decoder_layers=1, d_ff=16, num_queries=2)
+    assert DabDetr(cfg, 3).encoder.pe_temperature == 20.0 and Detr(cfg, 3).encoder.pe_temperature == 10000.0
+
+
+def test_dn_class_loss_scores_only_real_targets():
+    """Image 0 has one box, image 1 two: one padding slot per group, which has no target and adds no loss."""
+    crit = SetCriterion(2, LossWeights(), MatcherCosts(focal=True))
+    targets = [{"labels": torch.tensor([0]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])},
+               {"labels": torch.tensor([1, 0]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.7, 0.2, 0.2]])}]
+    indices = [(torch.tensor([0, 2]), torch.tensor([0, 0])), (torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 0, 1]))]
+    pad = torch.full((1, 4), 0.5)
+    gt_boxes = torch.stack([torch.cat([targets[0]["boxes"], pad]).repeat(2, 1), targets[1]["boxes"].repeat(2, 1)])
+    outputs = {"logits": [torch.zeros(2, 3, 2)], "boxes": [torch.rand(2, 3, 4) * 0.5 + 0.25],
+               "dn": {"logits": [torch.zeros(2, 4, 2)], "boxes": [gt_boxes], "targets": targets,
+                      "indices": indices, "groups": 2}}
+    losses, _ = crit(outputs, targets)
+    # p = 0.5 everywhere: each real DN query has one positive and one negative class; 6 real queries / (3 boxes × 2)
+    pos, neg = 0.25 * 0.25 * math.log(2), 0.75 * 0.25 * math.log(2)
+    assert losses["loss_dn_ce"].item() == pytest.approx(pos + neg, rel=1e-5)
+    assert losses["loss_dn_bbox"].item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_dab_content_queries_follow_the_official_code():
+    cfg = DetrConfig(backbone_width=8, d_model=16, heads=2, encoder_layers=1, decoder_layers=2, d_ff=32,
+                     num_queries=4)
+    dab, dn = DabDetr(cfg, 3), DabDetr(cfg, 3, DenoisingConfig(groups=2))
+    assert dab.label_embed is None and dab._matching_content((1, 4), "cpu").abs().sum() == 0  # DAB: zeros
+    content = dn._matching_content((1, 4), "cpu")  # DN: "unknown" label embedding, indicator 0
+    assert torch.equal(content[0, 0, :-1], dn.label_embed.weight[3]) and (content[..., -1] == 0).all()
+    assert dab.layers[0].ca_q_pos is not None and dab.layers[1].ca_q_pos is None  # first-layer positional terms
+    assert inverse_sigmoid(torch.tensor([0.0])).item() == pytest.approx(math.log(1e-3 / 1), rel=1e-6)
+
+
+def test_dropout_is_deterministic_under_the_seed_and_off_in_eval():
+    cfg = DetrConfig(backbone_width=8, d_model=16, heads=2, encoder_layers=1, decoder_layers=2, d_ff=32,
+                     num_queries=4)
+    images = torch.randn(2, 3, 32, 32)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        model = Detr(cfg, 3).train()
+        runs.append(model(images)["logits"][-1])
+    assert torch.equal(runs[0], runs[1])
+    model.eval()
+    assert torch.equal(model(images)["logits"][-1], model(images)["logits"][-1])
+    assert not torch.allclose(model(images)["logits"][-1], runs[1])  # dropout 0.1 was active in training

@@ -18,8 +18,13 @@ def test_kd_quick_run(tmp_path, cache_dir):
     assert (teacher == 1).all(), "every method of a seed must distil from the same cached teacher"
     assert len(list((cache_dir / "kd_teacher").glob("*.pt"))) >= 2
     ids = finals[finals["metric"] == "intrinsic_dim"]
-    assert set(ids[ids["method"] == "reverse_feature_kd"]["split"]) == {"teacher", "student", "teacher_after_reverse"}
+    assert set(ids[ids["method"] == "reverse_feature_kd"]["split"]) == {"teacher", "student", "teacher_after_reverse",
+                                                                       "student_alone"}
     assert set(ids[ids["method"] == "fitnet"]["split"]) == {"teacher", "student"}
+    # reverse KD's stage-0 student is trained exactly as the student baseline: the same embedding, the same ID
+    alone = ids[(ids["method"] == "reverse_feature_kd") & (ids["split"] == "student_alone")].set_index("seed")["value"]
+    baseline = ids[(ids["method"] == "student_baseline") & (ids["split"] == "student")].set_index("seed")["value"]
+    pd.testing.assert_series_equal(alone.sort_index(), baseline.sort_index(), check_names=False)
     per_epoch = metrics[metrics["epoch"].notna()]
     assert {"top1", "loss_ce", "loss_kd", "loss_local", "loss_relation", "loss_hint", "loss_feature"} <= \
         set(per_epoch["metric"])

@@ -11,7 +11,9 @@ from cvpdl.distill.fitnet import FitNet, FitNetConfig
 from cvpdl.distill.gld import GLD, GLDConfig
 from cvpdl.distill.losses import gld_relation, kd_kl, relation_matrix, standardize
 from cvpdl.distill.networks import ConvNet, NetConfig
-from cvpdl.distill.reverse_feature_kd import EmbeddingMimic
+from cvpdl.distill.logit_kd import LogitKD, LogitKDConfig
+from cvpdl.distill.reverse_feature_kd import EmbeddingMimic, ReverseKDConfig
+from cvpdl.errors import UserInputError
 
 TEACHER = NetConfig(widths=(8, 16), blocks_per_stage=1, embedding_dim=6)
 STUDENT = NetConfig(widths=(4, 8), blocks_per_stage=1, embedding_dim=6)
@@ -33,12 +35,81 @@ def test_standardize_rows():
 
 def test_relation_matrix_hand_value():
     x = torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.0, 4.0]])
-    # squared distances: d01 = 25, d02 = 16, d12 = 9 → rows normalised by 41, 34, 25
+    # squared distances: d01 = 25, d02 = 16, d12 = 9 → each row divided by its L2 norm (official F.normalize)
     r = relation_matrix(x)
-    assert r[0].tolist() == pytest.approx([0.0, 25 / 41, 16 / 41], rel=1e-5)
-    assert r[1].tolist() == pytest.approx([25 / 34, 0.0, 9 / 34], rel=1e-5)
+    assert r[0].tolist() == pytest.approx([0.0, 25 / math.sqrt(881), 16 / math.sqrt(881)], rel=1e-5)
+    assert r[1].tolist() == pytest.approx([25 / math.sqrt(706), 0.0, 9 / math.sqrt(706)], rel=1e-5)
+    assert r[2].tolist() == pytest.approx([16 / math.sqrt(337), 9 / math.sqrt(337), 0.0], rel=1e-5)
     assert gld_relation(x, x).item() == 0.0
     assert gld_relation(x, 2 * x).item() == pytest.approx(0.0, abs=1e-7)  # scale-free, as intended
+    y = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]])  # squared distances 9, 16, 25
+    expected = sum((relation_matrix(x)[i, j].item() - relation_matrix(y)[i, j].item()) ** 2
+                   for i in range(3) for j in range(3)) / 9
+    assert gld_relation(y, x).item() == pytest.approx(expected, rel=1e-5)
+
+
+def _paper_gld(student, teacher, x, y, alpha, beta, grid):
+    """GLD written out from the paper (eqs. for L_ND, L_global, L_local, D(Z), L_relation) with explicit loops,
+    on nets in eval mode: no library loss, no shared helper."""
+    def head(net, pooled):
+        return net.classifier(net.embed(pooled))
+
+    def l_nd(z_t, z_s):  # (1/n) Σ_i KL(ψ(z_t,i / σ(z_t,i)) ‖ ψ(z_s,i / σ(z_s,i)))
+        total = 0.0
+        for zt, zs in zip(z_t, z_s):
+            p_t = torch.exp(zt / zt.std()) / torch.exp(zt / zt.std()).sum()
+            p_s = torch.exp(zs / zs.std()) / torch.exp(zs / zs.std()).sum()
+            total += (p_t * torch.log(p_t / p_s)).sum()
+        return total / len(z_t)
+
+    f_s, f_t = student.feature_map(x), teacher.feature_map(x)
+    h, w = f_s.shape[2] // grid, f_s.shape[3] // grid
+    z_s, z_t = [head(student, f_s.mean(dim=(2, 3)))], [head(teacher, f_t.mean(dim=(2, 3)))]
+    for i in range(grid):
+        for j in range(grid):
+            z_s.append(head(student, f_s[:, :, i * h:(i + 1) * h, j * w:(j + 1) * w].mean(dim=(2, 3))))
+            z_t.append(head(teacher, f_t[:, :, i * h:(i + 1) * h, j * w:(j + 1) * w].mean(dim=(2, 3))))
+    task = -torch.log_softmax(z_s[0], dim=1)[torch.arange(len(y)), y].mean()
+    l_global = l_nd(z_t[0], z_s[0])
+    l_local = sum(l_nd(z_t[r], z_s[r]) for r in range(1, grid * grid + 1))
+
+    def dist_matrix(zs):  # D(Z): squared L2 distances of Z = Z^0 ∪ ... ∪ Z^L, rows over their L2 norm
+        rows = torch.cat(zs)  # another row order than GLD's: the loss is invariant to a shared permutation
+        m = len(rows)
+        d = torch.tensor([[float(((rows[a] - rows[c]) ** 2).sum()) for c in range(m)] for a in range(m)])
+        return d / d.pow(2).sum(dim=1, keepdim=True).sqrt()
+
+    d_s, d_t = dist_matrix(z_s), dist_matrix(z_t)
+    relation = ((d_t - d_s) ** 2).sum() / d_s.numel()
+    return {"loss_ce": (1 - alpha) * task, "loss_global": alpha * l_global, "loss_local": l_local,
+            "loss_relation": beta * relation}
+
+
+def test_gld_matches_the_paper_equations():
+    torch.manual_seed(0)
+    teacher, student = ConvNet(TEACHER, 5).eval(), ConvNet(STUDENT, 5).eval()
+    x, y = torch.randn(3, 3, 16, 16), torch.tensor([0, 1, 4])
+    gld = GLD(student, teacher, GLDConfig(alpha=0.7, beta=500.0, grid=2)).eval()
+    with torch.no_grad():
+        ours = gld.losses(x, y, teacher(x))
+        paper = _paper_gld(student, teacher, x, y, alpha=0.7, beta=500.0, grid=2)
+    assert set(ours) == set(paper)
+    for name in paper:
+        assert ours[name].item() == pytest.approx(paper[name].item(), rel=1e-4), name
+
+
+def test_region_rows_use_the_whole_image_batch_statistics_in_training():
+    torch.manual_seed(0)
+    net = ConvNet(STUDENT, 5).train()
+    fmap = net.feature_map(torch.randn(6, 3, 16, 16))
+    running = net.embed[1].running_mean.clone()
+    local = net.local_logits(fmap, grid=2)
+    torch.testing.assert_close(net.embed[1].running_mean, running)  # regions never move the running statistics
+    linear, norm = net.embed
+    whole = linear(fmap.mean(dim=(2, 3)))
+    top_left = linear(fmap[:, :, :fmap.shape[2] // 2, :fmap.shape[3] // 2].mean(dim=(2, 3)))
+    normed = (top_left - whole.mean(0)) / torch.sqrt(whole.var(0, unbiased=False) + norm.eps) * norm.weight + norm.bias
+    torch.testing.assert_close(local[:, 0], net.classifier(normed), atol=1e-5, rtol=1e-5)
 
 
 def test_local_logits_go_through_the_shared_classifier():
@@ -79,17 +150,73 @@ def test_gld_equals_pure_ce_term_when_student_copies_teacher():
         assert losses[name].item() == pytest.approx(0.0, abs=1e-5)
 
 
-def test_fitnet_regressor_maps_student_channels_to_teacher_channels():
-    teacher, student = ConvNet(TEACHER, 5), ConvNet(STUDENT, 5)
-    fitnet = FitNet(student, teacher, FitNetConfig())
-    conv = fitnet.regressor[0]
-    assert (conv.in_channels, conv.out_channels, conv.kernel_size) == (8, 16, (1, 1))
-    x = torch.randn(2, 3, 16, 16)
+TEACHER3 = NetConfig(widths=(4, 8, 16), blocks_per_stage=1, embedding_dim=6)
+STUDENT3 = NetConfig(widths=(2, 4, 8), blocks_per_stage=1, embedding_dim=6)
+
+
+def test_fitnet_hints_at_the_middle_stage_through_mdistiller_convreg():
+    torch.manual_seed(0)
+    teacher, student = ConvNet(TEACHER3, 5).eval(), ConvNet(STUDENT3, 5)
+    fitnet = FitNet(student, teacher, FitNetConfig()).eval()
+    conv, bn, relu = fitnet.regressor  # ConvReg: conv (with bias) → BatchNorm2d → ReLU
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size) == (4, 8, (1, 1)) and conv.bias is not None
+    assert isinstance(bn, torch.nn.BatchNorm2d) and isinstance(relu, torch.nn.ReLU)
+    assert sum(p.numel() for p in fitnet.regressor.parameters()) == 4 * 8 + 8 + 2 * 8
+    x, y = torch.randn(2, 3, 16, 16), torch.tensor([0, 1])
     with torch.no_grad():
-        losses = fitnet.losses(x, torch.tensor([0, 1]), teacher(x))
+        teacher_out = fitnet.teacher_outputs(x)
+        losses = fitnet.losses(x, y, teacher_out)
+        middle_t = teacher.stages[1](teacher.stages[0](x))  # 8 × 4 × 4, the middle of three stages
+        middle_s = student.stages[1](student.stages[0](x))
+        regressed = torch.relu((conv(middle_s) - bn.running_mean[:, None, None])
+                               / torch.sqrt(bn.running_var[:, None, None] + bn.eps)
+                               * bn.weight[:, None, None] + bn.bias[:, None, None])
+    assert set(teacher_out) == {"stage_map"} and teacher_out["stage_map"].shape == (2, 8, 4, 4)
+    torch.testing.assert_close(teacher_out["stage_map"], middle_t)
     assert set(losses) == {"loss_ce", "loss_hint"}
-    extra = sum(p.numel() for p in fitnet.regressor.parameters())
-    assert extra == 8 * 16 + 2 * 16
+    assert losses["loss_hint"].item() == pytest.approx(100.0 * ((regressed - middle_t) ** 2).mean().item(), rel=1e-5)
+    assert (fitnet.regressor(torch.randn(2, 4, 4, 4)) >= 0).all()  # matches the post-ReLU target's range
+
+
+def test_fitnet_rejects_a_stage_the_nets_do_not_have():
+    with pytest.raises(UserInputError, match="hint_stage=3"):
+        FitNet(ConvNet(STUDENT3, 5), ConvNet(TEACHER3, 5), FitNetConfig(hint_stage=3))
+
+
+@pytest.fixture(scope="module")
+def init_batch():
+    """A batch with a learnable class signal and a teacher fitted on it for a few steps, so that its logits and
+    features carry class structure, as at the start of a real distillation run (student at initialisation)."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 3, 16, 16)
+    y = torch.arange(64) % 5
+    x[torch.arange(64), y % 3] += 1.5
+    teacher = ConvNet(TEACHER3, 5)
+    optimizer = torch.optim.Adam(teacher.parameters(), lr=1e-2)
+    for _ in range(30):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(teacher(x)["logits"], y).backward()
+        optimizer.step()
+    return x, y, teacher.eval().requires_grad_(False)
+
+
+@pytest.mark.parametrize("make", [
+    lambda s, t: LogitKD(s, t, LogitKDConfig()),
+    lambda s, t: GLD(s, t, GLDConfig()),
+    lambda s, t: FitNet(s, t, FitNetConfig()),
+    lambda s, t: EmbeddingMimic(t, s, ce_weight=1.0, feature_weight=ReverseKDConfig().reverse_weight),  # stage 1
+], ids=["logit_kd", "gld", "fitnet", "reverse_stage1"])
+def test_every_loss_term_carries_a_real_share_at_initialisation(make, init_batch):
+    """Each weighted term is ≥ 1% of the total at the first step; GLD's old L1-normalised relation was ~0.01%."""
+    x, y, teacher = init_batch
+    torch.manual_seed(1)
+    student = ConvNet(STUDENT3, 5)
+    distiller = make(student, teacher).train()
+    with torch.no_grad():
+        losses = distiller.losses(x, y, distiller.teacher_outputs(x))
+    total = sum(v.item() for v in losses.values())
+    shares = {k: v.item() / total for k, v in losses.items()}
+    assert len(shares) >= 2 and all(share >= 0.01 for share in shares.values()), shares
 
 
 def test_reverse_stage_losses():

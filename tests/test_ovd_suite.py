@@ -43,6 +43,19 @@ def test_tiny_clip_beats_chance_clearly_on_quick(quick_run):
     assert clip.mean() > 0.2, f"tiny CLIP at {clip.mean():.3f}, chance is 0.1"
 
 
+def test_every_regionclip_loss_term_carries_weight_in_the_first_epoch(quick_run):
+    """Each of the three pretraining losses is a non-negligible share (> 1%) of the first epoch's total; the
+    distillation term starts at exactly 0 (student = teacher) and grows within the epoch."""
+    metrics = pd.read_csv(quick_run / "ovd" / "metrics.csv")
+    first = metrics[(metrics["method"] == "regionclip") & (metrics["epoch"] == 1)]
+    for seed, rows in first.groupby("seed"):
+        losses = dict(zip(rows["metric"], rows["value"]))
+        assert set(losses) == {"loss_region", "loss_image", "loss_distill"}
+        total = sum(losses.values())
+        for name, value in losses.items():
+            assert value > 0.01 * total, f"seed {seed}: {name} is {value:.4f} of {total:.4f}"
+
+
 def test_same_seed_twice_gives_identical_metrics(quick_run, tmp_path, cache_dir):
     code = main(["run", "--suite", "ovd", "--profile", "quick", "--seeds", "1", "--methods", "clip_roi", "regionclip",
                  "--results-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--force"])
@@ -78,3 +91,14 @@ def test_malformed_metrics_csv_is_one_clear_error(tmp_path, capsys):
     (tmp_path / "ovd" / "metrics.csv").write_text("a,b\n1,2\n")
     assert main(["report", "--suite", "ovd", "--results-dir", str(tmp_path)]) == 2
     assert "columns must be" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field, value", [("clip_corpus", "web"), ("clip_large_scale", (0.8, 0.5)),
+                                          ("clip_digit_scale", (0.0, 0.5)), ("clip_large_fraction", 1.5)])
+def test_bad_clip_corpus_option_is_one_clear_error(field, value):
+    from benchmark.suites.ovd import OvdDataConfig, _check_clip_corpus
+    from cvpdl.errors import UserInputError
+
+    _check_clip_corpus(OvdDataConfig())  # the defaults pass
+    with pytest.raises(UserInputError, match=f"data.{field} must"):
+        _check_clip_corpus(OvdDataConfig(**{field: value}))

@@ -10,9 +10,9 @@ from open_clip.loss import ClipLoss
 from cvpdl.analysis.score_vs_iou import best_iou, jitter_boxes, score_iou_spearman
 from cvpdl.ovd.clip_crop import crop_and_resize, crop_bounds
 from cvpdl.ovd.clip_model import region_features
-from cvpdl.ovd.losses import (distillation_kl, image_text_contrastive, multi_positive_cross_entropy,
-                              region_concept_contrastive, same_caption_mask)
-from cvpdl.ovd.regionclip import pseudo_label
+from cvpdl.ovd.losses import (distillation_kl, image_text_contrastive, mil_cross_entropy,
+                              multi_positive_cross_entropy, region_concept_contrastive, same_caption_mask)
+from cvpdl.ovd.regionclip import global_boxes, pseudo_label, sample_regions
 
 
 def test_multi_positive_hand_value():
@@ -42,14 +42,39 @@ def test_duplicate_captions_are_positives():
     assert with_dups.item() == pytest.approx((2 * row0 + row1) / 3, rel=1e-5)
 
 
+def official_mil_cross_entropy(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """RegionCLIP's ``MILCrossEntropy.forward`` (detectron2/utils/comm.py, avg_positives=False), written out."""
+    logits = x - x.max(dim=1, keepdim=True).values
+    probs = logits.exp() / logits.exp().sum(dim=-1, keepdim=True)
+    return -torch.log((target * probs).sum(dim=-1)).mean()
+
+
 def test_region_concept_contrastive_hand_value():
-    regions = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
-    concepts = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    loss = region_concept_contrastive(regions, concepts, torch.tensor([0, 0]), logit_scale=1.0)
-    p_region = math.e / (math.e + 1)  # each region: concept 0 vs concept 1
-    # concept 0 → both regions positive (uniform target over two equal logits): -log(1/2)
-    expected = 0.5 * (-math.log(p_region) + -math.log(0.5))
-    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    """One-way over the kept regions' label embeddings: region i vs columns j, positive where labels match."""
+    regions = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    concepts = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])  # concept 2 is absent from the batch
+    loss = region_concept_contrastive(regions, concepts, torch.tensor([0, 1, 0]), logit_scale=1.0)
+    e = math.e
+    row0 = -math.log(2 * e / (2 * e + 1))  # columns [c0, c1, c0]: logits [1, 0, 1], positives 0 and 2
+    row1 = -math.log(e / (e + 2))  # logits [0, 1, 0], positive 1
+    assert loss.item() == pytest.approx((2 * row0 + row1) / 3, rel=1e-6)
+
+
+def test_region_concept_contrastive_matches_official_formula():
+    torch.manual_seed(0)
+    # float64: the official -log(sum of probabilities) underflows in float32 at T = 0.01
+    regions = F.normalize(torch.randn(7, 5, dtype=torch.float64), dim=1)
+    concepts = F.normalize(torch.randn(4, 5, dtype=torch.float64), dim=1)
+    labels = torch.tensor([0, 2, 2, 3, 0, 0, 2])
+    target_embs = concepts[labels]
+    label_mtx = (labels.view(-1, 1) == labels.view(1, -1)).float()
+    official = official_mil_cross_entropy(regions @ target_embs.T / 0.01, label_mtx)
+    ours = region_concept_contrastive(regions, concepts, labels, logit_scale=100.0)
+    assert ours.item() == pytest.approx(official.item(), rel=1e-9)
+    logits = torch.randn(3, 4)
+    positives = torch.tensor([[1, 0, 1, 0], [0, 0, 0, 1], [1, 1, 1, 0]], dtype=torch.bool)
+    assert mil_cross_entropy(logits, positives).item() == pytest.approx(
+        official_mil_cross_entropy(logits, positives.float()).item(), rel=1e-6)
 
 
 def test_distillation_kl_hand_value():
@@ -60,6 +85,15 @@ def test_distillation_kl_hand_value():
     assert distillation_kl(teacher, teacher).item() == pytest.approx(0.0, abs=1e-7)
 
 
+def test_distillation_kl_equals_official_region_distill():
+    """Official: F.kl_div(softmax(student_cos / T).log(), softmax(teacher_cos / T), 'batchmean')."""
+    torch.manual_seed(1)
+    student, teacher = torch.rand(5, 4), torch.rand(5, 4)
+    official = F.kl_div(F.softmax(student / 0.01, dim=1).log(), F.softmax(teacher / 0.01, dim=1),
+                        reduction="batchmean")
+    assert distillation_kl(student / 0.01, teacher / 0.01).item() == pytest.approx(official.item(), rel=1e-4)
+
+
 def test_pseudo_label_threshold():
     concepts = torch.eye(3)
     regions = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # confident; uniform (max prob exactly 1/3)
@@ -68,6 +102,24 @@ def test_pseudo_label_threshold():
     assert logits[0, 0].item() == pytest.approx(100.0)
     _, _, keep_low = pseudo_label(regions, concepts, temperature=0.01, threshold=0.1)
     assert keep_low.tolist() == [True, True]
+    # nothing passes the threshold: the official code keeps every region
+    _, _, keep_none = pseudo_label(regions[1:], concepts, temperature=0.01, threshold=0.5)
+    assert keep_none.tolist() == [True]
+    # restricted to the caption's concepts: region 1 may only be concept 2, so it is confident there
+    allowed = torch.tensor([[True, True, True], [False, False, True]])
+    _, labels, keep = pseudo_label(regions, concepts, 0.01, 0.5, allowed)
+    assert labels.tolist() == [0, 2] and keep.tolist() == [True, True]
+
+
+def test_sample_regions_and_global_boxes():
+    pool = [np.arange(40, dtype=np.float32).reshape(10, 4), np.arange(8, dtype=np.float32).reshape(2, 4)]
+    a = sample_regions(pool, 3, torch.Generator().manual_seed(0))
+    b = sample_regions(pool, 3, torch.Generator().manual_seed(1))
+    assert [len(x) for x in a] == [3, 2]
+    assert len({tuple(r) for r in a[0].tolist()}) == 3 and {tuple(r) for r in a[0].tolist()} <= \
+        {tuple(r) for r in pool[0].tolist()}
+    assert not np.array_equal(a[0], b[0])  # a new subset each draw
+    assert global_boxes(np.zeros((2, 48, 64, 3), np.uint8))[1].tolist() == [[0.0, 0.0, 64.0, 48.0]]
 
 
 def test_crop_bounds_and_crop_contents():
@@ -99,3 +151,57 @@ def test_score_vs_iou_helpers():
     assert ious.min() < 0.3 and ious.max() > 0.7  # proposals of every quality
     assert score_iou_spearman(np.array([1, 2, 3, 4.0]), np.array([0.1, 0.2, 0.4, 0.3])) == pytest.approx(0.8)
     assert math.isnan(score_iou_spearman(np.ones(4), np.arange(4.0)))
+
+
+def test_regionclip_loss_terms_at_init(tmp_path):
+    """At init the student is the teacher: the distillation KL is exactly 0 (as in the official code) and the two
+    contrastive terms carry the loss; one optimizer step later the distillation term is no longer 0."""
+    from cvpdl.data.captions import DIGIT_NAMES, concept_pool, prompt
+    from cvpdl.data.digits_world import DigitsWorldConfig, load_digits_split
+    from cvpdl.ovd.clip_model import ClipEncoder, TinyClipConfig, build_tiny_clip
+    from cvpdl.ovd.region_classifier import OvdContext
+    from cvpdl.ovd.regionclip import RegionClip, RegionClipConfig
+
+    torch.manual_seed(0)
+    clip_cfg = TinyClipConfig()
+    teacher = ClipEncoder(build_tiny_clip(clip_cfg).eval(), clip_cfg.context_length)
+    split = load_digits_split(DigitsWorldConfig(), "train", 8, 0, tmp_path)
+    ctx = OvdContext(teacher, split, None, list(DIGIT_NAMES))
+    method = RegionClip(RegionClipConfig(keep_threshold=0.0))
+    params = method.init_student(ctx)
+    images = np.stack([split.image(i) for i in range(8)])
+    regions = [split.target(i)[0] for i in range(8)]
+    concepts = concept_pool(split.captions, DIGIT_NAMES)
+    with torch.no_grad():
+        concept_emb = teacher.encode_text([prompt(c) for c in concepts])
+        caption_emb = teacher.encode_text(split.captions)
+    losses = method.losses(ctx, images, split.captions, regions, concepts, concept_emb, caption_emb)
+    total = sum(losses.values())
+    assert losses["loss_distill"].item() == pytest.approx(0.0, abs=1e-5)
+    assert losses["loss_region"].item() > 0.1 * total.item() and losses["loss_image"].item() > 0.1 * total.item()
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    optimizer.zero_grad()
+    total.backward()
+    optimizer.step()
+    after = method.losses(ctx, images, split.captions, regions, concepts, concept_emb, caption_emb)
+    assert after["loss_distill"].item() > 1e-3
+
+
+def test_clip_training_augmentation_is_open_clip_transform_and_reproducible():
+    import open_clip
+
+    from cvpdl.ovd.tiny_clip_training import augmented
+
+    transform = open_clip.image_transform(16, is_train=True, aug_cfg=open_clip.AugmentationCfg(scale=(0.9, 1.0)))
+    images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    a = augmented(transform, images, torch.Generator().manual_seed(0))
+    b = augmented(transform, images, torch.Generator().manual_seed(0))
+    c = augmented(transform, images, torch.Generator().manual_seed(1))
+    assert a.shape == (3, 3, 16, 16) and torch.equal(a, b) and not torch.equal(a, c)
+    # scale (1, 1) on a square image: RandomResizedCrop falls back to the whole image, only normalised
+    identity = open_clip.image_transform(16, is_train=True, aug_cfg=open_clip.AugmentationCfg(scale=(1.0, 1.0)))
+    whole = augmented(identity, images, torch.Generator().manual_seed(0))
+    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(3, 1, 1)
+    std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(3, 1, 1)
+    expected = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    assert torch.allclose(whole, expected, atol=1e-5)

@@ -51,6 +51,27 @@ def test_overrides_are_typed_and_validated():
         config.resolve({"toy": Toy}, {}, ["epochs"])
 
 
+def test_values_are_checked_for_shape_and_range():
+    with pytest.raises(UserInputError, match=r"^toy.sizes must be tuple\[int, int\], got \[7\]"):
+        config.resolve({"toy": Toy}, {}, ["toy.sizes=7"])
+    with pytest.raises(UserInputError, match="^toy.epochs must be at least 1, got 0$"):
+        config.resolve({"toy": Toy}, {}, ["toy.epochs=0"])
+    with pytest.raises(UserInputError, match="^toy.lr must be positive, got 0.0$"):
+        config.resolve({"toy": Toy}, {}, ["toy.lr=0"])
+    with pytest.raises(UserInputError, match=r"^toy.sizes must not be negative, got \[-1, 2\]$"):  # per element
+        config.resolve({"toy": Toy}, {}, ["toy.sizes=-1,2"])
+    assert config.resolve({"toy": Toy}, {}, ["toy.epochs=1", "toy.lr=1e-9"])["toy"]["epochs"] == 1
+
+
+def test_config_file_values_take_the_default_types(tmp_path):
+    (tmp_path / "c.yaml").write_text("toy:\n  lr: 1e-4\n  epochs: 7\n  sizes: [5, 6]\n")  # YAML reads 1e-4 as text
+    cfg = config.resolve({"toy": Toy}, {}, ["toy.epochs=8"], config.read_config_file(tmp_path / "c.yaml"))
+    assert cfg["toy"] == {"epochs": 8, "lr": 1e-4, "flag": False, "name": "a", "sizes": [5, 6]}
+    (tmp_path / "bad.yaml").write_text("toy: [1, 2]\n")
+    with pytest.raises(UserInputError, match="expected a mapping of sections"):
+        config.read_config_file(tmp_path / "bad.yaml")
+
+
 def test_config_hash_is_stable_and_sensitive():
     a = config.resolve({"toy": Toy}, {}, [])
     b = config.resolve({"toy": Toy}, {}, ["toy.epochs=4"])

@@ -17,7 +17,7 @@ import torch
 
 from benchmark.cli import main
 from benchmark.registry import REGISTRY, MethodSpec, SuiteSpec
-from benchmark.runner import CellResult, RunOptions, run_suite
+from benchmark.runner import CellResult, CellsFailedError, RunOptions, run_suite
 from cvpdl.checkpoint import Checkpoint
 from cvpdl.errors import NonFiniteLossError, UserInputError
 
@@ -69,7 +69,7 @@ def test_a_diverging_cell_fails_alone_and_nothing_written_is_lost(tmp_path):
     opts = dict(suite="flaky", profile="quick", results_dir=tmp_path, cache_dir=tmp_path / "c")
     run_suite(RunOptions(seeds=[0], **opts))
     before = (tmp_path / "flaky" / "metrics.csv").read_bytes()
-    with pytest.raises(UserInputError, match=r"1 of 3 cells failed \(a seed 2: loss is nan at epoch 1, step 3\)"):
+    with pytest.raises(CellsFailedError, match=r"1 of 3 cells failed \(a seed 2: loss is nan at epoch 1, step 3\)"):
         run_suite(RunOptions(seeds=[1, 2, 3], overrides=["flaky.nan_seed=2"], **opts))
     assert (tmp_path / "flaky" / "metrics.csv").read_bytes() == before  # the failing run changed nothing
     assert len(list((tmp_path / "flaky" / "cells").glob("*/a_seed*/DONE"))) == 3  # seeds 0, 1, 3 kept

@@ -17,8 +17,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from benchmark.config import section_config
-from benchmark.registry import REGISTRY, MethodSpec, Section, SuiteSpec
-from benchmark.report import cell, describe, direction, paired_comparison, paired_verdict, summary_rows
+from benchmark.registry import REGISTRY, MethodSpec, SearchParam, Section, SuiteSpec
+from benchmark.report import Arm, Claim, SuiteReport, Tested, describe, describe_censored, summary_rows
 from benchmark.runner import CellResult, RunContext
 from cvpdl.analysis.detr_dynamics import count_modes, entropy, matching_instability, positional_attention
 from cvpdl.checkpoint import Checkpoint
@@ -27,11 +27,10 @@ from cvpdl.data.detection_split import DetectionSplit, resized
 from cvpdl.data.digits_world import DigitsWorldConfig, load_digits_split
 from cvpdl.detection.backbone import STRIDE
 from cvpdl.detection.criterion import LossWeights, SetCriterion
-from cvpdl.detection.dab_detr import DabDetr
+from cvpdl.detection.dab_detr import DabDetr, DabOptions
 from cvpdl.detection.denoising import DenoisingConfig
-from cvpdl.detection.detr import Detr, DetrConfig
+from cvpdl.detection.detr import Detr, DetrConfig, DetrOptions
 from cvpdl.detection.matcher import MatcherCosts
-from cvpdl.detection.position_encoding import image_position_encoding
 from cvpdl.detection.training import DetrTrainConfig, evaluate, probe, train_epoch
 
 METHODS = ("detr", "dab_detr", "dn_dab_detr")
@@ -73,7 +72,7 @@ def prepare(run: RunContext) -> DetrShared:
 def _pos_attention(model, grid: tuple[int, int], heads: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     model.eval()
     with torch.no_grad():
-        pe = image_position_encoding(*grid, model.encoder.d_model, next(model.parameters()).device)
+        pe = model.encoder.position_encoding(*grid, next(model.parameters()).device)  # the model's own PE
         maps = positional_attention(*model.positional_parts(pe), heads)
     modes = [count_modes(m.reshape(grid).cpu().numpy()) for m in maps]
     return maps.cpu(), entropy(maps).cpu(), modes
@@ -86,8 +85,8 @@ def run_cell(run: RunContext, shared: DetrShared, method: MethodSpec, seed: int,
     model = method.build(cfg)(len(shared.train.cat_ids)).to(device)
     weights = section_config(cfg, "loss", LossWeights)
     criterion = SetCriterion(len(shared.train.cat_ids), weights,
-                             MatcherCosts(focal=model.focal, focal_alpha=weights.focal_alpha,
-                                          focal_gamma=weights.focal_gamma))
+                             MatcherCosts(cost_class=model.matcher_cost_class, focal=model.focal,
+                                          focal_alpha=weights.focal_alpha, focal_gamma=weights.focal_gamma))
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     trained = DistributedDataParallel(model) if torch.distributed.is_initialized() else model  # torchrun
     records, timings, previous, to_target, done = [], [], None, float("nan"), 0
@@ -120,6 +119,8 @@ def run_cell(run: RunContext, shared: DetrShared, method: MethodSpec, seed: int,
     stats, _ = evaluate(model, criterion, shared.test, train_cfg, device)
     records += [{"epoch": None, "split": "test", "metric": k, "value": stats[k]} for k in ("AP", "AP50", "AP75")]
     records.append({"epoch": None, "split": "test", "metric": "epochs_to_target", "value": to_target})
+    records.append({"epoch": None, "split": "model", "metric": "params",
+                    "value": float(sum(p.numel() for p in model.parameters()))})
     # area under the convergence curve: mean val AP50 over the epochs, a less noisy "how fast" than one endpoint
     curve = [r["value"] for r in records if r["split"] == "val" and r["metric"] == "AP50"]
     records.append({"epoch": None, "split": "val", "metric": "AP50_auc", "value": float(np.mean(curve))})
@@ -134,97 +135,129 @@ def run_cell(run: RunContext, shared: DetrShared, method: MethodSpec, seed: int,
     return CellResult(records, timings, {"positional_attention": table})
 
 
-def _first_last(frame: pd.DataFrame, method: str, metric: str) -> tuple[int, float, int, float] | None:
-    """(first epoch, its mean over seeds, last epoch, its mean) of a per-epoch metric."""
+STEPS = (("dab_detr", "detr"), ("dn_dab_detr", "dab_detr"), ("dn_dab_detr", "detr"))
+# per-epoch metric -> the change over training the literature describes ("lower" / "higher" at the last epoch)
+TRENDS = (("matching_instability", "lower"), ("cross_attn_neg_entropy", "higher"))
+
+
+def claims(frame: pd.DataFrame) -> list[Claim]:
+    """The suite's family of claims: every comparison its sections assert, Holm-adjusted together."""
+    methods = [m for m in METHODS if m in set(frame["method"])]
+    out = [Claim(f"trend:{metric}:{m}", f"`{m}` {metric}: last − first epoch",
+                 Arm(m, metric, "val", "last"), Arm(m, metric, "val", "first"))
+           for metric, _ in TRENDS for m in methods]
+    if {"dn_dab_detr", "dab_detr"} <= set(methods):
+        out.append(Claim("instability:dn_vs_dab", "`dn_dab_detr` − `dab_detr` mean matching instability over epochs",
+                         Arm("dn_dab_detr", "matching_instability", "val", "mean"),
+                         Arm("dab_detr", "matching_instability", "val", "mean")))
+    if {"dab_detr", "detr"} <= set(methods):
+        out.append(Claim("pos_entropy:dab_vs_detr", "`dab_detr` − `detr` positional-attention entropy",
+                         Arm("dab_detr", "pos_attn_entropy", "probe"), Arm("detr", "pos_attn_entropy", "probe")))
+    for m, b in STEPS:
+        if m in methods and b in methods:
+            out += [Claim(f"{metric}:{m}:{b}", f"`{m}` − `{b}` {what}", Arm(m, metric, split), Arm(b, metric, split))
+                    for metric, split, what in (("AP50", "test", "test AP50"),
+                                                ("AP50_auc", "val", "area under the val AP50 curve"))]
+            out.append(Claim(f"to_target:{m}:{b}", f"`{m}` vs `{b}` epochs to the target AP50 (censored)",
+                             Arm(m, "epochs_to_target", "test"), Arm(b, "epochs_to_target", "test"),
+                             censored=True))
+    return out
+
+
+def _seedwise(frame: pd.DataFrame, claim: Claim, expected: str) -> str:
+    """"lower at the last epoch than at the first in 1 of 3 seeds" — a trend counted seed by seed."""
+    a, b = claim.a.values(frame), claim.b.values(frame)
+    seeds = [s for s in a.index if s in b.index and not (pd.isna(a[s]) or pd.isna(b[s]))]
+    moved = sum((a[s] < b[s]) if expected == "lower" else (a[s] > b[s]) for s in seeds)
+    return f"{expected} at the last epoch than at the first in {moved} of {len(seeds)} seeds"
+
+
+def _means_by_epoch(frame: pd.DataFrame, method: str, metric: str) -> str:
     rows = frame[(frame["method"] == method) & (frame["metric"] == metric) & frame["epoch"].notna()]
     if rows.empty:
-        return None
+        return "not measured"
     by_epoch = rows.groupby("epoch")["value"].mean()
-    return int(by_epoch.index[0]), float(by_epoch.iloc[0]), int(by_epoch.index[-1]), float(by_epoch.iloc[-1])
+    return (f"{by_epoch.iloc[0]:.3f} at epoch {int(by_epoch.index[0])} → {by_epoch.iloc[-1]:.3f} at epoch "
+            f"{int(by_epoch.index[-1])} (means over seeds)")
 
 
-def _a1_verdict(frame: pd.DataFrame, rows: pd.DataFrame, methods: list[str]) -> str:
+def _a1_verdict(tested: dict[str, Tested], methods: list[str]) -> str:
     parts = []
-    trend = {m: _first_last(frame, m, "matching_instability") for m in methods}
-    falling = [m for m, t in trend.items() if t and t[3] < t[1]]
-    parts.append(f"instability falls from the first to the last epoch for {', '.join(falling) or 'no method'}")
-    sparse = [m for m in methods if (t := _first_last(frame, m, "cross_attn_neg_entropy")) and t[3] > t[1]]
-    parts.append(f"cross-attention keeps getting sparser to the last epoch for {', '.join(sparse) or 'no method'}")
-    detr, dab = cell(rows, "detr", "pos_attn_entropy", "probe"), cell(rows, "dab_detr", "pos_attn_entropy", "probe")
-    if detr is not None and dab is not None:
-        separated = dab["ci_high"] < detr["ci_low"]
-        parts.append("DAB's positional attention has lower entropy than DETR's" +
-                     (" (intervals separated)" if separated else " only in the mean (intervals overlap)"))
-    return "Measured: " + "; ".join(parts) + ". Compare with the literature above claim by claim."
+    for metric, expected in TRENDS:
+        moved = [m for m in methods if (t := tested.get(f"trend:{metric}:{m}")) and t.direction == expected]
+        what = "instability is significantly lower at the last epoch than at the first" if metric == \
+            "matching_instability" else "cross-attention is significantly sparser at the last epoch than at the first"
+        parts.append(f"{what} for {', '.join(moved) or 'no method'} (of {len(methods)})")
+    t = tested.get("pos_entropy:dab_vs_detr")
+    if t is not None and t.n:
+        parts.append(f"DAB's positional attention vs DETR's, entropy: {t.direction}")
+    t = tested.get("instability:dn_vs_dab")
+    if t is not None and t.n:
+        parts.append(f"DN's mean instability vs DAB's: {t.direction}")
+    return "Measured (Holm-adjusted over the suite's claims): " + "; ".join(parts) + \
+        ". Compare with the literature above claim by claim."
 
 
-def _a2_verdict(frame: pd.DataFrame, methods: list[str]) -> str:
+def _a2_verdict(tested: dict[str, Tested], methods: list[str]) -> str:
     """The papers' ordering DN-DETR > DAB-DETR > DETR, step by step, on the final test AP50 and on the area under
     the val AP50 curve (convergence speed)."""
-    pairs = [(m, b) for m, b in (("dab_detr", "detr"), ("dn_dab_detr", "dab_detr")) if m in methods and b in methods]
+    pairs = [(m, b) for m, b in STEPS[:2] if m in methods and b in methods]
     parts = []
-    criteria = (("AP50", "test", "Final test AP50"), ("AP50_auc", "val", "Area under the val AP50 curve"))
-    for metric, split, what in criteria:
-        sides = [direction(paired_comparison(frame, m, b, metric, split)) for m, b in pairs]
-        finals = frame[frame["epoch"].isna() & (frame["metric"] == metric) & (frame["split"] == split)]
-        means = finals.groupby("method")["value"].mean()
-        ordered = all(means.get(m, float("nan")) > means.get(b, float("nan")) for m, b in pairs)
-        if sides and all(side == "higher" for side in sides):
-            parts.append(f"{what}: yes, every step of the ordering is significant")
+    for metric, what in (("AP50", "Final test AP50"), ("AP50_auc", "Area under the val AP50 curve")):
+        steps = [tested[f"{metric}:{m}:{b}"] for m, b in pairs]
+        if steps and all(t.direction == "higher" for t in steps):
+            parts.append(f"{what}: yes, every step of the ordering is significant after Holm correction")
         else:
-            steps = ", ".join(f"{m} vs {b} {side}" for (m, b), side in zip(pairs, sides))
-            parts.append(f"{what}: mean " + ("ordered as in the papers" if ordered else "not ordered as in the papers")
-                         + f", but not every step significant ({steps})")
+            listed = ", ".join(f"{t.claim.a.method} vs {t.claim.b.method} {t.direction} (Holm p={t.p_holm:.3g})"
+                               for t in steps)
+            parts.append(f"{what}: not every step significant after Holm correction ({listed or 'not measured'})")
     return "; ".join(parts) + "."
 
 
-def _curve_trend(frame: pd.DataFrame, method: str, metric: str) -> str:
-    t = _first_last(frame, method, metric)
-    return "not measured" if t is None else f"{t[1]:.3f} at epoch {t[0]} → {t[3]:.3f} at epoch {t[2]}"
-
-
-def report_sections(frame: pd.DataFrame, timings: pd.DataFrame | None) -> list[Section]:
+def _sections(frame: pd.DataFrame, timings: pd.DataFrame | None, tested: dict[str, Tested]) -> list[Section]:
     rows = summary_rows(frame)
     methods = [m for m in METHODS if m in set(frame["method"])]
-    instability = [f"`{m}` matching instability {_curve_trend(frame, m, 'matching_instability')}." for m in methods]
-    if "dn_dab_detr" in methods and "dab_detr" in methods:
-        last = frame[(frame["metric"] == "matching_instability") & frame["epoch"].notna()]
-        mean_is = last.groupby(["method", "seed"])["value"].mean().rename("value").reset_index()
-        a = mean_is[mean_is["method"] == "dn_dab_detr"]
-        b = mean_is[mean_is["method"] == "dab_detr"]
-        pairs = a.merge(b, on="seed", suffixes=("", "_b"))
-        if len(pairs):
-            instability.append(f"Mean instability over epochs, `dn_dab_detr` {a['value'].mean():.3f} vs `dab_detr` "
-                               f"{b['value'].mean():.3f} (seeds {sorted(pairs['seed'].tolist())}).")
-    sparsity = [f"`{m}` cross-attention negative entropy {_curve_trend(frame, m, 'cross_attn_neg_entropy')}."
-                for m in methods]
-    positional = [f"`{m}` positional attention of the learned queries: entropy "
-                  f"{describe(rows, m, 'pos_attn_entropy', 'probe')}, "
-                  f"modes {describe(rows, m, 'pos_attn_modes', 'probe')}."
-                  for m in methods]
-    convergence = [f"`{m}` val AP50 {_curve_trend(frame, m, 'AP50')}; test AP50 {describe(rows, m, 'AP50', 'test')}; "
-                   f"epochs to the target AP50 {describe(rows, m, 'epochs_to_target', 'test')}; "
-                   f"area under the val AP50 curve {describe(rows, m, 'AP50_auc', 'val')}." for m in methods]
-    for m, base in (("dab_detr", "detr"), ("dn_dab_detr", "dab_detr"), ("dn_dab_detr", "detr")):
+    a1 = []
+    for metric, expected in TRENDS:
+        for m in methods:
+            t = tested[f"trend:{metric}:{m}"]
+            a1.append(f"`{m}` {metric} {_means_by_epoch(frame, m, metric)}; per seed, "
+                      f"{_seedwise(frame, t.claim, expected)}; "
+                      f"last − first {t.line()}.")
+    if (t := tested.get("instability:dn_vs_dab")) is not None:
+        a1.append(f"Mean matching instability over epochs, `dn_dab_detr` − `dab_detr`: {t.line()}.")
+    a1 += [f"`{m}` positional attention of the learned queries: entropy "
+           f"{describe(rows, m, 'pos_attn_entropy', 'probe')}, modes {describe(rows, m, 'pos_attn_modes', 'probe')}."
+           for m in methods]
+    if (t := tested.get("pos_entropy:dab_vs_detr")) is not None:
+        a1.append(f"Positional-attention entropy, `dab_detr` − `detr`: {t.line()}.")
+    convergence = [f"`{m}` val AP50 {_means_by_epoch(frame, m, 'AP50')}; test AP50 "
+                   f"{describe(rows, m, 'AP50', 'test')}; epochs to the target AP50: "
+                   f"{describe_censored(frame, m, 'epochs_to_target', 'test')}; area under the val AP50 curve "
+                   f"{describe(rows, m, 'AP50_auc', 'val')}." for m in methods]
+    for m, base in STEPS:
         if m in methods and base in methods:
-            convergence.append(f"`{m}` vs `{base}`: test AP50 {paired_verdict(frame, m, base, 'AP50', 'test')}; "
-                               f"area under the val AP50 curve {paired_verdict(frame, m, base, 'AP50_auc', 'val')}.")
+            convergence.append(f"`{m}` vs `{base}`: test AP50 {tested[f'AP50:{m}:{base}'].line()}; area under the "
+                               f"val AP50 curve {tested[f'AP50_auc:{m}:{base}'].line()}; epochs to the target "
+                               f"{tested[f'to_target:{m}:{base}'].line()}.")
     return [
         Section("A1. Why do DETR-family models converge slowly?",
                 "Two explanations: bipartite matching is unstable — a query's matched ground truth keeps changing "
-                "between epochs, mostly early (DN-DETR, Sun et al. 2020); and decoder cross-attention becomes sparse "
-                "only slowly (Sun et al.). DAB-DETR adds that a learned query's positional part does not line up with "
-                "the image's positional encoding, giving multi-mode or near-uniform positional attention.",
-                instability + sparsity + positional,
-                ["matching_instability", "cross_attn_sparsity", "positional_attention"],
-                _a1_verdict(frame, rows, methods)),
+                "between epochs, mostly early (DN-DETR, Li et al. 2022); and decoder cross-attention becomes sparse "
+                "only slowly (Sun et al., ICCV 2021). DAB-DETR adds that a learned query's positional part does not "
+                "line up with the image's positional encoding, giving multi-mode or near-uniform positional attention.",
+                a1, ["matching_instability", "cross_attn_sparsity", "positional_attention"],
+                _a1_verdict(tested, methods)),
         Section("A2. How do DAB-DETR and DN-DETR address it?",
                 "DAB-DETR makes queries explicit 4-D anchor boxes refined layer by layer, whose sine embedding is the "
                 "positional query (with width/height-modulated attention): a clear positional prior per query. "
                 "DN-DETR feeds noised ground truths as extra queries that must reconstruct the originals without "
                 "matching: stable targets that shortcut box-offset learning; it reports faster convergence and "
-                "lower instability.", convergence, ["convergence"], _a2_verdict(frame, methods)),
+                "lower instability.", convergence, ["convergence"], _a2_verdict(tested, methods)),
     ]
+
+
+report_sections = SuiteReport(claims, _sections)
 
 
 PROFILES = {
@@ -241,6 +274,7 @@ REGISTRY.register_suite(SuiteSpec(
     name="detr",
     question="Why does DETR converge slowly, and how do DAB-DETR and DN-DETR fix it?",
     dataset="digits world detection canvases (64 px, 1-4 digits), or COCO (--data coco)",
+    datasets=("digits", "coco"),
     config={"world": DigitsWorldConfig, "data": DetrDataConfig, "model": DetrConfig, "train": DetrTrainConfig,
             "loss": LossWeights},
     profiles=PROFILES,
@@ -250,16 +284,25 @@ REGISTRY.register_suite(SuiteSpec(
     headline=(("AP50", "test"), ("AP50_auc", "val"), ("AP", "test"), ("epochs_to_target", "test"),
               ("pos_attn_entropy", "probe"), ("pos_attn_modes", "probe")),
     report_sections=report_sections,
+    tuning_objective=("AP50_auc", "val"),  # the area under the val convergence curve: how fast, not only where
 ))
+# the same space for every variant: learning rate and the box-loss weights (matching costs follow the defaults)
+SEARCH_SPACE = (SearchParam("train.lr", 1e-4, 2e-3, log=True), SearchParam("loss.bbox", 2.0, 8.0),
+                SearchParam("loss.giou", 1.0, 4.0))
 REGISTRY.register_method(MethodSpec(
     name="detr", suite="detr", paper="Carion et al., End-to-End Object Detection with Transformers, ECCV 2020",
-    build=lambda cfg: lambda classes: Detr(section_config(cfg, "model", DetrConfig), classes)))
+    build=lambda cfg: lambda classes: Detr(section_config(cfg, "model", DetrConfig), classes,
+                                           section_config(cfg, "detr", DetrOptions)),
+    config={"detr": DetrOptions}, search_space=SEARCH_SPACE))
 REGISTRY.register_method(MethodSpec(
     name="dab_detr", suite="detr", paper="Liu et al., DAB-DETR: Dynamic Anchor Boxes are Better Queries, ICLR 2022",
-    build=lambda cfg: lambda classes: DabDetr(section_config(cfg, "model", DetrConfig), classes)))
+    build=lambda cfg: lambda classes: DabDetr(section_config(cfg, "model", DetrConfig), classes,
+                                              options=section_config(cfg, "dab", DabOptions)),
+    config={"dab": DabOptions}, search_space=SEARCH_SPACE))
 REGISTRY.register_method(MethodSpec(
     name="dn_dab_detr", suite="detr",
     paper="Li et al., DN-DETR: Accelerate DETR Training by Introducing Query DeNoising, CVPR 2022",
     build=lambda cfg: lambda classes: DabDetr(section_config(cfg, "model", DetrConfig), classes,
-                                              section_config(cfg, "dn", DenoisingConfig)),
-    config={"dn": DenoisingConfig}))
+                                              section_config(cfg, "dn", DenoisingConfig),
+                                              section_config(cfg, "dab", DabOptions)),
+    config={"dn": DenoisingConfig, "dab": DabOptions}, search_space=SEARCH_SPACE))

@@ -15,8 +15,8 @@ import torch
 
 from benchmark.cache import cache_key, cached_state
 from benchmark.config import section_config
-from benchmark.registry import REGISTRY, MethodSpec, Section, SuiteSpec
-from benchmark.report import cell, describe, direction, paired_comparison, paired_verdict, summary_rows
+from benchmark.registry import REGISTRY, Deviation, MethodSpec, SearchParam, Section, SuiteSpec
+from benchmark.report import Arm, Claim, SuiteReport, Tested, cell, describe, summary_rows
 from benchmark.runner import CellResult, RunContext
 from cvpdl.analysis.intrinsic_dimension import intrinsic_dimension
 from cvpdl.checkpoint import Checkpoint
@@ -129,51 +129,83 @@ def run_cell(run: RunContext, shared: KDShared, method: MethodSpec, seed: int, g
              "student_params": float(sum(p.numel() for p in fit.student.parameters())),
              "extra_params": float(fit.extra_parameters)}
     records += [{"epoch": None, "split": "test", "metric": k, "value": v} for k, v in final.items()]
-    if method.name in ("fitnet", "reverse_feature_kd"):
-        n = section_config(cfg, "data", KDDataConfig).id_samples
-        models = {"teacher": teacher, "student": fit.student}
-        if fit.teacher_after_reverse is not None:
-            models["teacher_after_reverse"] = fit.teacher_after_reverse
-        for split, model in models.items():
-            dims = intrinsic_dimension(predict(model, data.x_test[:n])["embedding"].numpy())
-            records += [{"epoch": None, "split": split, "metric": "intrinsic_dim", "value": dims["twonn"]},
-                        {"epoch": None, "split": split, "metric": "intrinsic_dim_mle", "value": dims["mle"]}]
+    # embedding intrinsic dimension of every model a method produced; `student_alone` is reverse KD's stage-0 student
+    # (the same training as `student_baseline`), so the premise "teacher ID vs a student's own ID" is testable
+    n = section_config(cfg, "data", KDDataConfig).id_samples
+    models = {"teacher": teacher, "student": fit.student, "teacher_after_reverse": fit.teacher_after_reverse,
+              "student_alone": fit.student_alone}
+    for split, model in models.items():
+        if model is None:
+            continue
+        dims = intrinsic_dimension(predict(model, data.x_test[:n])["embedding"].numpy())
+        records += [{"epoch": None, "split": split, "metric": "intrinsic_dim", "value": dims["twonn"]},
+                    {"epoch": None, "split": split, "metric": "intrinsic_dim_mle", "value": dims["mle"]}]
     timings = [{"epoch": None, "split": "train", "metric": "train_seconds", "value": seconds}]
     return CellResult(records, timings)
 
 
-def _b1_verdict(frame: pd.DataFrame, base: str) -> str:
-    logit = direction(paired_comparison(frame, "logit_kd", base, "top1_last", "test"))
-    feature = direction(paired_comparison(frame, "fitnet", base, "top1_last", "test"))
-    text = f"Logit KD vs the student alone: {logit}; FitNet vs the student alone: {feature}."
-    if feature == "lower" and logit != "lower":
-        text += (" With a student much thinner than its teacher, feature mimicking hurt while logit matching did "
-                 "not: the mismatch cost the literature warns about, not the extra signal it promises.")
-    return text
+BASE = "student_baseline"
 
 
-def _b3_verdict(frame: pd.DataFrame, rows: pd.DataFrame) -> str:
-    teacher = cell(rows, "reverse_feature_kd", "intrinsic_dim", "teacher")
-    student = cell(rows, "reverse_feature_kd", "intrinsic_dim", "student")
-    premise = ("" if teacher is None or student is None else
-               "The paper's premise (teacher ID below student ID) " +
-               ("holds" if teacher["mean"] < student["mean"] else "does not hold") + " here; ")
-    return premise + "reverse feature KD vs FitNet: " + direction(
-        paired_comparison(frame, "reverse_feature_kd", "fitnet", "top1_last", "test")) + "."
+def claims(frame: pd.DataFrame) -> list[Claim]:
+    """The suite's family of claims: every comparison its sections assert, Holm-adjusted together."""
+    methods = set(frame["method"])
+    out = [Claim(f"{m}:student", f"`{m}` − `{BASE}` test top-1 (last epoch)", Arm(m, "top1_last", "test"),
+                 Arm(BASE, "top1_last", "test")) for m in METHODS[1:] if m in methods and BASE in methods]
+    if {"gld", "logit_kd"} <= methods:
+        out.append(Claim("gld:logit_kd", "`gld` − `logit_kd` test top-1", Arm("gld", "top1_last", "test"),
+                         Arm("logit_kd", "top1_last", "test")))
+    if {"reverse_feature_kd", "fitnet"} <= methods:
+        out.append(Claim("reverse:fitnet", "`reverse_feature_kd` − `fitnet` test top-1",
+                         Arm("reverse_feature_kd", "top1_last", "test"), Arm("fitnet", "top1_last", "test")))
+    if "reverse_feature_kd" in methods:
+        out.append(Claim("premise:id", "teacher − student intrinsic dimension (TwoNN, `reverse_feature_kd` cells)",
+                         Arm("reverse_feature_kd", "intrinsic_dim", "teacher"),
+                         Arm("reverse_feature_kd", "intrinsic_dim", "student")))
+    return out
 
 
-def report_sections(frame: pd.DataFrame, timings: pd.DataFrame | None) -> list[Section]:
+def _b1_verdict(tested: dict[str, Tested]) -> str:
+    parts = [f"{name} vs the student alone: {t.direction}" for key, name in (("logit_kd:student", "Logit KD"),
+                                                                            ("fitnet:student", "FitNet"))
+             if (t := tested.get(key)) is not None]
+    return "; ".join(parts) + " (Holm-adjusted over the suite's claims)." if parts else ""
+
+
+def _b3_verdict(tested: dict[str, Tested]) -> str:
+    premise = tested.get("premise:id")
+    text = ""
+    if premise is not None and premise.n:
+        holds = {"lower": "holds", "higher": "is contradicted", "no significant difference": "is not supported"}
+        text = (f"The paper's premise (teacher ID below student ID) {holds.get(premise.direction, 'is untested')} "
+                f"here (teacher − student: {premise.direction}); ")
+    rev = tested.get("reverse:fitnet")
+    return text + ("reverse feature KD vs FitNet: " + rev.direction + "." if rev is not None else "")
+
+
+def _mle_order(rows: pd.DataFrame, splits: tuple[str, ...]) -> str:
+    """Whether the MLE estimates rank the models' mean intrinsic dimensions as TwoNN does (checked, not assumed)."""
+    pairs = [(cell(rows, "reverse_feature_kd", "intrinsic_dim", s), cell(rows, "reverse_feature_kd",
+                                                                        "intrinsic_dim_mle", s)) for s in splits]
+    pairs = [(a["mean"], b["mean"]) for a, b in pairs if a is not None and b is not None]
+    if len(pairs) < 2:
+        return ""
+    same = np.array_equal(np.argsort([a for a, _ in pairs]), np.argsort([b for _, b in pairs]))
+    return "the same order of means as TwoNN" if same else "a different order of means from TwoNN"
+
+
+def _sections(frame: pd.DataFrame, timings: pd.DataFrame | None, tested: dict[str, Tested]) -> list[Section]:
     rows = summary_rows(frame)
     methods = set(frame["method"])
-    base = "student_baseline"
     first = sorted(methods)[0]
     lines = [f"Teacher test top-1 {describe(rows, first, 'teacher_top1', 'test')}; student alone "
-             f"{describe(rows, base, 'top1_last', 'test')}."]
+             f"{describe(rows, BASE, 'top1_last', 'test')}."]
     for m in METHODS[1:]:
         if m in methods:
-            lines.append(f"`{m}` top-1 (last epoch) {describe(rows, m, 'top1_last', 'test')}; vs `{base}` "
-                         f"{paired_verdict(frame, m, base, 'top1_last', 'test')}; extra trainable parameters "
-                         f"{int(rows[(rows.method == m) & (rows.metric == 'extra_params')]['mean'].iloc[0])}.")
+            extra = cell(rows, m, "extra_params", "test")
+            lines.append(f"`{m}` top-1 (last epoch) {describe(rows, m, 'top1_last', 'test')}"
+                         + (f"; vs `{BASE}` {t.line()}" if (t := tested.get(f"{m}:student")) is not None else "")
+                         + (f"; extra trainable parameters {int(extra['mean'])}" if extra is not None else "") + ".")
     if timings is not None and not timings.empty:
         t = summary_rows(timings)
         lines.append("Training time per cell (s, this run's device): " + ", ".join(
@@ -183,37 +215,41 @@ def report_sections(frame: pd.DataFrame, timings: pd.DataFrame | None) -> list[S
         "Logit distillation matches output distributions: simple, architecture-agnostic, needs only the teacher's "
         "outputs. Feature distillation matches internal representations: more signal, often said to transfer more, "
         "but it needs aligned shapes (a regressor) and suffers when teacher and student differ a lot.",
-        lines, ["kd_accuracy", "kd_curves"], _b1_verdict(frame, base))]
-    if "gld" in methods and "logit_kd" in methods:
+        lines, ["kd_accuracy", "kd_curves"], _b1_verdict(tested))]
+    if (t := tested.get("gld:logit_kd")) is not None:
         sections.append(Section(
             "B2. GLD: global and local logits with dense relations (Kim et al., ICCV 2021)",
             "Global pooling discards spatial knowledge; GLD also distils local logits of spatial regions of the last "
             "feature map (through the network's own classifier), standardises the logits, and matches the relations "
             "between all global and local logits in the batch.",
-            [f"`gld` vs `logit_kd`, top-1: {paired_verdict(frame, 'gld', 'logit_kd', 'top1_last', 'test')}."],
-            ["kd_accuracy"],
-            "The paper reports GLD above logit KD; measured: "
-            + direction(paired_comparison(frame, "gld", "logit_kd", "top1_last", "test")) + "."))
+            [f"`gld` vs `logit_kd`, top-1: {t.line()}."], ["kd_accuracy"],
+            "The paper reports GLD above logit KD; measured: " + t.direction + "."))
     if "reverse_feature_kd" in methods:
         lines = []
-        if "fitnet" in methods:
-            lines.append(f"`reverse_feature_kd` vs `fitnet`, top-1: "
-                         f"{paired_verdict(frame, 'reverse_feature_kd', 'fitnet', 'top1_last', 'test')}.")
-        lines.append(f"TwoNN intrinsic dimension of the embeddings: teacher "
+        if (t := tested.get("reverse:fitnet")) is not None:
+            lines.append(f"`reverse_feature_kd` vs `fitnet`, top-1: {t.line()}.")
+        splits = ("teacher", "student", "teacher_after_reverse")
+        lines.append("TwoNN intrinsic dimension of the embeddings: teacher "
                      f"{describe(rows, 'reverse_feature_kd', 'intrinsic_dim', 'teacher')}, reverse-distilled "
                      f"student {describe(rows, 'reverse_feature_kd', 'intrinsic_dim', 'student')}, teacher "
                      f"after reverse distillation "
-                     f"{describe(rows, 'reverse_feature_kd', 'intrinsic_dim', 'teacher_after_reverse')} "
-                     f"(MLE cross-check, same order: "
-                     + " / ".join(describe(rows, 'reverse_feature_kd', 'intrinsic_dim_mle', s)
-                                  for s in ('teacher', 'student', 'teacher_after_reverse')) + ").")
+                     f"{describe(rows, 'reverse_feature_kd', 'intrinsic_dim', 'teacher_after_reverse')}.")
+        if (t := tested.get("premise:id")) is not None:
+            lines.append(f"Teacher − student intrinsic dimension, paired by seed: {t.line()}.")
+        mle = " / ".join(describe(rows, "reverse_feature_kd", "intrinsic_dim_mle", s) for s in splits)
+        order = _mle_order(rows, splits)
+        lines.append(f"MLE estimates (teacher / student / teacher after reverse): {mle}"
+                     + (f"; {order}" if order else "") + ".")
         sections.append(Section(
             "B3. Reverse feature distillation (Li et al., CVPR 2023)",
             "A large teacher can represent data with an intrinsic dimension a small student cannot reach, making "
             "plain feature mimicking hard; training the teacher to also mimic a trained student's features first "
             "(reverse distillation) closes the gap, and the student then distils from that teacher.",
-            lines, ["intrinsic_dimension"], _b3_verdict(frame, rows)))
+            lines, ["intrinsic_dimension"], _b3_verdict(tested)))
     return sections
+
+
+report_sections = SuiteReport(claims, _sections)
 
 
 PROFILES = {
@@ -228,6 +264,7 @@ REGISTRY.register_suite(SuiteSpec(
     name="kd",
     question="Distilling from logits (Hinton KD, GLD) vs from intermediate layers (FitNet, reverse feature KD)",
     dataset="digits world classification (single digits on cluttered 32-px canvases), or --data imagefolder",
+    datasets=("digits", "imagefolder"),
     config={"world": KDWorldConfig, "data": KDDataConfig, "teacher": TeacherNetConfig, "student": StudentNetConfig,
             "teacher_train": TeacherTrainConfig, "train": TrainConfig},
     profiles=PROFILES,
@@ -236,30 +273,62 @@ REGISTRY.register_suite(SuiteSpec(
     baseline="student_baseline",
     headline=(("top1_last", "test"), ("top1_best", "test"), ("teacher_top1", "test")),
     report_sections=report_sections,
+    tuning_objective=("top1", "val"),
 ))
 
 
-def _register(name: str, paper: str, build, config=None):
-    REGISTRY.register_method(MethodSpec(name=name, suite="kd", paper=paper, build=build, config=config or {}))
+LR = SearchParam("train.lr", 1e-3, 1e-2, log=True)  # every student's own learning rate is tuned, the baseline's too
+
+
+def _register(name: str, paper: str, build, config=None, deviations: tuple[Deviation, ...] = (),
+              search_space: tuple[SearchParam, ...] = ()):
+    REGISTRY.register_method(MethodSpec(name=name, suite="kd", paper=paper, build=build, config=config or {},
+                                        deviations=deviations, search_space=(LR, *search_space)))
+
+
+GLD_DEVIATIONS = (
+    Deviation(what="local logits go through the whole head (Linear → BatchNorm1d → classifier); the BatchNorm1d "
+                   "normalises region rows with the whole-image batch statistics of the same step and its running "
+                   "statistics see whole images only",
+              why="the official ResNet head is a single Linear after pooling, so regions need no normalisation; this "
+                  "net's head has a BatchNorm1d, and batch statistics over region rows would mix two distributions"),
+)
+REVERSE_KD_DEVIATIONS = (
+    Deviation(what="no student proxy: stage 1 mimics the stage-0 student's embedding itself (the paper's plain "
+                   "reverse distillation)",
+              why="neither official code nor a retrievable description of the proxy's construction was found, so "
+                  "implementing one would be a guess; the stage-0 student's own intrinsic dimension is recorded "
+                  "(split `student_alone`) to test the premise the proxy serves"),
+    Deviation(what="stage 1 fine-tunes the cached trained teacher (teacher_epochs, lr/3) instead of training the "
+                   "teacher from scratch under CE + reverse MSE",
+              why="one teacher per seed is shared by every method and the stage budget is small"),
+)
 
 
 _register("student_baseline", "the student trained alone with cross-entropy",
           lambda cfg: lambda make, teacher, data, tc, g, ckpt: fit_distiller(
-              StudentBaseline(make()), data, tc, g, ckpt))
+              StudentBaseline(make()), data, tc, g, ckpt),
+          search_space=(SearchParam("train.weight_decay", 1e-5, 1e-3, log=True),))
 _register("logit_kd", "Hinton, Vinyals, Dean, Distilling the Knowledge in a Neural Network, 2015",
           lambda cfg: lambda make, teacher, data, tc, g, ckpt: fit_distiller(
               LogitKD(make(), teacher, section_config(cfg, "logit_kd", LogitKDConfig)), data, tc, g, ckpt),
-          {"logit_kd": LogitKDConfig})
+          {"logit_kd": LogitKDConfig},
+          search_space=(SearchParam("logit_kd.temperature", 1.0, 8.0), SearchParam("logit_kd.kd_weight", 0.1, 0.95)))
 _register("gld", "Kim et al., Distilling Global and Local Logits with Densely Connected Relations, ICCV 2021",
           lambda cfg: lambda make, teacher, data, tc, g, ckpt: fit_distiller(
               GLD(make(), teacher, section_config(cfg, "gld", GLDConfig)), data, tc, g, ckpt),
-          {"gld": GLDConfig})
+          {"gld": GLDConfig}, GLD_DEVIATIONS,
+          (SearchParam("gld.alpha", 0.1, 0.95), SearchParam("gld.beta", 10.0, 5000.0, log=True)))
 _register("fitnet", "Romero et al., FitNets: Hints for Thin Deep Nets, ICLR 2015",
           lambda cfg: lambda make, teacher, data, tc, g, ckpt: fit_distiller(
               FitNet(make(), teacher, section_config(cfg, "fitnet", FitNetConfig)), data, tc, g, ckpt),
-          {"fitnet": FitNetConfig})
+          {"fitnet": FitNetConfig},
+          search_space=(SearchParam("fitnet.hint_weight", 1.0, 300.0, log=True),
+                        SearchParam("fitnet.hint_stage", choices=(0, 1, 2))))
 _register("reverse_feature_kd", "Li et al., Rethinking Feature-based Knowledge Distillation for Face Recognition, "
                                 "CVPR 2023",
           lambda cfg: lambda make, teacher, data, tc, g, ckpt: fit_reverse(
               make, teacher, data, tc, section_config(cfg, "reverse_feature_kd", ReverseKDConfig), g, ckpt),
-          {"reverse_feature_kd": ReverseKDConfig})
+          {"reverse_feature_kd": ReverseKDConfig}, REVERSE_KD_DEVIATIONS,
+          (SearchParam("reverse_feature_kd.reverse_weight", 0.1, 10.0, log=True),
+           SearchParam("reverse_feature_kd.feature_weight", 0.1, 10.0, log=True)))

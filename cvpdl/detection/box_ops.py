@@ -13,7 +13,7 @@ def xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
     return box_convert(boxes, "xyxy", "cxcywh")
 
 
-def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """logit(x), clamped so that boxes on the image border stay finite (DAB-DETR's anchor space)."""
+def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """logit(x), clamped at eps 1e-3 as in DAB-DETR's ``util/misc.py``: boxes on the image border stay finite."""
     x = x.clamp(0, 1)
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))

@@ -50,16 +50,23 @@ class SetCriterion:
         return l1, giou
 
     def layer_losses(self, logits: torch.Tensor, boxes: torch.Tensor, targets: list[dict],
-                     indices: list[tuple[torch.Tensor, torch.Tensor]], num_boxes: float) -> dict[str, torch.Tensor]:
+                     indices: list[tuple[torch.Tensor, torch.Tensor]], num_boxes: float, only_indexed: bool = False
+                     ) -> dict[str, torch.Tensor]:
+        """Losses of one layer. ``only_indexed``: score only the indexed queries (DN-DETR's ``tgt_loss_labels``:
+        its padding slots have no target and are not "no object"); otherwise every other query is "no object"."""
         batch = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(indices)])
         query = torch.cat([q for q, _ in indices])
-        target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.long, device=logits.device)
-        target_classes[batch, query] = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
+        labels = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
+        if only_indexed:
+            loss_ce = self.class_loss(logits[batch, query][None], labels[None], num_boxes)
+        else:
+            target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.long, device=logits.device)
+            target_classes[batch, query] = labels
+            loss_ce = self.class_loss(logits, target_classes, num_boxes)
         gt = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)])
         l1, giou = self.box_losses(boxes[batch, query], gt, num_boxes)
         w = self.weights
-        return {"loss_ce": w.ce * self.class_loss(logits, target_classes, num_boxes), "loss_bbox": w.bbox * l1,
-                "loss_giou": w.giou * giou}
+        return {"loss_ce": w.ce * loss_ce, "loss_bbox": w.bbox * l1, "loss_giou": w.giou * giou}
 
     def __call__(self, outputs: dict, targets: list[dict]) -> tuple[dict[str, torch.Tensor], list]:
         """Named losses summed over decoder layers (``loss_*``, plus ``loss_dn_*`` for denoising queries) and the
@@ -80,8 +87,8 @@ class SetCriterion:
         dn = outputs.get("dn")
         if dn is not None:
             for logits, boxes in zip(dn["logits"], dn["boxes"]):
-                for name, value in self.layer_losses(logits, boxes, dn["targets"], dn["indices"], num_boxes
-                                                     * dn["groups"]).items():
+                for name, value in self.layer_losses(logits, boxes, dn["targets"], dn["indices"],
+                                                     num_boxes * dn["groups"], only_indexed=True).items():
                     key = name.replace("loss_", "loss_dn_")
                     losses[key] = losses.get(key, 0) + value
         return losses, last_indices

@@ -1,5 +1,6 @@
 """DETR (Carion et al., ECCV 2020), small: backbone → sine PE → encoder → decoder over N learned queries →
-class (softmax, + "no object") and box (sigmoid cxcywh) heads on every decoder layer (auxiliary losses)."""
+decoder LayerNorm → class (softmax, + "no object") and box (sigmoid cxcywh) heads on every decoder layer
+(auxiliary losses)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,11 +10,13 @@ from torch import nn
 
 from cvpdl.detection.backbone import build_backbone
 from cvpdl.detection.position_encoding import image_position_encoding
-from cvpdl.detection.transformer import MLP, DetrDecoderLayer, EncoderLayer
+from cvpdl.detection.transformer import MLP, DetrDecoderLayer, EncoderLayer, check_dropout, xavier_init
 
 
 @dataclass(frozen=True)
 class DetrConfig:
+    """The architecture every variant of a comparison shares."""
+
     backbone_width: int = 32
     d_model: int = 64
     heads: int = 4
@@ -23,35 +26,57 @@ class DetrConfig:
     num_queries: int = 12
 
 
-class DetrEncoder(nn.Module):
-    """Backbone and encoder shared by every variant: image → memory (B, HW, d), its PE (1, HW, d), grid size."""
+@dataclass(frozen=True)
+class DetrOptions:
+    """DETR's own settings, official defaults (facebookresearch/detr ``main.py``)."""
 
-    def __init__(self, cfg: DetrConfig):
+    dropout: float = 0.1
+
+
+class DetrEncoder(nn.Module):
+    """Backbone and encoder: image → memory (B, HW, d), its PE (1, HW, d), grid size.
+
+    ``pe_temperature``: 10000 (DETR) or 20 (DAB-DETR). ``scale_pos``: DAB-DETR's encoder multiplies the PE by an
+    MLP of the current features before each layer (``pos * query_scale(output)``).
+    """
+
+    def __init__(self, cfg: DetrConfig, dropout: float = 0.0, act: str = "relu", pe_temperature: float = 10000.0,
+                 scale_pos: bool = False):
         super().__init__()
         # channels-last: oneDNN's convolutions (most of a step's time at this size) run faster in it
         self.backbone = build_backbone(cfg.backbone_width, cfg.d_model).to(memory_format=torch.channels_last)
-        self.layers = nn.ModuleList(EncoderLayer(cfg.d_model, cfg.heads, cfg.d_ff) for _ in range(cfg.encoder_layers))
-        self.d_model = cfg.d_model
+        self.layers = nn.ModuleList(EncoderLayer(cfg.d_model, cfg.heads, cfg.d_ff, dropout, act)
+                                    for _ in range(cfg.encoder_layers))
+        self.pos_scale = MLP(cfg.d_model, cfg.d_model, cfg.d_model, 2) if scale_pos else None
+        self.d_model, self.pe_temperature = cfg.d_model, pe_temperature
+
+    def position_encoding(self, height: int, width: int, device=None) -> torch.Tensor:
+        return image_position_encoding(height, width, self.d_model, self.pe_temperature, device)
 
     def forward(self, images: torch.Tensor):
         fmap = self.backbone(images.contiguous(memory_format=torch.channels_last))
         b, d, h, w = fmap.shape
         memory = fmap.flatten(2).transpose(1, 2)
-        pos = image_position_encoding(h, w, d, fmap.device)[None]
+        pos = self.position_encoding(h, w, fmap.device)[None]
         for layer in self.layers:
-            memory = layer(memory, pos)
+            memory = layer(memory, pos if self.pos_scale is None else pos * self.pos_scale(memory))
         return memory, pos, (h, w)
 
 
 class Detr(nn.Module):
     focal = False
+    matcher_cost_class = 1.0  # official ``set_cost_class``
 
-    def __init__(self, cfg: DetrConfig, num_classes: int):
+    def __init__(self, cfg: DetrConfig, num_classes: int, options: DetrOptions = DetrOptions()):
         super().__init__()
-        self.encoder = DetrEncoder(cfg)
+        dropout = check_dropout(options.dropout)
+        self.encoder = DetrEncoder(cfg, dropout)
         self.query_pos = nn.Embedding(cfg.num_queries, cfg.d_model)
-        self.layers = nn.ModuleList(DetrDecoderLayer(cfg.d_model, cfg.heads, cfg.d_ff)
+        self.layers = nn.ModuleList(DetrDecoderLayer(cfg.d_model, cfg.heads, cfg.d_ff, dropout)
                                     for _ in range(cfg.decoder_layers))
+        self.decoder_norm = nn.LayerNorm(cfg.d_model)  # on every layer's output the heads read, not the next layer's
+        xavier_init(self.encoder.layers)
+        xavier_init(self.layers)
         self.class_head = nn.Linear(cfg.d_model, num_classes + 1)
         self.box_head = MLP(cfg.d_model, cfg.d_model, 4, 3)
 
@@ -68,7 +93,8 @@ class Detr(nn.Module):
         out = {"logits": [], "boxes": [], "cross_attn": [], "grid": grid}
         for layer in self.layers:
             tgt, weights = layer(tgt, query_pos, memory, pos)
-            out["logits"].append(self.class_head(tgt))
-            out["boxes"].append(self.box_head(tgt).sigmoid())
+            hs = self.decoder_norm(tgt)
+            out["logits"].append(self.class_head(hs))
+            out["boxes"].append(self.box_head(hs).sigmoid())
             out["cross_attn"].append(weights)
         return out

@@ -17,9 +17,14 @@ def sine_embed(coords: torch.Tensor, num_feats: int, temperature: float = 10000.
     return pos.flatten(-2)
 
 
-def image_position_encoding(height: int, width: int, d_model: int, device=None) -> torch.Tensor:
-    """(H·W, d_model) encoding of each cell centre as (y, x), each with d_model/2 features (DETR's order)."""
-    ys = (torch.arange(height, dtype=torch.float32, device=device) + 0.5) / height
-    xs = (torch.arange(width, dtype=torch.float32, device=device) + 0.5) / width
+def image_position_encoding(height: int, width: int, d_model: int, temperature: float = 10000.0, device=None
+                            ) -> torch.Tensor:
+    """(H·W, d_model) encoding of each cell as (y, x), each with d_model/2 features (DETR's order).
+
+    Cell i of n sits at (i + 1) / (n + 1e-6), as the official ``PositionEmbeddingSine(normalize=True)`` places it
+    (cumulative sum of the unpadded mask over its total); DETR uses temperature 10000, DAB/DN-DETR 20.
+    """
+    ys = torch.arange(1, height + 1, dtype=torch.float32, device=device) / (height + 1e-6)
+    xs = torch.arange(1, width + 1, dtype=torch.float32, device=device) / (width + 1e-6)
     grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)
-    return sine_embed(grid, d_model // 2)
+    return sine_embed(grid, d_model // 2, temperature)

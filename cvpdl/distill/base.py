@@ -27,6 +27,10 @@ class Distiller(nn.Module):
         teacher = {id(p) for p in self.teacher.parameters()} if self.teacher is not None else set()
         return [p for p in self.parameters() if p.requires_grad and id(p) not in teacher]
 
+    def teacher_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What ``losses`` reads from the teacher, for one batch (precomputed once over the training set)."""
+        return self.teacher(x)
+
     def losses(self, x: torch.Tensor, y: torch.Tensor, teacher_out: dict[str, torch.Tensor] | None
                ) -> dict[str, torch.Tensor]:
         """Weighted loss terms by name (``loss_*``); the optimiser minimises their sum. Subclasses define it."""

@@ -18,14 +18,14 @@ def standardize(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
 
 
 def relation_matrix(logits: torch.Tensor) -> torch.Tensor:
-    """Row-normalised pairwise squared Euclidean distances between all rows (N × N, rows sum to 1)."""
-    d = torch.cdist(logits, logits).pow(2)
-    return d / d.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    """GLD's D(Z): pairwise squared Euclidean distances between all rows, each row divided by its L2 norm
+    (``F.normalize``, as the official ``dist_preserve_loss``), N × N."""
+    return F.normalize(torch.cdist(logits, logits).pow(2), dim=1)
 
 
 def gld_relation(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """Densely connected relations: distance matrices of all global + local logits of the batch, teacher vs
-    student, compared by mean squared error."""
+    """Densely connected relations: D(Z) of all global + local logits of the batch (within and across images),
+    teacher vs student, squared differences averaged over the N² entries."""
     return F.mse_loss(relation_matrix(student_logits), relation_matrix(teacher_logits))
 
 

@@ -33,6 +33,7 @@ class ConvNet(nn.Module):
         widths = (in_channels, *cfg.widths)
         self.stages = nn.Sequential(*[_stage(widths[i], widths[i + 1], cfg.blocks_per_stage)
                                       for i in range(len(cfg.widths))])
+        self.stage_channels = tuple(cfg.widths)
         self.feature_channels = cfg.widths[-1]
         self.embed = nn.Sequential(nn.Linear(cfg.widths[-1], cfg.embedding_dim), nn.BatchNorm1d(cfg.embedding_dim))
         self.classifier = nn.Linear(cfg.embedding_dim, num_classes)
@@ -40,18 +41,42 @@ class ConvNet(nn.Module):
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(x)
 
+    def stage_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The output of every stage (post-ReLU and pooled), shallow to deep; the last is ``feature_map``."""
+        maps = []
+        for stage in self.stages:
+            x = stage(x)
+            maps.append(x)
+        return maps
+
     def embedding(self, fmap: torch.Tensor) -> torch.Tensor:
         return self.embed(F.adaptive_avg_pool2d(fmap, 1).flatten(1))
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        fmap = self.feature_map(x)
+    def forward(self, x: torch.Tensor, stage: int | None = None) -> dict[str, torch.Tensor]:
+        """Final map, embedding and logits; with ``stage``, also that stage's output as ``stage_map`` (a hint)."""
+        maps = self.stage_maps(x)
+        fmap = maps[-1]
         emb = self.embedding(fmap)
-        return {"feature_map": fmap, "embedding": emb, "logits": self.classifier(emb)}
+        out = {"feature_map": fmap, "embedding": emb, "logits": self.classifier(emb)}
+        if stage is not None:
+            out["stage_map"] = maps[stage]
+        return out
 
     def local_logits(self, fmap: torch.Tensor, grid: int) -> torch.Tensor:
         """GLD: pool the final map into grid×grid regions and classify each with the network's own head
-        (embedding + classifier) → (B, grid², classes)."""
+        (embedding + classifier) → (B, grid², classes).
+
+        The head's BatchNorm1d normalises the regions with the statistics the whole-image rows of this batch get
+        (batch statistics in training, running ones in eval) and never updates its running statistics from them:
+        region rows have another distribution and must neither shift the global path nor be normalised apart."""
         regions = F.adaptive_avg_pool2d(fmap, grid).flatten(2).transpose(1, 2)  # B, L, C
         b, cells, c = regions.shape
-        emb = self.embed(regions.reshape(b * cells, c))
+        linear, norm = self.embed
+        hidden = linear(regions.reshape(b * cells, c))
+        if norm.training:
+            whole = linear(F.adaptive_avg_pool2d(fmap, 1).flatten(1))
+            mean, var = whole.mean(dim=0), whole.var(dim=0, unbiased=False)
+        else:
+            mean, var = norm.running_mean, norm.running_var
+        emb = (hidden - mean) / torch.sqrt(var + norm.eps) * norm.weight + norm.bias
         return self.classifier(emb).reshape(b, cells, -1)

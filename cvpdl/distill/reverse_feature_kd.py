@@ -4,6 +4,9 @@ plain mimicking is hard. Stage 0 trains the student alone; stage 1 trains the te
 stage-0 student embedding (shrinking the gap; here a fine-tune of the cached teacher); stage 2 trains a fresh
 student on MSE to that teacher's embedding only. The stage-2 student classifies with the stage-1 teacher's
 (frozen) classifier: its embedding lives in the teacher's space, and face recognition has no classifier at all.
+The paper's "student proxy" (a refinement of the stage-1 target) is not implemented: stage 1 mimics the stage-0
+student itself, the paper's plain reverse distillation. The stage-0 student is handed back so that the premise
+(teacher intrinsic dimension vs that of a student trained alone) can be measured.
 """
 from __future__ import annotations
 
@@ -60,4 +63,4 @@ def fit_reverse(make_student: Callable[[], ConvNet], teacher: ConvNet, data: Cla
     history = train(EmbeddingMimic(student, reversed_teacher, ce_weight=0.0, feature_weight=cfg.feature_weight),
                     data, train_cfg, generator, desc="reverse KD stage 2 (student)",
                     checkpoint=checkpoint.child("stage2"))
-    return KDFit(student, history, teacher_after_reverse=reversed_teacher)
+    return KDFit(student, history, teacher_after_reverse=reversed_teacher, student_alone=stage0)

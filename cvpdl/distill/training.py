@@ -1,6 +1,7 @@
 """Training and evaluation loops shared by the teacher, the student baseline and every distiller."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,20 +53,23 @@ class TrainHistory:
 @dataclass
 class KDFit:
     """What a kd method hands back: the trained student, its history, extra trainable parameters (FitNet's
-    regressor) and, for reverse distillation, the teacher after stage 1."""
+    regressor) and, for reverse distillation, the teacher after stage 1 and the stage-0 student trained alone."""
 
     student: nn.Module
     history: TrainHistory
     extra_parameters: int = 0
     teacher_after_reverse: nn.Module | None = None
+    student_alone: nn.Module | None = None
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> dict[str, torch.Tensor]:
-    """All outputs of ``model`` in eval mode over ``x``, concatenated."""
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512,
+            forward: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
+    """All outputs of ``model`` (or of ``forward``, a call into it) in eval mode over ``x``, concatenated."""
     was_training = model.training
     model.eval()
-    outs = [model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    forward = forward or model
+    outs = [forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
     model.train(was_training)
     return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
 
@@ -78,7 +82,8 @@ def train(distiller: Distiller, data: ClassificationData, cfg: TrainConfig, gene
           desc: str = "train", checkpoint: Checkpoint | None = None) -> TrainHistory:
     """AdamW with a one-cycle schedule; teacher outputs are computed once (no augmentation: they are fixed).
     With a ``checkpoint``, the state is saved after every epoch and a saved one is resumed from."""
-    teacher_out = predict(distiller.teacher, data.x_train) if distiller.teacher is not None else None
+    teacher_out = (predict(distiller.teacher, data.x_train, forward=distiller.teacher_outputs)
+                   if distiller.teacher is not None else None)
     params = distiller.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = max(1, len(data.x_train) // cfg.batch_size)

@@ -30,9 +30,25 @@ def coco_from_dict(gt: dict, backend: str = DEFAULT_BACKEND):
     return coco
 
 
+def _results_set(gt, detections: list[dict], backend: str):
+    """The detections as a COCO results set. pycocotools (the reference) goes through its own ``loadRes``; for
+    faster-coco-eval the set is built here in one pass with what bbox evaluation reads (id, area = w·h, iscrowd 0 —
+    exactly ``loadRes``'s values), without the box-shaped segmentation polygons ``loadRes`` makes for every
+    detection, which bbox evaluation never reads and which were most of the evaluator's Python time."""
+    if backend == "pycocotools":
+        return gt.loadRes([dict(d) for d in detections])  # loadRes adds keys to each dict, never the bbox
+    results = BACKENDS[backend][0]()
+    results.dataset = {"info": {}, "images": gt.dataset["images"], "categories": gt.dataset["categories"],
+                       "annotations": [{"id": i, "image_id": d["image_id"], "category_id": d["category_id"],
+                                        "bbox": d["bbox"], "score": d["score"], "area": d["bbox"][2] * d["bbox"][3],
+                                        "iscrowd": 0} for i, d in enumerate(detections, 1)]}
+    results.createIndex()
+    return results
+
+
 def _run_cocoeval(gt, detections: list[dict], backend: str):
     with contextlib.redirect_stdout(io.StringIO()):
-        dt = gt.loadRes([dict(d) for d in detections])  # loadRes adds keys to each dict, never changes the bbox
+        dt = _results_set(gt, detections, backend)
         evaluator = BACKENDS[backend][1](gt, dt, iouType="bbox")
         evaluator.evaluate()
         evaluator.accumulate()

@@ -35,6 +35,8 @@ class TinyClipConfig:
     lr: float = 5e-4
     weight_decay: float = 0.1
     warmup_frac: float = 0.15
+    augment: bool = True  # open_clip's training transform on every image
+    augment_scale: tuple[float, float] = (0.9, 1.0)  # its RandomResizedCrop scale (open_clip AugmentationCfg default)
     seed: int = 0
 
 
@@ -108,6 +110,7 @@ class ClipEncoder:
 
 
 def region_features(feature_map: torch.Tensor, boxes: list[torch.Tensor], side: int, stride: int) -> torch.Tensor:
-    """RoIAlign (pixel-aligned, 2×2 samples per bin) of xyxy pixel boxes on a stride-``stride`` feature map."""
-    return roi_align(feature_map, boxes, output_size=(side, side), spatial_scale=1 / stride, sampling_ratio=2,
+    """RoIAlign of xyxy pixel boxes on a stride-``stride`` feature map: pixel-aligned, with an adaptive number of
+    samples per bin (``sampling_ratio=0``, detectron2's ``POOLER_SAMPLING_RATIO`` default that RegionCLIP uses)."""
+    return roi_align(feature_map, boxes, output_size=(side, side), spatial_scale=1 / stride, sampling_ratio=0,
                      aligned=True)

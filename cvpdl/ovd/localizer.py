@@ -85,13 +85,26 @@ def train_localizer(model: FCOS, split: DetectionSplit, cfg: LocalizerConfig, ge
 
 
 @torch.no_grad()
-def propose(model: FCOS, split: DetectionSplit, batch_size: int = 64) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Class-agnostic boxes (xyxy px) and objectness scores for every image of ``split``."""
+def propose(model: FCOS, split: DetectionSplit, batch_size: int = 64, detections_per_image: int | None = None,
+            nms_threshold: float | None = None, score_threshold: float | None = None
+            ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Class-agnostic boxes (xyxy px) and objectness scores for every image of ``split``.
+
+    The overrides change the post-processing for this call only (e.g. a larger proposal pool for pretraining,
+    like RegionCLIP's 300 RPN proposals at NMS 0.5); the model is left as it was.
+    """
     device = next(model.parameters()).device
     model.eval()
+    saved = model.detections_per_img, model.nms_thresh, model.score_thresh
+    model.detections_per_img = saved[0] if detections_per_image is None else detections_per_image
+    model.nms_thresh = saved[1] if nms_threshold is None else nms_threshold
+    model.score_thresh = saved[2] if score_threshold is None else score_threshold
     out = []
-    for start in range(0, len(split), batch_size):
-        images, _ = _batch(split, list(range(start, min(start + batch_size, len(split)))), device, None)
-        for det in model(images):
-            out.append((det["boxes"].cpu().numpy(), det["scores"].cpu().numpy()))
+    try:
+        for start in range(0, len(split), batch_size):
+            images, _ = _batch(split, list(range(start, min(start + batch_size, len(split)))), device, None)
+            for det in model(images):
+                out.append((det["boxes"].cpu().numpy(), det["scores"].cpu().numpy()))
+    finally:
+        model.detections_per_img, model.nms_thresh, model.score_thresh = saved
     return out

@@ -25,13 +25,22 @@ def image_text_contrastive(image_emb: torch.Tensor, text_emb: torch.Tensor, logi
     return 0.5 * (multi_positive_cross_entropy(logits, same_text) + multi_positive_cross_entropy(logits.T, same_text.T))
 
 
+def mil_cross_entropy(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """RegionCLIP's ``MILCrossEntropy`` (``avg_positives=False``): per row, -log of the summed softmax probability
+    of its positives, averaged over rows. Rows without a positive are skipped."""
+    keep = positives.any(dim=1)
+    logits, positives = logits[keep], positives[keep].bool()
+    return (logits.logsumexp(dim=1) - logits.masked_fill(~positives, float("-inf")).logsumexp(dim=1)).mean()
+
+
 def region_concept_contrastive(region_emb: torch.Tensor, concept_emb: torch.Tensor, labels: torch.Tensor,
                                logit_scale: float | torch.Tensor) -> torch.Tensor:
-    """RegionCLIP's region-concept alignment, both ways: each region against all concepts (one positive, its
-    pseudo-label) and each concept present in the batch against all regions (every region with that label)."""
-    logits = logit_scale * region_emb @ concept_emb.T
-    positives = F.one_hot(labels, concept_emb.shape[0]).bool()
-    return 0.5 * (multi_positive_cross_entropy(logits, positives) + multi_positive_cross_entropy(logits.T, positives.T))
+    """RegionCLIP's region-concept contrastive loss (``region_concept_matching`` in the official ``clip_rcnn.py``):
+    one way, each kept region against the pseudo-label embeddings of all kept regions of the batch (so only the
+    concepts present in the batch, once per region that carries them); positives are the columns with its label."""
+    targets = concept_emb[labels]
+    positives = labels[:, None] == labels[None, :]
+    return mil_cross_entropy(logit_scale * region_emb @ targets.T, positives)
 
 
 def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torchvision.models.detection import FCOS
 
 from cvpdl.checkpoint import Checkpoint
 from cvpdl.data.detection_split import DetectionSplit
@@ -18,12 +19,12 @@ from cvpdl.ovd.clip_model import ClipEncoder
 
 @dataclass
 class OvdContext:
-    """What the suite shares with every method of a cell: the (teacher) CLIP, the training split and its
-    class-agnostic proposals, the class names (prompts) and the batch size for inference."""
+    """What the suite shares with every method of a cell: the (teacher) CLIP, the training split, the
+    class-agnostic localizer trained on its base boxes, the class names (prompts) and the batch size for inference."""
 
     clip: ClipEncoder
     train: DetectionSplit
-    train_proposals: list[tuple[np.ndarray, np.ndarray]]
+    localizer: FCOS
     class_names: list[str]
     batch_size: int = 128
 

@@ -1,15 +1,19 @@
 """RegionCLIP (Zhong et al., CVPR 2022): region–text pretraining of CLIP's visual encoder.
 
-Region–concept pairs come from class-agnostic proposals × a concept pool parsed from the captions; the frozen
-teacher CLIP pseudo-labels each proposal (softmax(cos / 0.01), kept if its max exceeds 0.1). The
-student visual encoder, initialised from the teacher, learns RoIAlign region features with three losses:
-region–concept contrastive, image–text contrastive (keeps the whole-image alignment) and KL distillation to the
-teacher's region scores. Concept and caption embeddings come from the teacher's frozen text encoder.
+Follows ``PretrainFastRCNN`` of the official ``detectron2/modeling/meta_arch/clip_rcnn.py``. Each iteration draws a
+random subset of every image's class-agnostic proposal pool (official: 100 of 300 RPN proposals). The frozen teacher
+CLIP pseudo-labels each region from its RoIAlign region feature over the concept pool parsed from the captions
+(``get_psuedo_concept_labels``: softmax(cos / 0.01), kept if its max exceeds 0.1; if none is kept, all are). The
+student visual encoder, initialised from the teacher (stem and ``layer1`` frozen, ``FREEZE_AT: 2``), learns with
+three losses at the matching temperature 0.01: region–concept contrastive (one-way ``MILCrossEntropy`` over the
+concepts of the batch's kept regions), KL distillation to the teacher's concept scores (kept regions) and image–text
+contrastive on a global RoIAlign box over the whole image. Concept and caption embeddings come from the teacher's
+frozen text encoder; gradients are clipped at norm 5.
 
-Two choices are configurable because the digits world makes them matter (see the README):
-``teacher_view`` — the paper's teacher scores pixel crops ("crop"); the tiny CLIP is near chance on crops, so the
-default scores RoIAlign regions ("roi"). ``label_pool`` — the paper labels each region over the whole concept pool
-("all"); the default ("caption") only allows the concepts parsed from the region's own image caption.
+Options beyond the official code: ``label_pool="caption"`` restricts each region's pseudo-label to the concepts of
+its own caption; ``caption_duplicates="positive"`` treats equal captions in a batch as positives;
+``teacher_view="crop"`` lets the teacher score pixel crops instead of RoIAlign regions; ``proposals="random"`` is
+the random-box ablation.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from cvpdl.ovd.clip_crop import ClipCrop
 from cvpdl.ovd.clip_model import ClipEncoder
 from cvpdl.ovd.clip_roi import ClipRoi, embed_regions_roi
 from cvpdl.ovd.losses import distillation_kl, image_text_contrastive, region_concept_contrastive, same_caption_mask
+from cvpdl.ovd.localizer import propose
 from cvpdl.ovd.region_classifier import OvdContext
 
 
@@ -36,12 +41,16 @@ class RegionClipConfig:
     images: int = 1500  # training images used (from the start of the training split)
     batch_size: int = 32
     lr: float = 1e-4
-    regions_per_image: int = 6
+    grad_clip_norm: float = 5.0  # official SOLVER.CLIP_GRADIENTS (norm, 5.0)
+    proposal_pool: int = 18  # localizer proposals kept per image (NMS below, no score threshold)
+    proposal_nms: float = 0.5  # official OFFLINE_RPN_NMS_THRESH
+    regions_per_image: int = 6  # drawn at random from the pool every iteration (official: 100 of 300)
     proposals: str = "localizer"  # or "random": RegionCLIP's random-box ablation
-    teacher_view: str = "roi"  # or "crop" (the paper's teacher input)
-    label_pool: str = "caption"  # or "all" (the paper's corpus-wide pool)
-    temperature: float = 0.01  # teacher pseudo-label softmax(cos / T)
-    keep_threshold: float = 0.1  # keep a pseudo-label when its max probability exceeds this
+    teacher_view: str = "roi"  # official: RoIAlign region features; "crop" scores pixel crops
+    label_pool: str = "caption"  # or "all" (official: the whole concept pool)
+    caption_duplicates: str = "positive"  # or "negative" (official: one positive per image, the diagonal)
+    temperature: float = 0.01  # teacher pseudo-labels (s_temp) and student matching (CLSS_TEMP)
+    keep_threshold: float = 0.1  # keep a pseudo-label when its max probability exceeds this (CONCEPT_THRES)
     weight_region: float = 1.0
     weight_image: float = 1.0
     weight_distill: float = 1.0
@@ -56,7 +65,8 @@ def random_boxes(n: int, size: int, generator: torch.Generator, min_side: float 
 
 def pseudo_label(teacher_region_emb: torch.Tensor, concept_emb: torch.Tensor, temperature: float, threshold: float,
                  allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Teacher logits (cos / T), argmax labels and the keep mask (max softmax probability > threshold).
+    """Teacher logits (cos / T), argmax labels and the keep mask (max softmax probability > threshold; when no
+    region passes, every region is kept, as the official ``get_psuedo_concept_labels`` does).
 
     ``allowed`` (regions × concepts, bool) restricts each region's labels, e.g. to its caption's concepts;
     the returned logits stay unrestricted (they are the distillation target).
@@ -64,27 +74,44 @@ def pseudo_label(teacher_region_emb: torch.Tensor, concept_emb: torch.Tensor, te
     logits = teacher_region_emb @ concept_emb.T / temperature
     masked = logits if allowed is None else logits.masked_fill(~allowed, float("-inf"))
     confidence, labels = masked.softmax(dim=1).max(dim=1)
-    return logits, labels, confidence > threshold
+    keep = confidence > threshold
+    return logits, labels, keep if keep.any() else torch.ones_like(keep)
+
+
+def sample_regions(pool: list[np.ndarray], k: int, generator: torch.Generator) -> list[np.ndarray]:
+    """A random subset of at most ``k`` boxes of every image's pool (official: ``torch.randperm(len(p))[:k]``)."""
+    return [boxes[torch.randperm(len(boxes), generator=generator)[:k].numpy()] for boxes in pool]
+
+
+def global_boxes(images: np.ndarray) -> list[np.ndarray]:
+    """One box over each whole image (official ``create_global_proposals``)."""
+    h, w = images.shape[1:3]
+    return [np.array([[0.0, 0.0, w, h]], dtype=np.float32) for _ in range(len(images))]
 
 
 class RegionClip(ClipRoi):
     def __init__(self, cfg: RegionClipConfig):
         super().__init__(cfg.image_scale)
         for key, choices in (("proposals", ("localizer", "random")), ("teacher_view", ("roi", "crop")),
-                             ("label_pool", ("caption", "all"))):
+                             ("label_pool", ("caption", "all")), ("caption_duplicates", ("positive", "negative"))):
             if getattr(cfg, key) not in choices:
                 raise UserInputError(f"regionclip.{key} must be one of {', '.join(choices)}; got {getattr(cfg, key)!r}")
+        if cfg.regions_per_image < 1 or cfg.proposal_pool < 1:
+            raise UserInputError("regionclip.regions_per_image and regionclip.proposal_pool must be at least 1")
         self.cfg = cfg
         self.student: ClipEncoder | None = None
 
     def encoder(self, ctx: OvdContext) -> ClipEncoder:
         return self.student or ctx.clip
 
-    def _regions(self, ctx: OvdContext, n: int, generator: torch.Generator) -> list[np.ndarray]:
-        k, size = self.cfg.regions_per_image, ctx.train.image(0).shape[0]
+    def proposal_pool(self, ctx: OvdContext, n: int, generator: torch.Generator) -> list[np.ndarray]:
+        """The boxes every iteration samples from, per training image."""
+        size = ctx.train.image(0).shape[0]
         if self.cfg.proposals == "random":
-            return [random_boxes(k, size, generator) for _ in range(n)]
-        return [boxes[:k] for boxes, _ in ctx.train_proposals[:n]]
+            return [random_boxes(self.cfg.proposal_pool, size, generator) for _ in range(n)]
+        pool = propose(ctx.localizer, ctx.train.subset(list(range(n))), detections_per_image=self.cfg.proposal_pool,
+                       nms_threshold=self.cfg.proposal_nms, score_threshold=0.0)
+        return [boxes for boxes, _ in pool]
 
     def _teacher_embeddings(self, ctx: OvdContext, images: np.ndarray, regions: list[np.ndarray]) -> torch.Tensor:
         if self.cfg.teacher_view == "crop":
@@ -100,35 +127,60 @@ class RegionClip(ClipRoi):
             rows += [[c in named for c in concepts]] * len(boxes)
         return torch.tensor(rows, dtype=torch.bool).reshape(-1, len(concepts))
 
+    def losses(self, ctx: OvdContext, images: np.ndarray, captions: list[str], regions: list[np.ndarray],
+               concepts: list[str], concept_emb: torch.Tensor, caption_emb: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The three pretraining losses of one batch (the student must be set)."""
+        cfg, student = self.cfg, self.student
+        scale = 1.0 / cfg.temperature
+        with torch.no_grad():
+            teacher_emb = self._teacher_embeddings(ctx, images, regions).to(student.device)
+            allowed = self._allowed(captions, regions, concepts)
+            teacher_logits, labels, keep = pseudo_label(teacher_emb, concept_emb, cfg.temperature, cfg.keep_threshold,
+                                                        None if allowed is None else allowed.to(student.device))
+        region_emb = embed_regions_roi(student, images, regions, cfg.image_scale, len(images))[keep]
+        global_emb = embed_regions_roi(student, images, global_boxes(images), cfg.image_scale, len(images))
+        same = (same_caption_mask(captions) if cfg.caption_duplicates == "positive"
+                else torch.eye(len(captions), dtype=torch.bool)).to(student.device)
+        return {
+            "loss_region": region_concept_contrastive(region_emb, concept_emb, labels[keep], scale),
+            "loss_image": image_text_contrastive(global_emb, caption_emb, scale, same),
+            "loss_distill": distillation_kl(scale * region_emb @ concept_emb.T, teacher_logits[keep]),
+        }
+
+    def init_student(self, ctx: OvdContext) -> list[torch.nn.Parameter]:
+        """The student: a copy of the teacher whose visual encoder trains, except the stem and ``layer1``
+        (official ``FREEZE_AT: 2``); batch-norm statistics stay frozen (``FrozenBN``). Returns the trained params."""
+        teacher = ctx.clip
+        self.student = ClipEncoder(copy.deepcopy(teacher.model), teacher.tokenizer.context_length)
+        model = self.student.model
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        visual = model.visual
+        frozen = {id(p) for module in (visual.conv1, visual.bn1, visual.conv2, visual.bn2, visual.conv3, visual.bn3,
+                                       visual.layer1) for p in module.parameters()}
+        params = [p for p in visual.parameters() if id(p) not in frozen]
+        for p in params:
+            p.requires_grad_(True)
+        return params
+
     def fit(self, ctx: OvdContext, generator: torch.Generator, checkpoint: Checkpoint | None = None
             ) -> dict[str, list[float]]:
         cfg, teacher = self.cfg, ctx.clip
         n = min(cfg.images, len(ctx.train))
         images = np.stack([ctx.train.image(i) for i in range(n)])
         captions = ctx.train.captions[:n]
-        regions = self._regions(ctx, n, generator)
+        pool = self.proposal_pool(ctx, n, generator)
         concepts = concept_pool(captions, ctx.class_names)
         with torch.no_grad():
             concept_emb = teacher.encode_text([prompt(c) for c in concepts])
             caption_emb = torch.cat([teacher.encode_text(captions[i:i + 512]) for i in range(0, n, 512)])
-            teacher_emb = self._teacher_embeddings(ctx, images, regions).to(teacher.device)
-        allowed = self._allowed(captions, regions, concepts)
-        teacher_logits, labels, keep = pseudo_label(teacher_emb, concept_emb, cfg.temperature, cfg.keep_threshold,
-                                                    None if allowed is None else allowed.to(teacher.device))
-        offsets = np.cumsum([0] + [len(r) for r in regions])
 
-        self.student = ClipEncoder(copy.deepcopy(teacher.model), teacher.tokenizer.context_length)
+        params = self.init_student(ctx)
         model = self.student.model
-        model.eval()  # frozen batch-norm statistics, as detectron2 fine-tuning does
-        params = list(model.visual.parameters())
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for p in params:
-            p.requires_grad_(True)
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
         steps = max(1, n // cfg.batch_size)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps)
-        scale = 1.0 / cfg.temperature
         history: dict[str, list[float]] = {"loss_region": [], "loss_image": [], "loss_distill": []}
         checkpoint, done = checkpoint or Checkpoint(None, "regionclip"), 0
         stateful = {"model": model, "optimizer": optimizer, "schedule": schedule}
@@ -140,24 +192,15 @@ class RegionClip(ClipRoi):
             sums = dict.fromkeys(history, 0.0)
             for step in range(steps):
                 idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-                rows = torch.as_tensor(np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in idx]),
-                                       dtype=torch.long)
-                region_emb = embed_regions_roi(self.student, images[idx], [regions[i] for i in idx],
-                                               cfg.image_scale, len(idx))
-                image_emb = self.student.encode_image(self.student.to_tensor(images[idx]))
-                same = same_caption_mask([captions[i] for i in idx]).to(image_emb.device)
-                kept = keep[rows]
-                losses = {
-                    "loss_region": region_concept_contrastive(region_emb[kept], concept_emb, labels[rows][kept],
-                                                              scale) if kept.any() else region_emb.sum() * 0,
-                    "loss_image": image_text_contrastive(image_emb, caption_emb[idx], model.logit_scale.exp(), same),
-                    "loss_distill": distillation_kl(scale * region_emb @ concept_emb.T, teacher_logits[rows]),
-                }
+                regions = sample_regions([pool[i] for i in idx], cfg.regions_per_image, generator)
+                losses = self.losses(ctx, images[idx], [captions[i] for i in idx], regions, concepts, concept_emb,
+                                     caption_emb[idx])
                 total = (cfg.weight_region * losses["loss_region"] + cfg.weight_image * losses["loss_image"]
                          + cfg.weight_distill * losses["loss_distill"])
                 check_finite(total, f"RegionCLIP pretraining epoch {epoch}, step {step + 1}")
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip_norm)
                 optimizer.step()
                 schedule.step()
                 for name, value in losses.items():
@@ -168,4 +211,3 @@ class RegionClip(ClipRoi):
         for p in model.parameters():
             p.requires_grad_(False)
         return history
-

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import numpy as np
+import open_clip
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from cvpdl.ovd.clip_model import ClipEncoder, TinyClipConfig
@@ -14,7 +16,8 @@ def train_clip(encoder: ClipEncoder, images: np.ndarray, captions: list[str], cf
     """Train ``encoder.model`` in place; returns the mean loss of each epoch.
 
     Duplicate captions in a batch are positives, not negatives (``same_caption_mask``), and the learning rate
-    follows a one-cycle schedule: without warm-up the tiny model stays at chance.
+    follows a one-cycle schedule: without warm-up the tiny model stays at chance. With ``cfg.augment`` every image
+    goes through open_clip's own training transform (RandomResizedCrop with ``cfg.augment_scale``, bicubic).
     """
     model = encoder.model
     model.train()
@@ -23,13 +26,17 @@ def train_clip(encoder: ClipEncoder, images: np.ndarray, captions: list[str], cf
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
                                                    pct_start=cfg.warmup_frac)
     tokens = encoder.tokenizer(captions)
+    augment = open_clip.image_transform(encoder.image_size, is_train=True, mean=encoder.mean.flatten().tolist(),
+                                        std=encoder.std.flatten().tolist(),
+                                        aug_cfg=open_clip.AugmentationCfg(scale=tuple(cfg.augment_scale)))
     history = []
     for epoch in tqdm(range(cfg.epochs), desc="train CLIP", unit="epoch", leave=False):
         order = torch.randperm(len(images), generator=generator)
         losses = []
         for step in range(steps_per_epoch):
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            pixels = encoder.to_tensor(images[idx.numpy()])
+            pixels = (augmented(augment, images[idx.numpy()], generator).to(encoder.device) if cfg.augment
+                      else encoder.to_tensor(images[idx.numpy()]))
             image_emb = encoder.encode_image(pixels)
             text_emb = torch.nn.functional.normalize(model.encode_text(tokens[idx].to(encoder.device)), dim=-1)
             same = same_caption_mask([captions[i] for i in idx.tolist()]).to(encoder.device)
@@ -44,3 +51,12 @@ def train_clip(encoder: ClipEncoder, images: np.ndarray, captions: list[str], cf
         history.append(float(np.mean(losses)))
     model.eval()
     return history
+
+
+def augmented(transform, images: np.ndarray, generator: torch.Generator) -> torch.Tensor:
+    """``transform`` (a torchvision/open_clip PIL pipeline) applied to each uint8 HWC image; its random draws come
+    from torch's global RNG, seeded here from ``generator`` so that training stays reproducible."""
+    seed = int(torch.randint(2 ** 62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return torch.stack([transform(Image.fromarray(image)) for image in images])

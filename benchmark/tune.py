@@ -1,0 +1,186 @@
+"""``python -m benchmark tune``: the same tuning budget for every method, on the validation split only.
+
+Each method gets ``trials`` Optuna trials (seeded TPE) over the search space declared on its method spec; a trial
+is one ordinary cell (``run_suite`` on one method and the tuning seed, the trial's values as ``--set`` overrides),
+so it is cached, resumable and tracked in MLflow like any other cell. The objective is the suite's declared
+``tuning_objective`` (a val metric; its last epoch when it is per-epoch). Test numbers are never read here.
+
+The studies live in ``DIR/<suite>/tuning/optuna.db`` (SQLite): a killed ``tune`` resumes where it stopped and
+several workers may share it. Outputs beside it: ``trials.csv`` (every trial), ``best.json`` (per method, the
+best values as ``section.key`` → value; ``run --params`` reads it) and ``figures/sensitivity_<method>.png``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark.registry import REGISTRY, MethodSpec, SearchParam, SuiteSpec
+from benchmark.results import atomic_write_csv, atomic_write_text, locked
+from cvpdl.errors import UserInputError
+
+
+@dataclass
+class TuneOptions:
+    suite: str
+    methods: list[str] | None = None
+    trials: int = 20
+    profile: str = "default"
+    seed: int = 0  # the seed of every trial's cell and of the sampler
+    overrides: list[str] = field(default_factory=list)
+    results_dir: Path = Path("results")
+    cache_dir: Path | None = None
+    device: str = "auto"
+    threads: int | None = None
+    timeout: float | None = None  # seconds per method's study (a wall budget; the trial in flight finishes)
+
+
+def objective_value(metrics: pd.DataFrame, metric: str, split: str) -> float:
+    """The trial's objective from its cell's metrics: the final row, or the last epoch of a per-epoch metric."""
+    rows = metrics[(metrics["metric"] == metric) & (metrics["split"] == split)]
+    if rows.empty:
+        raise UserInputError(f"tuning objective {metric}[{split}] is missing from the trial's metrics")
+    final = rows[rows["epoch"].isna()]
+    if final.empty:
+        final = rows[rows["epoch"] == rows["epoch"].max()]
+    value = float(final["value"].mean())
+    return value if math.isfinite(value) else float("-inf")
+
+
+def _suggest(trial, param: SearchParam):
+    if param.choices:
+        return trial.suggest_categorical(param.key, list(param.choices))
+    if param.integer:
+        return trial.suggest_int(param.key, int(param.low), int(param.high), log=param.log)
+    return trial.suggest_float(param.key, param.low, param.high, log=param.log)
+
+
+def _assignment(key: str, value) -> str:
+    return f"{key}={json.dumps(value) if isinstance(value, bool) else value}"
+
+
+def study_name(suite: str, method: str, profile: str) -> str:
+    return f"{suite}-{method}-{profile}"
+
+
+def _resolve(options: TuneOptions) -> tuple[SuiteSpec, list[MethodSpec]]:
+    spec = REGISTRY.suite(options.suite)
+    if spec.tuning_objective is None:
+        raise UserInputError(f"suite {spec.name!r} declares no validation objective to tune on")
+    names = options.methods or [m.name for m in REGISTRY.methods(spec.name)]
+    methods = [REGISTRY.method(spec.name, name) for name in names]
+    if options.trials < 1:
+        raise UserInputError(f"--trials must be at least 1, got {options.trials}")
+    if options.profile not in spec.profiles:
+        raise UserInputError(f"unknown profile {options.profile!r}; choose from: {', '.join(spec.profiles)}")
+    return spec, methods
+
+
+def tune_suite(options: TuneOptions) -> pd.DataFrame:
+    import optuna
+
+    from benchmark.runner import RunOptions, run_suite
+
+    spec, methods = _resolve(options)
+    metric, split = spec.tuning_objective
+    tuning_dir = Path(options.results_dir) / spec.name / "tuning"
+    tuning_dir.mkdir(parents=True, exist_ok=True)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable enough
+    with locked(tuning_dir / ".create.lock"):  # concurrent workers: one creates the schema, the others wait
+        storage = optuna.storages.RDBStorage(f"sqlite:///{tuning_dir / 'optuna.db'}", heartbeat_interval=60,
+                                             grace_period=180, engine_kwargs={"connect_args": {"timeout": 60}})
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    for method in methods:
+        study = optuna.create_study(study_name=study_name(spec.name, method.name, options.profile), storage=storage,
+                                    direction="maximize", load_if_exists=True,
+                                    sampler=optuna.samplers.TPESampler(seed=options.seed))
+        optuna.storages.fail_stale_trials(study)  # trials a killed worker left RUNNING
+
+        def objective(trial, method=method):
+            values = {p.key: _suggest(trial, p) for p in method.search_space}
+            run = RunOptions(suite=spec.name, methods=[method.name], seeds=[options.seed], profile=options.profile,
+                             overrides=[*options.overrides, *(_assignment(k, v) for k, v in values.items())],
+                             results_dir=tuning_dir / "trials", cache_dir=options.cache_dir, device=options.device,
+                             threads=options.threads, resume=True)
+            return objective_value(run_suite(run), metric, split)
+
+        done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+        # a method without a search space still runs once: its untuned value is part of the table
+        budget = options.trials if method.search_space else 1
+        if budget > done:
+            # outputs after every trial: a study stopped by a kill or a wall budget leaves them current
+            study.optimize(objective, n_trials=budget - done, timeout=options.timeout,
+                           callbacks=[lambda *_: write_outputs(spec, storage, options.profile, tuning_dir)])
+    return write_outputs(spec, storage, options.profile, tuning_dir, figures=True)
+
+
+def write_outputs(spec: SuiteSpec, storage, profile: str, tuning_dir: Path, figures: bool = False) -> pd.DataFrame:
+    """``trials.csv`` and ``best.json`` over every study of the suite in ``storage`` (workers tuning other methods
+    included). Equal budget: each method's best is taken over its first k completed trials, k the smallest number
+    of completed trials of any method with a search space, so a method that got more trials (a faster worker) has
+    no advantage."""
+    import optuna
+
+    names = set(optuna.get_all_study_names(storage))
+    studies = {m.name: (m, optuna.load_study(study_name=study_name(spec.name, m.name, profile), storage=storage))
+               for m in REGISTRY.methods(spec.name) if study_name(spec.name, m.name, profile) in names}
+    complete = {name: [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+                for name, (_, study) in studies.items()}
+    budget = min((len(complete[n]) for n, (m, _) in studies.items() if m.search_space and complete[n]), default=0)
+    rows, best = [], {}
+    for name, (method, study) in studies.items():
+        counted = complete[name][:budget] if method.search_space else complete[name][:1]
+        for t in study.trials:
+            rows.append({"method": name, "trial": t.number, "state": t.state.name, "value": t.value,
+                         "counted": t in counted, **{f"param:{k}": v for k, v in t.params.items()}})
+        if counted:
+            top = max(counted, key=lambda t: t.value)
+            best[name] = {"value": top.value, "params": top.params, "trial": top.number, "trials": len(counted),
+                          "untuned_value": counted[0].value if not method.search_space else None}
+    trials = pd.DataFrame(rows)
+    atomic_write_csv(tuning_dir / "trials.csv", trials)
+    payload = {"suite": spec.name, "profile": profile, "objective": list(spec.tuning_objective),
+               "trials_per_method": budget, "methods": best}
+    if figures:
+        for name, (method, _) in studies.items():
+            if name in best and method.search_space:
+                best[name]["importance"] = _importances(complete[name][:budget])
+        from paper_figures.tuning_figures import sensitivity
+
+        for name, (method, _) in studies.items():
+            frame = trials[(trials["method"] == name) & trials["counted"]]
+            if not frame.empty and method.search_space:
+                sensitivity(frame, spec.tuning_objective, tuning_dir / "figures" / f"sensitivity_{name}.png")
+    atomic_write_text(tuning_dir / "best.json", json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    return trials
+
+
+def _importances(counted) -> dict[str, float]:
+    """fANOVA parameter importances (Optuna's) over the counted trials; empty where they cannot support it."""
+    import optuna
+
+    if len(counted) < 2 or len({t.value for t in counted}) < 2:
+        return {}
+    counted_only = optuna.create_study(direction="maximize")
+    counted_only.add_trials(counted)
+    try:
+        return {k: round(float(v), 4) for k, v in optuna.importance.get_param_importances(counted_only).items()}
+    except (RuntimeError, ValueError, ZeroDivisionError):
+        return {}
+
+
+def load_params(path: Path, suite: str) -> dict[str, list[str]]:
+    """``best.json`` → per method, the ``section.key=value`` overrides ``run --params`` applies to that method."""
+    try:
+        payload = json.loads(Path(path).read_text())
+        methods = payload["methods"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserInputError(f"--params {path}: not a best.json written by `benchmark tune` ({err})") from None
+    if payload.get("suite") != suite:
+        raise UserInputError(f"--params {path} was tuned for suite {payload.get('suite')!r}, not {suite!r}")
+    return {name: [_assignment(k, v) for k, v in sorted(entry["params"].items())] for name, entry in methods.items()}

@@ -1,0 +1,103 @@
+"""``benchmark tune``: the objective read from val rows, equal budgets, resumable studies, best.json read by run."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+import pytest
+
+from benchmark.registry import REGISTRY, MethodSpec, SearchParam, SuiteSpec
+from benchmark.runner import CellResult, RunOptions, run_suite
+from benchmark.tune import TuneOptions, load_params, objective_value, tune_suite
+from cvpdl.errors import UserInputError
+
+
+def test_objective_is_the_last_epoch_or_the_final_row():
+    rows = pd.DataFrame({"epoch": [1, 2, 2, None], "split": ["val", "val", "val", "test"],
+                         "metric": ["top1"] * 4, "value": [0.1, 0.4, 0.6, 0.9]})
+    assert objective_value(rows, "top1", "val") == pytest.approx(0.5)  # mean of epoch 2's rows, never test
+    final = pd.concat([rows, pd.DataFrame({"epoch": [None], "split": ["val"], "metric": ["top1"], "value": [0.7]})])
+    assert objective_value(final, "top1", "val") == pytest.approx(0.7)
+    with pytest.raises(UserInputError, match="missing"):
+        objective_value(rows, "AP", "val")
+
+
+@dataclass(frozen=True)
+class KnobConfig:
+    x: float = 0.9
+
+
+def _run_cell(run, shared, method, seed, generator):
+    score = -(run.cfg["knob"]["x"] - 0.3) ** 2  # best at x = 0.3
+    return CellResult([{"epoch": 1, "split": "val", "metric": "score", "value": score},
+                       {"epoch": None, "split": "test", "metric": "score", "value": 10 + score}])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def knob_suite():
+    if "knob" not in {s.name for s in REGISTRY.suites()}:
+        REGISTRY.register_suite(SuiteSpec(name="knob", question="q", dataset="none", config={"knob": KnobConfig},
+                                          profiles={"quick": {}}, prepare=lambda run: None, run_cell=_run_cell,
+                                          baseline="fixed", headline=(("score", "test"),),
+                                          tuning_objective=("score", "val")))
+        REGISTRY.register_method(MethodSpec("fixed", "knob", "test-only", build=lambda cfg: None))
+        REGISTRY.register_method(MethodSpec("tunable", "knob", "test-only", build=lambda cfg: None,
+                                            search_space=(SearchParam("knob.x", 0.0, 1.0),)))
+
+
+def test_tune_gives_each_method_its_budget_and_run_reads_best_json(tmp_path):
+    options = TuneOptions(suite="knob", trials=6, profile="quick", results_dir=tmp_path, cache_dir=tmp_path / "c")
+    trials = tune_suite(options)
+    assert (trials["method"] == "tunable").sum() == 6
+    assert (trials["method"] == "fixed").sum() == 1  # nothing to tune: its untuned value, once
+    best = json.loads((tmp_path / "knob" / "tuning" / "best.json").read_text())
+    x = best["methods"]["tunable"]["params"]["knob.x"]
+    assert best["methods"]["tunable"]["value"] == pytest.approx(-(x - 0.3) ** 2)
+    assert best["methods"]["tunable"]["value"] == max(trials.loc[trials["method"] == "tunable", "value"])
+    assert (tmp_path / "knob" / "tuning" / "figures" / "sensitivity_tunable.png").is_file()
+
+    again = tune_suite(options)  # a finished study is not extended: same trials
+    pd.testing.assert_frame_equal(trials, again)
+
+    params = load_params(tmp_path / "knob" / "tuning" / "best.json", "knob")
+    assert params["tunable"] == [f"knob.x={x}"]
+    metrics = run_suite(RunOptions(suite="knob", seeds=[0], profile="quick", results_dir=tmp_path / "final",
+                                   cache_dir=tmp_path / "c", params=tmp_path / "knob" / "tuning" / "best.json"))
+    test = metrics[metrics["split"] == "test"].set_index("method")["value"]
+    assert test["tunable"] == pytest.approx(10 - (x - 0.3) ** 2)  # the tuned value reached this method's cells
+    assert test["fixed"] == pytest.approx(10 - 0.36)  # and only this method's
+    with pytest.raises(UserInputError, match="suite"):
+        load_params(tmp_path / "knob" / "tuning" / "best.json", "detr")
+
+
+def test_killed_tune_resumes_and_run_reads_its_best_json(tmp_path):
+    """Real suite, quick profile: 2 methods x 2 trials, SIGKILLed after its first trial, then resumed."""
+    command = [sys.executable, "-m", "benchmark", "tune", "--suite", "detr", "--methods", "detr", "dab_detr",
+               "--trials", "2", "--profile", "quick", "--threads", "1", "--results-dir", str(tmp_path / "r"),
+               "--cache-dir", str(tmp_path / "c")]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    cells = tmp_path / "r" / "detr" / "tuning" / "trials" / "detr" / "cells"
+    deadline = time.time() + 300
+    while not list(cells.glob("*/*/DONE")) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    trials = pd.read_csv(tmp_path / "r" / "detr" / "tuning" / "trials.csv")
+    complete = trials[trials["state"] == "COMPLETE"].groupby("method").size().to_dict()
+    assert complete == {"detr": 2, "dab_detr": 2}
+    best = tmp_path / "r" / "detr" / "tuning" / "best.json"
+    run = subprocess.run([sys.executable, "-m", "benchmark", "run", "--suite", "detr", "--methods", "detr",
+                          "--seeds", "0", "--profile", "quick", "--threads", "1", "--params", str(best),
+                          "--results-dir", str(tmp_path / "final"), "--cache-dir", str(tmp_path / "c")],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    recorded = json.loads((tmp_path / "final" / "detr" / "run.json").read_text())
+    assert recorded["params"]["detr"] == load_params(best, "detr")["detr"]
