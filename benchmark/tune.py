@@ -63,6 +63,15 @@ def _assignment(key: str, value) -> str:
     return f"{key}={json.dumps(value) if isinstance(value, bool) else value}"
 
 
+def default_values(options: TuneOptions, method: MethodSpec) -> dict:
+    """The method's untuned values of its search space, as ``run`` resolves them for this profile."""
+    from benchmark.runner import RunOptions, resolve
+
+    cfg = resolve(RunOptions(suite=options.suite, methods=[method.name], profile=options.profile,
+                             overrides=list(options.overrides)))[2]
+    return {p.key: cfg[p.key.split(".", 1)[0]][p.key.split(".", 1)[1]] for p in method.search_space}
+
+
 def study_name(suite: str, method: str, profile: str) -> str:
     return f"{suite}-{method}-{profile}"
 
@@ -98,8 +107,13 @@ def tune_suite(options: TuneOptions) -> pd.DataFrame:
     for method in methods:
         study = optuna.create_study(study_name=study_name(spec.name, method.name, options.profile), storage=storage,
                                     direction="maximize", load_if_exists=True,
-                                    sampler=optuna.samplers.TPESampler(seed=options.seed))
+                                    # random start-up trials, then TPE: a third of the budget (Optuna's 10
+                                    # would be most of it)
+                                    sampler=optuna.samplers.TPESampler(
+                                        seed=options.seed, n_startup_trials=min(10, max(3, options.trials // 3))))
         optuna.storages.fail_stale_trials(study)  # trials a killed worker left RUNNING
+        if not study.trials and method.search_space:  # trial 0 is the default config: "how much did tuning move it"
+            study.enqueue_trial(default_values(options, method), user_attrs={"default": True})
 
         def objective(trial, method=method):
             values = {p.key: _suggest(trial, p) for p in method.search_space}
@@ -140,9 +154,11 @@ def write_outputs(spec: SuiteSpec, storage, profile: str, tuning_dir: Path, figu
                          "counted": t in counted, **{f"param:{k}": v for k, v in t.params.items()}})
         if counted:
             top = max(counted, key=lambda t: t.value)
+            defaults = [t.value for t in counted if t.user_attrs.get("default")]
             best[name] = {"value": top.value, "params": top.params, "trial": top.number, "trials": len(counted),
-                          "untuned_value": counted[0].value if not method.search_space else None}
-    trials = pd.DataFrame(rows)
+                          "default_value": defaults[0] if defaults else (None if method.search_space
+                                                                          else counted[0].value)}
+    trials = pd.DataFrame(rows, columns=["method", "trial", "state", "value", "counted"] if not rows else None)
     atomic_write_csv(tuning_dir / "trials.csv", trials)
     payload = {"suite": spec.name, "profile": profile, "objective": list(spec.tuning_objective),
                "trials_per_method": budget, "methods": best}
@@ -166,6 +182,7 @@ def _importances(counted) -> dict[str, float]:
 
     if len(counted) < 2 or len({t.value for t in counted}) < 2:
         return {}
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     counted_only = optuna.create_study(direction="maximize")
     counted_only.add_trials(counted)
     try:
