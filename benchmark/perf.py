@@ -41,7 +41,6 @@ from cvpdl.detection.matcher import MatcherCosts
 from cvpdl.detection.training import batch
 from cvpdl.evaluation.coco_eval import STAT_NAMES, evaluate_detections
 
-DETR_METHODS = ("detr", "dab_detr", "dn_dab_detr")
 HF_DETR = "hf_detr"
 
 
@@ -156,7 +155,7 @@ def training_throughput(report: PerfReport, device: torch.device, steps: int, ca
     world = config_lib.section_config(cfg, "world", DigitsWorldConfig)
     split = load_digits_split(world, "train", batch_size * (steps + 4), world.seed, cache_dir)
     batches = [batch(split, list(range(i * batch_size, (i + 1) * batch_size)), device) for i in range(steps + 4)]
-    names = list(DETR_METHODS)
+    names = REGISTRY.method_names("detr")
     try:
         import transformers  # noqa: F401
         names.append(HF_DETR)
@@ -282,14 +281,14 @@ def goals(report: PerfReport) -> list[tuple[str, str, bool]]:
     """(goal, measured, met) — the targets of the performance issue against what this run measured."""
     out = []
     hf = report.get("train", f"{HF_DETR} images/s")
-    for name in DETR_METHODS:
+    for name in REGISTRY.method_names("detr"):
         ratio = report.get("train", f"{name} images/s") / hf
         out.append((f"{name} training ≥ 1.5× HF DETR images/s", f"{ratio:.2f}×", bool(ratio >= 1.5)))
     speedup = report.get("evaluator", "speed-up over pycocotools")
     diff = report.get("evaluator", "largest |Δ| over the 12 COCO stats")
     out.append(("evaluator ≥ 10× pycocotools, identical stats", f"{speedup:.1f}×, largest |Δ| {diff:.1e}",
                 bool(speedup >= 10 and diff < 1e-9)))
-    for name in DETR_METHODS:
+    for name in REGISTRY.method_names("detr"):
         share = report.get("train", f"{name} utilisation of matmul peak")
         out.append((f"{name} ≥ 30% of measured matmul FLOP/s", f"{100 * share:.1f}%", bool(share >= 0.3)))
     ovd = report.get("suites", "ovd default wall time")

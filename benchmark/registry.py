@@ -121,6 +121,10 @@ class Registry:
     def methods(self, suite: str) -> list[MethodSpec]:
         return list(self._methods[self.suite(suite).name].values())
 
+    def method_names(self, suite: str, present=None) -> list[str]:
+        """The suite's method names in registry order (the only list of them), optionally only those in ``present``."""
+        return [m.name for m in self.methods(suite) if present is None or m.name in set(present)]
+
     def method(self, suite: str, name: str) -> MethodSpec:
         known = self._methods[self.suite(suite).name]
         if name not in known:

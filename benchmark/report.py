@@ -418,7 +418,33 @@ def limitations(spec: SuiteSpec, frame: pd.DataFrame, run: dict, tested: dict[st
     return lines
 
 
-def summary_markdown(spec: SuiteSpec, frame: pd.DataFrame, timings: pd.DataFrame | None, run: dict) -> str:
+def tuning_lines(suite_dir: Path, frame: pd.DataFrame, run: dict) -> list[str]:
+    """What the equal tuning budget did, from ``tuning/best.json`` (val objective, seed 0 of the study) and whether
+    this run used it (run.json ``params``); test numbers of the tuned methods come from this run's metrics."""
+    path = suite_dir / "tuning" / "best.json"
+    if not path.is_file():
+        return ["No tuning study: every method ran with its default values."]
+    best = json.loads(path.read_text())
+    metric, split = best["objective"]
+    used = run.get("params") or {}
+    lines = [f"Study: `tuning/` ({best['profile']} profile, objective {metric}[{split}] on the tuning seed, "
+             f"{best['trials_per_method']} trials counted per method with a search space, trial 0 = the defaults). "
+             + ("This run used the tuned values." if used else "This run did **not** use them (no `--params`).")]
+    for name, entry in best["methods"].items():
+        default = entry.get("default_value")
+        moved = (f"{_fmt(default)} → {_fmt(entry['value'])}" if default is not None and entry["params"]
+                 else f"{_fmt(entry['value'])} (nothing to tune)")
+        values = ", ".join(f"`{k}={v:.4g}`" if isinstance(v, float) else f"`{k}={v}`"
+                           for k, v in sorted(entry["params"].items()))
+        lines.append(f"`{name}`: {metric}[{split}] default → tuned {moved}" + (f"; {values}" if values else "")
+                     + ("" if name in used or not entry["params"] else " (not applied in this run)"))
+    lines.append("The default configuration was not rerun on the final seeds: default → tuned is a validation "
+                 "number of the study's seed, not a test number.")
+    return lines
+
+
+def summary_markdown(spec: SuiteSpec, frame: pd.DataFrame, timings: pd.DataFrame | None, run: dict,
+                     suite_dir: Path | None = None) -> str:
     rows = summary_rows(frame)
     shown, intervals = _value_cells(frame, rows)
     seeds_per_row = final_metrics(frame).groupby(["method", "metric", "split"], sort=False)["seed"].nunique()
@@ -444,6 +470,9 @@ def summary_markdown(spec: SuiteSpec, frame: pd.DataFrame, timings: pd.DataFrame
                   "Holm's step-down holds that claim's raw p to here, 0.05 / (number of claims not yet rejected "
                   "before it).\n\n", _markdown(claims_table(tested)), "\n"]
     parts += ["## Final metrics (mean ± std over seeds, 95% t-interval)\n\n", _markdown(table), "\n"]
+    if suite_dir is not None:
+        parts += ["## Tuning (the same budget for every method, on val)\n\n",
+                  *[f"- {line}\n" for line in tuning_lines(suite_dir, frame, run)], "\n"]
     if spec.baseline and spec.baseline in set(frame["method"]):
         paired = paired_rows(frame, spec.baseline)
         paired = paired[~paired["metric"].isin(CENSORED_METRICS)].reset_index(drop=True)
@@ -505,7 +534,7 @@ def render_suite(suite: str, suite_dir: Path) -> list[Path]:
     frame, timings, run = load_suite(suite_dir)
     if frame.empty:
         raise UserInputError(f"{suite_dir / 'metrics.csv'} holds no rows")
-    atomic_write_text(suite_dir / "summary.md", summary_markdown(spec, frame, timings, run))
+    atomic_write_text(suite_dir / "summary.md", summary_markdown(spec, frame, timings, run, suite_dir))
     atomic_write_text(suite_dir.parent / "REPORT.md", report_markdown(suite_dir.parent))
     from paper_figures import render_suite_figures
 
@@ -546,6 +575,7 @@ def report_markdown(results_dir: Path) -> str:
             for name in section.figures:
                 caption = CAPTIONS.get(spec.name, {}).get(name, "")
                 parts.append(f"![{name}]({spec.name}/figures/{name}.png)\n\n*Figure `{name}`.* {caption}\n\n")
+        parts += ["### Tuning\n\n", *[f"- {line}\n" for line in tuning_lines(suite_dir, frame, run)], "\n"]
         limits.append(f"### `{spec.name}`\n\n" + "".join(
             f"- {line}\n" for line in limitations(spec, frame, run, _tested_family(spec, frame))) + "\n")
     if limits:

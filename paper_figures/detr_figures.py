@@ -6,10 +6,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from paper_figures.style import SuiteInputs, t_interval
-
-METHOD_ORDER = ["detr", "dab_detr", "dn_dab_detr"]
-
+from paper_figures.style import SuiteInputs, method_order, t_interval
 
 def _curves(inputs: SuiteInputs, metric: str) -> pd.DataFrame:
     m = inputs.metrics
@@ -21,7 +18,7 @@ def _line(inputs: SuiteInputs, metric: str, ylabel: str, title: str):
     if curves.empty:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    order = [m for m in METHOD_ORDER if m in set(curves["method"])]
+    order = method_order(curves)
     sns.lineplot(curves, x="epoch", y="value", hue="method", hue_order=order, errorbar=t_interval, marker="o",
                  ax=ax)
     ax.set_ylabel(ylabel)
@@ -44,7 +41,7 @@ def cross_attn_sparsity(inputs: SuiteInputs):
     if curves.empty:
         return None
     curves = curves.assign(layer=curves["metric"].str.replace("cross_attn_neg_entropy_l", "layer ", regex=False))
-    order = [x for x in METHOD_ORDER if x in set(curves["method"])]
+    order = method_order(curves)
     grid = sns.relplot(curves, x="epoch", y="value", hue="method", hue_order=order, col="layer", kind="line",
                        errorbar=t_interval, height=3.2, aspect=1.0, facet_kws={"sharey": False})
     grid.set_ylabels("Σ p log p (higher = sparser)")

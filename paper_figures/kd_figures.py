@@ -2,27 +2,18 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
-import pandas as pd
 import seaborn as sns
 
 from paper_figures.bars import grouped_bars
 from cvpdl.evaluation.stats import summarize
-from paper_figures.style import SuiteInputs, final, t_interval
-
-METHOD_ORDER = ["student_baseline", "logit_kd", "gld", "fitnet", "reverse_feature_kd"]
-
-
-def _methods(frame: pd.DataFrame) -> list[str]:
-    present = set(frame["method"])
-    return [m for m in METHOD_ORDER if m in present]
-
+from paper_figures.style import SuiteInputs, final, method_order, t_interval
 
 def kd_accuracy(inputs: SuiteInputs):
     frame = final(inputs.metrics, "top1_last")
     if frame.empty:
         return None
     fig, ax = plt.subplots(figsize=(7, 3.8))
-    grouped_bars(ax, frame.assign(hue="student top-1 (last epoch)"), "method", "hue", _methods(frame),
+    grouped_bars(ax, frame.assign(hue="student top-1 (last epoch)"), "method", "hue", method_order(frame),
                  ["student top-1 (last epoch)"])
     teacher = final(inputs.metrics, "teacher_top1")["value"].mean()
     ax.axhline(teacher, c="black", ls="--", lw=1, label=f"teacher {teacher:.3f}")
@@ -47,7 +38,7 @@ def kd_curves(inputs: SuiteInputs):
     if curves.empty:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    sns.lineplot(curves, x="epoch", y="value", hue="method", hue_order=_methods(curves), errorbar=t_interval,
+    sns.lineplot(curves, x="epoch", y="value", hue="method", hue_order=method_order(curves), errorbar=t_interval,
                  ax=ax)
     ax.set_ylabel("validation top-1 (mean, 95% t-interval)")
     ax.set_title("Training curves")
@@ -58,13 +49,21 @@ def intrinsic_dimension(inputs: SuiteInputs):
     frame = final(inputs.metrics, "intrinsic_dim")
     if frame.empty:
         return None
-    frame = frame.assign(model=frame["split"] + " (" + frame["method"] + ")")
-    order = list(dict.fromkeys(frame.sort_values(["split", "method"])["model"]))
-    fig, ax = plt.subplots(figsize=(8, 3.8))
+    # one teacher per seed is shared by every method: draw it once; students per method
+    methods = method_order(frame)
+    shared = frame["split"].isin(["teacher"]) & (frame["method"] != methods[0])
+    frame = frame[~shared]
+    names = {"teacher": "teacher", "student_alone": "student alone", "teacher_after_reverse": "teacher after reverse"}
+    frame = frame.assign(model=[names.get(split) or f"student: {method}"
+                                for split, method in zip(frame["split"], frame["method"])])
+    rank = {"teacher": 0, "student_alone": 1, "student": 2, "teacher_after_reverse": 3}
+    frame = frame.assign(rank=frame["split"].map(rank).fillna(9), m=frame["method"].map(methods.index))
+    order = list(dict.fromkeys(frame.sort_values(["rank", "m"], kind="stable")["model"]))
+    fig, ax = plt.subplots(figsize=(9, 4.2))
     grouped_bars(ax, frame.assign(hue="TwoNN"), "model", "hue", order, ["TwoNN"])
-    ax.set_ylabel("intrinsic dimension (mean, 95% t-interval)")
+    ax.set_ylabel("intrinsic dimension\n(mean, 95% t-interval)")
     ax.set_title("Intrinsic dimension (TwoNN; same test samples for every model)")
-    ax.tick_params(axis="x", labelrotation=20)
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
     return fig
 
 

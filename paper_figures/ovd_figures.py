@@ -5,15 +5,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from paper_figures.bars import grouped_bars
-from paper_figures.style import SuiteInputs, final
+from paper_figures.style import SuiteInputs, final, method_order
 
-METHOD_ORDER = ["clip_crop", "clip_roi", "regionclip"]
 SPLITS = ["base", "novel", "all"]
-
-
-def _methods(frame: pd.DataFrame) -> list[str]:
-    present = list(dict.fromkeys(frame["method"]))
-    return [m for m in METHOD_ORDER if m in present] + [m for m in present if m not in METHOD_ORDER]
 
 
 def fig1a_score_vs_iou(inputs: SuiteInputs):
@@ -21,7 +15,7 @@ def fig1a_score_vs_iou(inputs: SuiteInputs):
     if points is None or points.empty:
         return None
     rho = final(inputs.metrics, "score_iou_spearman")
-    methods = _methods(points)
+    methods = method_order(points)
     fig, axes = plt.subplots(1, len(methods), figsize=(4 * len(methods), 3.6), sharey=True, squeeze=False)
     for ax, method in zip(axes[0], methods):
         sub = points[points["method"] == method]
@@ -38,7 +32,7 @@ def fig1b_crop_vs_image(inputs: SuiteInputs):
     m = inputs.metrics
     rows = []
     image = final(m, "clip_zs_top1_image")
-    image = image[(image["split"] == "all") & (image["method"] == _methods(m)[0])]
+    image = image[(image["split"] == "all") & (image["method"] == method_order(m)[0])]
     rows.append(image.assign(group="whole image"))
     labels = {"clip_crop": "GT crop (clip_crop)", "clip_roi": "GT RoIAlign (clip_roi)",
               "regionclip": "GT RoIAlign (regionclip)"}
@@ -66,7 +60,7 @@ def _per_split(inputs: SuiteInputs, metric: str, ylabel: str, title: str):
     if frame.empty:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    grouped_bars(ax, frame, "method", "split", _methods(frame), [s for s in SPLITS if s in set(frame["split"])])
+    grouped_bars(ax, frame, "method", "split", method_order(frame), [s for s in SPLITS if s in set(frame["split"])])
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(title="classes", frameon=False)

@@ -28,6 +28,11 @@ def load_inputs(suite_dir: Path) -> SuiteInputs:
     return SuiteInputs(read_metrics(suite_dir / "metrics.csv"), tables)
 
 
+def method_order(frame: pd.DataFrame) -> list[str]:
+    """Methods in the order of their rows: metrics.csv is written in registry order, the only list of methods."""
+    return list(dict.fromkeys(frame["method"]))
+
+
 def final(metrics: pd.DataFrame, metric: str) -> pd.DataFrame:
     return metrics[metrics["epoch"].isna() & (metrics["metric"] == metric)]
 

@@ -1,6 +1,7 @@
 import os
 import runpy
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -21,3 +22,24 @@ def cache_dir(tmp_path_factory) -> Path:
     """One artefact cache (digits world, CLIP, localizer) for the whole test session."""
     path = Path(os.environ.get("CVPDL_TEST_CACHE") or tmp_path_factory.mktemp("cache"))
     return path
+
+
+class CliResult(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``python -m benchmark`` in-process (fast): ``cli("run", ...)`` → (returncode, stdout, stderr)."""
+    from benchmark.cli import main
+
+    def run(*args) -> CliResult:
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:
+            code = exit_.code
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+    return run

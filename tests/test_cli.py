@@ -2,25 +2,10 @@
 import json
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 
-from benchmark.cli import main
 from tests.test_coco_eval import gt_as_detections, make_gt
-
-
-@pytest.fixture
-def cli(capsys):
-    """Run the CLI in-process (fast); ``test_list_shows_the_three_suites`` covers ``python -m benchmark`` itself."""
-    def run(*args):
-        try:
-            code = main(list(args))
-        except SystemExit as exit_:
-            code = exit_.code
-        captured = capsys.readouterr()
-        return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
-    return run
 
 
 def test_list_shows_the_three_suites():

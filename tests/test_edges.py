@@ -47,18 +47,6 @@ def edges_suite():
         REGISTRY.register_method(MethodSpec("a", "edges", "test-only", build=lambda cfg: None))
 
 
-@pytest.fixture
-def cli(capsys):
-    def run(*args):
-        try:
-            code = main(list(args))
-        except SystemExit as exit_:
-            code = exit_.code
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-    return run
-
-
 def _run_args(results_dir: Path, *extra: str) -> list[str]:
     return ["run", "--suite", "edges", "--profile", "quick", "--seeds", "0", "--results-dir", str(results_dir),
             "--cache-dir", str(results_dir / "cache"), *extra]

@@ -101,3 +101,20 @@ def test_killed_tune_resumes_and_run_reads_its_best_json(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     recorded = json.loads((tmp_path / "final" / "detr" / "run.json").read_text())
     assert recorded["params"]["detr"] == load_params(best, "detr")["detr"]
+
+
+def test_report_says_how_much_tuning_moved_each_method(tmp_path):
+    from benchmark.report import tuning_lines
+
+    (tmp_path / "tuning").mkdir()
+    (tmp_path / "tuning" / "best.json").write_text(json.dumps({
+        "suite": "knob", "profile": "default", "objective": ["score", "val"], "trials_per_method": 4,
+        "methods": {"tunable": {"value": 0.5, "default_value": 0.25, "params": {"knob.x": 0.3}, "trials": 4},
+                    "fixed": {"value": 0.1, "default_value": 0.1, "params": {}, "trials": 1}}}))
+    lines = tuning_lines(tmp_path, pd.DataFrame(), {"params": {"tunable": ["knob.x=0.3"]}})
+    assert "4 trials counted per method" in lines[0] and "used the tuned values" in lines[0]
+    assert lines[1] == "`tunable`: score[val] default → tuned 0.250 → 0.500; `knob.x=0.3`"
+    assert lines[2] == "`fixed`: score[val] default → tuned 0.100 (nothing to tune)"
+    assert "did **not** use them" in tuning_lines(tmp_path, pd.DataFrame(), {})[0]
+    assert tuning_lines(tmp_path / "none", pd.DataFrame(), {}) == [
+        "No tuning study: every method ran with its default values."]

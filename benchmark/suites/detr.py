@@ -33,7 +33,6 @@ from cvpdl.detection.detr import Detr, DetrConfig, DetrOptions
 from cvpdl.detection.matcher import MatcherCosts
 from cvpdl.detection.training import DetrTrainConfig, evaluate, probe, train_epoch
 
-METHODS = ("detr", "dab_detr", "dn_dab_detr")
 
 
 @dataclass(frozen=True)
@@ -142,7 +141,7 @@ TRENDS = (("matching_instability", "lower"), ("cross_attn_neg_entropy", "higher"
 
 def claims(frame: pd.DataFrame) -> list[Claim]:
     """The suite's family of claims: every comparison its sections assert, Holm-adjusted together."""
-    methods = [m for m in METHODS if m in set(frame["method"])]
+    methods = REGISTRY.method_names("detr", frame["method"])
     out = [Claim(f"trend:{metric}:{m}", f"`{m}` {metric}: last − first epoch",
                  Arm(m, metric, "val", "last"), Arm(m, metric, "val", "first"))
            for metric, _ in TRENDS for m in methods]
@@ -216,7 +215,7 @@ def _a2_verdict(tested: dict[str, Tested], methods: list[str]) -> str:
 
 def _sections(frame: pd.DataFrame, timings: pd.DataFrame | None, tested: dict[str, Tested]) -> list[Section]:
     rows = summary_rows(frame)
-    methods = [m for m in METHODS if m in set(frame["method"])]
+    methods = REGISTRY.method_names("detr", frame["method"])
     a1 = []
     for metric, expected in TRENDS:
         for m in methods:

@@ -30,7 +30,6 @@ from cvpdl.distill.reverse_feature_kd import ReverseKDConfig, fit_reverse
 from cvpdl.distill.student_baseline import StudentBaseline
 from cvpdl.distill.training import ClassificationData, TrainConfig, fit_distiller, predict, top1, train
 
-METHODS = ("student_baseline", "logit_kd", "gld", "fitnet", "reverse_feature_kd")
 
 
 @dataclass(frozen=True)
@@ -151,7 +150,8 @@ def claims(frame: pd.DataFrame) -> list[Claim]:
     """The suite's family of claims: every comparison its sections assert, Holm-adjusted together."""
     methods = set(frame["method"])
     out = [Claim(f"{m}:student", f"`{m}` − `{BASE}` test top-1 (last epoch)", Arm(m, "top1_last", "test"),
-                 Arm(BASE, "top1_last", "test")) for m in METHODS[1:] if m in methods and BASE in methods]
+                 Arm(BASE, "top1_last", "test"))
+           for m in REGISTRY.method_names("kd", methods) if m != BASE and BASE in methods]
     if {"gld", "logit_kd"} <= methods:
         out.append(Claim("gld:logit_kd", "`gld` − `logit_kd` test top-1", Arm("gld", "top1_last", "test"),
                          Arm("logit_kd", "top1_last", "test")))
@@ -159,9 +159,11 @@ def claims(frame: pd.DataFrame) -> list[Claim]:
         out.append(Claim("reverse:fitnet", "`reverse_feature_kd` − `fitnet` test top-1",
                          Arm("reverse_feature_kd", "top1_last", "test"), Arm("fitnet", "top1_last", "test")))
     if "reverse_feature_kd" in methods:
-        out.append(Claim("premise:id", "teacher − student intrinsic dimension (TwoNN, `reverse_feature_kd` cells)",
+        # the paper's premise is about the student trained alone (stage 0), not the distilled one
+        out.append(Claim("premise:id", "teacher − student-alone intrinsic dimension (TwoNN, `reverse_feature_kd` "
+                                       "cells)",
                          Arm("reverse_feature_kd", "intrinsic_dim", "teacher"),
-                         Arm("reverse_feature_kd", "intrinsic_dim", "student")))
+                         Arm("reverse_feature_kd", "intrinsic_dim", "student_alone")))
     return out
 
 
@@ -200,8 +202,8 @@ def _sections(frame: pd.DataFrame, timings: pd.DataFrame | None, tested: dict[st
     first = sorted(methods)[0]
     lines = [f"Teacher test top-1 {describe(rows, first, 'teacher_top1', 'test')}; student alone "
              f"{describe(rows, BASE, 'top1_last', 'test')}."]
-    for m in METHODS[1:]:
-        if m in methods:
+    for m in REGISTRY.method_names("kd", methods):
+        if m != BASE:
             extra = cell(rows, m, "extra_params", "test")
             lines.append(f"`{m}` top-1 (last epoch) {describe(rows, m, 'top1_last', 'test')}"
                          + (f"; vs `{BASE}` {t.line()}" if (t := tested.get(f"{m}:student")) is not None else "")
@@ -228,14 +230,15 @@ def _sections(frame: pd.DataFrame, timings: pd.DataFrame | None, tested: dict[st
         lines = []
         if (t := tested.get("reverse:fitnet")) is not None:
             lines.append(f"`reverse_feature_kd` vs `fitnet`, top-1: {t.line()}.")
-        splits = ("teacher", "student", "teacher_after_reverse")
+        splits = ("teacher", "student_alone", "student", "teacher_after_reverse")
         lines.append("TwoNN intrinsic dimension of the embeddings: teacher "
-                     f"{describe(rows, 'reverse_feature_kd', 'intrinsic_dim', 'teacher')}, reverse-distilled "
+                     f"{describe(rows, 'reverse_feature_kd', 'intrinsic_dim', 'teacher')}, student trained alone "
+                     f"{describe(rows, 'reverse_feature_kd', 'intrinsic_dim', 'student_alone')}, reverse-distilled "
                      f"student {describe(rows, 'reverse_feature_kd', 'intrinsic_dim', 'student')}, teacher "
                      f"after reverse distillation "
                      f"{describe(rows, 'reverse_feature_kd', 'intrinsic_dim', 'teacher_after_reverse')}.")
         if (t := tested.get("premise:id")) is not None:
-            lines.append(f"Teacher − student intrinsic dimension, paired by seed: {t.line()}.")
+            lines.append(f"Teacher − student-alone intrinsic dimension, paired by seed: {t.line()}.")
         mle = " / ".join(describe(rows, "reverse_feature_kd", "intrinsic_dim_mle", s) for s in splits)
         order = _mle_order(rows, splits)
         lines.append(f"MLE estimates (teacher / student / teacher after reverse): {mle}"

@@ -33,7 +33,6 @@ from cvpdl.ovd.region_classifier import OvdContext
 from cvpdl.ovd.regionclip import RegionClip, RegionClipConfig
 from cvpdl.ovd.tiny_clip_training import train_clip
 
-METHODS = ("clip_crop", "clip_roi", "regionclip")
 
 
 @dataclass(frozen=True)
@@ -276,12 +275,12 @@ def _sections(frame: pd.DataFrame, timings: pd.DataFrame | None, tested: dict[st
         "one prompt per class name and picks the class whose prompt is most similar to the image.",
         c1, ["fig1b_crop_vs_image"], _clip_verdict(tested.get("clip:chance")))]
     measured = [f"`{m}`: Spearman ρ between a proposal's zero-shot score and its IoU with the best ground truth "
-                f"{describe(rows, m, 'score_iou_spearman', 'all')}." for m in METHODS if m in methods]
+                f"{describe(rows, m, 'score_iou_spearman', 'all')}." for m in REGISTRY.method_names("ovd", methods)]
     sections.append(Section(
         "C2a. CLIP's region scores do not reflect localization quality (RegionCLIP Fig. 1(a))",
         "RegionCLIP observes that CLIP's score of a proposal is nearly unrelated to how well the proposal covers the "
         "object, so a detector cannot rank its boxes with it.", measured, ["fig1a_score_vs_iou"],
-        _rho_verdict(rows, [m for m in METHODS if m in methods])))
+        _rho_verdict(rows, [m for m in REGISTRY.method_names("ovd", methods)])))
     measured = []
     if (t := tested.get("crop:image")) is not None:
         measured.append(f"`clip_crop` on ground-truth crops {describe(rows, 'clip_crop', 'zs_top1', 'all')} vs the "
@@ -294,7 +293,7 @@ def _sections(frame: pd.DataFrame, timings: pd.DataFrame | None, tested: dict[st
     if timings is not None and not timings.empty:
         times = summary_rows(timings)
         cost = [f"`{m}` {cell(times, m, 'seconds_per_image', 'all')['mean'] * 1000:.1f} ms"
-                for m in METHODS if cell(times, m, 'seconds_per_image', 'all') is not None]
+                for m in REGISTRY.method_names("ovd") if cell(times, m, 'seconds_per_image', 'all') is not None]
         if cost:
             measured.append("Cost of classifying the localizer's proposals, per image (process CPU time, all "
                             "threads; machine-dependent): " + ", ".join(cost) + ".")
