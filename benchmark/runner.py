@@ -292,7 +292,11 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
             path = _cell_dir(suite_dir, cell_keys.get(method.name, cell_key), method.name, seed)
             try:
                 with tracker.run(f"{method.name}-seed{seed}", {**method_cfg, "method": method.name, "seed": seed},
-                                 {**tags, "role": "cell", "method": method.name, "seed": str(seed)},
+                                 {**tags, "role": "cell", "method": method.name, "seed": str(seed),
+                                  # declared differences from the paper's official code travel with the run
+                                  **{f"deviation.{i}": d.line()[:5000] for i, d in enumerate(method.deviations)},
+                                  **({"tuned_params": " ".join(params[method.name])} if method.name in params
+                                     else {})},
                                  nested=True) as run_id:
                     # one invocation trains a cell at a time; another one waiting here then finds it DONE
                     with locked(path.parent / f"{path.name}.lock") if world == 1 else contextlib.nullcontext():

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark.registry import REGISTRY, MethodSpec, SuiteSpec
+from benchmark.registry import REGISTRY, Deviation, MethodSpec, SuiteSpec
 from benchmark.runner import CellResult, RunOptions, run_suite
 
 CALLS = []
@@ -33,7 +33,8 @@ def toy_suite():
                                           profiles={"quick": {}}, prepare=lambda run: None, run_cell=_run_cell,
                                           baseline="a", headline=(("score", "test"),)))
         REGISTRY.register_method(MethodSpec("a", "toy", "test-only", build=lambda cfg: None))
-        REGISTRY.register_method(MethodSpec("b", "toy", "test-only", build=lambda cfg: None))
+        REGISTRY.register_method(MethodSpec("b", "toy", "test-only", build=lambda cfg: None,
+                                            deviations=(Deviation("what", "why", "--set toy.x=1"),)))
 
 
 def options(tmp_path, **kw):
@@ -64,3 +65,15 @@ def test_failed_cell_marks_mlflow_runs_and_writes_no_table(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("cvpdl-bench/toy").experiment_id])
     states = {(r.data.tags["role"], r.data.tags.get("seed")): r.info.status for r in runs}
     assert states == {("invocation", None): "FAILED", ("cell", "0"): "FINISHED", ("cell", "1"): "FAILED"}
+
+
+def test_declared_deviations_are_mlflow_tags_of_the_method_cells(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    run_suite(options(tmp_path))
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("cvpdl-bench/toy").experiment_id])
+    tags = {(r.data.tags.get("method"), r.data.tags.get("seed")): r.data.tags for r in runs
+            if r.data.tags.get("role") == "cell"}
+    assert tags[("b", "0")]["deviation.0"] == "what — why. Official: `--set toy.x=1`."
+    assert not any(k.startswith("deviation.") for k in tags[("a", "0")])
