@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 import cvpdl
+from benchmark.paths import source_digest
 from benchmark.reproducibility import hardware, hardware_signature
 
 CVPDL_ROOT = Path(cvpdl.__file__).resolve().parent
@@ -20,12 +21,9 @@ CVPDL_ROOT = Path(cvpdl.__file__).resolve().parent
 
 @functools.lru_cache(maxsize=None)
 def code_version(root: Path = CVPDL_ROOT) -> str:
-    """sha256 over the library's source files (path and bytes): an edit anywhere in ``cvpdl/`` retrains cached
-    artefacts. Coarser than the subpackages each artefact imports, but never stale; read once per process."""
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
+    """The library's source digest: an edit anywhere in ``cvpdl/`` retrains cached artefacts. Coarser than the
+    subpackages each artefact imports, but never stale; read once per process."""
+    return source_digest(root)
 
 
 def cache_key(*parts) -> str:

@@ -8,7 +8,6 @@ cached ``list`` answer at once.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -118,20 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _code_digest() -> str:
-    """Hash of every source file of the harness and library: a catalog cached under it is never stale."""
-    root = Path(__file__).resolve().parent.parent
-    digest = hashlib.sha256(sys.version.encode())
-    for path in sorted([*root.glob("benchmark/**/*.py"), *root.glob("cvpdl/**/*.py")]):
-        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
 def suite_catalog() -> list[dict]:
     """Suites, datasets, methods, papers and deviations as plain data. Building it imports every suite (torch,
     open_clip: seconds), so it is cached per code version in the cache dir and read back without those imports."""
-    cache = Path(os.environ.get("CVPDL_CACHE") or Path.home() / ".cache" / "cvpdl-bench") / "catalog"
-    path = cache / f"{_code_digest()}.json"
+    from benchmark.paths import REPO_ROOT, default_cache_dir, source_digest
+
+    path = default_cache_dir() / "catalog" / f"{source_digest(REPO_ROOT / 'benchmark', REPO_ROOT / 'cvpdl')}.json"
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):

@@ -31,6 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from benchmark import config as config_lib
+from benchmark.paths import default_cache_dir
 from benchmark.registry import REGISTRY
 from benchmark.results import atomic_write_csv, atomic_write_text
 from cvpdl.data.digits_world import DigitsWorldConfig, load_digits_split
@@ -324,7 +325,7 @@ def run_perf(options: PerfOptions) -> PerfReport:
     device = pick_device(options.device)
     threads = options.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    cache_dir = Path(options.cache_dir or Path.home() / ".cache" / "cvpdl-bench")
+    cache_dir = Path(options.cache_dir or default_cache_dir())
     report = PerfReport()
     peak = matmul_flops_per_second(device)
     report.add("machine", "fp32 matmul FLOP/s (measured)", peak / 1e9, "GFLOP/s", "best of 5 square matmuls")

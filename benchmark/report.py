@@ -102,31 +102,6 @@ def _paired(a: pd.DataFrame, b: pd.DataFrame) -> PairedTest | None:
     return paired_test(pairs["value"].tolist(), pairs["value_base"].tolist())
 
 
-def paired_comparison(frame: pd.DataFrame, method: str, baseline: str, metric: str, split: str,
-                      baseline_metric: str | None = None) -> PairedTest | None:
-    finals = final_metrics(frame)
-    return _paired(_final_values(finals, method, metric, split),
-                   _final_values(finals, baseline, baseline_metric or metric, split))
-
-
-def direction(t: PairedTest | None) -> str:
-    """"higher" / "lower" where the 95% interval of the paired difference excludes 0."""
-    if t is None or t.n < 2:
-        return "not measured"
-    return "higher" if t.ci_low > 0 else "lower" if t.ci_high < 0 else "no significant difference"
-
-
-def paired_verdict(frame: pd.DataFrame, method: str, baseline: str, metric: str, split: str,
-                   baseline_metric: str | None = None) -> str:
-    """"Δ +0.123 [+0.050, +0.190], p=0.01, n=3: higher" from a paired test over seeds."""
-    t = paired_comparison(frame, method, baseline, metric, split, baseline_metric)
-    if t is None:
-        return "not measured"
-    if t.n < 2:
-        return f"Δ {t.mean_diff:+.3f} (one seed: no interval)"
-    return f"Δ {t.mean_diff:+.3f} [{t.ci_low:+.3f}, {t.ci_high:+.3f}], p={t.p_value:.3g}, n={t.n}: {direction(t)}"
-
-
 def paired_rows(frame: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """Every final (metric, split) of every method against the same of ``baseline``, paired by seed."""
     finals = final_metrics(frame)

@@ -27,10 +27,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from benchmark.paths import REPO_ROOT
 from benchmark.results import read_metrics
 from cvpdl.errors import UserInputError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 # instruction-set extensions that select different numeric kernels (x86 and ARM); other cpuinfo flags do not
 ISA_FLAG = re.compile(r"^(sse\w*|ssse3|avx\w*|fma\w*|f16c|amx\w*|vnni|asimd\w*|sve\w*|sme\w*|bf16|fphp|i8mm)$")
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "KMP_AFFINITY", "GOMP_CPU_AFFINITY")

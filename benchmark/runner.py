@@ -33,13 +33,13 @@ from tqdm.auto import tqdm
 
 from benchmark import config as config_lib
 from benchmark import distributed, reproducibility
+from benchmark.paths import REPO_ROOT, default_cache_dir
 from benchmark.registry import REGISTRY, MethodSpec, SuiteSpec
 from benchmark.report import headline_table, render_suite
 from benchmark.results import COLUMNS, atomic_write_csv, locked, read_metrics, records_frame, write_json
 from cvpdl.errors import NonFiniteLossError, UserInputError
 
 PACKAGES = ("torch", "torchvision", "open_clip_torch", "pycocotools", "mlflow", "numpy", "scipy", "pandas", "mlxtend")
-REPO_ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("benchmark")  # progress lines; -q hides them, the CLI prints them between progress bars
 
 
@@ -262,7 +262,7 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
     results_dir = Path(options.results_dir)
     _check_writable(results_dir)
     suite_dir = results_dir / spec.name
-    cache_dir = Path(options.cache_dir or os.environ.get("CVPDL_CACHE") or Path.home() / ".cache" / "cvpdl-bench")
+    cache_dir = Path(options.cache_dir or default_cache_dir())
     run_info = {"suite": spec.name, "profile": options.profile, "methods": [m.name for m in methods],
                 "seeds": options.seeds, "config": cfg, "config_hash": cfg_hash, "params": params, **data_options,
                 "git_commit": commit, "git_dirty": dirty, "versions": versions(), "device": str(device),

@@ -272,7 +272,7 @@ PROFILES = {
 REGISTRY.register_suite(SuiteSpec(
     name="detr",
     question="Why does DETR converge slowly, and how do DAB-DETR and DN-DETR fix it?",
-    dataset="digits world detection canvases (64 px, 1-4 digits), or COCO (--data coco)",
+    dataset="digits world detection canvases (64 px, 1-4 digits), or a COCO-format dataset",
     datasets=("digits", "coco"),
     config={"world": DigitsWorldConfig, "data": DetrDataConfig, "model": DetrConfig, "train": DetrTrainConfig,
             "loss": LossWeights},

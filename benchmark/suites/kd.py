@@ -266,7 +266,7 @@ PROFILES = {
 REGISTRY.register_suite(SuiteSpec(
     name="kd",
     question="Distilling from logits (Hinton KD, GLD) vs from intermediate layers (FitNet, reverse feature KD)",
-    dataset="digits world classification (single digits on cluttered 32-px canvases), or --data imagefolder",
+    dataset="digits world classification (single digits on cluttered 32-px canvases), or an ImageFolder",
     datasets=("digits", "imagefolder"),
     config={"world": KDWorldConfig, "data": KDDataConfig, "teacher": TeacherNetConfig, "student": StudentNetConfig,
             "teacher_train": TeacherTrainConfig, "train": TrainConfig},

@@ -1,0 +1,23 @@
+"""Where cached artefacts live and what version of the code made them: light (no torch, no pandas), so that
+``list`` and ``--help`` can use it without importing the library."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_cache_dir() -> Path:
+    """``$CVPDL_CACHE``, else ``~/.cache/cvpdl-bench``: the one default of ``run``, ``tune``, ``perf`` and ``list``."""
+    return Path(os.environ.get("CVPDL_CACHE") or Path.home() / ".cache" / "cvpdl-bench")
+
+
+def source_digest(*roots: Path) -> str:
+    """sha256 over the paths and bytes of every ``*.py`` below ``roots``: changes whenever the code does."""
+    digest = hashlib.sha256()
+    for root in roots:
+        for path in sorted(Path(root).rglob("*.py")):
+            digest.update(path.relative_to(REPO_ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
