@@ -263,13 +263,13 @@ def suite_wall_times(report: PerfReport, options: PerfOptions) -> None:
 
 # Why a goal can be missed here, printed under the goals table for each goal this run missed.
 WHY_MISSED = {
-    "HF DETR": "Both detectors run the same backbone (same FLOPs per image, see the train table); its convolutions "
-               "are about half a training step on a CPU, so 1.5× overall would need the rest (transformer, "
-               "matcher, losses) about 3× faster than Hugging Face's. DAB-/DN-DETR do more work per image than "
-               "DETR by design (anchor MLPs, per-layer refinement, five denoising groups).",
+    "HF DETR": "Likely cause, not measured by this run: both detectors run the same backbone (same FLOPs per image, "
+               "see the train table), so the shared convolutions bound the ratio; DAB-/DN-DETR do more work per "
+               "image than DETR by design (anchor MLPs, per-layer refinement, five denoising groups).",
     "pycocotools": "Likely cause, not measured by this run: faster-coco-eval moves evaluate/accumulate to C++, but "
-                   "its Python-side preparation (loadRes, the per image × category IoU set-up) does not shrink with "
-                   "it, so the overall ratio stays below the C++ part's. Only the end-to-end ratio above is measured.",
+                   "its Python-side preparation (the per image × category index, the IoU set-up) does not shrink "
+                   "with it, so the overall ratio stays below the C++ part's. Only the end-to-end ratio above is "
+                   "measured.",
     "matmul FLOP/s": "Likely cause, not measured by this run: the models are tiny (d_model 64, 64-px images, 12 "
                      "queries), so a step is many small kernels with Python-side matching and loss bookkeeping "
                      "between them. The utilisation above is the only measured figure.",

@@ -182,7 +182,9 @@ class Tested:
 
     def underpowered(self) -> bool:
         """Not significant, and more seeds than were run would be needed for 80% power."""
-        return self.n >= 1 and not self.significant and not (self.seeds_needed <= self.n)
+        # n = 1 has no test and no effect size: nothing to say about power
+        return self.n >= 2 and not self.significant and not math.isnan(self.seeds_needed) \
+            and not (self.seeds_needed <= self.n)
 
     def power_note(self) -> str:
         if self.significant or self.n < 2:
@@ -467,7 +469,8 @@ def summary_markdown(spec: SuiteSpec, frame: pd.DataFrame, timings: pd.DataFrame
                               "mean ± std": [f"{m:.4g} (n=1)" if n == 1 else f"{m:.4g} ± {_fmt(s, 4)}"
                                              for m, s, n in zip(t["mean"], t["std"], t["n"])],
                               "n": t["n"]})
-        parts += ["## Timings (wall clock on the run's device; not part of metrics.csv)\n\n", _markdown(shown), "\n"]
+        parts += ["## Timings (on the run's device, machine-dependent; seconds_per_image is process CPU time, "
+                  "train_seconds wall clock; not part of metrics.csv)\n\n", _markdown(shown), "\n"]
     parts += ["## Limitations\n\n", *[f"- {line}\n" for line in limitations(spec, frame, run, tested)]]
     return "".join(parts)
 

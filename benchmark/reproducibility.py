@@ -44,7 +44,7 @@ TOLERANCES: dict[str, float] = {
     "zs_top1": 0.10, "zs_top1_image": 0.10, "clip_zs_top1_image": 0.10,  # ovd
     "AP": 0.05, "AP50": 0.05, "AP75": 0.05, "AP50_auc": 0.05, "score_iou_spearman": 0.05,
     "intrinsic_dim": 1.5, "intrinsic_dim_mle": 1.0, "pos_attn_entropy": 0.3, "pos_attn_modes": 1.0,
-    "epochs_to_target": 2.0, "student_params": 0.0, "extra_params": 0.0,
+    "epochs_to_target": 2.0, "student_params": 0.0, "extra_params": 0.0, "params": 0.0,
 }
 DEFAULT_RELATIVE_TOLERANCE = 0.10  # a metric not listed above: 10% of the committed value
 
@@ -316,7 +316,8 @@ def verify(suite: str, results_dir: Path | None = None, run: bool = False, metho
                              profile=info["profile"], results_dir=results_dir, device=device,
                              data=info.get("data", "digits"), data_root=info.get("data_root"),
                              clip=info.get("clip"), clip_weights=info.get("clip_weights"), cache_dir=cache_dir,
-                             threads=threads or info.get("threads")))
+                             threads=threads or info.get("threads"),
+                             method_overrides=info.get("params")))  # the tuned values the committed run used
         print(f"\nverify: ran {spec.name} into {results_dir}")
     comparison = compare_with_committed(spec.name, Path(results_dir or "results"), repo, methods, seeds)
     print(comparison.report())

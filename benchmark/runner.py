@@ -66,6 +66,7 @@ class RunOptions:
     resume: bool = False  # continue interrupted cells from their last per-epoch checkpoint
     config_file: Path | None = None  # YAML/JSON {section: {key: value}} over the profile; overrides still win
     params: Path | None = None  # best.json of `benchmark tune`: each method's tuned values (--set still wins)
+    method_overrides: dict[str, list[str]] | None = None  # the same as a dict (a run.json's "params"), without a file
 
 
 @dataclass
@@ -167,11 +168,11 @@ def resolve(options: RunOptions) -> tuple[SuiteSpec, list[MethodSpec], dict]:
 def tuned_configs(options: RunOptions, methods: list[MethodSpec]) -> tuple[dict[str, list[str]], dict[str, dict]]:
     """``--params best.json``: per method, its tuned ``section.key=value`` list and the config it runs with (the
     tuned values over the profile and config file; ``--set`` still wins). Methods absent from the file run as is."""
-    if options.params is None:
+    if options.params is None and not options.method_overrides:
         return {}, {}
     from benchmark.tune import load_params
 
-    tuned = load_params(options.params, options.suite)
+    tuned = load_params(options.params, options.suite) if options.params else options.method_overrides
     params = {m.name: tuned[m.name] for m in methods if tuned.get(m.name)}
     method_cfgs = {name: resolve(replace(options, overrides=[*values, *options.overrides]))[2]
                    for name, values in params.items()}

@@ -39,9 +39,11 @@ class TuneOptions:
     timeout: float | None = None  # seconds per method's study (a wall budget; the trial in flight finishes)
 
 
-def objective_value(metrics: pd.DataFrame, metric: str, split: str) -> float:
-    """The trial's objective from its cell's metrics: the final row, or the last epoch of a per-epoch metric."""
-    rows = metrics[(metrics["metric"] == metric) & (metrics["split"] == split)]
+def objective_value(metrics: pd.DataFrame, method: str, seed: int, metric: str, split: str) -> float:
+    """The trial's objective from its own cell's rows (``run_suite`` returns the suite's merged table, which holds
+    other methods' cells of the same config too): the final row, or the last epoch of a per-epoch metric."""
+    rows = metrics[(metrics["method"] == method) & (metrics["seed"] == seed) & (metrics["metric"] == metric)
+                   & (metrics["split"] == split)]
     if rows.empty:
         raise UserInputError(f"tuning objective {metric}[{split}] is missing from the trial's metrics")
     final = rows[rows["epoch"].isna()]
@@ -92,7 +94,7 @@ def _resolve(options: TuneOptions) -> tuple[SuiteSpec, list[MethodSpec]]:
 def tune_suite(options: TuneOptions) -> pd.DataFrame:
     import optuna
 
-    from benchmark.runner import RunOptions, run_suite
+    from benchmark.runner import CellsFailedError, RunOptions, run_suite
 
     spec, methods = _resolve(options)
     metric, split = spec.tuning_objective
@@ -121,7 +123,10 @@ def tune_suite(options: TuneOptions) -> pd.DataFrame:
                              overrides=[*options.overrides, *(_assignment(k, v) for k, v in values.items())],
                              results_dir=tuning_dir / "trials", cache_dir=options.cache_dir, device=options.device,
                              threads=options.threads, resume=True)
-            return objective_value(run_suite(run), metric, split)
+            try:
+                return objective_value(run_suite(run), method.name, options.seed, metric, split)
+            except CellsFailedError:  # a diverged trial is a bad configuration, not the end of the study
+                return float("-inf")
 
         done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
         # a method without a search space still runs once: its untuned value is part of the table

@@ -5,8 +5,7 @@ make this pass), with the committed run's thread count: identical values where t
 committed run's, final metrics within the README's tolerances otherwise. The failure message says which case."""
 import pytest
 
-from benchmark.cli import main
-from benchmark.reproducibility import committed_run, compare_with_committed
+from benchmark.reproducibility import compare_with_committed, verify
 
 
 @pytest.mark.slow
@@ -14,9 +13,8 @@ from benchmark.reproducibility import committed_run, compare_with_committed
                                             ("kd", ["student_baseline", "logit_kd"]),
                                             ("detr", ["detr", "dn_dab_detr"])])
 def test_default_profile_seed0_reproduces_committed_metrics(suite, methods, tmp_path):
-    _, committed = committed_run(suite)
-    assert main(["run", "--suite", suite, "--seeds", "0", "--methods", *methods, "--profile", committed["profile"],
-                 "--threads", str(committed["threads"]), "--results-dir", str(tmp_path)]) == 0
+    """`verify --run` on seed 0: the committed profile, threads and tuned values (run.json ``params``)."""
+    code = verify(suite, results_dir=tmp_path, run=True, methods=methods, seeds=[0])
     comparison = compare_with_committed(suite, tmp_path, methods=methods, seeds=[0])
-    assert comparison.misses.empty, comparison.report()
+    assert code == 0 and comparison.misses.empty, comparison.report()
     print(comparison.case)

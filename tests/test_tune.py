@@ -17,13 +17,20 @@ from cvpdl.errors import UserInputError
 
 
 def test_objective_is_the_last_epoch_or_the_final_row():
-    rows = pd.DataFrame({"epoch": [1, 2, 2, None], "split": ["val", "val", "val", "test"],
+    rows = pd.DataFrame({"method": "m", "seed": 0, "epoch": [1, 2, 2, None], "split": ["val", "val", "val", "test"],
                          "metric": ["top1"] * 4, "value": [0.1, 0.4, 0.6, 0.9]})
-    assert objective_value(rows, "top1", "val") == pytest.approx(0.5)  # mean of epoch 2's rows, never test
-    final = pd.concat([rows, pd.DataFrame({"epoch": [None], "split": ["val"], "metric": ["top1"], "value": [0.7]})])
-    assert objective_value(final, "top1", "val") == pytest.approx(0.7)
+    assert objective_value(rows, "m", 0, "top1", "val") == pytest.approx(0.5)  # epoch 2's rows, never test
+    final = pd.concat([rows, pd.DataFrame({"method": "m", "seed": 0, "epoch": [None], "split": ["val"],
+                                           "metric": ["top1"], "value": [0.7]})])
+    assert objective_value(final, "m", 0, "top1", "val") == pytest.approx(0.7)
+    # the merged table holds other methods' and seeds' cells: they never enter this trial's value
+    others = pd.concat([final, final.assign(method="other", value=5.0), final.assign(seed=1, value=7.0)])
+    assert objective_value(others, "m", 0, "top1", "val") == pytest.approx(0.7)
     with pytest.raises(UserInputError, match="missing"):
-        objective_value(rows, "AP", "val")
+        objective_value(rows, "m", 0, "AP", "val")
+
+
+OFFSET = {"fixed": 1.0, "tunable": 0.0}
 
 
 @dataclass(frozen=True)
@@ -32,7 +39,8 @@ class KnobConfig:
 
 
 def _run_cell(run, shared, method, seed, generator):
-    score = -(run.cfg["knob"]["x"] - 0.3) ** 2  # best at x = 0.3
+    # best at x = 0.3; every method scores differently, so one method's value can never pass for another's
+    score = -(run.cfg["knob"]["x"] - 0.3) ** 2 - OFFSET[method.name]
     return CellResult([{"epoch": 1, "split": "val", "metric": "score", "value": score},
                        {"epoch": None, "split": "test", "metric": "score", "value": 10 + score}])
 
@@ -58,6 +66,8 @@ def test_tune_gives_each_method_its_budget_and_run_reads_best_json(tmp_path):
     x = best["methods"]["tunable"]["params"]["knob.x"]
     assert best["methods"]["tunable"]["value"] == pytest.approx(-(x - 0.3) ** 2)
     assert best["methods"]["tunable"]["value"] == max(trials.loc[trials["method"] == "tunable", "value"])
+    # trial 0 is the default config, the same as `fixed`'s only trial: still scored on its own cell alone
+    assert best["methods"]["tunable"]["default_value"] == pytest.approx(-(0.9 - 0.3) ** 2)
     assert (tmp_path / "knob" / "tuning" / "figures" / "sensitivity_tunable.png").is_file()
 
     again = tune_suite(options)  # a finished study is not extended: same trials
@@ -69,7 +79,9 @@ def test_tune_gives_each_method_its_budget_and_run_reads_best_json(tmp_path):
                                    cache_dir=tmp_path / "c", params=tmp_path / "knob" / "tuning" / "best.json"))
     test = metrics[metrics["split"] == "test"].set_index("method")["value"]
     assert test["tunable"] == pytest.approx(10 - (x - 0.3) ** 2)  # the tuned value reached this method's cells
-    assert test["fixed"] == pytest.approx(10 - 0.36)  # and only this method's
+    assert test["fixed"] == pytest.approx(10 - 0.36 - 1)  # and only this method's
+    fixed = json.loads((tmp_path / "knob" / "tuning" / "best.json").read_text())["methods"]["fixed"]
+    assert fixed["value"] == pytest.approx(-0.36 - 1)  # its own cell, though trial 0 of both is the same config
     with pytest.raises(UserInputError, match="suite"):
         load_params(tmp_path / "knob" / "tuning" / "best.json", "detr")
 

@@ -129,7 +129,7 @@ def run_cell(run: RunContext, shared: KDShared, method: MethodSpec, seed: int, g
              "extra_params": float(fit.extra_parameters)}
     records += [{"epoch": None, "split": "test", "metric": k, "value": v} for k, v in final.items()]
     # embedding intrinsic dimension of every model a method produced; `student_alone` is reverse KD's stage-0 student
-    # (the same training as `student_baseline`), so the premise "teacher ID vs a student's own ID" is testable
+    # (CE alone, with reverse KD's own training values), so the premise "teacher ID vs a student's own ID" is testable
     n = section_config(cfg, "data", KDDataConfig).id_samples
     models = {"teacher": teacher, "student": fit.student, "teacher_after_reverse": fit.teacher_after_reverse,
               "student_alone": fit.student_alone}
@@ -241,8 +241,8 @@ def _sections(frame: pd.DataFrame, timings: pd.DataFrame | None, tested: dict[st
             lines.append(f"Teacher − student-alone intrinsic dimension, paired by seed: {t.line()}.")
         mle = " / ".join(describe(rows, "reverse_feature_kd", "intrinsic_dim_mle", s) for s in splits)
         order = _mle_order(rows, splits)
-        lines.append(f"MLE estimates (teacher / student / teacher after reverse): {mle}"
-                     + (f"; {order}" if order else "") + ".")
+        lines.append("MLE estimates (teacher / student alone / reverse-distilled student / teacher after reverse): "
+                     f"{mle}" + (f"; {order}" if order else "") + ".")
         sections.append(Section(
             "B3. Reverse feature distillation (Li et al., CVPR 2023)",
             "A large teacher can represent data with an intrinsic dimension a small student cannot reach, making "
