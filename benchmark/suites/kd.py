@@ -210,8 +210,9 @@ def _sections(frame: pd.DataFrame, timings: pd.DataFrame | None, tested: dict[st
                          + (f"; extra trainable parameters {int(extra['mean'])}" if extra is not None else "") + ".")
     if timings is not None and not timings.empty:
         t = summary_rows(timings)
-        lines.append("Training time per cell (s, this run's device): " + ", ".join(
-            f"`{r.method}` {r.mean:.0f}" for r in t.itertuples() if r.metric == "train_seconds") + ".")
+        lines.append("Training time per cell (wall-clock s on this run's device: machine- and load-dependent): "
+                     + ", ".join(f"`{r.method}` {r.mean:.0f}" for r in t.itertuples() if r.metric == "train_seconds")
+                     + ".")
     sections = [Section(
         "B1. Distilling from logits vs from intermediate layers",
         "Logit distillation matches output distributions: simple, architecture-agnostic, needs only the teacher's "
