@@ -407,6 +407,8 @@ def tuning_lines(suite_dir: Path, frame: pd.DataFrame, run: dict) -> list[str]:
     lines = [f"Study: `tuning/` ({best['profile']} profile, objective {metric}[{split}] on the tuning seed, "
              f"{best['trials_per_method']} trials counted per method with a search space, trial 0 = the defaults). "
              + ("This run used the tuned values." if used else "This run did **not** use them (no `--params`).")]
+    if best.get("caveat"):  # a known flaw of this study, stated beside its numbers
+        lines.append(f"**Caveat:** {best['caveat']}")
     for name, entry in best["methods"].items():
         default = entry.get("default_value")
         moved = (f"{_fmt(default)} → {_fmt(entry['value'])}" if default is not None and entry["params"]
