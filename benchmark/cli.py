@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     run.add_argument("--force", action="store_true", help="recompute cells that finished before")
     run.add_argument("--params", type=Path, help="best.json of `benchmark tune`: each method runs with its tuned "
-                                                 "values (--set still wins)")
+                                                 "values (--set still wins); default: DIR/<suite>/tuning/best.json "
+                                                 "when it exists for this profile; `none`: the defaults")
     run.add_argument("--resume", action="store_true", help="continue interrupted cells from their last per-epoch "
                                                            "checkpoint (finished cells are always reused)")
 

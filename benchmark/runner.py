@@ -65,7 +65,9 @@ class RunOptions:
     force: bool = False
     resume: bool = False  # continue interrupted cells from their last per-epoch checkpoint
     config_file: Path | None = None  # YAML/JSON {section: {key: value}} over the profile; overrides still win
-    params: Path | None = None  # best.json of `benchmark tune`: each method's tuned values (--set still wins)
+    # best.json of `benchmark tune`: each method's tuned values (--set still wins). None: the suite's own study,
+    # DIR/<suite>/tuning/best.json, when it exists and was tuned on this profile (digits data); "none": the defaults
+    params: Path | None = None
     method_overrides: dict[str, list[str]] | None = None  # the same as a dict (a run.json's "params"), without a file
 
 
@@ -168,11 +170,17 @@ def resolve(options: RunOptions) -> tuple[SuiteSpec, list[MethodSpec], dict]:
 def tuned_configs(options: RunOptions, methods: list[MethodSpec]) -> tuple[dict[str, list[str]], dict[str, dict]]:
     """``--params best.json``: per method, its tuned ``section.key=value`` list and the config it runs with (the
     tuned values over the profile and config file; ``--set`` still wins). Methods absent from the file run as is."""
-    if options.params is None and not options.method_overrides:
-        return {}, {}
-    from benchmark.tune import load_params
+    from benchmark.tune import load_params, study_profile
 
-    tuned = load_params(options.params, options.suite) if options.params else options.method_overrides
+    path = options.params
+    if path is None:
+        own = Path(options.results_dir) / options.suite / "tuning" / "best.json"
+        path = own if options.data == "digits" and study_profile(own) == options.profile else None
+    elif str(path) == "none":
+        path = None
+    if path is None and not options.method_overrides:
+        return {}, {}
+    tuned = load_params(path, options.suite) if path else options.method_overrides
     params = {m.name: tuned[m.name] for m in methods if tuned.get(m.name)}
     method_cfgs = {name: resolve(replace(options, overrides=[*values, *options.overrides]))[2]
                    for name, values in params.items()}

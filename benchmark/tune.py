@@ -196,6 +196,14 @@ def _importances(counted) -> dict[str, float]:
         return {}
 
 
+def study_profile(path: Path) -> str | None:
+    """The profile a best.json was tuned on (None when there is no readable file)."""
+    try:
+        return json.loads(Path(path).read_text()).get("profile")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def load_params(path: Path, suite: str) -> dict[str, list[str]]:
     """``best.json`` → per method, the ``section.key=value`` overrides ``run --params`` applies to that method."""
     try:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -84,6 +85,13 @@ def test_tune_gives_each_method_its_budget_and_run_reads_best_json(tmp_path):
     assert fixed["value"] == pytest.approx(-0.36 - 1)  # its own cell, though trial 0 of both is the same config
     with pytest.raises(UserInputError, match="suite"):
         load_params(tmp_path / "knob" / "tuning" / "best.json", "detr")
+    # without --params, `run` uses the suite's own study in its results dir (same profile); "none" the defaults
+    own = run_suite(RunOptions(suite="knob", seeds=[0], profile="quick", results_dir=tmp_path,
+                               cache_dir=tmp_path / "c"))
+    assert own.set_index(["method", "split"]).loc[("tunable", "test"), "value"] == pytest.approx(10 - (x - 0.3) ** 2)
+    plain = run_suite(RunOptions(suite="knob", seeds=[0], profile="quick", results_dir=tmp_path,
+                                 cache_dir=tmp_path / "c", params=Path("none")))
+    assert plain.set_index(["method", "split"]).loc[("tunable", "test"), "value"] == pytest.approx(10 - 0.36)
 
 
 def test_killed_tune_resumes_and_run_reads_its_best_json(tmp_path):
