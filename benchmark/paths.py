@@ -17,7 +17,8 @@ def default_cache_dir() -> Path:
 def source_digest(*roots: Path) -> str:
     """sha256 over the paths and bytes of every ``*.py`` below ``roots``: changes whenever the code does."""
     digest = hashlib.sha256()
-    for root in roots:
-        for path in sorted(Path(root).rglob("*.py")):
-            digest.update(path.relative_to(REPO_ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    for root in map(Path, roots):
+        for path in sorted(root.rglob("*.py")):
+            name = f"{root.name}/{path.relative_to(root).as_posix()}"  # the same digest wherever the tree lies
+            digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
