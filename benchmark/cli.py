@@ -210,10 +210,8 @@ def cmd_print_config(options) -> None:
     from benchmark.runner import resolve
 
     _, _, cfg = resolve(options)
-    data_options = {"data": options.data, "data_root": str(options.data_root) if options.data_root else None,
-                    "clip": options.clip, "clip_weights": str(options.clip_weights) if options.clip_weights else None}
     print(f"# suite {options.suite}, profile {options.profile}; config_hash "
-          f"{config_lib.config_hash({'cfg': cfg, **data_options})} with --data {options.data}")
+          f"{config_lib.config_hash({'cfg': cfg, **options.data_options()})} with --data {options.data}")
     print(yaml.safe_dump(cfg, sort_keys=False), end="")
 
 

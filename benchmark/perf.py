@@ -270,8 +270,8 @@ WHY_MISSED = {
                    "its Python-side preparation (the per image × category index, the IoU set-up) does not shrink "
                    "with it, so the overall ratio stays below the C++ part's. Only the end-to-end ratio above is "
                    "measured.",
-    "matmul FLOP/s": "Likely cause, not measured by this run: the models are tiny (d_model 64, 64-px images, 12 "
-                     "queries), so a step is many small kernels with Python-side matching and loss bookkeeping "
+    "matmul FLOP/s": "Likely cause, not measured by this run: the models are tiny (see the config in "
+                     "run.json), so a step is many small kernels with Python-side matching and loss bookkeeping "
                      "between them. The utilisation above is the only measured figure.",
     "CLIP cached": "Read from the committed run.json: run `python -m benchmark run --suite ovd` twice to measure the "
                    "warm case.",

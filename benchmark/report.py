@@ -117,8 +117,7 @@ def paired_rows(frame: pd.DataFrame, baseline: str) -> pd.DataFrame:
 @dataclass(frozen=True)
 class Arm:
     """One side of a claim: one value per seed of (method, metric, split). ``epoch``: None for the final value;
-    "first" / "last" / "previous" for that seed's first / last / next-to-last per-epoch value; "mean" for its
-    mean over the epochs."""
+    "first" / "last" for that seed's first / last per-epoch value; "mean" for its mean over the epochs."""
 
     method: str
     metric: str
@@ -132,8 +131,7 @@ class Arm:
             rows = rows[rows["epoch"].isna()]
             return rows.groupby("seed")["value"].first()
         rows = rows[rows["epoch"].notna() & rows["value"].notna()].sort_values(["seed", "epoch"])
-        picks = {"first": lambda v: v.iloc[0], "last": lambda v: v.iloc[-1], "mean": lambda v: v.mean(),
-                 "previous": lambda v: v.iloc[-2] if len(v) > 1 else math.nan}
+        picks = {"first": lambda v: v.iloc[0], "last": lambda v: v.iloc[-1], "mean": lambda v: v.mean()}
         return rows.groupby("seed")["value"].agg(picks[self.epoch])
 
 

@@ -70,6 +70,11 @@ class RunOptions:
     params: Path | None = None
     method_overrides: dict[str, list[str]] | None = None  # the same as a dict (a run.json's "params"), without a file
 
+    def data_options(self) -> dict:
+        """The data and CLIP choices that shape results beside the config: hashed with it, written to run.json."""
+        return {"data": self.data, "data_root": str(self.data_root) if self.data_root else None,
+                "clip": self.clip, "clip_weights": str(self.clip_weights) if self.clip_weights else None}
+
 
 @dataclass
 class RunContext:
@@ -259,8 +264,7 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
     # CUDA RoIAlign backward has no deterministic kernel: warn there instead of failing
     torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
 
-    data_options = {"data": options.data, "data_root": str(options.data_root) if options.data_root else None,
-                    "clip": options.clip, "clip_weights": str(options.clip_weights) if options.clip_weights else None}
+    data_options = options.data_options()
     cfg_hash = config_lib.config_hash({"cfg": cfg, **data_options, **({"params": params} if params else {})})
     commit, dirty = git_state()
     key = {"config_hash": cfg_hash, "commit": commit, **({"world_size": world} if world > 1 else {})}
