@@ -413,10 +413,15 @@ def tuning_lines(suite_dir: Path, frame: pd.DataFrame, run: dict) -> list[str]:
                  else f"{_fmt(entry['value'])} (nothing to tune)")
         values = ", ".join(f"`{k}={v:.4g}`" if isinstance(v, float) else f"`{k}={v}`"
                            for k, v in sorted(entry["params"].items()))
-        lines.append(f"`{name}`: {metric}[{split}] default → tuned {moved}" + (f"; {values}" if values else "")
+        on_test = [f"{key} {_fmt(entry['default_headline'][key])} → {_fmt(value)}"
+                   for key, value in entry.get("headline", {}).items()
+                   if "[test]" in key and key in entry.get("default_headline", {}) and entry["params"]]
+        lines.append(f"`{name}`: {metric}[{split}] default → tuned {moved}"
+                     + (f" (test, same seed: {', '.join(on_test)})" if on_test else "")
+                     + (f"; {values}" if values else "")
                      + ("" if name in used or not entry["params"] else " (not applied in this run)"))
-    lines.append("The default configuration was not rerun on the final seeds: default → tuned is a validation "
-                 "number of the study's seed, not a test number.")
+    lines.append("The default configuration was not rerun on the final seeds: default → tuned is measured on the "
+                 "study's one seed (test numbers of its trials are recorded, never used to choose).")
     return lines
 
 

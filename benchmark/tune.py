@@ -3,7 +3,9 @@
 Each method gets ``trials`` Optuna trials (seeded TPE) over the search space declared on its method spec; a trial
 is one ordinary cell (``run_suite`` on one method and the tuning seed, the trial's values as ``--set`` overrides),
 so it is cached, resumable and tracked in MLflow like any other cell. The objective is the suite's declared
-``tuning_objective`` (a val metric; its last epoch when it is per-epoch). Test numbers are never read here.
+``tuning_objective`` (a val metric; its last epoch when it is per-epoch). The suite's headline numbers (test
+among them) of each trial are recorded beside it, so the report can say what tuning did on test; they never
+take part in choosing.
 
 The studies live in ``DIR/<suite>/tuning/optuna.db`` (SQLite): a killed ``tune`` resumes where it stopped and
 several workers may share it. Outputs beside it: ``trials.csv`` (every trial), ``best.json`` (per method, the
@@ -51,6 +53,17 @@ def objective_value(metrics: pd.DataFrame, method: str, seed: int, metric: str, 
         final = rows[rows["epoch"] == rows["epoch"].max()]
     value = float(final["value"].mean())
     return value if math.isfinite(value) else float("-inf")
+
+
+def headline_values(spec: SuiteSpec, metrics: pd.DataFrame, method: str, seed: int) -> dict[str, float]:
+    """The suite's headline numbers of one trial's cell, as ``metric[split]`` → value (reported, never optimised)."""
+    values = {}
+    for metric, split in spec.headline:
+        try:
+            values[f"{metric}[{split}]"] = objective_value(metrics, method, seed, metric, split)
+        except UserInputError:  # a headline this method does not produce
+            continue
+    return values
 
 
 def _suggest(trial, param: SearchParam):
@@ -124,9 +137,11 @@ def tune_suite(options: TuneOptions) -> pd.DataFrame:
                              results_dir=tuning_dir / "trials", cache_dir=options.cache_dir, device=options.device,
                              threads=options.threads, resume=True)
             try:
-                return objective_value(run_suite(run), method.name, options.seed, metric, split)
+                table = run_suite(run)
             except CellsFailedError:  # a diverged trial is a bad configuration, not the end of the study
                 return float("-inf")
+            trial.set_user_attr("headline", headline_values(spec, table, method.name, options.seed))
+            return objective_value(table, method.name, options.seed, metric, split)
 
         done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
         # a method without a search space still runs once: its untuned value is part of the table
@@ -156,13 +171,16 @@ def write_outputs(spec: SuiteSpec, storage, profile: str, tuning_dir: Path, figu
         counted = complete[name][:budget] if method.search_space else complete[name][:1]
         for t in study.trials:
             rows.append({"method": name, "trial": t.number, "state": t.state.name, "value": t.value,
-                         "counted": t in counted, **{f"param:{k}": v for k, v in t.params.items()}})
+                         "counted": t in counted, **{f"param:{k}": v for k, v in t.params.items()},
+                         **{f"headline:{k}": v for k, v in t.user_attrs.get("headline", {}).items()}})
         if counted:
             top = max(counted, key=lambda t: t.value)
-            defaults = [t.value for t in counted if t.user_attrs.get("default")]
+            default = next((t for t in counted if t.user_attrs.get("default")),
+                           None if method.search_space else counted[0])
             best[name] = {"value": top.value, "params": top.params, "trial": top.number, "trials": len(counted),
-                          "default_value": defaults[0] if defaults else (None if method.search_space
-                                                                          else counted[0].value)}
+                          "default_value": default.value if default else None,
+                          "headline": top.user_attrs.get("headline", {}),
+                          "default_headline": default.user_attrs.get("headline", {}) if default else {}}
     trials = pd.DataFrame(rows, columns=["method", "trial", "state", "value", "counted"] if not rows else None)
     atomic_write_csv(tuning_dir / "trials.csv", trials)
     payload = {"suite": spec.name, "profile": profile, "objective": list(spec.tuning_objective),

@@ -69,6 +69,10 @@ def test_tune_gives_each_method_its_budget_and_run_reads_best_json(tmp_path):
     assert best["methods"]["tunable"]["value"] == max(trials.loc[trials["method"] == "tunable", "value"])
     # trial 0 is the default config, the same as `fixed`'s only trial: still scored on its own cell alone
     assert best["methods"]["tunable"]["default_value"] == pytest.approx(-(0.9 - 0.3) ** 2)
+    # the test-side headline of the default and the chosen trial is recorded beside them (never optimised)
+    assert best["methods"]["tunable"]["default_headline"] == {"score[test]": pytest.approx(10 - 0.36)}
+    assert best["methods"]["tunable"]["headline"] == {"score[test]": pytest.approx(10 - (x - 0.3) ** 2)}
+    assert "headline:score[test]" in trials.columns
     assert (tmp_path / "knob" / "tuning" / "figures" / "sensitivity_tunable.png").is_file()
 
     again = tune_suite(options)  # a finished study is not extended: same trials
@@ -129,11 +133,13 @@ def test_report_says_how_much_tuning_moved_each_method(tmp_path):
     (tmp_path / "tuning").mkdir()
     (tmp_path / "tuning" / "best.json").write_text(json.dumps({
         "suite": "knob", "profile": "default", "objective": ["score", "val"], "trials_per_method": 4,
-        "methods": {"tunable": {"value": 0.5, "default_value": 0.25, "params": {"knob.x": 0.3}, "trials": 4},
+        "methods": {"tunable": {"value": 0.5, "default_value": 0.25, "params": {"knob.x": 0.3}, "trials": 4,
+                                "headline": {"score[test]": 0.6}, "default_headline": {"score[test]": 0.2}},
                     "fixed": {"value": 0.1, "default_value": 0.1, "params": {}, "trials": 1}}}))
     lines = tuning_lines(tmp_path, pd.DataFrame(), {"params": {"tunable": ["knob.x=0.3"]}})
     assert "4 trials counted per method" in lines[0] and "used the tuned values" in lines[0]
-    assert lines[1] == "`tunable`: score[val] default → tuned 0.250 → 0.500; `knob.x=0.3`"
+    assert lines[1] == ("`tunable`: score[val] default → tuned 0.250 → 0.500 (test, same seed: score[test] "
+                        "0.200 → 0.600); `knob.x=0.3`")
     assert lines[2] == "`fixed`: score[val] default → tuned 0.100 (nothing to tune)"
     assert "did **not** use them" in tuning_lines(tmp_path, pd.DataFrame(), {})[0]
     assert tuning_lines(tmp_path / "none", pd.DataFrame(), {}) == [
