@@ -7,316 +7,28 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from scipy import stats
-from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.power import TTestPower
 
-from benchmark.registry import REGISTRY, Section, SuiteSpec
+from benchmark.claims import (
+    CENSORED_METRICS,
+    SuiteReport,
+    Tested,
+    cell,
+    claims_table,
+    describe_censored,
+    final_metrics,
+    final_values,
+    fmt_p,
+    fmt_value,
+    holm,
+    paired_rows,
+    summary_rows,
+)
+from benchmark.registry import REGISTRY, SuiteSpec
 from benchmark.results import atomic_write_text, read_metrics
 from cvpdl.errors import UserInputError
-from cvpdl.evaluation.stats import PairedTest, paired_test, summarize
-
-ALPHA = 0.05  # a claim is significant when its Holm-adjusted p is below this
-TARGET_POWER = 0.8
-# Final metrics whose NaN means "the event did not happen within the run" (right-censored at the last epoch).
-CENSORED_METRICS = frozenset({"epochs_to_target"})
-
-
-def _fmt(x: float, digits: int = 3) -> str:
-    return "nan" if pd.isna(x) else f"{x:.{digits}f}"
-
-
-def _p(x: float) -> str:
-    return "nan" if pd.isna(x) else f"{x:.3g}"
-
-
-def final_metrics(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame[frame["epoch"].isna()]
-
-
-def summary_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """mean, std, 95% t-interval and n per (method, metric, split) of the final metrics, in file order."""
-    rows = []
-    for (method, metric, split), group in final_metrics(frame).groupby(["method", "metric", "split"], sort=False):
-        s = summarize(group["value"].tolist())
-        rows.append({"method": method, "metric": metric, "split": split, "mean": s.mean, "std": s.std,
-                     "ci_low": s.ci_low, "ci_high": s.ci_high, "n": s.n})
-    return pd.DataFrame(rows, columns=["method", "metric", "split", "mean", "std", "ci_low", "ci_high", "n"])
-
-
-def cell(rows: pd.DataFrame, method: str, metric: str, split: str) -> pd.Series | None:
-    hit = rows[(rows["method"] == method) & (rows["metric"] == metric) & (rows["split"] == split)]
-    return None if hit.empty else hit.iloc[0]
-
-
-def describe(rows: pd.DataFrame, method: str, metric: str, split: str) -> str:
-    """"0.812 ± 0.010 [0.787, 0.837], n=3" — the way every number of a summary is quoted."""
-    r = cell(rows, method, metric, split)
-    if r is None or r["n"] == 0:
-        return "not measured"
-    if r["n"] == 1:
-        return f"{_fmt(r['mean'])}, n=1"
-    return f"{_fmt(r['mean'])} ± {_fmt(r['std'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}], n={r['n']}"
-
-
-def _horizon(frame: pd.DataFrame, method: str, seed: int) -> int | None:
-    """The last epoch this (method, seed) ran: where a never-reached event is censored."""
-    epochs = frame[(frame["method"] == method) & (frame["seed"] == seed) & frame["epoch"].notna()]["epoch"]
-    return None if epochs.empty else int(epochs.max())
-
-
-def describe_censored(frame: pd.DataFrame, method: str, metric: str, split: str) -> str:
-    """"reached at epochs 3, 5 (2 of 3 seeds); not within 8 epochs on 1 of 3 seeds" for an epochs-to-event metric."""
-    values = _final_values(final_metrics(frame), method, metric, split)
-    if values.empty:
-        return "not measured"
-    n = len(values)
-    reached = values[values["value"].notna()]
-    missed = values[values["value"].isna()]
-    parts = []
-    if len(reached):
-        parts.append("reached at epoch " + ", ".join(f"{v:g}" for v in sorted(reached["value"]))
-                     + f" ({len(reached)} of {n} seeds)")
-    if len(missed):
-        horizons = sorted({h for h in (_horizon(frame, method, s) for s in missed["seed"]) if h is not None})
-        within = f"within {'/'.join(map(str, horizons))} epochs" if horizons else "within the run"
-        parts.append(f">{'/'.join(map(str, horizons)) or '?'} epochs on {len(missed)} of {n} seeds (never {within})")
-    return "; ".join(parts)
-
-
-def _final_values(finals: pd.DataFrame, method: str, metric: str, split: str) -> pd.DataFrame:
-    return finals[(finals["method"] == method) & (finals["metric"] == metric) & (finals["split"] == split)]
-
-
-def _paired(a: pd.DataFrame, b: pd.DataFrame) -> PairedTest | None:
-    """Paired test of the values of ``a`` against ``b``, matched by seed (None when no seed is shared)."""
-    pairs = a[["seed", "value"]].merge(b[["seed", "value"]], on="seed", suffixes=("", "_base"))
-    if pairs.empty:
-        return None
-    return paired_test(pairs["value"].tolist(), pairs["value_base"].tolist())
-
-
-def paired_rows(frame: pd.DataFrame, baseline: str) -> pd.DataFrame:
-    """Every final (metric, split) of every method against the same of ``baseline``, paired by seed."""
-    finals = final_metrics(frame)
-    rows = []
-    for (method, metric, split), group in finals.groupby(["method", "metric", "split"], sort=False):
-        t = None if method == baseline else _paired(group, _final_values(finals, baseline, metric, split))
-        if t is not None:
-            rows.append({"method": method, "metric": metric, "split": split, "diff": t.mean_diff,
-                         "ci_low": t.ci_low, "ci_high": t.ci_high, "p": t.p_value, "n": t.n})
-    return pd.DataFrame(rows, columns=["method", "metric", "split", "diff", "ci_low", "ci_high", "p", "n"])
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One side of a claim: one value per seed of (method, metric, split). ``epoch``: None for the final value;
-    "first" / "last" for that seed's first / last per-epoch value; "mean" for its mean over the epochs."""
-
-    method: str
-    metric: str
-    split: str
-    epoch: str | None = None
-
-    def values(self, frame: pd.DataFrame) -> pd.Series:
-        rows = frame[(frame["method"] == self.method) & (frame["metric"] == self.metric)
-                     & (frame["split"] == self.split)]
-        if self.epoch is None:
-            rows = rows[rows["epoch"].isna()]
-            return rows.groupby("seed")["value"].first()
-        rows = rows[rows["epoch"].notna() & rows["value"].notna()].sort_values(["seed", "epoch"])
-        picks = {"first": lambda v: v.iloc[0], "last": lambda v: v.iloc[-1], "mean": lambda v: v.mean()}
-        return rows.groupby("seed")["value"].agg(picks[self.epoch])
-
-
-@dataclass(frozen=True)
-class Claim:
-    """One comparison a suite asserts: ``a`` against ``b``, paired by seed. Censored claims compare epochs to an
-    event (NaN = not reached within the run) by a sign test on which side reached it first."""
-
-    key: str
-    text: str
-    a: Arm
-    b: Arm
-    censored: bool = False
-
-
-@dataclass(frozen=True)
-class Tested:
-    """A claim's test over seeds, with its Holm-adjusted p within the suite's family."""
-
-    claim: Claim
-    n: int
-    diff: float  # mean of a - b over seeds (censored: wins - losses of a, "earlier" counting as a win)
-    ci_low: float
-    ci_high: float
-    p: float
-    p_holm: float
-    seeds_needed: float  # seeds for 80% power at the observed effect and level (inf: no effect; nan: n/a)
-    level: float = ALPHA  # the Holm step-down level this claim's raw p must beat
-    wins: int = 0
-    losses: int = 0
-
-    @property
-    def significant(self) -> bool:
-        return bool(self.p_holm < ALPHA)
-
-    @property
-    def direction(self) -> str:
-        """"higher" / "lower" (censored: "earlier" / "later") where Holm-adjusted p < 0.05."""
-        if self.n < 2 or pd.isna(self.p):
-            return "not testable" if self.n else "not measured"
-        if not self.significant:
-            return "no significant difference"
-        if self.claim.censored:
-            return "earlier" if self.diff > 0 else "later"
-        return "higher" if self.diff > 0 else "lower"
-
-    def underpowered(self) -> bool:
-        """Not significant, and more seeds than were run would be needed for 80% power."""
-        # n = 1 has no test and no effect size: nothing to say about power
-        return self.n >= 2 and not self.significant and not math.isnan(self.seeds_needed) \
-            and not (self.seeds_needed <= self.n)
-
-    def power_note(self) -> str:
-        if self.significant or self.n < 2:
-            return ""
-        if math.isinf(self.seeds_needed):
-            return "no observed effect, so no number of seeds gives it power"
-        if pd.isna(self.seeds_needed):
-            return ""
-        return (f"80% power at this effect size and its Holm level α={self.level:.2g} needs "
-                f"≈{int(self.seeds_needed)} seeds")
-
-    def line(self) -> str:
-        """"Δ +0.123 [+0.050, +0.190], p=0.01, Holm p=0.04, n=3: higher" — how every claim is quoted."""
-        if self.n == 0:
-            return "not measured"
-        c = self.claim
-        if c.censored:
-            ties = self.n - self.wins - self.losses
-            text = (f"`{c.a.method}` earlier on {self.wins}, later on {self.losses}, tied on {ties} of {self.n} "
-                    f"seeds (sign test)")
-            if self.wins + self.losses == 0:
-                return text + ": no seed separates them"
-        elif self.n == 1:
-            return f"Δ {self.diff:+.3f}, n=1 (one seed: no test)"
-        else:
-            text = f"Δ {self.diff:+.3f} [{self.ci_low:+.3f}, {self.ci_high:+.3f}]"
-        note = self.power_note()
-        return (f"{text}, p={_p(self.p)}, Holm p={_p(self.p_holm)}, n={self.n}: {self.direction}"
-                + (f" ({note})" if note else ""))
-
-
-def _ttest_seeds_needed(diffs: np.ndarray, alpha: float) -> float:
-    """Seeds for 80% power of a two-sided paired t-test at level ``alpha`` and the observed Cohen's d of ``diffs``."""
-    mean, sd = abs(float(np.mean(diffs))), float(np.std(diffs, ddof=1))
-    if mean == 0:
-        return math.inf
-    if sd == 0:  # identical non-zero differences: any two seeds give p = 0
-        return 2.0
-    # TTestPower.solve_power's root finder fails for large effects (answer near n = 2) and tiny ones, so scan n
-    # with TTestPower.power instead: the same power function, the smallest n that reaches the target
-    nobs = np.arange(2, 10_001)
-    power = TTestPower().power(effect_size=mean / sd, nobs=nobs, alpha=alpha, alternative="two-sided")
-    reached = np.flatnonzero(power >= TARGET_POWER)
-    return float(nobs[reached[0]]) if len(reached) else math.inf
-
-
-def _sign_test_seeds_needed(wins: int, losses: int, n: int, alpha: float) -> float:
-    """Seeds for 80% power of the two-sided sign test at level ``alpha``, at the observed win and tie rates."""
-    if wins == losses:
-        return math.inf
-    q, untied = max(wins, losses) / (wins + losses), (wins + losses) / n
-    for m in range(1, 1001):
-        k = np.arange(m + 1)  # two-sided exact binomial p at 1/2 (what stats.binomtest gives), vectorised over k
-        p = np.minimum(1.0, 2 * np.minimum(stats.binom.cdf(k, m, 0.5), stats.binom.sf(k - 1, m, 0.5)))
-        if stats.binom.pmf(k[p < alpha], m, q).sum() >= TARGET_POWER:
-            return float(math.ceil(m / untied))
-    return math.inf
-
-
-def _test(frame: pd.DataFrame, claim: Claim) -> dict:
-    a, b = claim.a.values(frame), claim.b.values(frame)
-    seeds = sorted(set(a.index) & set(b.index))
-    if claim.censored:
-        def time(v):  # a never-reached event is later than any reached one
-            return math.inf if pd.isna(v) else float(v)
-        t = [(time(a[s]), time(b[s])) for s in seeds]
-        wins, losses = sum(x < y for x, y in t), sum(x > y for x, y in t)
-        p = float(stats.binomtest(wins, wins + losses, 0.5).pvalue) if wins + losses else 1.0
-        p = p if len(seeds) >= 2 else math.nan
-        needed = (lambda alpha: _sign_test_seeds_needed(wins, losses, len(seeds), alpha)) if seeds else None
-        return {"n": len(seeds), "diff": float(wins - losses), "ci_low": math.nan, "ci_high": math.nan, "p": p,
-                "wins": wins, "losses": losses}, needed
-    pairs = [(a[s], b[s]) for s in seeds if not (pd.isna(a[s]) or pd.isna(b[s]))]
-    if not pairs:
-        return {"n": 0, "diff": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan}, None
-    t = paired_test([x for x, _ in pairs], [y for _, y in pairs])
-    diffs = np.array([x - y for x, y in pairs])
-    needed = (lambda alpha: _ttest_seeds_needed(diffs, alpha)) if len(diffs) >= 2 else None
-    return {"n": t.n, "diff": t.mean_diff, "ci_low": t.ci_low, "ci_high": t.ci_high, "p": t.p_value}, needed
-
-
-def holm(p_values: list[float]) -> list[float]:
-    """Holm-adjusted p-values; NaN entries (untestable claims) stay NaN and are not part of the family."""
-    finite = [i for i, p in enumerate(p_values) if not pd.isna(p)]
-    adjusted = [math.nan] * len(p_values)
-    if finite:
-        _, corrected, _, _ = multipletests([p_values[i] for i in finite], alpha=ALPHA, method="holm")
-        for i, q in zip(finite, corrected):
-            adjusted[i] = float(q)
-    return adjusted
-
-
-def evaluate_family(frame: pd.DataFrame, claims: list[Claim]) -> dict[str, Tested]:
-    """Test every claim of a suite's family over seeds and Holm-adjust their p-values together."""
-    if len({c.key for c in claims}) != len(claims):
-        raise ValueError("claim keys must be unique within a family")
-    raw = [_test(frame, c) for c in claims]
-    adjusted = holm([r["p"] for r, _ in raw])
-    # the level each claim's raw p faces in Holm's step-down (α / (m - rank)): the power target that matters
-    finite = sorted((r["p"], i) for i, (r, _) in enumerate(raw) if not pd.isna(r["p"]))
-    level = {i: ALPHA / (len(finite) - rank) for rank, (_, i) in enumerate(finite)}
-    out = {}
-    for i, (c, (r, needed), q) in enumerate(zip(claims, raw, adjusted)):
-        seeds = needed(level[i]) if needed is not None and i in level and not q < ALPHA else math.nan
-        out[c.key] = Tested(c, p_holm=q, seeds_needed=seeds, level=level.get(i, math.nan), **r)
-    return out
-
-
-@dataclass(frozen=True)
-class SuiteReport:
-    """A suite's report hook: its declared family of claims (all its p-values are Holm-adjusted together) and the
-    sections that quote them. Called like a plain ``report_sections(frame, timings)``."""
-
-    family: Callable[[pd.DataFrame], list[Claim]]
-    sections: Callable[[pd.DataFrame, pd.DataFrame | None, dict[str, Tested]], list[Section]]
-
-    def tested(self, frame: pd.DataFrame) -> dict[str, Tested]:
-        return evaluate_family(frame, self.family(frame))
-
-    def __call__(self, frame: pd.DataFrame, timings: pd.DataFrame | None) -> list[Section]:
-        return self.sections(frame, timings, self.tested(frame))
-
-
-def claims_table(tested: dict[str, Tested]) -> pd.DataFrame:
-    return pd.DataFrame({
-        "claim": [t.claim.text for t in tested.values()],
-        "Δ (a − b)": [f"{t.wins}–{t.losses} wins" if t.claim.censored else _fmt(t.diff) for t in tested.values()],
-        "95% CI of Δ": ["sign test" if t.claim.censored else f"[{_fmt(t.ci_low)}, {_fmt(t.ci_high)}]"
-                        for t in tested.values()],
-        "p": [_p(t.p) for t in tested.values()], "Holm p": [_p(t.p_holm) for t in tested.values()],
-        "n": [t.n for t in tested.values()], "verdict": [t.direction for t in tested.values()],
-        "seeds for 80% power": ["" if t.significant or t.n < 2 else
-                                ("∞" if math.isinf(t.seeds_needed) else f"{t.seeds_needed:.0f}")
-                                for t in tested.values()]})
 
 
 def _markdown(frame: pd.DataFrame) -> str:
@@ -336,11 +48,11 @@ def _value_cells(frame: pd.DataFrame, rows: pd.DataFrame) -> tuple[list[str], li
             shown.append("not measured")
             intervals.append("")
         elif r.n == 1:
-            shown.append(f"{_fmt(r.mean)} (n=1)")
+            shown.append(f"{fmt_value(r.mean)} (n=1)")
             intervals.append("n=1: no interval")
         else:
-            shown.append(f"{_fmt(r.mean)} ± {_fmt(r.std)}")
-            intervals.append(f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]")
+            shown.append(f"{fmt_value(r.mean)} ± {fmt_value(r.std)}")
+            intervals.append(f"[{fmt_value(r.ci_low)}, {fmt_value(r.ci_high)}]")
     return shown, intervals
 
 
@@ -409,11 +121,11 @@ def tuning_lines(suite_dir: Path, frame: pd.DataFrame, run: dict) -> list[str]:
         lines.append(f"**Caveat:** {best['caveat']}")
     for name, entry in best["methods"].items():
         default = entry.get("default_value")
-        moved = (f"{_fmt(default)} → {_fmt(entry['value'])}" if default is not None and entry["params"]
-                 else f"{_fmt(entry['value'])} (nothing to tune)")
+        moved = (f"{fmt_value(default)} → {fmt_value(entry['value'])}" if default is not None and entry["params"]
+                 else f"{fmt_value(entry['value'])} (nothing to tune)")
         values = ", ".join(f"`{k}={v:.4g}`" if isinstance(v, float) else f"`{k}={v}`"
                            for k, v in sorted(entry["params"].items()))
-        on_test = [f"{key} {_fmt(entry['default_headline'][key])} → {_fmt(value)}"
+        on_test = [f"{key} {fmt_value(entry['default_headline'][key])} → {fmt_value(value)}"
                    for key, value in entry.get("headline", {}).items()
                    if "[test]" in key and key in entry.get("default_headline", {}) and entry["params"]]
         lines.append(f"`{name}`: {metric}[{split}] default → tuned {moved}"
@@ -461,17 +173,17 @@ def summary_markdown(spec: SuiteSpec, frame: pd.DataFrame, timings: pd.DataFrame
         if not paired.empty:
             shown = pd.DataFrame({
                 "method": paired["method"], "metric": paired["metric"], "split": paired["split"],
-                f"Δ vs {spec.baseline}": [_fmt(d) for d in paired["diff"]],
-                "95% CI of Δ": [f"[{_fmt(lo)}, {_fmt(hi)}]" for lo, hi in zip(paired["ci_low"], paired["ci_high"])],
-                "paired t-test p": [_p(p) for p in paired["p"]],
-                "Holm p (this table)": [_p(q) for q in holm(paired["p"].tolist())], "n": paired["n"]})
+                f"Δ vs {spec.baseline}": [fmt_value(d) for d in paired["diff"]],
+                "95% CI of Δ": [f"[{fmt_value(lo)}, {fmt_value(hi)}]" for lo, hi in zip(paired["ci_low"], paired["ci_high"])],
+                "paired t-test p": [fmt_p(p) for p in paired["p"]],
+                "Holm p (this table)": [fmt_p(q) for q in holm(paired["p"].tolist())], "n": paired["n"]})
             parts += [f"## Paired tests against `{spec.baseline}` (same seeds; exploratory)\n\n"
                       "Not claims: descriptive screening of every final metric (censored epochs-to-target excepted: "
                       "see the claims), Holm-adjusted over this table's rows.\n\n", _markdown(shown), "\n"]
     if timings is not None and not timings.empty:
         t = summary_rows(timings)
         shown = pd.DataFrame({"method": t["method"], "metric": t["metric"],
-                              "mean ± std": [f"{m:.4g} (n=1)" if n == 1 else f"{m:.4g} ± {_fmt(s, 4)}"
+                              "mean ± std": [f"{m:.4g} (n=1)" if n == 1 else f"{m:.4g} ± {fmt_value(s, 4)}"
                                              for m, s, n in zip(t["mean"], t["std"], t["n"])],
                               "n": t["n"]})
         parts += ["## Timings (on the run's device, machine-dependent; seconds_per_image is process CPU time, "
@@ -491,13 +203,13 @@ def headline_table(spec: SuiteSpec, frame: pd.DataFrame) -> str:
         for metric, split in spec.headline:
             r = cell(rows, method, metric, split)
             if metric in CENSORED_METRICS and r is not None:
-                values = _final_values(final_metrics(frame), method, metric, split)["value"]
-                line.append(f"{_fmt(r['mean'])}" + (f" ({values.isna().sum()}/{len(values)} never)"
+                values = final_values(final_metrics(frame), method, metric, split)["value"]
+                line.append(f"{fmt_value(r['mean'])}" + (f" ({values.isna().sum()}/{len(values)} never)"
                                                     if values.isna().any() else ""))
             elif r is None or r["n"] == 0:
                 line.append("-")
             else:
-                line.append(f"{_fmt(r['mean'])} (n=1)" if r["n"] == 1 else f"{_fmt(r['mean'])}±{_fmt(r['std'])}")
+                line.append(f"{fmt_value(r['mean'])} (n=1)" if r["n"] == 1 else f"{fmt_value(r['mean'])}±{fmt_value(r['std'])}")
         lines.append(line)
     widths = [max(len(row[i]) for row in lines) for i in range(len(lines[0]))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in lines)

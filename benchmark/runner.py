@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from benchmark import config as config_lib
 from benchmark import distributed, reproducibility
+from benchmark.claims import CellResult, RunContext
 from benchmark.paths import REPO_ROOT, default_cache_dir
 from benchmark.registry import REGISTRY, MethodSpec, SuiteSpec
 from benchmark.report import headline_table, render_suite
@@ -74,28 +75,6 @@ class RunOptions:
         """The data and CLIP choices that shape results beside the config: hashed with it, written to run.json."""
         return {"data": self.data, "data_root": str(self.data_root) if self.data_root else None,
                 "clip": self.clip, "clip_weights": str(self.clip_weights) if self.clip_weights else None}
-
-
-@dataclass
-class RunContext:
-    """What a suite's hooks receive: resolved config, device, where to cache artefacts, data options."""
-
-    suite: str
-    cfg: dict
-    device: torch.device
-    cache_dir: Path
-    data: str
-    data_root: Path | None
-    clip: str | None
-    clip_weights: Path | None
-    checkpoints: Path | None = None  # the cell's per-epoch checkpoint folder (set per cell by the runner)
-
-
-@dataclass
-class CellResult:
-    records: list[dict]  # {"epoch", "split", "metric", "value"}; epoch None for final metrics
-    timings: list[dict] = field(default_factory=list)
-    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> torch.Generator:

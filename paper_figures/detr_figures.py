@@ -8,6 +8,7 @@ import seaborn as sns
 
 from paper_figures.style import SuiteInputs, method_order, t_interval
 
+
 def _curves(inputs: SuiteInputs, metric: str) -> pd.DataFrame:
     m = inputs.metrics
     return m[(m["metric"] == metric) & m["epoch"].notna()].astype({"epoch": int})

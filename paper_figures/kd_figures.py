@@ -4,9 +4,10 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import seaborn as sns
 
-from paper_figures.bars import grouped_bars
 from cvpdl.evaluation.stats import summarize
+from paper_figures.bars import grouped_bars
 from paper_figures.style import SuiteInputs, final, method_order, t_interval
+
 
 def kd_accuracy(inputs: SuiteInputs):
     frame = final(inputs.metrics, "top1_last")

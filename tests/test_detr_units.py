@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from cvpdl.analysis.detr_dynamics import (assignment_vector, count_modes, matching_instability, negative_entropy,
-                                          positional_attention)
+from cvpdl.analysis.detr_dynamics import (
+    assignment_vector,
+    count_modes,
+    matching_instability,
+    negative_entropy,
+    positional_attention,
+)
 from cvpdl.detection.box_ops import cxcywh_to_xyxy, inverse_sigmoid
 from cvpdl.detection.criterion import LossWeights, SetCriterion
 from cvpdl.detection.dab_detr import DabDetr

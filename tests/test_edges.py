@@ -16,9 +16,9 @@ import pytest
 import sqlalchemy
 import yaml
 
+from benchmark.claims import CellResult
 from benchmark.cli import main
 from benchmark.registry import REGISTRY, MethodSpec, SuiteSpec
-from benchmark.runner import CellResult
 from cvpdl.errors import NonFiniteLossError
 
 REPO = Path(__file__).resolve().parent.parent

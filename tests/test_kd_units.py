@@ -9,9 +9,9 @@ from cvpdl.analysis.intrinsic_dimension import intrinsic_dimension
 from cvpdl.distill.base import Distiller
 from cvpdl.distill.fitnet import FitNet, FitNetConfig
 from cvpdl.distill.gld import GLD, GLDConfig
+from cvpdl.distill.logit_kd import LogitKD, LogitKDConfig
 from cvpdl.distill.losses import gld_relation, kd_kl, relation_matrix, standardize
 from cvpdl.distill.networks import ConvNet, NetConfig
-from cvpdl.distill.logit_kd import LogitKD, LogitKDConfig
 from cvpdl.distill.reverse_feature_kd import EmbeddingMimic, ReverseKDConfig
 from cvpdl.errors import UserInputError
 

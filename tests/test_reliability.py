@@ -15,9 +15,10 @@ import pandas as pd
 import pytest
 import torch
 
+from benchmark.claims import CellResult
 from benchmark.cli import main
 from benchmark.registry import REGISTRY, MethodSpec, SuiteSpec
-from benchmark.runner import CellResult, CellsFailedError, RunOptions, run_suite
+from benchmark.runner import CellsFailedError, RunOptions, run_suite
 from cvpdl.checkpoint import Checkpoint
 from cvpdl.errors import NonFiniteLossError, UserInputError
 

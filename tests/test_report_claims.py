@@ -10,9 +10,19 @@ import pytest
 
 import benchmark.suites.kd  # noqa: F401  (registers the suites)
 import benchmark.suites.ovd  # noqa: F401
+from benchmark.claims import (
+    Arm,
+    Claim,
+    _sign_test_seeds_needed,
+    _ttest_seeds_needed,
+    describe,
+    describe_censored,
+    evaluate_family,
+    holm,
+    summary_rows,
+)
 from benchmark.registry import REGISTRY
-from benchmark.report import (Arm, Claim, _sign_test_seeds_needed, _ttest_seeds_needed, describe,
-                              describe_censored, holm, load_suite, summary_markdown, summary_rows, evaluate_family)
+from benchmark.report import load_suite, summary_markdown
 from benchmark.results import COLUMNS
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"

@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
+from benchmark.claims import CellResult
 from benchmark.registry import REGISTRY, Deviation, MethodSpec, SuiteSpec
-from benchmark.runner import CellResult, RunOptions, run_suite
+from benchmark.runner import RunOptions, run_suite
 
 CALLS = []
 

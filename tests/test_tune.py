@@ -11,8 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from benchmark.claims import CellResult
 from benchmark.registry import REGISTRY, MethodSpec, SearchParam, SuiteSpec
-from benchmark.runner import CellResult, RunOptions, run_suite
+from benchmark.runner import RunOptions, run_suite
 from benchmark.tune import TuneOptions, load_params, objective_value, tune_suite
 from cvpdl.errors import UserInputError
 

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from benchmark import cache, reproducibility
+from benchmark.claims import CellResult
 from benchmark.cli import main
 from benchmark.registry import REGISTRY, MethodSpec, SuiteSpec
 from benchmark.reproducibility import compare, hardware_signature, verify
 from benchmark.results import records_frame
-from benchmark.runner import CellResult, RunOptions, run_suite
+from benchmark.runner import RunOptions, run_suite
 from cvpdl.errors import UserInputError
 
 SUITE = "toy_verify"

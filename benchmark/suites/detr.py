@@ -16,10 +16,19 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from benchmark.claims import (
+    Arm,
+    CellResult,
+    Claim,
+    RunContext,
+    SuiteReport,
+    Tested,
+    describe,
+    describe_censored,
+    summary_rows,
+)
 from benchmark.config import section_config
 from benchmark.registry import REGISTRY, MethodSpec, SearchParam, Section, SuiteSpec
-from benchmark.report import Arm, Claim, SuiteReport, Tested, describe, describe_censored, summary_rows
-from benchmark.runner import CellResult, RunContext
 from cvpdl.analysis.detr_dynamics import count_modes, entropy, matching_instability, positional_attention
 from cvpdl.checkpoint import Checkpoint
 from cvpdl.data.coco import load_coco_split
@@ -32,7 +41,6 @@ from cvpdl.detection.denoising import DenoisingConfig
 from cvpdl.detection.detr import Detr, DetrConfig, DetrOptions
 from cvpdl.detection.matcher import MatcherCosts
 from cvpdl.detection.training import DetrTrainConfig, evaluate, probe, train_epoch
-
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,9 @@ import pandas as pd
 import torch
 
 from benchmark.cache import cache_key, cached_state
+from benchmark.claims import Arm, CellResult, Claim, RunContext, SuiteReport, Tested, cell, describe, summary_rows
 from benchmark.config import section_config
 from benchmark.registry import REGISTRY, Deviation, MethodSpec, SearchParam, Section, SuiteSpec
-from benchmark.report import Arm, Claim, SuiteReport, Tested, cell, describe, summary_rows
-from benchmark.runner import CellResult, RunContext
 from cvpdl.analysis.intrinsic_dimension import intrinsic_dimension
 from cvpdl.checkpoint import Checkpoint
 from cvpdl.data.digits_world import GENERATOR_VERSION, DigitsWorldConfig, load_digits_split
@@ -29,7 +28,6 @@ from cvpdl.distill.networks import ConvNet, NetConfig
 from cvpdl.distill.reverse_feature_kd import ReverseKDConfig, fit_reverse
 from cvpdl.distill.student_baseline import StudentBaseline
 from cvpdl.distill.training import ClassificationData, TrainConfig, fit_distiller, predict, top1, train
-
 
 
 @dataclass(frozen=True)

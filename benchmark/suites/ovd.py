@@ -15,10 +15,9 @@ import pandas as pd
 import torch
 
 from benchmark.cache import cache_key, cached_state
+from benchmark.claims import Arm, CellResult, Claim, RunContext, SuiteReport, Tested, cell, describe, summary_rows
 from benchmark.config import section_config
 from benchmark.registry import REGISTRY, Deviation, MethodSpec, SearchParam, Section, SuiteSpec
-from benchmark.report import Arm, Claim, SuiteReport, Tested, cell, describe, summary_rows
-from benchmark.runner import CellResult, RunContext
 from cvpdl.checkpoint import Checkpoint
 from cvpdl.data.coco import load_coco_split
 from cvpdl.data.detection_split import DetectionSplit, resized
@@ -32,7 +31,6 @@ from cvpdl.ovd.protocol import OvdEvalConfig, evaluate_ovd, gt_box_top1
 from cvpdl.ovd.region_classifier import OvdContext
 from cvpdl.ovd.regionclip import RegionClip, RegionClipConfig
 from cvpdl.ovd.tiny_clip_training import train_clip
-
 
 
 @dataclass(frozen=True)
