@@ -72,19 +72,20 @@ def summary_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["method", "metric", "split", "mean", "std", "ci_low", "ci_high", "n"])
 
 
-def cell(rows: pd.DataFrame, method: str, metric: str, split: str) -> pd.Series | None:
+def summary_row(rows: pd.DataFrame, method: str, metric: str, split: str) -> pd.Series | None:
     hit = rows[(rows["method"] == method) & (rows["metric"] == metric) & (rows["split"] == split)]
     return None if hit.empty else hit.iloc[0]
 
 
 def describe(rows: pd.DataFrame, method: str, metric: str, split: str) -> str:
     """"0.812 ± 0.010 [0.787, 0.837], n=3" — the way every number of a summary is quoted."""
-    r = cell(rows, method, metric, split)
+    r = summary_row(rows, method, metric, split)
     if r is None or r["n"] == 0:
         return "not measured"
     if r["n"] == 1:
         return f"{fmt_value(r['mean'])}, n=1"
-    return f"{fmt_value(r['mean'])} ± {fmt_value(r['std'])} [{fmt_value(r['ci_low'])}, {fmt_value(r['ci_high'])}], n={r['n']}"
+    return (f"{fmt_value(r['mean'])} ± {fmt_value(r['std'])} [{fmt_value(r['ci_low'])}, {fmt_value(r['ci_high'])}], "
+            f"n={r['n']}")
 
 
 def _horizon(frame: pd.DataFrame, method: str, seed: int) -> int | None:

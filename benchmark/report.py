@@ -15,7 +15,6 @@ from benchmark.claims import (
     CENSORED_METRICS,
     SuiteReport,
     Tested,
-    cell,
     claims_table,
     describe_censored,
     final_metrics,
@@ -24,6 +23,7 @@ from benchmark.claims import (
     fmt_value,
     holm,
     paired_rows,
+    summary_row,
     summary_rows,
 )
 from benchmark.registry import REGISTRY, SuiteSpec
@@ -174,7 +174,8 @@ def summary_markdown(spec: SuiteSpec, frame: pd.DataFrame, timings: pd.DataFrame
             shown = pd.DataFrame({
                 "method": paired["method"], "metric": paired["metric"], "split": paired["split"],
                 f"Δ vs {spec.baseline}": [fmt_value(d) for d in paired["diff"]],
-                "95% CI of Δ": [f"[{fmt_value(lo)}, {fmt_value(hi)}]" for lo, hi in zip(paired["ci_low"], paired["ci_high"])],
+                "95% CI of Δ": [f"[{fmt_value(lo)}, {fmt_value(hi)}]"
+                                for lo, hi in zip(paired["ci_low"], paired["ci_high"])],
                 "paired t-test p": [fmt_p(p) for p in paired["p"]],
                 "Holm p (this table)": [fmt_p(q) for q in holm(paired["p"].tolist())], "n": paired["n"]})
             parts += [f"## Paired tests against `{spec.baseline}` (same seeds; exploratory)\n\n"
@@ -201,7 +202,7 @@ def headline_table(spec: SuiteSpec, frame: pd.DataFrame) -> str:
     for method in methods:
         line = [method]
         for metric, split in spec.headline:
-            r = cell(rows, method, metric, split)
+            r = summary_row(rows, method, metric, split)
             if metric in CENSORED_METRICS and r is not None:
                 values = final_values(final_metrics(frame), method, metric, split)["value"]
                 line.append(f"{fmt_value(r['mean'])}" + (f" ({values.isna().sum()}/{len(values)} never)"
@@ -209,7 +210,8 @@ def headline_table(spec: SuiteSpec, frame: pd.DataFrame) -> str:
             elif r is None or r["n"] == 0:
                 line.append("-")
             else:
-                line.append(f"{fmt_value(r['mean'])} (n=1)" if r["n"] == 1 else f"{fmt_value(r['mean'])}±{fmt_value(r['std'])}")
+                line.append(f"{fmt_value(r['mean'])} (n=1)" if r["n"] == 1
+                            else f"{fmt_value(r['mean'])}±{fmt_value(r['std'])}")
         lines.append(line)
     widths = [max(len(row[i]) for row in lines) for i in range(len(lines[0]))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in lines)

@@ -14,7 +14,17 @@ import pandas as pd
 import torch
 
 from benchmark.cache import cache_key, cached_state
-from benchmark.claims import Arm, CellResult, Claim, RunContext, SuiteReport, Tested, cell, describe, summary_rows
+from benchmark.claims import (
+    Arm,
+    CellResult,
+    Claim,
+    RunContext,
+    SuiteReport,
+    Tested,
+    describe,
+    summary_row,
+    summary_rows,
+)
 from benchmark.config import section_config
 from benchmark.registry import REGISTRY, Deviation, MethodSpec, SearchParam, Section, SuiteSpec
 from cvpdl.analysis.intrinsic_dimension import intrinsic_dimension
@@ -185,7 +195,7 @@ def _b3_verdict(tested: dict[str, Tested]) -> str:
 
 def _mle_order(rows: pd.DataFrame, splits: tuple[str, ...]) -> str:
     """Whether the MLE estimates rank the models' mean intrinsic dimensions as TwoNN does (checked, not assumed)."""
-    pairs = [(cell(rows, "reverse_feature_kd", "intrinsic_dim", s), cell(rows, "reverse_feature_kd",
+    pairs = [(summary_row(rows, "reverse_feature_kd", "intrinsic_dim", s), summary_row(rows, "reverse_feature_kd",
                                                                         "intrinsic_dim_mle", s)) for s in splits]
     pairs = [(a["mean"], b["mean"]) for a, b in pairs if a is not None and b is not None]
     if len(pairs) < 2:
@@ -202,7 +212,7 @@ def _sections(frame: pd.DataFrame, timings: pd.DataFrame | None, tested: dict[st
              f"{describe(rows, BASE, 'top1_last', 'test')}."]
     for m in REGISTRY.method_names("kd", methods):
         if m != BASE:
-            extra = cell(rows, m, "extra_params", "test")
+            extra = summary_row(rows, m, "extra_params", "test")
             lines.append(f"`{m}` top-1 (last epoch) {describe(rows, m, 'top1_last', 'test')}"
                          + (f"; vs `{BASE}` {t.line()}" if (t := tested.get(f"{m}:student")) is not None else "")
                          + (f"; extra trainable parameters {int(extra['mean'])}" if extra is not None else "") + ".")

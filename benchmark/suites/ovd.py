@@ -15,7 +15,17 @@ import pandas as pd
 import torch
 
 from benchmark.cache import cache_key, cached_state
-from benchmark.claims import Arm, CellResult, Claim, RunContext, SuiteReport, Tested, cell, describe, summary_rows
+from benchmark.claims import (
+    Arm,
+    CellResult,
+    Claim,
+    RunContext,
+    SuiteReport,
+    Tested,
+    describe,
+    summary_row,
+    summary_rows,
+)
 from benchmark.config import section_config
 from benchmark.registry import REGISTRY, Deviation, MethodSpec, SearchParam, Section, SuiteSpec
 from cvpdl.checkpoint import Checkpoint
@@ -219,7 +229,7 @@ def _clip_verdict(t: Tested | None) -> str:
 
 def _rho_verdict(rows: pd.DataFrame, methods: list[str]) -> str:
     """"Weak" when the whole 95% interval of the mean ρ lies inside (-0.3, 0.3), not from the mean alone."""
-    rhos = {m: r for m in methods if (r := cell(rows, m, "score_iou_spearman", "all")) is not None}
+    rhos = {m: r for m in methods if (r := summary_row(rows, m, "score_iou_spearman", "all")) is not None}
     weak = [m for m, r in rhos.items() if r["n"] > 1 and -0.3 < r["ci_low"] and r["ci_high"] < 0.3]
     if rhos and len(weak) == len(rhos):
         return ("Yes: for every method the 95% interval of ρ lies within (−0.3, 0.3); a region's score says little "
@@ -235,8 +245,8 @@ def _crop_verdict(tested: dict[str, Tested], timings: pd.DataFrame | None) -> st
             else f"No: crop − image is {t.direction}.")
     if timings is not None and not timings.empty:
         times = summary_rows(timings)
-        crop = cell(times, "clip_crop", "seconds_per_image", "all")
-        roi = cell(times, "clip_roi", "seconds_per_image", "all")
+        crop = summary_row(times, "clip_crop", "seconds_per_image", "all")
+        roi = summary_row(times, "clip_roi", "seconds_per_image", "all")
         if crop is not None and roi is not None:
             text += (f" Cost: cropping every proposal took {crop['mean'] / roi['mean']:.1f}× the CPU time of one "
                      f"RoIAlign pass per image here (timings.csv; machine-dependent).")
@@ -258,7 +268,7 @@ def _sections(frame: pd.DataFrame, timings: pd.DataFrame | None, tested: dict[st
     rows = summary_rows(frame)
     methods = set(frame["method"])
     first = sorted(methods)[0]
-    chance = cell(rows, first, "chance_top1", "all")
+    chance = summary_row(rows, first, "chance_top1", "all")
     c1 = [f"The harness's CLIP classifies whole single-digit test canvases zero-shot with top-1 "
           f"{describe(rows, first, 'clip_zs_top1_image', 'all')}"
           + (f" (chance {chance['mean']:.3f}, 1 / classes)" if chance is not None else "")
@@ -290,8 +300,8 @@ def _sections(frame: pd.DataFrame, timings: pd.DataFrame | None, tested: dict[st
                         + (f"; vs `clip_crop` {t.line()}" if (t := tested.get("roi:crop")) is not None else "") + ".")
     if timings is not None and not timings.empty:
         times = summary_rows(timings)
-        cost = [f"`{m}` {cell(times, m, 'seconds_per_image', 'all')['mean'] * 1000:.1f} ms"
-                for m in REGISTRY.method_names("ovd") if cell(times, m, 'seconds_per_image', 'all') is not None]
+        cost = [f"`{m}` {summary_row(times, m, 'seconds_per_image', 'all')['mean'] * 1000:.1f} ms"
+                for m in REGISTRY.method_names("ovd") if summary_row(times, m, 'seconds_per_image', 'all') is not None]
         if cost:
             measured.append("Cost of classifying the localizer's proposals, per image (process CPU time, all "
                             "threads; machine-dependent): " + ", ".join(cost) + ".")
