@@ -1,7 +1,7 @@
 """``python -m benchmark perf``: how fast the harness is, measured in one run and as ratios against the peers.
 
-- training images/s of ``detr``, ``dab_detr``, ``dn_dab_detr`` vs Hugging Face ``DetrForObjectDetection`` at the
-  nearest tiny config (optional ``bench`` extra), both randomly initialised, on the same batches;
+- training images/s of every registered ``detr`` variant vs Hugging Face ``DetrForObjectDetection`` at the nearest
+  tiny config (optional ``bench`` extra), both randomly initialised, on the same batches;
 - hardware efficiency: model FLOPs per training image (``torch.utils.flop_counter``) × images/s ÷ this machine's
   measured fp32 matmul FLOP/s;
 - the common evaluator (faster-coco-eval backend) vs pycocotools on ~500 images and ~25k detections, with the
@@ -36,9 +36,7 @@ from benchmark.registry import REGISTRY
 from benchmark.results import atomic_write_csv, atomic_write_text
 from cvpdl.data.digits_world import DigitsWorldConfig, load_digits_split
 from cvpdl.detection.backbone import build_backbone
-from cvpdl.detection.criterion import LossWeights, SetCriterion
 from cvpdl.detection.detr import DetrConfig
-from cvpdl.detection.matcher import MatcherCosts
 from cvpdl.detection.training import batch
 from cvpdl.evaluation.coco_eval import STAT_NAMES, evaluate_detections
 
@@ -129,14 +127,12 @@ def _training_step(name: str, cfg: dict, num_classes: int, device: torch.device)
             labels = [{"class_labels": t["labels"], "boxes": t["boxes"]} for t in targets]
             return model(pixel_values=images, labels=labels).loss
     else:
-        model = REGISTRY.method("detr", name).build(cfg)(num_classes).to(device)
-        weights = LossWeights()
-        criterion = SetCriterion(num_classes, weights, MatcherCosts(focal=model.focal))
+        parts = REGISTRY.method("detr", name).build(cfg)(num_classes)  # model and criterion as the suite trains them
+        model, criterion = parts.model.to(device), parts.criterion
         generator = torch.Generator().manual_seed(0)
 
         def loss_of(images, targets):
-            outputs = model(images, targets, generator) if model.focal else model(images, targets)
-            return sum(criterion(outputs, targets)[0].values())
+            return sum(criterion(model(images, targets, generator), targets)[0].values())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
 

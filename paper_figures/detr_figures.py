@@ -55,20 +55,21 @@ def positional_attention(inputs: SuiteInputs):
     table = inputs.tables.get("positional_attention")
     if table is None or table.empty:
         return None
-    methods = [m for m in ("detr", "dab_detr") if m in set(table["method"])]
-    if not methods:  # e.g. a run of dn_dab_detr alone
-        return None
+    methods = method_order(table)
     seed = table["seed"].min()
     queries = sorted(table["query"].unique())
     fig, axes = plt.subplots(len(methods), len(queries), figsize=(1.6 * len(queries) + 1.0, 1.9 * len(methods) + 0.4),
                              squeeze=False, layout="constrained")
-    shown = table[table["method"].isin(methods) & (table["seed"] == seed) & table["query"].isin(queries)]
-    vmax = float(shown["value"].max())  # one colour scale for every panel, so maps compare across queries/methods
+    # one colour scale for every panel, so maps compare across queries and methods
+    vmax = float(table.loc[table["seed"] == seed, "value"].max())
     image = None
     for row, method in zip(axes, methods):
         sub = table[(table["method"] == method) & (table["seed"] == seed)]
         for ax, q in zip(row, queries):
             cells = sub[sub["query"] == q]
+            if cells.empty:  # a variant with fewer queries than the others
+                ax.set_axis_off()
+                continue
             grid = np.zeros((cells["y"].max() + 1, cells["x"].max() + 1))
             grid[cells["y"], cells["x"]] = cells["value"]
             image = ax.imshow(grid, cmap="viridis", vmin=0.0, vmax=vmax)

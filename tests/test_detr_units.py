@@ -20,6 +20,8 @@ from cvpdl.detection.denoising import DenoisingConfig, attention_mask, build_dn_
 from cvpdl.detection.detr import Detr, DetrConfig
 from cvpdl.detection.matcher import MatcherCosts, hungarian_match, match_costs
 from cvpdl.detection.position_encoding import image_position_encoding, sine_embed
+from cvpdl.detection.postprocess import PostProcess
+from cvpdl.detection.training import FitHistory
 
 
 def random_case(seed, queries=5, targets=3, classes=4):
@@ -215,3 +217,49 @@ def test_dropout_is_deterministic_under_the_seed_and_off_in_eval():
     model.eval()
     assert torch.equal(model(images)["logits"][-1], model(images)["logits"][-1])
     assert not torch.allclose(model(images)["logits"][-1], runs[1])  # dropout 0.1 was active in training
+
+
+def test_every_variant_builds_model_criterion_and_postprocess_with_one_forward_signature():
+    cfg = DetrConfig(backbone_width=8, d_model=16, heads=2, encoder_layers=1, decoder_layers=2, d_ff=32,
+                     num_queries=4)
+    images = torch.randn(2, 3, 32, 32)
+    targets = [{"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])},
+               {"labels": torch.tensor([0, 2]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.7, 0.2, 0.2]])}]
+    detr, dab = Detr.build(cfg, 3, LossWeights()), DabDetr.build(cfg, 3, LossWeights())
+    dn = DabDetr.build(cfg, 3, LossWeights(), denoising=DenoisingConfig(groups=2))
+    assert detr.criterion.costs == MatcherCosts(cost_class=1.0)  # official set_cost_class: 1 (DETR), 2 (DAB, DN)
+    assert dab.criterion.costs == dn.criterion.costs == MatcherCosts(cost_class=2.0, focal=True)
+    assert not detr.postprocess.focal and dab.postprocess.focal and dn.postprocess.focal
+    for parts in (detr, dab, dn):
+        losses, _ = parts.criterion(parts.model.train()(images, targets, torch.Generator().manual_seed(0)), targets)
+        assert ("loss_dn_ce" in losses) == (parts is dn)
+        detections = parts.postprocess(parts.model.eval()(images), (32, 32), 5)
+        assert len(detections) == 2 and detections[0][0].shape == (5,) and detections[0][2].shape == (5, 4)
+
+
+def test_registered_variants_build_what_the_suite_and_perf_train():
+    from benchmark.runner import RunOptions, resolve
+    from benchmark.suites import detr  # noqa: F401  (registers the suite)
+
+    _, methods, cfg = resolve(RunOptions(suite="detr", profile="quick"))
+    costs = {m.name: m.build(cfg)(10).criterion.costs for m in methods}
+    assert {name: (c.cost_class, c.focal) for name, c in costs.items()} == \
+        {"detr": (1.0, False), "dab_detr": (2.0, True), "dn_dab_detr": (2.0, True)}
+
+
+def test_postprocess_top_k_over_queries_and_classes():
+    logits = torch.tensor([[[3.0, 0.0, 6.0], [0.0, 4.0, -5.0]]])  # softmax: the last column is "no object"
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.4], [0.25, 0.25, 0.5, 0.5]]])
+    scores, labels, xyxy = PostProcess(focal=False)({"logits": [logits], "boxes": [boxes]}, (10, 20), 2)[0]
+    p0, p1 = logits[0, 0].softmax(-1), logits[0, 1].softmax(-1)
+    assert scores.tolist() == pytest.approx([p1[1].item(), p0[0].item()]) and labels.tolist() == [1, 0]
+    assert xyxy.tolist() == [pytest.approx([0.0, 0.0, 10.0, 5.0]), pytest.approx([8.0, 3.0, 12.0, 7.0])]
+    scores, labels, xyxy = PostProcess(focal=True)({"logits": [logits], "boxes": [boxes]}, (10, 20), 1)[0]
+    assert scores.tolist() == pytest.approx([1 / (1 + math.exp(-6))]) and labels.tolist() == [2]  # a class here
+    assert xyxy.tolist() == [pytest.approx([8.0, 3.0, 12.0, 7.0])]
+
+
+def test_epochs_to_target_is_the_first_epoch_reaching_it():
+    history = FitHistory(val=[{"AP50": 0.05}, {"AP50": 0.12}, {"AP50": 0.08}, {"AP50": 0.2}])
+    assert history.epochs_to_target(0.1) == 2.0
+    assert math.isnan(history.epochs_to_target(0.5))  # censored

@@ -18,8 +18,10 @@ import torch
 from torch import nn
 
 from cvpdl.detection.box_ops import inverse_sigmoid
+from cvpdl.detection.criterion import LossWeights
 from cvpdl.detection.denoising import DenoisingConfig, attention_mask, build_dn_queries
 from cvpdl.detection.detr import DetrConfig, DetrEncoder
+from cvpdl.detection.parts import DetectorParts
 from cvpdl.detection.position_encoding import sine_embed
 from cvpdl.detection.transformer import MLP, ConditionalDecoderLayer, activation, check_dropout, xavier_init
 from cvpdl.errors import UserInputError
@@ -36,7 +38,14 @@ class DabOptions:
 
 
 class DabDetr(nn.Module):
-    focal = True
+    focal = True  # sigmoid focal classification, no "no object" class: criterion and post-processing follow it
+
+    @classmethod
+    def build(cls, cfg: DetrConfig, num_classes: int, weights: LossWeights, options: DabOptions = DabOptions(),
+              denoising: DenoisingConfig | None = None) -> DetectorParts:
+        """Model, criterion and post-processing: DAB-DETR, or DN-DETR with ``denoising``."""
+        return DetectorParts.assemble(cls(cfg, num_classes, denoising, options), num_classes, weights,
+                                      options.matcher_cost_class)
 
     def __init__(self, cfg: DetrConfig, num_classes: int, denoising: DenoisingConfig | None = None,
                  options: DabOptions = DabOptions()):
@@ -47,7 +56,6 @@ class DabDetr(nn.Module):
         if options.pe_temperature <= 0:
             raise UserInputError(f"pe_temperature must be positive, got {options.pe_temperature}")
         self.d_model, self.num_classes, self.denoising = d, num_classes, denoising
-        self.matcher_cost_class = options.matcher_cost_class
         self.encoder = DetrEncoder(cfg, dropout, options.activation, options.pe_temperature, scale_pos=True)
         self.anchors = nn.Embedding(cfg.num_queries, 4)  # official: nn.Embedding's N(0, 1), in logit space
         # DN-DETR's ``label_enc``: d − 1 features and an indicator bit (1 = denoising query)

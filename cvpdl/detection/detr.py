@@ -9,6 +9,8 @@ import torch
 from torch import nn
 
 from cvpdl.detection.backbone import build_backbone
+from cvpdl.detection.criterion import LossWeights
+from cvpdl.detection.parts import DetectorParts
 from cvpdl.detection.position_encoding import image_position_encoding
 from cvpdl.detection.transformer import MLP, DetrDecoderLayer, EncoderLayer, check_dropout, xavier_init
 
@@ -64,8 +66,13 @@ class DetrEncoder(nn.Module):
 
 
 class Detr(nn.Module):
-    focal = False
-    matcher_cost_class = 1.0  # official ``set_cost_class``
+    focal = False  # softmax classification with a "no object" class: criterion and post-processing follow it
+
+    @classmethod
+    def build(cls, cfg: DetrConfig, num_classes: int, weights: LossWeights, options: DetrOptions = DetrOptions()
+              ) -> DetectorParts:
+        """Model, criterion and post-processing (official ``build``; matcher class cost 1, ``set_cost_class``)."""
+        return DetectorParts.assemble(cls(cfg, num_classes, options), num_classes, weights, cost_class=1.0)
 
     def __init__(self, cfg: DetrConfig, num_classes: int, options: DetrOptions = DetrOptions()):
         super().__init__()
@@ -86,7 +93,9 @@ class Detr(nn.Module):
         d = self.query_pos.embedding_dim
         return self.query_pos.weight @ attn.in_proj_weight[:d].T, pos @ attn.in_proj_weight[d:2 * d].T
 
-    def forward(self, images: torch.Tensor, targets: list[dict] | None = None) -> dict:
+    def forward(self, images: torch.Tensor, targets: list[dict] | None = None,
+                generator: torch.Generator | None = None) -> dict:
+        """Every variant's signature; DETR's queries depend on neither ``targets`` nor ``generator``."""
         memory, pos, grid = self.encoder(images)
         query_pos = self.query_pos.weight[None].expand(len(images), -1, -1)
         tgt = torch.zeros_like(query_pos)

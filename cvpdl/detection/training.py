@@ -1,18 +1,22 @@
-"""Training, evaluation and per-epoch probes shared by DETR, DAB-DETR and DN-DETR."""
+"""The training loop, evaluation and per-epoch probes shared by every DETR-family variant."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
 
-from cvpdl.analysis.detr_dynamics import assignment_vector, negative_entropy
+from cvpdl.analysis.detr_dynamics import assignment_vector, matching_instability, negative_entropy
+from cvpdl.checkpoint import Checkpoint
 from cvpdl.data.detection_split import DetectionSplit
 from cvpdl.detection.box_ops import xyxy_to_cxcywh
 from cvpdl.detection.criterion import SetCriterion
 from cvpdl.detection.matcher import hungarian_match
-from cvpdl.detection.postprocess import top_k_detections
+from cvpdl.detection.parts import DetectorParts
 from cvpdl.errors import check_finite
 from cvpdl.evaluation.coco_eval import evaluate_detections
 
@@ -26,6 +30,29 @@ class DetrTrainConfig:
     grad_clip: float = 0.1
     top_k: int = 30  # detections kept per image
     target_ap50: float = 0.1  # epochs_to_target: first epoch whose val AP50 reaches this
+
+
+@dataclass
+class DetectionData:
+    """The splits of a comparison; ``probe``: a fixed subset of val for the per-epoch matching and attention probes."""
+
+    train: DetectionSplit
+    val: DetectionSplit
+    test: DetectionSplit
+    probe: DetectionSplit
+
+
+@dataclass
+class FitHistory:
+    """Per epoch (1, 2, …): the val metrics and probes, and the training time. Plain lists and dicts of floats, so
+    that a checkpoint holds them under ``weights_only``."""
+
+    val: list[dict[str, float]] = field(default_factory=list)  # AP, AP50, loss, cross-attention, instability
+    train: list[dict[str, float]] = field(default_factory=list)  # train_seconds, train_images_per_second
+
+    def epochs_to_target(self, ap50: float) -> float:
+        """The first epoch whose val AP50 reaches ``ap50``; NaN (censored) when none does."""
+        return next((float(epoch) for epoch, values in enumerate(self.val, 1) if values["AP50"] >= ap50), float("nan"))
 
 
 def batch(split: DetectionSplit, indices: list[int], device: torch.device) -> tuple[torch.Tensor, list[dict]]:
@@ -64,11 +91,10 @@ def train_epoch(model, criterion: SetCriterion, split: DetectionSplit, cfg: Detr
         box = [order]
         dist.broadcast_object_list(box, src=0)
         order = box[0]
-    focal = getattr(model, "module", model).focal
     losses = []
     for start in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):
         images, targets = batch(split, order[start:start + cfg.batch_size][rank::world], device)
-        outputs = model(images, targets, generator) if focal else model(images, targets)
+        outputs = model(images, targets, generator)
         where = f"epoch {epoch}, step {start // cfg.batch_size + 1}"
         # NaN predictions would break the matcher before the loss exists; a sum is NaN/inf iff an entry is (one sync)
         _check_finite_on_all_ranks(torch.stack([p.sum() for p in outputs["logits"] + outputs["boxes"]]), where,
@@ -84,18 +110,17 @@ def train_epoch(model, criterion: SetCriterion, split: DetectionSplit, cfg: Detr
 
 
 @torch.no_grad()
-def evaluate(model, criterion: SetCriterion, split: DetectionSplit, cfg: DetrTrainConfig, device: torch.device
+def evaluate(parts: DetectorParts, split: DetectionSplit, cfg: DetrTrainConfig, device: torch.device
              ) -> tuple[dict[str, float], float]:
     """COCO stats of the pinned top-k post-processing, and the mean matching loss (no denoising) on ``split``."""
-    model.eval()
+    parts.model.eval()
     detections, losses = [], []
     for start in range(0, len(split), 64):
         indices = list(range(start, min(start + 64, len(split))))
         images, targets = batch(split, indices, device)
-        out = model(images)
-        losses.append(sum(criterion(out, targets)[0].values()).item() * len(indices))
-        for i, (scores, labels, boxes) in zip(indices, top_k_detections(
-                out["logits"][-1], out["boxes"][-1], model.focal, images.shape[-2:], cfg.top_k)):
+        out = parts.model(images)
+        losses.append(sum(parts.criterion(out, targets)[0].values()).item() * len(indices))
+        for i, (scores, labels, boxes) in zip(indices, parts.postprocess(out, images.shape[-2:], cfg.top_k)):
             for s, c, (x0, y0, x1, y1) in zip(scores.tolist(), labels.tolist(), boxes.tolist()):
                 detections.append({"image_id": split.image_ids[i], "category_id": split.cat_ids[c],
                                    "bbox": [x0, y0, x1 - x0, y1 - y0], "score": s})
@@ -103,13 +128,47 @@ def evaluate(model, criterion: SetCriterion, split: DetectionSplit, cfg: DetrTra
 
 
 @torch.no_grad()
-def probe(model, criterion: SetCriterion, split: DetectionSplit, device: torch.device
+def probe(parts: DetectorParts, split: DetectionSplit, device: torch.device
           ) -> tuple[list[torch.Tensor], list[float]]:
     """On the fixed probe set, eval mode: each image's last-layer query→GT assignment, and the negative entropy
     of the decoder cross-attention per layer (averaged over heads, queries, images)."""
-    model.eval()
+    parts.model.eval()
     images, targets = batch(split, list(range(len(split))), device)
-    out = model(images)
-    indices = hungarian_match(out["logits"][-1], out["boxes"][-1], targets, criterion.costs)
+    out = parts.model(images)
+    indices = hungarian_match(out["logits"][-1], out["boxes"][-1], targets, parts.criterion.costs)
     q = out["logits"][-1].shape[1]
     return [assignment_vector(ix, q) for ix in indices], [negative_entropy(w) for w in out["cross_attn"]]
+
+
+def fit(parts: DetectorParts, data: DetectionData, cfg: DetrTrainConfig, generator: torch.Generator,
+        device: torch.device, checkpoint: Checkpoint = Checkpoint(None, "detr"), desc: str = "detr") -> FitHistory:
+    """Train ``parts.model`` on ``device`` with AdamW for ``cfg.epochs``; after every epoch evaluate on val, probe
+    matching and cross-attention on ``data.probe`` and save ``checkpoint``, which a rerun resumes from. Under
+    torchrun the model trains wrapped in DDP; evaluation and probes read the bare model on every rank."""
+    model = parts.model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    trained = DistributedDataParallel(model) if dist.is_initialized() else model
+    history, previous, done = FitHistory(), None, 0
+    stateful = {"model": model, "optimizer": optimizer}
+    if (progress := checkpoint.restore(stateful, generator)) is not None:
+        history = FitHistory(progress["val"], progress["train"])
+        previous, done = progress["previous"], progress["epoch"]
+    num_gt = sum(len(data.probe.target(i)[1]) for i in range(len(data.probe)))
+    for epoch in tqdm(range(done + 1, cfg.epochs + 1), desc=desc, unit="epoch", leave=False, initial=done,
+                      total=cfg.epochs):
+        started = time.perf_counter()
+        train_epoch(trained, parts.criterion, data.train, cfg, optimizer, generator, device, epoch)
+        seconds = time.perf_counter() - started
+        history.train.append({"train_seconds": seconds,
+                              "train_images_per_second": len(data.train) // cfg.batch_size * cfg.batch_size / seconds})
+        stats, val_loss = evaluate(parts, data.val, cfg, device)
+        assignments, neg_entropy = probe(parts, data.probe, device)
+        values = {"AP": stats["AP"], "AP50": stats["AP50"], "loss": val_loss,
+                  "cross_attn_neg_entropy": float(np.mean(neg_entropy)),
+                  **{f"cross_attn_neg_entropy_l{k}": v for k, v in enumerate(neg_entropy)}}
+        if previous is not None:
+            values["matching_instability"] = matching_instability(previous, assignments, num_gt)
+        previous = assignments
+        history.val.append(values)
+        checkpoint.save(stateful, generator, epoch=epoch, val=history.val, train=history.train, previous=previous)
+    return history
