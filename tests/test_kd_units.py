@@ -10,20 +10,24 @@ from cvpdl.distill.base import Distiller
 from cvpdl.distill.fitnet import FitNet, FitNetConfig
 from cvpdl.distill.gld import GLD, GLDConfig
 from cvpdl.distill.logit_kd import LogitKD, LogitKDConfig
-from cvpdl.distill.losses import gld_relation, kd_kl, relation_matrix, standardize
+from cvpdl.distill.losses import gld_relation, relation_matrix, standardize
 from cvpdl.distill.networks import ConvNet, NetConfig
-from cvpdl.distill.reverse_feature_kd import EmbeddingMimic, ReverseKDConfig
+from cvpdl.distill.reverse_feature_kd import EmbeddingMimic, ReverseFeatureKD, ReverseKDConfig
+from cvpdl.distill.student_baseline import StudentBaseline
+from cvpdl.distill.training import ClassificationData, TrainConfig
 from cvpdl.errors import UserInputError
+from cvpdl.losses import distillation_kl
 
 TEACHER = NetConfig(widths=(8, 16), blocks_per_stage=1, embedding_dim=6)
 STUDENT = NetConfig(widths=(4, 8), blocks_per_stage=1, embedding_dim=6)
 
 
-def test_kd_kl_uses_t_squared_and_batchmean():
+def test_distillation_kl_uses_t_squared_and_batchmean():
     s = torch.tensor([[0.0, 0.0], [0.0, 0.0]])
     t = torch.tensor([[math.log(3.0) * 2, 0.0], [0.0, 0.0]])  # at T=2 row 0 becomes softmax(log 3, 0) = [.75, .25]
     kl_row0 = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
-    assert kd_kl(s, t, temperature=2.0).item() == pytest.approx(kl_row0 * 4 / 2, rel=1e-5)  # T² = 4, batch of 2
+    # T² = 4, batch of 2
+    assert distillation_kl(s, t, temperature=2.0).item() == pytest.approx(kl_row0 * 4 / 2, rel=1e-5)
 
 
 def test_standardize_rows():
@@ -243,6 +247,56 @@ def test_twonn_recovers_a_plane_in_10d():
     assert dims["mle"] == pytest.approx(2.0, abs=0.25)
     cube = rng.uniform(size=(1500, 6))
     assert intrinsic_dimension(cube)["twonn"] == pytest.approx(6.0, abs=1.0)
+
+
+@pytest.fixture
+def tiny_data():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(24, 3, 16, 16, generator=g), torch.arange(24) % 5
+    return ClassificationData(x[:16], y[:16], x[16:20], y[16:20], x[20:], y[20:], num_classes=5)
+
+
+def _fit(distiller, cfg, teacher, data):
+    return distiller.fit(cfg, lambda: ConvNet(STUDENT3, 5), teacher, data, TrainConfig(epochs=1, batch_size=8),
+                         torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("distiller, cfg, extra", [(LogitKD, LogitKDConfig(), 0), (GLD, GLDConfig(), 0),
+                                                   (FitNet, FitNetConfig(), 4 * 8 + 8 + 2 * 8)],
+                         ids=["logit_kd", "gld", "fitnet"])
+def test_default_fit_trains_a_fresh_student_and_never_the_teacher(distiller, cfg, extra, tiny_data):
+    torch.manual_seed(0)
+    teacher = ConvNet(TEACHER3, 5).train()  # left in training mode: the distiller must force it into eval
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    fit = _fit(distiller, cfg, teacher, tiny_data)
+    assert not teacher.training
+    for k, v in teacher.state_dict().items():  # weights and batch-norm statistics
+        torch.testing.assert_close(v, before[k], msg=k)
+    assert len(fit.history.test_top1) == 1 and fit.extra_parameters == extra
+    assert fit.teacher_after_reverse is None and fit.student_alone is None
+
+
+def test_a_method_that_needs_no_teacher_is_handed_none(tiny_data):
+    class Unusable(torch.nn.Module):
+        def forward(self, x):
+            raise AssertionError("the student baseline must not run the teacher")
+
+    assert not StudentBaseline.needs_teacher and Distiller.needs_teacher
+    fit = _fit(StudentBaseline, None, Unusable(), tiny_data)
+    assert fit.extra_parameters == 0
+
+
+def test_reverse_kd_fit_runs_its_three_stages(tiny_data):
+    torch.manual_seed(0)
+    teacher = ConvNet(TEACHER3, 5).eval().requires_grad_(False)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    fit = _fit(ReverseFeatureKD, ReverseKDConfig(teacher_epochs=1), teacher, tiny_data)
+    for k, v in teacher.state_dict().items():  # stage 1 fine-tunes a copy
+        torch.testing.assert_close(v, before[k], msg=k)
+    assert fit.teacher_after_reverse is not teacher and fit.student_alone is not None
+    assert set(fit.history.per_epoch) == {"top1", "loss_feature"}  # the history is stage 2's: feature only
+    # the stage-2 student classifies with the reversed teacher's frozen classifier
+    torch.testing.assert_close(fit.student.classifier.weight, fit.teacher_after_reverse.classifier.weight)
 
 
 def test_base_distiller_is_abstract():

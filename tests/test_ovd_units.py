@@ -8,10 +8,10 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
 from cvpdl.analysis.score_vs_iou import best_iou, jitter_boxes, score_iou_spearman
+from cvpdl.losses import distillation_kl
 from cvpdl.ovd.clip_crop import crop_and_resize, crop_bounds
 from cvpdl.ovd.clip_model import region_features
 from cvpdl.ovd.losses import (
-    distillation_kl,
     image_text_contrastive,
     mil_cross_entropy,
     multi_positive_cross_entropy,

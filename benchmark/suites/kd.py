@@ -2,42 +2,37 @@
 
 Data: single tinted MNIST digits on cluttered 32-px canvases (digit pools disjoint across splits), or an
 ImageFolder. The teacher is trained once per seed and cached by config hash; every method distils from it.
+A method is a ``Distiller`` subclass in ``cvpdl/distill/`` plus one ``register_distiller`` call here; the
+claims and sections of the report live in ``kd_report``.
 """
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from benchmark.cache import cache_key, cached_state
-from benchmark.claims import (
-    Arm,
-    CellResult,
-    Claim,
-    RunContext,
-    SuiteReport,
-    Tested,
-    describe,
-    summary_row,
-    summary_rows,
-)
+from benchmark.claims import CellResult, RunContext
 from benchmark.config import section_config
-from benchmark.registry import REGISTRY, Deviation, MethodSpec, SearchParam, Section, SuiteSpec
+from benchmark.registry import REGISTRY, Deviation, MethodSpec, SearchParam, SuiteSpec
+from benchmark.suites.kd_report import report_sections
 from cvpdl.analysis.intrinsic_dimension import intrinsic_dimension
 from cvpdl.checkpoint import Checkpoint
 from cvpdl.data.digits_world import GENERATOR_VERSION, DigitsWorldConfig, load_digits_split
 from cvpdl.data.imagefolder import load_imagefolder
+from cvpdl.distill.base import Distiller
 from cvpdl.distill.fitnet import FitNet, FitNetConfig
 from cvpdl.distill.gld import GLD, GLDConfig
 from cvpdl.distill.logit_kd import LogitKD, LogitKDConfig
 from cvpdl.distill.networks import ConvNet, NetConfig
-from cvpdl.distill.reverse_feature_kd import ReverseKDConfig, fit_reverse
+from cvpdl.distill.reverse_feature_kd import ReverseFeatureKD, ReverseKDConfig
 from cvpdl.distill.student_baseline import StudentBaseline
-from cvpdl.distill.training import ClassificationData, TrainConfig, fit_distiller, predict, top1, train
+from cvpdl.distill.training import ClassificationData, KDFit, TrainConfig, predict, top1, train
 
 
 @dataclass(frozen=True)
@@ -102,15 +97,18 @@ def prepare(run: RunContext) -> KDShared:
 
 
 def _teacher(run: RunContext, shared: KDShared, seed: int) -> ConvNet:
-    """Trained once per (config, seed) and cached: every method of that seed distils from the same teacher."""
+    """Trained once per (config, seed) and cached: every method of that seed distils from the same teacher.
+    Built under a forked RNG, so the student starts from the runner's seeded state whether the teacher was
+    trained here or loaded from the cache."""
     cfg = run.cfg
-    torch.manual_seed(seed)
-    teacher = ConvNet(section_config(cfg, "teacher", TeacherNetConfig), shared.data.num_classes)
-    key = cache_key(GENERATOR_VERSION, cfg["world"], cfg["data"], cfg["teacher"], cfg["teacher_train"], run.data,
-                    run.data_root, seed)
-    cached_state(run.cache_dir / "kd_teacher" / f"teacher_{key}.pt", teacher,
-                  lambda: train(StudentBaseline(teacher), shared.data, section_config(cfg, "teacher_train",
-                                TeacherTrainConfig), torch.Generator().manual_seed(seed), desc="teacher"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        teacher = ConvNet(section_config(cfg, "teacher", TeacherNetConfig), shared.data.num_classes)
+        key = cache_key(GENERATOR_VERSION, cfg["world"], cfg["data"], cfg["teacher"], cfg["teacher_train"], run.data,
+                        run.data_root, seed)
+        cached_state(run.cache_dir / "kd_teacher" / f"teacher_{key}.pt", teacher,
+                     lambda: train(StudentBaseline(teacher), shared.data, section_config(cfg, "teacher_train",
+                                   TeacherTrainConfig), torch.Generator().manual_seed(seed), desc="teacher"))
     return teacher.eval().requires_grad_(False)
 
 
@@ -118,16 +116,10 @@ def run_cell(run: RunContext, shared: KDShared, method: MethodSpec, seed: int, g
              ) -> CellResult:
     data, cfg = shared.data, run.cfg
     teacher = _teacher(run, shared, seed)
-    torch.manual_seed(seed)  # the same student initialisation whether the teacher came from the cache or not
-    generator.manual_seed(seed)
-    student_cfg = section_config(cfg, "student", StudentNetConfig)
-
-    def make_student() -> ConvNet:
-        return ConvNet(student_cfg, data.num_classes)
-
+    make_student = functools.partial(ConvNet, section_config(cfg, "student", StudentNetConfig), data.num_classes)
     started = time.perf_counter()
-    fit = method.build(cfg)(make_student, teacher, data, section_config(cfg, "train", TrainConfig), generator,
-                            Checkpoint(run.checkpoints, method.name))
+    fit: KDFit = method.build(cfg)(make_student, teacher, data, section_config(cfg, "train", TrainConfig),
+                                   generator, Checkpoint(run.checkpoints, method.name))
     seconds = time.perf_counter() - started
     records = [{"epoch": e + 1, "split": "val" if name == "top1" else "train", "metric": name, "value": v}
                for name, values in fit.history.per_epoch.items() for e, v in enumerate(values)]
@@ -149,115 +141,6 @@ def run_cell(run: RunContext, shared: KDShared, method: MethodSpec, seed: int, g
                     {"epoch": None, "split": split, "metric": "intrinsic_dim_mle", "value": dims["mle"]}]
     timings = [{"epoch": None, "split": "train", "metric": "train_seconds", "value": seconds}]
     return CellResult(records, timings)
-
-
-BASE = "student_baseline"
-
-
-def claims(frame: pd.DataFrame) -> list[Claim]:
-    """The suite's family of claims: every comparison its sections assert, Holm-adjusted together."""
-    methods = set(frame["method"])
-    out = [Claim(f"{m}:student", f"`{m}` − `{BASE}` test top-1 (last epoch)", Arm(m, "top1_last", "test"),
-                 Arm(BASE, "top1_last", "test"))
-           for m in REGISTRY.method_names("kd", methods) if m != BASE and BASE in methods]
-    if {"gld", "logit_kd"} <= methods:
-        out.append(Claim("gld:logit_kd", "`gld` − `logit_kd` test top-1", Arm("gld", "top1_last", "test"),
-                         Arm("logit_kd", "top1_last", "test")))
-    if {"reverse_feature_kd", "fitnet"} <= methods:
-        out.append(Claim("reverse:fitnet", "`reverse_feature_kd` − `fitnet` test top-1",
-                         Arm("reverse_feature_kd", "top1_last", "test"), Arm("fitnet", "top1_last", "test")))
-    if "reverse_feature_kd" in methods:
-        # the paper's premise is about the student trained alone (stage 0), not the distilled one
-        out.append(Claim("premise:id", "teacher − student-alone intrinsic dimension (TwoNN, `reverse_feature_kd` "
-                                       "cells)",
-                         Arm("reverse_feature_kd", "intrinsic_dim", "teacher"),
-                         Arm("reverse_feature_kd", "intrinsic_dim", "student_alone")))
-    return out
-
-
-def _b1_verdict(tested: dict[str, Tested]) -> str:
-    parts = [f"{name} vs the student alone: {t.direction}" for key, name in (("logit_kd:student", "Logit KD"),
-                                                                            ("fitnet:student", "FitNet"))
-             if (t := tested.get(key)) is not None]
-    return "; ".join(parts) + " (Holm-adjusted over the suite's claims)." if parts else ""
-
-
-def _b3_verdict(tested: dict[str, Tested]) -> str:
-    premise = tested.get("premise:id")
-    text = ""
-    if premise is not None and premise.n:
-        holds = {"lower": "holds", "higher": "is contradicted", "no significant difference": "is not supported"}
-        text = (f"The paper's premise (teacher ID below student ID) {holds.get(premise.direction, 'is untested')} "
-                f"here (teacher − student: {premise.direction}); ")
-    rev = tested.get("reverse:fitnet")
-    return text + ("reverse feature KD vs FitNet: " + rev.direction + "." if rev is not None else "")
-
-
-def _mle_order(rows: pd.DataFrame, splits: tuple[str, ...]) -> str:
-    """Whether the MLE estimates rank the models' mean intrinsic dimensions as TwoNN does (checked, not assumed)."""
-    pairs = [(summary_row(rows, "reverse_feature_kd", "intrinsic_dim", s), summary_row(rows, "reverse_feature_kd",
-                                                                        "intrinsic_dim_mle", s)) for s in splits]
-    pairs = [(a["mean"], b["mean"]) for a, b in pairs if a is not None and b is not None]
-    if len(pairs) < 2:
-        return ""
-    same = np.array_equal(np.argsort([a for a, _ in pairs]), np.argsort([b for _, b in pairs]))
-    return "the same order of means as TwoNN" if same else "a different order of means from TwoNN"
-
-
-def _sections(frame: pd.DataFrame, timings: pd.DataFrame | None, tested: dict[str, Tested]) -> list[Section]:
-    rows = summary_rows(frame)
-    methods = set(frame["method"])
-    first = sorted(methods)[0]
-    lines = [f"Teacher test top-1 {describe(rows, first, 'teacher_top1', 'test')}; student alone "
-             f"{describe(rows, BASE, 'top1_last', 'test')}."]
-    for m in REGISTRY.method_names("kd", methods):
-        if m != BASE:
-            extra = summary_row(rows, m, "extra_params", "test")
-            lines.append(f"`{m}` top-1 (last epoch) {describe(rows, m, 'top1_last', 'test')}"
-                         + (f"; vs `{BASE}` {t.line()}" if (t := tested.get(f"{m}:student")) is not None else "")
-                         + (f"; extra trainable parameters {int(extra['mean'])}" if extra is not None else "") + ".")
-    # training time stays in summary.md's timings table: wall clock under whatever else ran is no claim
-    sections = [Section(
-        "B1. Distilling from logits vs from intermediate layers",
-        "Logit distillation matches output distributions: simple, architecture-agnostic, needs only the teacher's "
-        "outputs. Feature distillation matches internal representations: more signal, often said to transfer more, "
-        "but it needs aligned shapes (a regressor) and suffers when teacher and student differ a lot.",
-        lines, ["kd_accuracy", "kd_curves"], _b1_verdict(tested))]
-    if (t := tested.get("gld:logit_kd")) is not None:
-        sections.append(Section(
-            "B2. GLD: global and local logits with dense relations (Kim et al., ICCV 2021)",
-            "Global pooling discards spatial knowledge; GLD also distils local logits of spatial regions of the last "
-            "feature map (through the network's own classifier), standardises the logits, and matches the relations "
-            "between all global and local logits in the batch.",
-            [f"`gld` vs `logit_kd`, top-1: {t.line()}."], ["kd_accuracy"],
-            "The paper reports GLD above logit KD; measured: " + t.direction + "."))
-    if "reverse_feature_kd" in methods:
-        lines = []
-        if (t := tested.get("reverse:fitnet")) is not None:
-            lines.append(f"`reverse_feature_kd` vs `fitnet`, top-1: {t.line()}.")
-        splits = ("teacher", "student_alone", "student", "teacher_after_reverse")
-        lines.append("TwoNN intrinsic dimension of the embeddings: teacher "
-                     f"{describe(rows, 'reverse_feature_kd', 'intrinsic_dim', 'teacher')}, student trained alone "
-                     f"{describe(rows, 'reverse_feature_kd', 'intrinsic_dim', 'student_alone')}, reverse-distilled "
-                     f"student {describe(rows, 'reverse_feature_kd', 'intrinsic_dim', 'student')}, teacher "
-                     f"after reverse distillation "
-                     f"{describe(rows, 'reverse_feature_kd', 'intrinsic_dim', 'teacher_after_reverse')}.")
-        if (t := tested.get("premise:id")) is not None:
-            lines.append(f"Teacher − student-alone intrinsic dimension, paired by seed: {t.line()}.")
-        mle = " / ".join(describe(rows, "reverse_feature_kd", "intrinsic_dim_mle", s) for s in splits)
-        order = _mle_order(rows, splits)
-        lines.append("MLE estimates (teacher / student alone / reverse-distilled student / teacher after reverse): "
-                     f"{mle}" + (f"; {order}" if order else "") + ".")
-        sections.append(Section(
-            "B3. Reverse feature distillation (Li et al., CVPR 2023)",
-            "A large teacher can represent data with an intrinsic dimension a small student cannot reach, making "
-            "plain feature mimicking hard; training the teacher to also mimic a trained student's features first "
-            "(reverse distillation) closes the gap, and the student then distils from that teacher.",
-            lines, ["intrinsic_dimension"], _b3_verdict(tested)))
-    return sections
-
-
-report_sections = SuiteReport(claims, _sections)
 
 
 PROFILES = {
@@ -288,10 +171,22 @@ REGISTRY.register_suite(SuiteSpec(
 LR = SearchParam("train.lr", 1e-3, 1e-2, log=True)  # every student's own learning rate is tuned, the baseline's too
 
 
-def _register(name: str, paper: str, build, config=None, deviations: tuple[Deviation, ...] = (),
-              search_space: tuple[SearchParam, ...] = ()):
-    REGISTRY.register_method(MethodSpec(name=name, suite="kd", paper=paper, build=build, config=config or {},
-                                        deviations=deviations, search_space=(LR, *search_space)))
+def _build_distiller(distiller: type[Distiller], name: str, config: type | None, cfg: dict
+                    ) -> Callable[..., KDFit]:
+    """A kd method object: ``distiller.fit`` with the method's config section read (and checked) from ``cfg``;
+    ``run_cell`` calls it with (make_student, teacher, data, train config, generator, checkpoint)."""
+    return functools.partial(distiller.fit, section_config(cfg, name, config) if config else None)
+
+
+def register_distiller(distiller: type[Distiller], name: str, paper: str, config: type | None = None,
+                       deviations: tuple[Deviation, ...] = (), search_space: tuple[SearchParam, ...] = ()
+                       ) -> MethodSpec:
+    """Register a kd method: its ``Distiller`` subclass, the dataclass of its config section (named after the method,
+    so ``--set <name>.<key>=…`` reaches it), its paper, declared deviations and tuning ranges (the learning rate is
+    always tuned)."""
+    return REGISTRY.register_method(MethodSpec(
+        name=name, suite="kd", paper=paper, build=functools.partial(_build_distiller, distiller, name, config),
+        config={name: config} if config else {}, deviations=deviations, search_space=(LR, *search_space)))
 
 
 GLD_DEVIATIONS = (
@@ -312,31 +207,24 @@ REVERSE_KD_DEVIATIONS = (
               why="one teacher per seed is shared by every method and the stage budget is small"),
 )
 
-
-_register("student_baseline", "the student trained alone with cross-entropy",
-          lambda cfg: lambda make, teacher, data, tc, g, ckpt: fit_distiller(
-              StudentBaseline(make()), data, tc, g, ckpt),
-          search_space=(SearchParam("train.weight_decay", 1e-5, 1e-3, log=True),))
-_register("logit_kd", "Hinton, Vinyals, Dean, Distilling the Knowledge in a Neural Network, 2015",
-          lambda cfg: lambda make, teacher, data, tc, g, ckpt: fit_distiller(
-              LogitKD(make(), teacher, section_config(cfg, "logit_kd", LogitKDConfig)), data, tc, g, ckpt),
-          {"logit_kd": LogitKDConfig},
-          search_space=(SearchParam("logit_kd.temperature", 1.0, 8.0), SearchParam("logit_kd.kd_weight", 0.1, 0.95)))
-_register("gld", "Kim et al., Distilling Global and Local Logits with Densely Connected Relations, ICCV 2021",
-          lambda cfg: lambda make, teacher, data, tc, g, ckpt: fit_distiller(
-              GLD(make(), teacher, section_config(cfg, "gld", GLDConfig)), data, tc, g, ckpt),
-          {"gld": GLDConfig}, GLD_DEVIATIONS,
-          (SearchParam("gld.alpha", 0.1, 0.95), SearchParam("gld.beta", 10.0, 5000.0, log=True)))
-_register("fitnet", "Romero et al., FitNets: Hints for Thin Deep Nets, ICLR 2015",
-          lambda cfg: lambda make, teacher, data, tc, g, ckpt: fit_distiller(
-              FitNet(make(), teacher, section_config(cfg, "fitnet", FitNetConfig)), data, tc, g, ckpt),
-          {"fitnet": FitNetConfig},
-          search_space=(SearchParam("fitnet.hint_weight", 1.0, 300.0, log=True),
-                        SearchParam("fitnet.hint_stage", choices=(0, 1, 2))))
-_register("reverse_feature_kd", "Li et al., Rethinking Feature-based Knowledge Distillation for Face Recognition, "
-                                "CVPR 2023",
-          lambda cfg: lambda make, teacher, data, tc, g, ckpt: fit_reverse(
-              make, teacher, data, tc, section_config(cfg, "reverse_feature_kd", ReverseKDConfig), g, ckpt),
-          {"reverse_feature_kd": ReverseKDConfig}, REVERSE_KD_DEVIATIONS,
-          (SearchParam("reverse_feature_kd.reverse_weight", 0.1, 10.0, log=True),
-           SearchParam("reverse_feature_kd.feature_weight", 0.1, 10.0, log=True)))
+# registry order is the order of tables, figures and claims
+register_distiller(StudentBaseline, name="student_baseline", paper="the student trained alone with cross-entropy",
+                   search_space=(SearchParam("train.weight_decay", 1e-5, 1e-3, log=True),))
+register_distiller(LogitKD, name="logit_kd", paper="Hinton, Vinyals, Dean, Distilling the Knowledge in a Neural "
+                                                   "Network, 2015",
+                   config=LogitKDConfig,
+                   search_space=(SearchParam("logit_kd.temperature", 1.0, 8.0),
+                                 SearchParam("logit_kd.kd_weight", 0.1, 0.95)))
+register_distiller(GLD, name="gld", paper="Kim et al., Distilling Global and Local Logits with Densely Connected "
+                                          "Relations, ICCV 2021",
+                   config=GLDConfig, deviations=GLD_DEVIATIONS,
+                   search_space=(SearchParam("gld.alpha", 0.1, 0.95), SearchParam("gld.beta", 10.0, 5000.0, log=True)))
+register_distiller(FitNet, name="fitnet", paper="Romero et al., FitNets: Hints for Thin Deep Nets, ICLR 2015",
+                   config=FitNetConfig,
+                   search_space=(SearchParam("fitnet.hint_weight", 1.0, 300.0, log=True),
+                                 SearchParam("fitnet.hint_stage", choices=(0, 1, 2))))
+register_distiller(ReverseFeatureKD, name="reverse_feature_kd",
+                   paper="Li et al., Rethinking Feature-based Knowledge Distillation for Face Recognition, CVPR 2023",
+                   config=ReverseKDConfig, deviations=REVERSE_KD_DEVIATIONS,
+                   search_space=(SearchParam("reverse_feature_kd.reverse_weight", 0.1, 10.0, log=True),
+                                 SearchParam("reverse_feature_kd.feature_weight", 0.1, 10.0, log=True)))

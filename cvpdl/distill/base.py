@@ -1,18 +1,27 @@
-"""The tiny interface every distiller implements (after mdistiller): named losses from a batch, with the teacher
-frozen in eval mode. Teacher outputs arrive precomputed (no augmentation here, so they are fixed per sample)."""
+"""The tiny interface every kd method implements (after mdistiller's ``Distiller``): named losses from a batch, with
+the teacher frozen in eval mode, and ``fit``, how the method is trained (one standard loop unless it overrides it).
+Teacher outputs arrive precomputed (no augmentation here, so they are fixed per sample)."""
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from cvpdl.checkpoint import Checkpoint
 from cvpdl.distill.networks import ConvNet
+from cvpdl.distill.training import ClassificationData, KDFit, TrainConfig, fit_distiller
 
 
 class Distiller(nn.Module):
-    def __init__(self, student: ConvNet, teacher: ConvNet | None = None):
+    needs_teacher: ClassVar[bool] = True  # False: ``fit`` hands it no teacher (and no teacher outputs are computed)
+
+    def __init__(self, student: ConvNet, teacher: ConvNet | None = None, cfg: Any = None):
         super().__init__()
         self.student = student
         self.teacher = teacher
+        self.cfg = cfg  # the method's own config dataclass (None for a method without one)
         if teacher is not None:
             teacher.requires_grad_(False)
 
@@ -35,3 +44,11 @@ class Distiller(nn.Module):
                ) -> dict[str, torch.Tensor]:
         """Weighted loss terms by name (``loss_*``); the optimiser minimises their sum. Subclasses define it."""
         raise TypeError(f"{type(self).__name__} does not define its losses")
+
+    @classmethod
+    def fit(cls, cfg: Any, make_student: Callable[[], ConvNet], teacher: ConvNet, data: ClassificationData,
+            train_cfg: TrainConfig, generator: torch.Generator, checkpoint: Checkpoint | None = None) -> KDFit:
+        """Train the method from a fresh student: this distiller through the standard loop. Multi-stage methods
+        (reverse feature KD) override it."""
+        distiller = cls(make_student(), teacher if cls.needs_teacher else None, cfg)
+        return fit_distiller(distiller, data, train_cfg, generator, checkpoint)

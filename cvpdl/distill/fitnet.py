@@ -27,13 +27,14 @@ def conv_regressor(in_channels: int, out_channels: int, relu: bool) -> nn.Sequen
 
 
 class FitNet(Distiller):
+    cfg: FitNetConfig
+
     def __init__(self, student, teacher, cfg: FitNetConfig):
-        super().__init__(student, teacher)
+        super().__init__(student, teacher, cfg)
         stages = len(student.stages)
         if not -stages <= cfg.hint_stage < stages or len(teacher.stages) != stages:
             raise UserInputError(f"fitnet.hint_stage={cfg.hint_stage}: the nets have {stages} and "
                                  f"{len(teacher.stages)} stages (the hint needs the same stage in both)")
-        self.cfg = cfg
         self.regressor = conv_regressor(student.stage_channels[cfg.hint_stage], teacher.stage_channels[cfg.hint_stage],
                                         relu=cfg.regressor_relu)
 

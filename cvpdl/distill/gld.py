@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from cvpdl.distill.base import Distiller
-from cvpdl.distill.losses import gld_relation, kd_kl, standardize
+from cvpdl.distill.losses import gld_relation, standardize
+from cvpdl.losses import distillation_kl
 
 
 @dataclass(frozen=True)
@@ -25,9 +26,7 @@ class GLDConfig:
 
 
 class GLD(Distiller):
-    def __init__(self, student, teacher, cfg: GLDConfig):
-        super().__init__(student, teacher)
-        self.cfg = cfg
+    cfg: GLDConfig
 
     def losses(self, x, y, teacher_out):
         cfg = self.cfg
@@ -36,11 +35,11 @@ class GLD(Distiller):
         raw_local_t = self.teacher.local_logits(teacher_out["feature_map"], cfg.grid)
         global_s, global_t = standardize(out["logits"]), standardize(teacher_out["logits"])
         local_s, local_t = standardize(raw_local_s), standardize(raw_local_t)
-        local = sum(kd_kl(local_s[:, r], local_t[:, r], cfg.temperature) for r in range(local_s.shape[1]))
+        local = sum(distillation_kl(local_s[:, r], local_t[:, r], cfg.temperature) for r in range(local_s.shape[1]))
         # the relation sees the raw logits (official ``dist_preserve_loss(t_logits, s_logits)``)
         all_s = torch.cat([out["logits"], raw_local_s.flatten(0, 1)])
         all_t = torch.cat([teacher_out["logits"], raw_local_t.flatten(0, 1)])
         return {"loss_ce": (1 - cfg.alpha) * F.cross_entropy(out["logits"], y),
-                "loss_global": cfg.alpha * kd_kl(global_s, global_t, cfg.temperature),
+                "loss_global": cfg.alpha * distillation_kl(global_s, global_t, cfg.temperature),
                 "loss_local": local,
                 "loss_relation": cfg.beta * gld_relation(all_s, all_t)}

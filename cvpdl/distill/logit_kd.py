@@ -4,7 +4,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 
 from cvpdl.distill.base import Distiller
-from cvpdl.distill.losses import kd_kl
+from cvpdl.losses import distillation_kl
 
 
 @dataclass(frozen=True)
@@ -15,11 +15,9 @@ class LogitKDConfig:
 
 
 class LogitKD(Distiller):
-    def __init__(self, student, teacher, cfg: LogitKDConfig):
-        super().__init__(student, teacher)
-        self.cfg = cfg
+    cfg: LogitKDConfig
 
     def losses(self, x, y, teacher_out):
         logits = self.student(x)["logits"]
         return {"loss_ce": self.cfg.ce_weight * F.cross_entropy(logits, y),
-                "loss_kd": self.cfg.kd_weight * kd_kl(logits, teacher_out["logits"], self.cfg.temperature)}
+                "loss_kd": self.cfg.kd_weight * distillation_kl(logits, teacher_out["logits"], self.cfg.temperature)}

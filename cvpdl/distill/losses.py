@@ -1,15 +1,9 @@
-"""Distillation losses: Hinton KD, GLD (standardised global/local logits + relation), FitNet hints."""
+"""Distillation losses of GLD (standardised global/local logits + relation) and FitNet hints; Hinton's KL, shared
+with RegionCLIP, is ``cvpdl.losses.distillation_kl``."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-
-def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(softmax(z_t/T) ‖ softmax(z_s/T)) · T², summed over classes, averaged over the batch (Hinton et al.)."""
-    log_p_s = F.log_softmax(student_logits / temperature, dim=-1)
-    p_t = F.softmax(teacher_logits / temperature, dim=-1)
-    return F.kl_div(log_p_s, p_t, reduction="batchmean") * temperature ** 2
 
 
 def standardize(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:

@@ -46,21 +46,28 @@ class EmbeddingMimic(Distiller):
         return losses
 
 
-def fit_reverse(make_student: Callable[[], ConvNet], teacher: ConvNet, data: ClassificationData, train_cfg: TrainConfig,
-                cfg: ReverseKDConfig, generator: torch.Generator, checkpoint: Checkpoint | None = None) -> KDFit:
-    checkpoint = checkpoint or Checkpoint(None, "reverse")
-    stage0 = make_student()
-    train(StudentBaseline(stage0), data, train_cfg, generator, desc="reverse KD stage 0 (student)",
-          checkpoint=checkpoint.child("stage0"))
-    reversed_teacher = copy.deepcopy(teacher).requires_grad_(True)
-    train(EmbeddingMimic(reversed_teacher, stage0, ce_weight=1.0, feature_weight=cfg.reverse_weight), data,
-          replace(train_cfg, epochs=cfg.teacher_epochs, lr=train_cfg.lr / 3), generator,
-          desc="reverse KD stage 1 (teacher)", checkpoint=checkpoint.child("stage1"))
-    reversed_teacher.eval().requires_grad_(False)
-    student = make_student()
-    student.classifier.load_state_dict(reversed_teacher.classifier.state_dict())
-    student.classifier.requires_grad_(False)
-    history = train(EmbeddingMimic(student, reversed_teacher, ce_weight=0.0, feature_weight=cfg.feature_weight),
-                    data, train_cfg, generator, desc="reverse KD stage 2 (student)",
-                    checkpoint=checkpoint.child("stage2"))
-    return KDFit(student, history, teacher_after_reverse=reversed_teacher, student_alone=stage0)
+class ReverseFeatureKD(EmbeddingMimic):
+    """The method: its own losses are stage 2's (feature only, to the reversed teacher); ``fit`` runs stages 0-2."""
+
+    def __init__(self, student: ConvNet, teacher: ConvNet, cfg: ReverseKDConfig):
+        super().__init__(student, teacher, ce_weight=0.0, feature_weight=cfg.feature_weight)
+        self.cfg = cfg
+
+    @classmethod
+    def fit(cls, cfg: ReverseKDConfig, make_student: Callable[[], ConvNet], teacher: ConvNet, data: ClassificationData,
+            train_cfg: TrainConfig, generator: torch.Generator, checkpoint: Checkpoint | None = None) -> KDFit:
+        checkpoint = checkpoint or Checkpoint(None, "reverse")
+        stage0 = make_student()
+        train(StudentBaseline(stage0), data, train_cfg, generator, desc="reverse KD stage 0 (student)",
+              checkpoint=checkpoint.child("stage0"))
+        reversed_teacher = copy.deepcopy(teacher).requires_grad_(True)
+        train(EmbeddingMimic(reversed_teacher, stage0, ce_weight=1.0, feature_weight=cfg.reverse_weight), data,
+              replace(train_cfg, epochs=cfg.teacher_epochs, lr=train_cfg.lr / 3), generator,
+              desc="reverse KD stage 1 (teacher)", checkpoint=checkpoint.child("stage1"))
+        reversed_teacher.eval().requires_grad_(False)
+        student = make_student()
+        student.classifier.load_state_dict(reversed_teacher.classifier.state_dict())
+        student.classifier.requires_grad_(False)
+        history = train(cls(student, reversed_teacher, cfg), data, train_cfg, generator,
+                        desc="reverse KD stage 2 (student)", checkpoint=checkpoint.child("stage2"))
+        return KDFit(student, history, teacher_after_reverse=reversed_teacher, student_alone=stage0)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -10,8 +11,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cvpdl.checkpoint import Checkpoint
-from cvpdl.distill.base import Distiller
 from cvpdl.errors import check_finite
+
+if TYPE_CHECKING:  # base.py builds on these loops (``Distiller.fit``)
+    from cvpdl.distill.base import Distiller
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,11 @@
-"""Contrastive and distillation losses of CLIP training and RegionCLIP pretraining."""
+"""Contrastive and distillation losses of CLIP training and RegionCLIP pretraining. The distillation term is
+Hinton's KL, shared with ``distill``: ``distillation_kl`` is ``cvpdl.losses.distillation_kl``."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from cvpdl.losses import distillation_kl  # noqa: F401  (regionclip imports its losses from here)
 
 
 def multi_positive_cross_entropy(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
@@ -41,14 +44,6 @@ def region_concept_contrastive(region_emb: torch.Tensor, concept_emb: torch.Tens
     targets = concept_emb[labels]
     positives = labels[:, None] == labels[None, :]
     return mil_cross_entropy(logit_scale * region_emb @ targets.T, positives)
-
-
-def distillation_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
-                    ) -> torch.Tensor:
-    """KL(teacher ‖ student) over the concepts, ``batchmean``, scaled by T² (Hinton)."""
-    log_p_student = F.log_softmax(student_logits / temperature, dim=1)
-    p_teacher = F.softmax(teacher_logits / temperature, dim=1)
-    return F.kl_div(log_p_student, p_teacher, reduction="batchmean") * temperature ** 2
 
 
 def same_caption_mask(captions: list[str]) -> torch.Tensor:
