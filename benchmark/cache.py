@@ -3,9 +3,6 @@ that shapes them: the caller's config parts, the code that builds them and the h
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
-import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -13,8 +10,9 @@ from pathlib import Path
 import torch
 
 import cvpdl
-from benchmark.paths import source_digest
+from benchmark.paths import json_digest, source_digest
 from benchmark.reproducibility import hardware, hardware_signature
+from benchmark.results import atomic_path
 
 CVPDL_ROOT = Path(cvpdl.__file__).resolve().parent
 
@@ -30,12 +28,13 @@ def cache_key(*parts) -> str:
     """Key of a cached artefact: ``parts`` (config sections, data options, seed) plus the library code and the
     hardware signature (CPU model, ISA flags, torch version, current torch threads), which shape trained weights."""
     shaping = {"code": code_version(), "hardware": hardware_signature(hardware(torch.get_num_threads()))}
-    return hashlib.sha256(json.dumps([parts, shaping], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_digest([parts, shaping])
 
 
 def cached_state(path: Path, module: torch.nn.Module, train: Callable[[], object]) -> None:
-    """Load ``module``'s weights from ``path`` (``weights_only``), or train it and save them there atomically.
-    An unreadable cache file (truncated, from other code) is set aside and the module trained again."""
+    """Load ``module``'s weights from ``path`` (``weights_only``), or train it and save them there atomically
+    (concurrent invocations may train the same artefact). An unreadable cache file (truncated, from other code) is
+    set aside and the module trained again."""
     if path.is_file():
         try:
             module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
@@ -45,7 +44,5 @@ def cached_state(path: Path, module: torch.nn.Module, train: Callable[[], object
                           stacklevel=2)
             path.unlink()
     train()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # concurrent invocations may train the same artefact
-    torch.save(module.state_dict(), tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(module.state_dict(), tmp)

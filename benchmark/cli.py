@@ -217,8 +217,9 @@ def cmd_print_config(options) -> None:
 
 def cmd_report(args) -> None:
     from benchmark.registry import REGISTRY
-    from benchmark.report import metrics_from_mlflow, render_suite
+    from benchmark.report import render_suite
     from benchmark.results import atomic_write_csv
+    from benchmark.tracking import metrics_from_mlflow
 
     spec = REGISTRY.suite(args.suite)
     suite_dir = args.results_dir / spec.name

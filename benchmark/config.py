@@ -8,13 +8,13 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import functools
-import hashlib
 import json
 import math
 import typing
 from pathlib import Path
 from typing import Any
 
+from benchmark.paths import json_digest
 from cvpdl.errors import UserInputError
 
 # Ranges the dataclass types cannot say. Keys are ``section.key`` patterns; every number is also >= 0 unless its
@@ -194,7 +194,8 @@ def validate(cfg: dict[str, dict[str, Any]], sections: dict[str, type]) -> None:
 
 
 def config_hash(cfg: dict) -> str:
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+    """The 12-digit name of a resolved config (with whatever else shapes its results), in run.json and cell keys."""
+    return json_digest(cfg, 12)
 
 
 def section_config(cfg: dict[str, dict[str, Any]], section: str, cls: type):

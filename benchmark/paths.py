@@ -1,8 +1,9 @@
-"""Where cached artefacts live and what version of the code made them: light (no torch, no pandas), so that
-``list`` and ``--help`` can use it without importing the library."""
+"""Where cached artefacts live and the digests that name things: light (no torch, no pandas), so that ``list`` and
+``--help`` can use it without importing the library."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -12,6 +13,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def default_cache_dir() -> Path:
     """``$CVPDL_CACHE``, else ``~/.cache/cvpdl-bench``: the one default of ``run``, ``tune``, ``perf`` and ``list``."""
     return Path(os.environ.get("CVPDL_CACHE") or Path.home() / ".cache" / "cvpdl-bench")
+
+
+def json_digest(payload, length: int = 16) -> str:
+    """The first ``length`` hex digits of the sha256 of ``payload`` as sorted-key JSON (paths and other objects as
+    their ``str``): the name of a config, of a cached artefact, of a hardware signature."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
 def source_digest(*roots: Path) -> str:

@@ -1,4 +1,5 @@
-"""Summaries and figures from written results (``metrics.csv`` or tracked MLflow runs), with no training.
+"""Summaries and figures from written results (``metrics.csv``, ``timings.csv``, ``tables/``, ``run.json``), with
+no training.
 
 ``render_suite`` is what ``run`` calls at the end and what ``report`` calls alone: the same inputs give the same
 ``summary.md`` byte for byte.
@@ -27,7 +28,7 @@ from benchmark.claims import (
     summary_rows,
 )
 from benchmark.registry import REGISTRY, SuiteSpec
-from benchmark.results import atomic_write_text, read_metrics
+from benchmark.results import atomic_write_text, read_metrics, read_tables
 from cvpdl.errors import UserInputError
 
 
@@ -36,8 +37,8 @@ def _markdown(frame: pd.DataFrame) -> str:
     return header + "".join("| " + " | ".join(str(v) for v in row) + " |\n" for row in frame.itertuples(index=False))
 
 
-def _value_cells(frame: pd.DataFrame, rows: pd.DataFrame) -> tuple[list[str], list[str]]:
-    """The "mean ± std" and "95% CI" cells of the final-metrics table: "n=1" instead of a NaN spread, and
+def _value_texts(frame: pd.DataFrame, rows: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """The "mean ± std" and "95% CI" entries of the final-metrics table: "n=1" instead of a NaN spread, and
     censored epochs-to-event metrics as what was reached and what was not."""
     shown, intervals = [], []
     for r in rows.itertuples():
@@ -140,7 +141,7 @@ def tuning_lines(suite_dir: Path, frame: pd.DataFrame, run: dict) -> list[str]:
 def summary_markdown(spec: SuiteSpec, frame: pd.DataFrame, timings: pd.DataFrame | None, run: dict,
                      suite_dir: Path | None = None) -> str:
     rows = summary_rows(frame)
-    shown, intervals = _value_cells(frame, rows)
+    shown, intervals = _value_texts(frame, rows)
     seeds_per_row = final_metrics(frame).groupby(["method", "metric", "split"], sort=False)["seed"].nunique()
     counts = [seeds_per_row[(r.method, r.metric, r.split)] if r.metric in CENSORED_METRICS else r.n
               for r in rows.itertuples()]
@@ -234,8 +235,10 @@ def render_suite(suite: str, suite_dir: Path) -> list[Path]:
     atomic_write_text(suite_dir / "summary.md", summary_markdown(spec, frame, timings, run, suite_dir))
     atomic_write_text(suite_dir.parent / "REPORT.md", report_markdown(suite_dir.parent))
     from paper_figures import render_suite_figures
+    from paper_figures.style import SuiteInputs
 
-    return [suite_dir / "summary.md", suite_dir.parent / "REPORT.md", *render_suite_figures(suite, suite_dir)]
+    figures = render_suite_figures(suite, SuiteInputs(frame, read_tables(suite_dir / "tables")), suite_dir / "figures")
+    return [suite_dir / "summary.md", suite_dir.parent / "REPORT.md", *figures]
 
 
 def report_markdown(results_dir: Path) -> str:
@@ -278,27 +281,3 @@ def report_markdown(results_dir: Path) -> str:
     if limits:
         parts += ["## Limitations\n\n", "Generated from each run's run.json and metrics.csv.\n\n", *limits]
     return "".join(parts)
-
-
-def metrics_from_mlflow(suite: str, results_dir: Path) -> pd.DataFrame:
-    """The long metrics table of the latest invocation of ``suite``, from its cells' tracked ``metrics.csv``."""
-    import tempfile
-
-    from benchmark.tracking import Tracker
-
-    tracker = Tracker(results_dir, suite)
-    parents = tracker.mlflow.search_runs([tracker.experiment_id], filter_string="tags.role = 'invocation'",
-                                         order_by=["start_time DESC"], max_results=1)
-    if parents.empty:
-        raise UserInputError(f"no tracked `{suite}` runs at {tracker.uri}")
-    cells = tracker.mlflow.search_runs(
-        [tracker.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parents.iloc[0]['run_id']}'",
-        order_by=["start_time ASC"])
-    frames = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for run_id in cells["run_id"]:
-            path = tracker.client.download_artifacts(run_id, "metrics.csv", tmp)
-            frames.append(read_metrics(Path(path)))
-    if not frames:
-        raise UserInputError(f"the latest `{suite}` invocation at {tracker.uri} has no finished cells")
-    return pd.concat(frames, ignore_index=True)

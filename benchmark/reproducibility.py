@@ -27,12 +27,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from benchmark.paths import REPO_ROOT
+from benchmark.paths import REPO_ROOT, json_digest
 from benchmark.results import read_metrics
 from cvpdl.errors import UserInputError
 
 # instruction-set extensions that select different numeric kernels (x86 and ARM); other cpuinfo flags do not
 ISA_FLAG = re.compile(r"^(sse\w*|ssse3|avx\w*|fma\w*|f16c|amx\w*|vnni|asimd\w*|sve\w*|sme\w*|bf16|fphp|i8mm)$")
+PACKAGES = ("torch", "torchvision", "open_clip_torch", "pycocotools", "mlflow", "numpy", "scipy", "pandas", "mlxtend")
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "KMP_AFFINITY", "GOMP_CPU_AFFINITY")
 EXIT_MISS = 3
 
@@ -89,8 +90,7 @@ def hardware(threads: int) -> dict:
 
 
 def hardware_signature(hw: dict) -> str:
-    blob = json.dumps({k: hw[k] for k in ("cpu_model", "isa_flags", "torch", "threads")}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return json_digest({k: hw[k] for k in ("cpu_model", "isa_flags", "torch", "threads")})
 
 
 def sha256_file(path: Path) -> str:
@@ -131,6 +131,22 @@ def _version(name: str) -> str:
         return "missing"
 
 
+def versions() -> dict[str, str]:
+    return {"python": platform.python_version(), **{name: _version(name) for name in PACKAGES}}
+
+
+def git_state(repo: Path = REPO_ROOT) -> tuple[str, bool]:
+    """Commit of the code and whether tracked code (not ``results/``) differs from it."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
+                               cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+        return commit, bool(dirty)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", False
+
+
 def environment(threads: int, data: str, data_root: Path | None, clip_weights: Path | None) -> dict:
     """Everything about this invocation a rerun elsewhere needs to compare against (fast: no subprocesses)."""
     from cvpdl.evaluation.coco_eval import DEFAULT_BACKEND
@@ -156,9 +172,10 @@ def environment(threads: int, data: str, data_root: Path | None, clip_weights: P
 
 
 def record(threads: int, data: str, data_root: Path | None, clip_weights: Path | None) -> dict:
-    """The keys a suite's ``run.json`` gains: ``hardware``, its ``hardware_signature`` and ``environment``."""
+    """The keys a suite's ``run.json`` gains: library ``versions``, ``hardware``, its ``hardware_signature`` and
+    ``environment``."""
     hw = hardware(threads)
-    return {"hardware": hw, "hardware_signature": hardware_signature(hw),
+    return {"versions": versions(), "hardware": hw, "hardware_signature": hardware_signature(hw),
             "environment": environment(threads, data, data_root, clip_weights)}
 
 

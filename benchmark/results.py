@@ -5,13 +5,17 @@
 - ``tables/<name>.csv``: per-cell data behind a figure (e.g. the score-vs-IoU scatter);
 - ``run.json``: resolved config, its hash, seeds, git commit and dirty flag, versions, device, threads;
 - ``summary.md`` and ``figures/`` (``benchmark.report``).
+
+``atomic_path`` and ``locked`` are how every writer of the harness (results, cached weights, the MLflow store)
+replaces a file and shares it with concurrent invocations.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import tempfile
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -31,16 +35,23 @@ def locked(path: Path):
         yield
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+@contextlib.contextmanager
+def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary name beside ``path`` to write to: renamed onto ``path`` when the block ends, removed when it
+    raises, so readers (and concurrent writers of the same file) see the old file or the whole new one. Names left
+    by a killed process match ``.<name>.*<suffix>``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{suffix}")
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        yield tmp
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def atomic_write_csv(path: Path, frame: pd.DataFrame) -> None:
@@ -68,6 +79,11 @@ def read_metrics(path: Path) -> pd.DataFrame:
             raise UserInputError(f"{path}: column {column!r} has non-numeric entries")
     frame["epoch"] = pd.to_numeric(frame["epoch"], errors="raise").astype("Int64")
     return frame
+
+
+def read_tables(folder: Path) -> dict[str, pd.DataFrame]:
+    """``<folder>/<name>.csv`` → name → table: the per-cell data behind figures."""
+    return {p.stem: pd.read_csv(p) for p in sorted(folder.glob("*.csv"))}
 
 
 def write_json(path: Path, payload: dict) -> None:

@@ -1,29 +1,23 @@
-"""The seeded runner: the only place that seeds, picks the device, opens MLflow runs and writes result files.
+"""The seeded runner: the only place that seeds cells, picks the device, opens MLflow runs and writes result files
+(a suite's ``prepare`` seeds its shared artefacts from their own config seeds).
 
-Each (method, seed) is a cell. A finished cell is stored under ``DIR/<suite>/cells/<key>/<method>_seed<seed>/``
-(key: hash of the resolved config, data options and git commit) and reused by later invocations of the same code
-unless ``force`` is set. While a cell trains, its loops checkpoint every epoch into that folder; ``resume``
-continues an interrupted cell from there, to the same numbers as an uninterrupted run.
-
-A cell whose loss diverges ends FAILED and the others go on; the suite's files are then left as they were.
-Invocations of the same config and code share the suite folder: under a lock, each merges its cells into the
-existing ``metrics.csv`` (other seeds or methods are kept), so concurrent runs lose nothing.
+``run_suite`` resolves the config, sets up torch, then runs every (method, seed) cell of the suite inside one MLflow
+invocation run: a cell that finished before is reused from the cell store (``benchmark.cells``) unless ``force``
+is set, any other is trained and stored. A cell whose loss diverges ends FAILED and the others go on; the suite's
+files are then left as they were. Otherwise the cells are merged into the suite's files, which are rendered into
+``summary.md``, ``REPORT.md`` and the figures.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import platform
 import random
 import shutil
 import socket
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -33,14 +27,15 @@ from tqdm.auto import tqdm
 
 from benchmark import config as config_lib
 from benchmark import distributed, reproducibility
-from benchmark.claims import CellResult, RunContext
-from benchmark.paths import REPO_ROOT, default_cache_dir
+from benchmark.cells import CellStore, FinishedCell, cell_keys, stack, write_suite_files
+from benchmark.claims import RunContext
+from benchmark.paths import default_cache_dir
 from benchmark.registry import REGISTRY, MethodSpec, SuiteSpec
 from benchmark.report import headline_table, render_suite
-from benchmark.results import COLUMNS, atomic_write_csv, locked, read_metrics, records_frame, write_json
+from benchmark.results import locked
+from benchmark.tracking import NoTracking, Tracker
 from cvpdl.errors import NonFiniteLossError, UserInputError
 
-PACKAGES = ("torch", "torchvision", "open_clip_torch", "pycocotools", "mlflow", "numpy", "scipy", "pandas", "mlxtend")
 log = logging.getLogger("benchmark")  # progress lines; -q hides them, the CLI prints them between progress bars
 
 
@@ -92,28 +87,6 @@ def pick_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise UserInputError(f"unknown device {name!r}; choose from: auto, cpu, cuda")
     return torch.device(name)
-
-
-def git_state() -> tuple[str, bool]:
-    """Commit of the code and whether tracked code (not ``results/``) differs from it."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
-                               cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        return commit, bool(dirty)
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown", False
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "missing"
-    return out
 
 
 def resolve(options: RunOptions) -> tuple[SuiteSpec, list[MethodSpec], dict]:
@@ -171,21 +144,47 @@ def tuned_configs(options: RunOptions, methods: list[MethodSpec]) -> tuple[dict[
     return params, method_cfgs
 
 
-def _cell_dir(suite_dir: Path, key: str, method: str, seed: int) -> Path:
-    return suite_dir / "cells" / key / f"{method}_seed{seed}"
+@dataclass(frozen=True)
+class Execution:
+    """Where this process computes: the same for every cell of an invocation."""
+
+    device: torch.device
+    threads: int
+    rank: int  # torchrun rank; only rank 0 tracks and writes
+    world: int  # number of torchrun ranks (1 without torchrun)
 
 
-def _store_cell(path: Path, frame: pd.DataFrame, timings: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> None:
-    atomic_write_csv(path / "metrics.csv", frame)
-    atomic_write_csv(path / "timings.csv", timings)
-    for name, table in tables.items():
-        atomic_write_csv(path / "tables" / f"{name}.csv", table)
-    (path / "DONE").touch()  # last: marks the cell complete
+def setup_torch(device: str, threads: int | None) -> Execution:
+    """Device, process group (under torchrun), thread count and deterministic algorithms."""
+    rank, world, chosen = distributed.setup(pick_device(device))
+    threads = threads or max(1, (os.cpu_count() or 1) // world)  # torchrun ranks share the cores
+    torch.set_num_threads(threads)
+    torch.backends.cudnn.benchmark = False
+    if chosen.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    # CUDA RoIAlign backward has no deterministic kernel: warn there instead of failing
+    torch.use_deterministic_algorithms(True, warn_only=chosen.type == "cuda")
+    return Execution(chosen, threads, rank, world)
 
 
-def _load_cell(path: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, pd.DataFrame]]:
-    tables = {p.stem: pd.read_csv(p) for p in sorted((path / "tables").glob("*.csv"))}
-    return read_metrics(path / "metrics.csv"), read_metrics(path / "timings.csv"), tables
+def describe_run(options: RunOptions, spec: SuiteSpec, methods: list[MethodSpec], cfg: dict,
+                 params: dict[str, list[str]], ex: Execution) -> tuple[dict, dict[str, str]]:
+    """``run.json`` (config, its hash, code, machine: what a rerun elsewhere compares against) and the MLflow tags
+    of every run of this invocation."""
+    data_options = options.data_options()
+    cfg_hash = config_lib.config_hash({"cfg": cfg, **data_options, **({"params": params} if params else {})})
+    commit, dirty = reproducibility.git_state()
+    run_info = {"suite": spec.name, "profile": options.profile, "methods": [m.name for m in methods],
+                "seeds": options.seeds, "config": cfg, "config_hash": cfg_hash, "params": params, **data_options,
+                "git_commit": commit, "git_dirty": dirty, "device": str(ex.device), "threads": ex.threads,
+                "world_size": ex.world,
+                # versions, date, command, CPU/ISA, OS, torch build, evaluator, data hashes; the signature decides
+                # whether `verify` expects identical numbers or numbers within tolerances
+                **reproducibility.record(ex.threads, options.data, options.data_root, options.clip_weights)}
+    tags = {"config_hash": cfg_hash, "git_commit": commit, "git_dirty": str(dirty), "device": str(ex.device),
+            "torch": torch.__version__, "threads": str(ex.threads), "profile": options.profile,
+            "host": socket.gethostname(), "pid": str(os.getpid())}  # host + pid: stale RUNNING runs are found
+    return run_info, tags
 
 
 def _check_writable(results_dir: Path) -> None:
@@ -197,164 +196,102 @@ def _check_writable(results_dir: Path) -> None:
         raise UserInputError(f"results dir {results_dir} is not writable ({err.strerror or err})") from None
 
 
-def _cell_order(frame: pd.DataFrame, spec: SuiteSpec) -> pd.DataFrame:
-    """Rows in registry method order, then seed; a cell's own rows keep their order."""
-    rank = {m.name: i for i, m in enumerate(REGISTRY.methods(spec.name))}
-    keys = frame["method"].map(rank).astype(int) * 1_000_000 + frame["seed"].astype(int)
-    return frame.iloc[np.argsort(keys.to_numpy(), kind="stable")].reset_index(drop=True)
+class CellRunner:
+    """Runs or reuses the cells of one invocation; the suite's shared data and models are prepared at the first
+    cell that trains (a run whose cells all finished before prepares nothing)."""
 
+    def __init__(self, spec: SuiteSpec, context: RunContext, store: CellStore, tracker: Tracker | NoTracking,
+                 tags: dict[str, str], params: dict[str, list[str]], method_cfgs: dict[str, dict],
+                 options: RunOptions, ex: Execution):
+        self.spec, self.context, self.store, self.tracker = spec, context, store, tracker
+        self.tags, self.params, self.method_cfgs, self.options, self.ex = tags, params, method_cfgs, options, ex
+        self.shared = None
+        self.prepare_seconds: float | None = None  # None until prepared
 
-def _merge_previous(suite_dir: Path, run_info: dict, parts: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    """Fold in the cells of the results already in ``suite_dir`` when they come from the same config and code
-    (another invocation with other seeds or methods, possibly running at the same time); otherwise replace them."""
-    previous = suite_dir / "run.json"
-    if not previous.is_file():
-        return parts
-    old = json.loads(previous.read_text())
-    if any(old.get(k, 1) != run_info[k] for k in ("config_hash", "git_commit", "profile", "world_size",
-                                                 "hardware_signature")):  # cells from another machine: replace
-        return parts
-    merged = {}
-    for name, frame in parts.items():
-        path = suite_dir / (f"{name}.csv" if name in ("metrics", "timings") else f"tables/{name}.csv")
-        if not path.is_file():
-            merged[name] = frame
-            continue
-        earlier = pd.read_csv(path) if name not in ("metrics", "timings") else read_metrics(path)
-        ours = set(zip(frame["method"], frame["seed"]))
-        keep = [(m, s) not in ours for m, s in zip(earlier["method"], earlier["seed"])]
-        merged[name] = pd.concat([earlier[keep], frame], ignore_index=True)
-    run_info["methods"] = [m.name for m in REGISTRY.methods(run_info["suite"])
-                           if m.name in set(merged["metrics"]["method"])]
-    run_info["seeds"] = sorted({int(s) for s in merged["metrics"]["seed"]})
-    return merged
+    def run(self, method: MethodSpec, seed: int) -> FinishedCell:
+        """One cell in its nested MLflow run: reused when it finished before (unless ``force``), else trained."""
+        cfg = self.method_cfgs.get(method.name, self.context.cfg)
+        tags = {**self.tags, "role": "cell", "method": method.name, "seed": str(seed),
+                # declared differences from the paper's official code travel with the run
+                **{f"deviation.{i}": d.line()[:5000] for i, d in enumerate(method.deviations)},
+                **({"tuned_params": " ".join(self.params[method.name])} if method.name in self.params else {})}
+        with self.tracker.run(f"{method.name}-seed{seed}", {**cfg, "method": method.name, "seed": seed}, tags,
+                              nested=True) as run_id:
+            # one invocation trains a cell at a time; another one waiting here then finds it finished
+            with self.store.lock(method.name, seed) if self.ex.world == 1 else contextlib.nullcontext():
+                if distributed.agree(self.store.is_finished(method.name, seed) and not self.options.force):
+                    cell = self.store.load(method.name, seed)
+                    log.info(f"[{method.name} seed {seed}] finished before: reusing "
+                             f"{self.store.folder(method.name, seed)}")
+                else:
+                    cell = self._train(method, seed, replace(self.context, cfg=cfg), run_id)
+            self.tracker.log_records(run_id, cell.records())
+            self.tracker.log_artifacts(run_id, self.store.folder(method.name, seed))
+        return cell
+
+    def _prepare(self, run_id: str | None) -> None:
+        started = time.time()
+        self.shared = self.spec.prepare(self.context)
+        self.prepare_seconds = round(time.time() - started, 1)
+        for artifact in getattr(self.shared, "artifacts", ()):  # e.g. the trained CLIP weights
+            self.tracker.log_artifact(run_id, artifact, "cached")
+
+    def _train(self, method: MethodSpec, seed: int, context: RunContext, run_id: str | None) -> FinishedCell:
+        if self.prepare_seconds is None:
+            self._prepare(run_id)
+        checkpoints = self.store.folder(method.name, seed) / "checkpoints"
+        if not self.options.resume and self.ex.rank == 0:  # a fresh start; --resume continues from them
+            shutil.rmtree(checkpoints, ignore_errors=True)
+        distributed.barrier()
+        generator = seed_everything(seed)  # after prepare, which draws from the global generators too
+        result = self.spec.run_cell(replace(context, checkpoints=checkpoints), self.shared, method, seed, generator)
+        cell = FinishedCell.from_result(self.spec.name, method.name, seed, result)
+        if self.ex.rank == 0:
+            self.store.save(method.name, seed, cell)
+            shutil.rmtree(checkpoints, ignore_errors=True)
+        return cell
 
 
 def run_suite(options: RunOptions) -> pd.DataFrame:
     spec, methods, cfg = resolve(options)
     params, method_cfgs = tuned_configs(options, methods)
-    device = pick_device(options.device)
-    rank, world, device = distributed.setup(device)
-    threads = options.threads or max(1, (os.cpu_count() or 1) // world)  # torchrun ranks share the cores
-    torch.set_num_threads(threads)
-    torch.backends.cudnn.benchmark = False
-    if device.type == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    # CUDA RoIAlign backward has no deterministic kernel: warn there instead of failing
-    torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
-
-    data_options = options.data_options()
-    cfg_hash = config_lib.config_hash({"cfg": cfg, **data_options, **({"params": params} if params else {})})
-    commit, dirty = git_state()
-    key = {"config_hash": cfg_hash, "commit": commit, **({"world_size": world} if world > 1 else {})}
-    cell_key = config_lib.config_hash(key)  # new code (or a DDP run, whose batches differ) → new cells
-    # a tuned method's cells are keyed by its own config, so they are shared by every run with the same values
-    cell_keys = {m: config_lib.config_hash({**key, "config_hash": config_lib.config_hash({"cfg": c, **data_options})})
-                 for m, c in method_cfgs.items()}
+    ex = setup_torch(options.device, options.threads)
+    run_info, tags = describe_run(options, spec, methods, cfg, params, ex)
     results_dir = Path(options.results_dir)
     _check_writable(results_dir)
     suite_dir = results_dir / spec.name
-    cache_dir = Path(options.cache_dir or default_cache_dir())
-    run_info = {"suite": spec.name, "profile": options.profile, "methods": [m.name for m in methods],
-                "seeds": options.seeds, "config": cfg, "config_hash": cfg_hash, "params": params, **data_options,
-                "git_commit": commit, "git_dirty": dirty, "versions": versions(), "device": str(device),
-                "threads": threads, "world_size": world,
-                # date, command, CPU/ISA, OS, torch build, evaluator, data hashes; the signature decides whether
-                # `verify` expects identical numbers or numbers within tolerances
-                **reproducibility.record(threads, options.data, options.data_root, options.clip_weights)}
-    tags = {"config_hash": cfg_hash, "git_commit": commit, "git_dirty": str(dirty), "device": str(device),
-            "torch": torch.__version__, "threads": str(threads), "profile": options.profile,
-            "host": socket.gethostname(), "pid": str(os.getpid())}  # host + pid: stale RUNNING runs are found
-
-    from benchmark.tracking import NoTracking, Tracker
-
-    tracker = Tracker(results_dir, spec.name) if rank == 0 else NoTracking()
-    if tracker.killed_stale_runs:
-        log.info(f"marked {len(tracker.killed_stale_runs)} MLflow run(s) KILLED that a killed invocation had left "
-                   "RUNNING")
-    context = RunContext(spec.name, cfg, device, cache_dir, options.data, options.data_root, options.clip,
-                         options.clip_weights)
-    started = time.time()
-    frames, timing_frames, tables, failures = [], [], {}, []
+    store = CellStore(suite_dir, cell_keys(methods, run_info["config_hash"], method_cfgs, options.data_options(),
+                                           run_info["git_commit"], ex.world))
+    tracker = Tracker(results_dir, spec.name) if ex.rank == 0 else NoTracking()
+    context = RunContext(spec.name, cfg, ex.device, Path(options.cache_dir or default_cache_dir()), options.data,
+                         options.data_root, options.clip, options.clip_weights)
+    runner = CellRunner(spec, context, store, tracker, tags, params, method_cfgs, options, ex)
+    cells = [(m, s) for m in methods for s in options.seeds]
+    started, finished, failures = time.time(), [], []
     with tracker.run(f"{spec.name}-{options.profile}", cfg, {**tags, "role": "invocation"}):
-        shared, prepared = None, False
-        cells = [(m, s) for m in methods for s in options.seeds]
         for method, seed in tqdm(cells, desc=f"{spec.name} cells", unit="cell"):
-            method_cfg = method_cfgs.get(method.name, cfg)
-            path = _cell_dir(suite_dir, cell_keys.get(method.name, cell_key), method.name, seed)
             try:
-                with tracker.run(f"{method.name}-seed{seed}", {**method_cfg, "method": method.name, "seed": seed},
-                                 {**tags, "role": "cell", "method": method.name, "seed": str(seed),
-                                  # declared differences from the paper's official code travel with the run
-                                  **{f"deviation.{i}": d.line()[:5000] for i, d in enumerate(method.deviations)},
-                                  **({"tuned_params": " ".join(params[method.name])} if method.name in params
-                                     else {})},
-                                 nested=True) as run_id:
-                    # one invocation trains a cell at a time; another one waiting here then finds it DONE
-                    with locked(path.parent / f"{path.name}.lock") if world == 1 else contextlib.nullcontext():
-                        if distributed.agree((path / "DONE").is_file() and not options.force):
-                            frame, timing, cell_tables = _load_cell(path)
-                            log.info(f"[{method.name} seed {seed}] finished before: reusing {path}")
-                        else:
-                            if not prepared:
-                                prepare_started = time.time()
-                                shared, prepared = spec.prepare(context), True
-                                run_info["prepare_seconds"] = round(time.time() - prepare_started, 1)
-                                for artifact in getattr(shared, "artifacts", ()):  # e.g. the trained CLIP weights
-                                    tracker.log_artifact(run_id, artifact, "cached")
-                            checkpoints = path / "checkpoints"
-                            if not options.resume and rank == 0:  # a fresh start; --resume continues from them
-                                shutil.rmtree(checkpoints, ignore_errors=True)
-                            distributed.barrier()
-                            generator = seed_everything(seed)
-                            cell_context = replace(context, cfg=method_cfg, checkpoints=checkpoints)
-                            result: CellResult = spec.run_cell(cell_context, shared, method, seed, generator)
-                            meta = {"suite": spec.name, "method": method.name, "seed": seed}
-                            frame = records_frame([{**meta, **r} for r in result.records])
-                            timing = records_frame([{**meta, **r} for r in result.timings])
-                            cell_tables = {name: t.assign(method=method.name, seed=seed)
-                                           for name, t in result.tables.items()}
-                            if rank == 0:
-                                _store_cell(path, frame, timing, cell_tables)
-                                shutil.rmtree(checkpoints, ignore_errors=True)
-                    tracker.log_records(run_id, frame.to_dict("records") + timing.to_dict("records"))
-                    tracker.log_artifacts(run_id, path)
+                finished.append(runner.run(method, seed))
             except NonFiniteLossError as err:  # this cell diverged: it ends FAILED, the others go on
                 failures.append(f"{method.name} seed {seed}: {err}")
                 log.warning(f"[{method.name} seed {seed}] FAILED: {err}")
-                continue
-            frames.append(frame)
-            timing_frames.append(timing)
-            for name, table in cell_tables.items():
-                tables.setdefault(name, []).append(table)
         if failures:
             raise CellsFailedError(f"{len(failures)} of {len(cells)} cells failed ({'; '.join(failures)}); the "
-                                 f"finished ones are kept under {suite_dir / 'cells'} and {suite_dir} is unchanged")
-
-        if rank != 0:  # under torchrun only rank 0 writes
+                                   f"finished ones are kept under {suite_dir / 'cells'} and {suite_dir} is unchanged")
+        if ex.rank != 0:  # under torchrun only rank 0 writes
             distributed.barrier()
             distributed.close()
-            return pd.concat(frames, ignore_index=True)[COLUMNS]
-        parts = {"metrics": pd.concat(frames, ignore_index=True)[COLUMNS],
-                 "timings": pd.concat(timing_frames, ignore_index=True)[COLUMNS],
-                 **{name: pd.concat(p, ignore_index=True) for name, p in tables.items()}}
+            return stack(finished)["metrics"]
         run_info["wall_seconds"] = round(time.time() - started, 1)
+        if runner.prepare_seconds is not None:
+            run_info["prepare_seconds"] = runner.prepare_seconds
         with locked(suite_dir / ".lock"):
-            parts = {name: _cell_order(frame, spec) for name, frame in _merge_previous(suite_dir, run_info,
-                                                                                        parts).items()}
-            atomic_write_csv(suite_dir / "metrics.csv", parts["metrics"])
-            atomic_write_csv(suite_dir / "timings.csv", parts["timings"])
-            for name, table in parts.items():
-                if name not in ("metrics", "timings"):
-                    atomic_write_csv(suite_dir / "tables" / f"{name}.csv", table)
-            write_json(suite_dir / "run.json", run_info)
+            metrics = write_suite_files(suite_dir, run_info, finished)
             written = render_suite(spec.name, suite_dir)
         for path in [suite_dir / "metrics.csv", suite_dir / "run.json", *written]:
             tracker.log_artifact(None, path, "results" if path.suffix != ".png" else "figures")
-        metrics = parts["metrics"]
     distributed.barrier()
     distributed.close()
     print(f"\n{spec.name}: {len(cells)} cells in {run_info['wall_seconds']} s → {suite_dir}")
     print(headline_table(spec, metrics))
     return metrics
-

@@ -19,9 +19,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from benchmark.results import locked
+import pandas as pd
+
+from benchmark.results import atomic_path, locked, read_metrics
 from cvpdl.errors import UserInputError
 
+log = logging.getLogger("benchmark")
 MAX_PARAM_LENGTH = 500
 STORE_NAME = "mlflow.db"
 
@@ -92,14 +95,10 @@ def ensure_store(path: Path, artifact_root: str) -> None:
             stale.unlink(missing_ok=True)
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-    building = path.with_name(f".{path.name}.{os.getpid()}.building")
-    try:
+    with atomic_path(path, ".building") as building:
         SqlAlchemyStore(f"sqlite:///{building}", artifact_root).engine.dispose()
         _fsync(building)
-        os.replace(building, path)
-        _fsync(path.parent)
-    finally:
-        building.unlink(missing_ok=True)
+    _fsync(path.parent)
 
 
 def check_reachable(uri: str) -> None:
@@ -165,17 +164,18 @@ class Tracker:
                 self.experiment_id = self.client.create_experiment(name, artifact_location=artifacts)
             else:
                 self.experiment_id = experiment.experiment_id
-        self.killed_stale_runs = self._end_stale_runs()
+        self._end_stale_runs()
 
-    def _end_stale_runs(self) -> list[str]:
+    def _end_stale_runs(self) -> None:
         """Runs left RUNNING by an invocation of this host that no longer exists (SIGKILL, power loss) → KILLED."""
-        host, stale = socket.gethostname(), []
+        host, stale = socket.gethostname(), 0
         for run in self.client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
             tags = run.data.tags
             if tags.get("host") == host and tags.get("pid", "").isdigit() and not _pid_alive(int(tags["pid"])):
                 self.client.set_terminated(run.info.run_id, status="KILLED")
-                stale.append(run.info.run_id)
-        return stale
+                stale += 1
+        if stale:
+            log.info(f"marked {stale} MLflow run(s) KILLED that a killed invocation had left RUNNING")
 
     @contextlib.contextmanager
     def run(self, name: str, params: dict, tags: dict[str, str], nested: bool = False) -> Iterator[str]:
@@ -224,8 +224,6 @@ class Tracker:
 class NoTracking:
     """What ranks other than 0 get under torchrun: the tracker's calls, nothing recorded."""
 
-    killed_stale_runs: list[str] = []
-
     @contextlib.contextmanager
     def run(self, name: str, params: dict, tags: dict[str, str], nested: bool = False) -> Iterator[None]:
         yield None
@@ -238,3 +236,23 @@ class NoTracking:
 
     def log_artifact(self, run_id, path, artifact_path) -> None:
         pass
+
+
+def metrics_from_mlflow(suite: str, results_dir: Path) -> pd.DataFrame:
+    """The long metrics table of the latest invocation of ``suite``, from its cells' tracked ``metrics.csv``."""
+    tracker = Tracker(results_dir, suite)
+    parents = tracker.mlflow.search_runs([tracker.experiment_id], filter_string="tags.role = 'invocation'",
+                                         order_by=["start_time DESC"], max_results=1)
+    if parents.empty:
+        raise UserInputError(f"no tracked `{suite}` runs at {tracker.uri}")
+    cells = tracker.mlflow.search_runs(
+        [tracker.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parents.iloc[0]['run_id']}'",
+        order_by=["start_time ASC"])
+    frames = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for run_id in cells["run_id"]:
+            path = tracker.client.download_artifacts(run_id, "metrics.csv", tmp)
+            frames.append(read_metrics(Path(path)))
+    if not frames:
+        raise UserInputError(f"the latest `{suite}` invocation at {tracker.uri} has no finished cells")
+    return pd.concat(frames, ignore_index=True)

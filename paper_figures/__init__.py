@@ -1,22 +1,22 @@
-"""One small module per report figure. ``render_suite_figures`` draws a suite's figures from its result files."""
+"""One small module per report figure. ``render_suite_figures`` draws a suite's figures from its loaded results;
+the caller (``benchmark.report``, ``python -m paper_figures``) reads them, so figures depend on no harness code."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from paper_figures import detr_figures, kd_figures, ovd_figures
+from paper_figures.style import SuiteInputs, save
 
 FIGURES = {"detr": detr_figures.FIGURES, "kd": kd_figures.FIGURES, "ovd": ovd_figures.FIGURES}
 # What each figure's marks are, quoted under it in REPORT.md.
 CAPTIONS = {"detr": detr_figures.CAPTIONS, "kd": kd_figures.CAPTIONS, "ovd": ovd_figures.CAPTIONS}
 
 
-def render_suite_figures(suite: str, suite_dir: Path) -> list[Path]:
-    from paper_figures.style import load_inputs, save
-
-    inputs = load_inputs(suite_dir)
+def render_suite_figures(suite: str, inputs: SuiteInputs, figures_dir: Path) -> list[Path]:
+    """Every figure of ``suite`` that its inputs can draw, as ``figures_dir/<name>.png`` (and ``.pdf``)."""
     written = []
     for name, draw in FIGURES.get(suite, {}).items():
         figure = draw(inputs)
         if figure is not None:
-            written.append(save(figure, suite_dir / "figures" / name))
+            written.append(save(figure, figures_dir / name))
     return written

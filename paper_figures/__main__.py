@@ -3,7 +3,17 @@ import argparse
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from paper_figures import FIGURES, render_suite_figures
+from paper_figures.style import SuiteInputs
+
+
+def read_inputs(suite_dir: Path) -> SuiteInputs:
+    """A suite's ``metrics.csv`` and ``tables/*.csv`` as the harness wrote them (it validated them then)."""
+    metrics = pd.read_csv(suite_dir / "metrics.csv", dtype={"suite": str, "method": str, "split": str, "metric": str})
+    metrics["epoch"] = metrics["epoch"].astype("Int64")
+    return SuiteInputs(metrics, {p.stem: pd.read_csv(p) for p in sorted((suite_dir / "tables").glob("*.csv"))})
 
 
 def main() -> int:
@@ -15,7 +25,7 @@ def main() -> int:
         suite_dir = args.results_dir / suite
         if (suite_dir / "metrics.csv").is_file():
             found = True
-            for path in render_suite_figures(suite, suite_dir):
+            for path in render_suite_figures(suite, read_inputs(suite_dir), suite_dir / "figures"):
                 print(path, "(+ .pdf)")
     if not found:
         print(f"error: no suite results under {args.results_dir}", file=sys.stderr)

@@ -17,15 +17,11 @@ plt.rcParams.update({"savefig.dpi": 130, "figure.dpi": 100, "svg.hashsalt": "cvp
 
 @dataclass
 class SuiteInputs:
+    """What a figure is drawn from, loaded by the caller: a suite's ``metrics.csv`` (long format, ``epoch`` an
+    ``Int64`` column, empty for final metrics) and its ``tables/<name>.csv`` by name."""
+
     metrics: pd.DataFrame
     tables: dict[str, pd.DataFrame]
-
-
-def load_inputs(suite_dir: Path) -> SuiteInputs:
-    from benchmark.results import read_metrics
-
-    tables = {p.stem: pd.read_csv(p) for p in sorted((suite_dir / "tables").glob("*.csv"))}
-    return SuiteInputs(read_metrics(suite_dir / "metrics.csv"), tables)
 
 
 def method_order(frame: pd.DataFrame) -> list[str]:

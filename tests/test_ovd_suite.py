@@ -80,7 +80,7 @@ def test_report_rebuilds_summary_byte_for_byte(quick_run, tmp_path):
 
 
 def test_report_from_mlflow_matches_metrics_csv(quick_run, tmp_path):
-    from benchmark.report import metrics_from_mlflow
+    from benchmark.tracking import metrics_from_mlflow
 
     tracked = metrics_from_mlflow("ovd", quick_run)
     written = pd.read_csv(quick_run / "ovd" / "metrics.csv")

@@ -11,7 +11,8 @@ from cvpdl.ovd.region_classifier import OvdContext, RegionClassifier
 
 def embed_regions_roi(enc: ClipEncoder, images: np.ndarray, boxes: list[np.ndarray], scale: float,
                       batch_size: int) -> torch.Tensor:
-    """Images are resized by ``scale`` × CLIP's input size so small objects span a few stride-16 cells."""
+    """Images are resized by ``scale`` × CLIP's input size so small objects span a few positions of the stride-16
+    feature map."""
     size = int(round(enc.image_size * scale))
     out = []
     for start in range(0, len(images), batch_size):

@@ -38,7 +38,7 @@ def build_localizer(cfg: LocalizerConfig, image_size: int) -> FCOS:
     backbone = nn.Sequential(_conv(3, w, 2), _conv(w, w, 1), _conv(w, 2 * w, 2), _conv(2 * w, 2 * w, 1),
                              _conv(2 * w, 4 * w, 2), _conv(4 * w, 4 * w, 1))  # stride 8
     backbone.out_channels = 4 * w
-    anchors = AnchorGenerator(sizes=((8,),), aspect_ratios=((1.0,),))  # FCOS: one point per cell, size = stride
+    anchors = AnchorGenerator(sizes=((8,),), aspect_ratios=((1.0,),))  # FCOS: one point per map position, size = stride
     return FCOS(backbone, num_classes=1, anchor_generator=anchors, min_size=image_size, max_size=image_size,
                 image_mean=[0.0] * 3, image_std=[1.0] * 3, score_thresh=cfg.score_threshold,
                 detections_per_img=cfg.detections_per_image, topk_candidates=200)

@@ -19,7 +19,7 @@ from cvpdl.ovd.clip_model import ClipEncoder
 
 @dataclass
 class OvdContext:
-    """What the suite shares with every method of a cell: the (teacher) CLIP, the training split, the
+    """What the suite shares with every cell: the (teacher) CLIP, the training split, the
     class-agnostic localizer trained on its base boxes, the class names (prompts) and the batch size for inference."""
 
     clip: ClipEncoder
