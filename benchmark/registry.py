@@ -42,6 +42,18 @@ class SearchParam:
 
 
 @dataclass(frozen=True)
+class Floor:
+    """A level a method must clear for comparisons with it to mean anything: chance for a classifier, the target
+    of a convergence measure. The report flags every method at or below it, without anyone asking."""
+
+    metric: str
+    split: str
+    # (metric, split) in metrics.csv that holds the level, e.g. ("chance_top1", "test"); None: a censored metric
+    # (NaN = never reached), flagged where no seed reaches it
+    level: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     name: str
     suite: str
@@ -88,6 +100,7 @@ class SuiteSpec:
     course_questions: tuple[str, ...] = ()  # listed in REPORT.md while the suite has no results
     # (metric, split) that ``benchmark tune`` maximises: a validation number, never test (last epoch if per-epoch)
     tuning_objective: tuple[str, str] | None = None
+    floors: tuple[Floor, ...] = ()  # levels below which a method (a baseline above all) is flagged in the report
 
 
 class Registry:

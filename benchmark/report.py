@@ -106,6 +106,10 @@ def limitations(spec: SuiteSpec, frame: pd.DataFrame, run: dict, tested: dict[st
     return lines
 
 
+def _reached(x: float | None) -> str:
+    return "not reached" if x is None else fmt_value(x)  # None: a censored number (e.g. the target never met)
+
+
 def tuning_lines(suite_dir: Path, frame: pd.DataFrame, run: dict) -> list[str]:
     """What the equal tuning budget did, from ``tuning/best.json`` (val objective, seed 0 of the study) and whether
     this run used it (run.json ``params``); test numbers of the tuned methods come from this run's metrics."""
@@ -126,7 +130,7 @@ def tuning_lines(suite_dir: Path, frame: pd.DataFrame, run: dict) -> list[str]:
                  else f"{fmt_value(entry['value'])} (nothing to tune)")
         values = ", ".join(f"`{k}={v:.4g}`" if isinstance(v, float) else f"`{k}={v}`"
                            for k, v in sorted(entry["params"].items()))
-        on_test = [f"{key} {fmt_value(entry['default_headline'][key])} → {fmt_value(value)}"
+        on_test = [f"{key} {_reached(entry['default_headline'][key])} → {_reached(value)}"
                    for key, value in entry.get("headline", {}).items()
                    if "[test]" in key and key in entry.get("default_headline", {}) and entry["params"]]
         lines.append(f"`{name}`: {metric}[{split}] default → tuned {moved}"

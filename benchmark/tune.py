@@ -41,17 +41,22 @@ class TuneOptions:
     timeout: float | None = None  # seconds per method's study (a wall budget; the trial in flight finishes)
 
 
-def objective_value(metrics: pd.DataFrame, method: str, seed: int, metric: str, split: str) -> float:
-    """The trial's objective from its own cell's rows (``run_suite`` returns the suite's merged table, which holds
-    other methods' cells of the same config too): the final row, or the last epoch of a per-epoch metric."""
+def final_value(metrics: pd.DataFrame, method: str, seed: int, metric: str, split: str) -> float:
+    """One cell's number from ``run_suite``'s table (which holds other methods' cells of the same config too): the
+    final row, or the last epoch of a per-epoch metric. NaN where the metric is censored (e.g. target never met)."""
     rows = metrics[(metrics["method"] == method) & (metrics["seed"] == seed) & (metrics["metric"] == metric)
                    & (metrics["split"] == split)]
     if rows.empty:
-        raise UserInputError(f"tuning objective {metric}[{split}] is missing from the trial's metrics")
+        raise UserInputError(f"{metric}[{split}] is missing from the trial's metrics")
     final = rows[rows["epoch"].isna()]
     if final.empty:
         final = rows[rows["epoch"] == rows["epoch"].max()]
-    value = float(final["value"].mean())
+    return float(final["value"].mean())
+
+
+def objective_value(metrics: pd.DataFrame, method: str, seed: int, metric: str, split: str) -> float:
+    """The trial's objective from its own cell's rows; a non-finite value scores as the worst."""
+    value = final_value(metrics, method, seed, metric, split)
     return value if math.isfinite(value) else float("-inf")
 
 
@@ -60,9 +65,10 @@ def headline_values(spec: SuiteSpec, metrics: pd.DataFrame, method: str, seed: i
     values = {}
     for metric, split in spec.headline:
         try:
-            values[f"{metric}[{split}]"] = objective_value(metrics, method, seed, metric, split)
+            value = final_value(metrics, method, seed, metric, split)
         except UserInputError:  # a headline this method does not produce
             continue
+        values[f"{metric}[{split}]"] = value if math.isfinite(value) else None  # censored: not reached
     return values
 
 
@@ -172,15 +178,14 @@ def write_outputs(spec: SuiteSpec, storage, profile: str, tuning_dir: Path, figu
         for t in study.trials:
             rows.append({"method": name, "trial": t.number, "state": t.state.name, "value": t.value,
                          "counted": t in counted, **{f"param:{k}": v for k, v in t.params.items()},
-                         **{f"headline:{k}": v for k, v in t.user_attrs.get("headline", {}).items()}})
+                         **{f"headline:{k}": v for k, v in _headline(t).items()}})
         if counted:
             top = max(counted, key=lambda t: t.value)
             default = next((t for t in counted if t.user_attrs.get("default")),
                            None if method.search_space else counted[0])
             best[name] = {"value": top.value, "params": top.params, "trial": top.number, "trials": len(counted),
                           "default_value": default.value if default else None,
-                          "headline": top.user_attrs.get("headline", {}),
-                          "default_headline": default.user_attrs.get("headline", {}) if default else {}}
+                          "headline": _headline(top), "default_headline": _headline(default) if default else {}}
     trials = pd.DataFrame(rows, columns=["method", "trial", "state", "value", "counted"] if not rows else None)
     atomic_write_csv(tuning_dir / "trials.csv", trials)
     payload = {"suite": spec.name, "profile": profile, "objective": list(spec.tuning_objective),
@@ -197,6 +202,12 @@ def write_outputs(spec: SuiteSpec, storage, profile: str, tuning_dir: Path, figu
                 sensitivity(frame, spec.tuning_objective, tuning_dir / "figures" / f"sensitivity_{name}.png")
     atomic_write_text(tuning_dir / "best.json", json.dumps(payload, indent=2, sort_keys=True) + "\n")
     return trials
+
+
+def _headline(trial) -> dict[str, float | None]:
+    # None for a censored number (trials recorded before this was kept apart hold -inf)
+    recorded = trial.user_attrs.get("headline", {})
+    return {k: v if v is not None and math.isfinite(v) else None for k, v in recorded.items()}
 
 
 def _importances(counted) -> dict[str, float]:

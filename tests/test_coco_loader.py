@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cvpdl.data.coco import load_coco_split
+from cvpdl.data.coco import OV_COCO_NOVEL, available_splits, load_coco_split, resolve_splits
 from cvpdl.data.detection_split import resized
 from cvpdl.errors import UserInputError
 
@@ -26,7 +26,8 @@ def write_dataset(root, annotations=None):
 
 def test_loads_coco_split_with_ov_novel_names_and_captions(tmp_path):
     write_dataset(tmp_path)
-    split = load_coco_split(tmp_path, "val")
+    assert load_coco_split(tmp_path, "val").novel_cat_ids == []  # no OV split unless asked
+    split = load_coco_split(tmp_path, "val", ("dog",))
     assert split.novel_cat_ids == [18]  # "dog" is OV-COCO novel
     assert split.captions == ["a dog a brown dog", ""]
     assert split.image(0).shape == (40, 80, 3)
@@ -56,3 +57,42 @@ def test_missing_files_say_where_they_go(tmp_path):
     (tmp_path / "val" / "2.png").unlink()
     with pytest.raises(UserInputError, match="image file not found"):
         load_coco_split(tmp_path, "val")
+
+
+def test_novel_list_is_checked_against_the_categories(tmp_path):
+    write_dataset(tmp_path)
+    with pytest.raises(UserInputError, match="novel class.*airplane.*it has: dog, person.*coco_novel_classes"):
+        load_coco_split(tmp_path, "val", OV_COCO_NOVEL)  # OV-COCO's 17 names on a 2-category dataset
+    with pytest.raises(UserInputError, match="needs both novel and base"):
+        load_coco_split(tmp_path, "val", ("dog", "person"))
+
+
+def _annotation_files(root, *splits):
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    for split in splits:
+        (root / "annotations" / f"instances_{split}.json").write_text("{}")
+
+
+@pytest.mark.parametrize("splits, given, expected", [
+    (("train2017", "val2017"), {}, ("train2017", "val2017", "val2017")),  # COCO: no annotated test → val
+    (("train", "val", "test"), {}, ("train", "val", "test")),
+    (("mytrain", "val2017", "train2017"), {"train": "mytrain"}, ("mytrain", "val2017", "val2017")),
+])
+def test_split_names_are_discovered_from_the_annotation_files(tmp_path, splits, given, expected):
+    _annotation_files(tmp_path, *splits)
+    resolved = resolve_splits(tmp_path, **given)
+    assert (resolved.train, resolved.val, resolved.test) == expected
+    assert resolved.test_is_val == (expected[2] == expected[1])
+    assert available_splits(tmp_path) == sorted(splits)
+
+
+@pytest.mark.parametrize("splits, given, message", [
+    ((), {}, "holds no instances_<split>.json"),
+    (("train2017", "val2017"), {"val": "val2014"}, "val split 'val2014' has no .*found splits: train2017, val2017"),
+    (("train2014", "train2017", "val2017"), {}, "cannot tell the COCO train split.*coco_train_split"),
+])
+def test_split_names_that_do_not_resolve_are_one_clear_line(tmp_path, splits, given, message):
+    _annotation_files(tmp_path, *splits)
+    (tmp_path / "annotations").mkdir(exist_ok=True)
+    with pytest.raises(UserInputError, match=message):
+        resolve_splits(tmp_path, **given)

@@ -20,7 +20,7 @@ from benchmark.config import section_config
 from benchmark.registry import REGISTRY, Deviation, MethodSpec, SearchParam, SuiteSpec
 from benchmark.suites.ovd_report import report_sections
 from cvpdl.checkpoint import Checkpoint
-from cvpdl.data.coco import load_coco_split
+from cvpdl.data.coco import OV_COCO_NOVEL, load_coco_split
 from cvpdl.data.detection_split import DetectionSplit, resized
 from cvpdl.data.digits_world import GENERATOR_VERSION, DigitsWorldConfig, load_digits_split
 from cvpdl.errors import UserInputError
@@ -67,7 +67,7 @@ def _load_split(run: RunContext, split: str, n: int, seed: int) -> DetectionSpli
     data = section_config(run.cfg, "data", OvdDataConfig)
     if run.data == "coco":
         name = data.coco_train_split if split == "train" else data.coco_test_split
-        real = load_coco_split(run.data_root, name)
+        real = load_coco_split(run.data_root, name, OV_COCO_NOVEL)
         if split != "train" and not real.novel_cat_ids:
             raise UserInputError(f"{name}: none of the OV-COCO novel category names occur in its categories")
         return resized(real, data.coco_image_size)

@@ -1,11 +1,14 @@
 """Real COCO-format data: ``ROOT/annotations/instances_<split>.json`` and images under ``ROOT/<split>/``.
 
 Optional ``ROOT/annotations/captions_<split>.json`` (COCO captions) gives the image-text corpus of ``ovd``.
-Nothing is ever downloaded: a missing file is an error that says where to put it.
+Nothing is ever downloaded: a missing file is an error that says where to put it. Split names are discovered from
+the annotation files (``resolve_splits``), so a folder with ``instances_train.json``/``instances_val.json`` works
+as it is; where there is no annotated test split (COCO's test2017 has no public boxes) val doubles as test.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from cvpdl.data.detection_split import DetectionSplit
@@ -55,7 +58,66 @@ def read_json(path: Path, what: str) -> dict:
         raise UserInputError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
 
 
-def load_coco_split(root: str | Path, split: str, novel_names: tuple[str, ...] = OV_COCO_NOVEL) -> DetectionSplit:
+def available_splits(root: str | Path) -> list[str]:
+    """The split names that have ``ROOT/annotations/instances_<split>.json``, sorted."""
+    files = (Path(root) / "annotations").glob("instances_*.json")
+    return sorted(p.name.removeprefix("instances_").removesuffix(".json") for p in files)
+
+
+@dataclass(frozen=True)
+class CocoSplits:
+    train: str
+    val: str
+    test: str
+
+    @property
+    def test_is_val(self) -> bool:
+        return self.test == self.val
+
+
+def resolve_splits(root: str | Path, train: str = "", val: str = "", test: str = "") -> CocoSplits:
+    """Split names: the given ones checked against the annotation files, the empty ones discovered (the only
+    split whose name starts with ``train``/``val``/``test``; no test split → val is the test split)."""
+    found = available_splits(root)
+    if not found:
+        raise UserInputError(f"{Path(root) / 'annotations'} holds no instances_<split>.json (COCO layout: "
+                             "annotations/instances_train2017.json, annotations/instances_val2017.json, …)")
+
+    def pick(given: str, role: str, fallback: str | None = None) -> str:
+        if given:
+            if given not in found:
+                raise UserInputError(f"COCO {role} split {given!r} has no annotations/instances_{given}.json under "
+                                     f"{root}; found splits: {', '.join(found)}")
+            return given
+        named = [s for s in found if s.startswith(role)]
+        if len(named) == 1:
+            return named[0]
+        if not named and fallback:
+            return fallback
+        raise UserInputError(f"cannot tell the COCO {role} split among {', '.join(found)} under {root}; name it with "
+                             f"--set data.coco_{role}_split=NAME")
+
+    val_name = pick(val, "val")
+    return CocoSplits(pick(train, "train"), val_name, pick(test, "test", fallback=val_name))
+
+
+def novel_category_ids(coco: dict, novel_names: tuple[str, ...], source: str) -> list[int]:
+    """Category ids of the open-vocabulary novel classes; every name must be a category, and base classes must
+    remain."""
+    names = {c["name"]: c["id"] for c in coco["categories"]}
+    unknown = [n for n in novel_names if n not in names]
+    if unknown:
+        raise UserInputError(f"{source}: novel class(es) {', '.join(unknown)} are not categories of this dataset "
+                             f"(it has: {', '.join(names)}); set the novel list with "
+                             "--set data.coco_novel_classes=[name,...]")
+    if not novel_names or len(set(novel_names)) == len(names):
+        raise UserInputError(f"{source}: the open-vocabulary split needs both novel and base classes; "
+                             f"got {len(set(novel_names))} novel of {len(names)} categories")
+    return sorted(names[n] for n in set(novel_names))
+
+
+def load_coco_split(root: str | Path, split: str, novel_names: tuple[str, ...] | None = None) -> DetectionSplit:
+    """One split; ``novel_names`` (the OV split's novel classes, e.g. ``OV_COCO_NOVEL``) are checked and marked."""
     root = Path(root)
     ann_path = root / "annotations" / f"instances_{split}.json"
     coco = read_json(ann_path, f"COCO annotations (put them at ROOT/annotations/instances_{split}.json)")
@@ -75,5 +137,5 @@ def load_coco_split(root: str | Path, split: str, novel_names: tuple[str, ...] =
         for ann in read_json(cap_path, "COCO captions").get("annotations", []):
             by_image.setdefault(ann["image_id"], []).append(ann["caption"])
         captions = [" ".join(by_image.get(im["id"], [])) for im in coco["images"]]
-    novel = {c["id"] for c in coco["categories"] if c["name"] in set(novel_names)}
-    return DetectionSplit(paths, coco, captions, novel_cat_ids=sorted(novel))
+    novel = novel_category_ids(coco, novel_names, str(ann_path)) if novel_names is not None else []
+    return DetectionSplit(paths, coco, captions, novel_cat_ids=novel)
