@@ -24,6 +24,7 @@ from benchmark.claims import (
     fmt_value,
     holm,
     paired_rows,
+    describe,
     summary_row,
     summary_rows,
 )
@@ -66,10 +67,35 @@ def _config_items(section: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(section.items()) if not isinstance(v, dict))
 
 
+def floor_lines(spec: SuiteSpec, frame: pd.DataFrame) -> list[str]:
+    """Every method not clearly above a floor its suite declares: a 95% interval over seeds that reaches down to
+    the chance level, or a censored metric never reached on any seed (metrics.csv only)."""
+    finals = final_metrics(frame)
+    lines = []
+    for floor in spec.floors:
+        rows = finals[(finals["metric"] == floor.metric) & (finals["split"] == floor.split)]
+        for method, group in rows.groupby("method", sort=False):
+            shown = f"{floor.metric}[{floor.split}]"
+            if floor.level is None:
+                if group["value"].isna().all():
+                    lines.append(f"**`{method}` never reaches its target**: {shown} is censored on all {len(group)} "
+                                 "seeds (not reached within the run); comparisons with it are with a method that has "
+                                 "not converged.")
+                continue
+            table = summary_rows(finals[finals["method"] == method])
+            level = summary_row(table, method, *floor.level)
+            mine = summary_row(table, method, floor.metric, floor.split)
+            if level is not None and not mine["ci_low"] > level["mean"]:  # NaN-safe: n=1 is not "clearly above"
+                lines.append(f"**`{method}` is not clearly above chance**: {shown} "
+                             f"{describe(table, method, floor.metric, floor.split)} against {floor.level[0]} "
+                             f"{fmt_value(level['mean'])}; comparisons with it say little about what it stands for.")
+    return lines
+
+
 def limitations(spec: SuiteSpec, frame: pd.DataFrame, run: dict, tested: dict[str, Tested] | None) -> list[str]:
     """What a reader must know before generalising this run, generated from run.json and metrics.csv."""
     cfg = run.get("config", {})
-    lines = [f"Data: `{run.get('data', '?')}` ({spec.dataset}); " + "; ".join(
+    lines = [*floor_lines(spec, frame), f"Data: `{run.get('data', '?')}` ({spec.dataset}); " + "; ".join(
         f"`{name}`: {_config_items(cfg[name])}" for name in ("world", "data") if isinstance(cfg.get(name), dict))
         + " (from run.json)."]
     finals = final_metrics(frame)
@@ -174,7 +200,8 @@ def summary_markdown(spec: SuiteSpec, frame: pd.DataFrame, timings: pd.DataFrame
                   *[f"- {line}\n" for line in tuning_lines(suite_dir, frame, run)], "\n"]
     if spec.baseline and spec.baseline in set(frame["method"]):
         paired = paired_rows(frame, spec.baseline)
-        paired = paired[~paired["metric"].isin(CENSORED_METRICS)].reset_index(drop=True)
+        levels = {f.level[0] for f in spec.floors if f.level}  # chance levels: constants, not results
+        paired = paired[~paired["metric"].isin(CENSORED_METRICS | levels)].reset_index(drop=True)
         if not paired.empty:
             shown = pd.DataFrame({
                 "method": paired["method"], "metric": paired["metric"], "split": paired["split"],

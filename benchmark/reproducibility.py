@@ -319,6 +319,7 @@ def verify(suite: str, results_dir: Path | None = None, run: bool = False, metho
            repo: Path = REPO_ROOT) -> int:
     """``python -m benchmark verify``: compare a run (made now with ``run``, else read from ``results_dir``) with
     the committed results; print the comparison; 0 when everything reproduced, ``EXIT_MISS`` otherwise."""
+    import benchmark.suites  # noqa: F401  (registers every suite; verify is also called as a library function)
     from benchmark.registry import REGISTRY
 
     spec = REGISTRY.suite(suite)  # an unknown name is a one-line user error

@@ -66,14 +66,14 @@ def positional_attention(inputs: SuiteInputs):
     for row, method in zip(axes, methods):
         sub = table[(table["method"] == method) & (table["seed"] == seed)]
         for ax, q in zip(row, queries):
-            cells = sub[sub["query"] == q]
-            if cells.empty:  # a variant with fewer queries than the others
+            points = sub[sub["query"] == q]
+            if points.empty:  # a variant with fewer queries than the others
                 ax.set_axis_off()
                 continue
-            grid = np.zeros((cells["y"].max() + 1, cells["x"].max() + 1))
-            grid[cells["y"], cells["x"]] = cells["value"]
+            grid = np.zeros((points["y"].max() + 1, points["x"].max() + 1))
+            grid[points["y"], points["x"]] = points["value"]
             image = ax.imshow(grid, cmap="viridis", vmin=0.0, vmax=vmax)
-            ax.set_title(f"H={cells['entropy'].iloc[0]:.2f}, {int(cells['modes'].iloc[0])} mode(s)", fontsize=7)
+            ax.set_title(f"H={points['entropy'].iloc[0]:.2f}, {int(points['modes'].iloc[0])} mode(s)", fontsize=7)
             ax.set_xticks([])
             ax.set_yticks([])
         row[0].set_ylabel(method)

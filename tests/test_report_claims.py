@@ -146,3 +146,25 @@ def test_swapping_regionclip_and_clip_crop_flips_the_verdicts(tmp_path):
     assert verdict[before] in ("higher", "lower", "no") and verdict[after] in ("higher", "lower", "no")
     assert "no" in (verdict[before], verdict[after]) or verdict[after] != verdict[before]
     assert before != after
+
+
+def test_methods_at_chance_or_never_at_target_are_flagged():
+    from benchmark.registry import Floor, SuiteSpec
+    from benchmark.report import floor_lines
+
+    spec = SuiteSpec(name="floors", question="q", dataset="none", config={}, profiles={},
+                     floors=(Floor("top1", "test", ("chance", "test")), Floor("epochs", "test")))
+    rows = []
+    for seed, (good, weak, reached) in enumerate([(0.8, 0.12, 3.0), (0.7, 0.08, float("nan")), (0.9, 0.13, 4.0)]):
+        for method, top1, epochs in (("good", good, reached), ("weak", weak, float("nan"))):
+            rows += [{"suite": "floors", "method": method, "seed": seed, "epoch": None, "split": "test",
+                      "metric": metric, "value": value}
+                     for metric, value in (("top1", top1), ("chance", 0.1), ("epochs", epochs))]
+    lines = floor_lines(spec, pd.DataFrame(rows, columns=COLUMNS))
+    # weak: mean 0.110, sd 0.0265, 95% t-interval 0.110 ± 4.303·0.0265/√3 = [0.044, 0.176] reaches chance 0.1;
+    # good: [0.552, 1.048] is clear; good reaches its target on 2 of 3 seeds (flagged only when on none)
+    assert lines == [
+        "**`weak` is not clearly above chance**: top1[test] 0.110 ± 0.026 [0.044, 0.176], n=3 against chance 0.100; "
+        "comparisons with it say little about what it stands for.",
+        "**`weak` never reaches its target**: epochs[test] is censored on all 3 seeds (not reached within the run); "
+        "comparisons with it are with a method that has not converged."]

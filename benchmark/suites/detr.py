@@ -19,7 +19,7 @@ import torch
 
 from benchmark.claims import CellResult, RunContext
 from benchmark.config import section_config
-from benchmark.registry import REGISTRY, MethodSpec, SearchParam, SuiteSpec
+from benchmark.registry import REGISTRY, Floor, MethodSpec, SearchParam, SuiteSpec
 from benchmark.suites.detr_report import report_sections
 from cvpdl.analysis.detr_dynamics import count_modes, entropy, positional_attention
 from cvpdl.checkpoint import Checkpoint
@@ -124,6 +124,7 @@ REGISTRY.register_suite(SuiteSpec(
               ("pos_attn_entropy", "probe"), ("pos_attn_modes", "probe")),
     report_sections=report_sections,
     tuning_objective=("AP50_auc", "val"),  # the area under the val convergence curve: how fast, not only where
+    floors=(Floor("epochs_to_target", "test"),),  # a detector that never reaches the target is flagged
 ))
 # the same space for every variant: learning rate and the box-loss weights (matching costs follow the defaults)
 SEARCH_SPACE = (SearchParam("train.lr", 1e-4, 2e-3, log=True), SearchParam("loss.bbox", 2.0, 8.0),

@@ -19,7 +19,7 @@ import torch
 from benchmark.cache import cache_key, cached_state
 from benchmark.claims import CellResult, RunContext
 from benchmark.config import section_config
-from benchmark.registry import REGISTRY, Deviation, MethodSpec, SearchParam, SuiteSpec
+from benchmark.registry import REGISTRY, Floor, Deviation, MethodSpec, SearchParam, SuiteSpec
 from benchmark.suites.kd_report import report_sections
 from cvpdl.analysis.intrinsic_dimension import intrinsic_dimension
 from cvpdl.checkpoint import Checkpoint
@@ -126,7 +126,7 @@ def run_cell(run: RunContext, shared: KDShared, method: MethodSpec, seed: int, g
     final = {"top1_last": fit.history.top1_last, "top1_best": fit.history.top1_best,
              "teacher_top1": top1(teacher, data.x_test, data.y_test),
              "student_params": float(sum(p.numel() for p in fit.student.parameters())),
-             "extra_params": float(fit.extra_parameters)}
+             "extra_params": float(fit.extra_parameters), "chance_top1": 1.0 / data.num_classes}
     records += [{"epoch": None, "split": "test", "metric": k, "value": v} for k, v in final.items()]
     # embedding intrinsic dimension of every model a method produced; `student_alone` is reverse KD's stage-0 student
     # (CE alone, with reverse KD's own training values), so the premise "teacher ID vs a student's own ID" is testable
@@ -165,6 +165,7 @@ REGISTRY.register_suite(SuiteSpec(
     headline=(("top1_last", "test"), ("top1_best", "test"), ("teacher_top1", "test")),
     report_sections=report_sections,
     tuning_objective=("top1", "val"),
+    floors=(Floor("top1_last", "test", ("chance_top1", "test")),),
 ))
 
 

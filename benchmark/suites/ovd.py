@@ -17,7 +17,7 @@ import torch
 from benchmark.cache import cache_key, cached_state
 from benchmark.claims import CellResult, RunContext
 from benchmark.config import section_config
-from benchmark.registry import REGISTRY, Deviation, MethodSpec, SearchParam, SuiteSpec
+from benchmark.registry import REGISTRY, Floor, Deviation, MethodSpec, SearchParam, SuiteSpec
 from benchmark.suites.ovd_report import report_sections
 from cvpdl.checkpoint import Checkpoint
 from cvpdl.data.coco import OV_COCO_NOVEL, load_coco_split
@@ -213,6 +213,7 @@ SUITE = REGISTRY.register_suite(SuiteSpec(
               ("AP50", "base"), ("score_iou_spearman", "all")),
     report_sections=report_sections,
     tuning_objective=("zs_top1", "val"),
+    floors=(Floor("zs_top1", "all", ("chance_top1", "all")),),  # a region classifier at chance is no baseline
 ))
 
 REGISTRY.register_method(MethodSpec(

@@ -1,11 +1,10 @@
-"""Contrastive and distillation losses of CLIP training and RegionCLIP pretraining. The distillation term is
-Hinton's KL, shared with ``distill``: ``distillation_kl`` is ``cvpdl.losses.distillation_kl``."""
+"""Contrastive losses of CLIP training and RegionCLIP pretraining (RegionCLIP's distillation term is Hinton's KL,
+``cvpdl.losses.distillation_kl``, shared with ``distill``)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from cvpdl.losses import distillation_kl  # noqa: F401  (regionclip imports its losses from here)
 
 
 def multi_positive_cross_entropy(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:

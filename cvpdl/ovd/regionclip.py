@@ -30,7 +30,8 @@ from cvpdl.errors import UserInputError, check_finite
 from cvpdl.ovd.clip_crop import ClipCrop
 from cvpdl.ovd.clip_model import ClipEncoder
 from cvpdl.ovd.clip_roi import ClipRoi, embed_regions_roi
-from cvpdl.ovd.losses import distillation_kl, image_text_contrastive, region_concept_contrastive, same_caption_mask
+from cvpdl.losses import distillation_kl
+from cvpdl.ovd.losses import image_text_contrastive, region_concept_contrastive, same_caption_mask
 from cvpdl.ovd.localizer import propose
 from cvpdl.ovd.region_classifier import OvdContext
 
