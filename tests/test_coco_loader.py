@@ -96,3 +96,46 @@ def test_split_names_that_do_not_resolve_are_one_clear_line(tmp_path, splits, gi
     (tmp_path / "annotations").mkdir(exist_ok=True)
     with pytest.raises(UserInputError, match=message):
         resolve_splits(tmp_path, **given)
+
+
+def _coco_folder(root, splits=("train", "val"), size=64):
+    """A tiny COCO-format dataset: per split 8 images with one or two boxes of two categories and captions."""
+    rng = np.random.default_rng(0)
+    (root / "annotations").mkdir(parents=True)
+    for split in splits:
+        (root / split).mkdir()
+        images, annotations, captions = [], [], []
+        for i in range(1, 9):
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / split / f"{i}.png")
+            images.append({"id": i, "file_name": f"{i}.png", "width": size, "height": size})
+            for k in range(1 + i % 2):
+                annotations.append({"id": 10 * i + k, "image_id": i, "category_id": 1 + k,
+                                    "bbox": [4 + 20 * k, 8, 16, 20]})
+            captions.append({"image_id": i, "caption": "a dog and a person" if i % 2 else "a dog"})
+        categories = [{"id": 1, "name": "dog"}, {"id": 2, "name": "person"}]
+        (root / "annotations" / f"instances_{split}.json").write_text(
+            json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+        (root / "annotations" / f"captions_{split}.json").write_text(json.dumps({"annotations": captions}))
+
+
+def test_detr_runs_on_a_coco_folder_with_discovered_splits_and_val_as_test(tmp_path, caplog):
+    import benchmark.suites  # noqa: F401
+    from benchmark.runner import RunOptions, run_suite
+
+    _coco_folder(tmp_path / "data")
+    metrics = run_suite(RunOptions(suite="detr", methods=["detr"], seeds=[0], profile="quick", data="coco",
+                                   data_root=tmp_path / "data", results_dir=tmp_path / "r", cache_dir=tmp_path / "c",
+                                   overrides=["train.epochs=1", "data.train_images=6", "data.coco_image_size=64"]))
+    assert {"AP50"} <= set(metrics[metrics["split"] == "test"]["metric"])
+    assert "no annotated test split: val is both val and test" in caplog.text
+
+
+def test_ovd_refuses_a_novel_list_the_coco_data_lacks_before_training(tmp_path):
+    import benchmark.suites  # noqa: F401
+    from benchmark.runner import RunOptions, run_suite
+
+    _coco_folder(tmp_path / "data")
+    with pytest.raises(UserInputError, match="novel class.*airplane.*are not categories"):  # OV-COCO's default list
+        run_suite(RunOptions(suite="ovd", methods=["clip_crop"], seeds=[0], profile="quick", data="coco",
+                             data_root=tmp_path / "data", results_dir=tmp_path / "r", cache_dir=tmp_path / "c"))
+    assert not (tmp_path / "c" / "clip").exists()  # nothing trained

@@ -10,6 +10,7 @@ class (see ``cvpdl.detection.parts``) and one ``variant(...)`` registration.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,8 +24,7 @@ from benchmark.registry import REGISTRY, Floor, MethodSpec, SearchParam, SuiteSp
 from benchmark.suites.detr_report import report_sections
 from cvpdl.analysis.detr_dynamics import count_modes, entropy, positional_attention
 from cvpdl.checkpoint import Checkpoint
-from cvpdl.data.coco import load_coco_split
-from cvpdl.data.detection_split import resized
+from cvpdl.data.coco import load_coco_splits, resolve_splits
 from cvpdl.data.digits_world import DigitsWorldConfig, load_digits_split
 from cvpdl.detection.backbone import STRIDE
 from cvpdl.detection.criterion import LossWeights
@@ -34,6 +34,8 @@ from cvpdl.detection.detr import Detr, DetrConfig, DetrOptions
 from cvpdl.detection.parts import DetectorParts
 from cvpdl.detection.training import DetectionData, DetrTrainConfig, evaluate, fit
 
+log = logging.getLogger("benchmark")
+
 
 @dataclass(frozen=True)
 class DetrDataConfig:
@@ -41,17 +43,22 @@ class DetrDataConfig:
     val_images: int = 200
     test_images: int = 500
     probe_images: int = 64  # fixed subset of val for instability and attention probes
-    coco_train_split: str = "train2017"
-    coco_val_split: str = "val2017"
+    # COCO split names; "" = discovered from ROOT/annotations/instances_<split>.json (no test split: val is test)
+    coco_train_split: str = ""
+    coco_val_split: str = ""
+    coco_test_split: str = ""
     coco_image_size: int = 128
 
 
 def prepare(run: RunContext) -> DetectionData:
     data = section_config(run.cfg, "data", DetrDataConfig)
     if run.data == "coco":
-        train = resized(load_coco_split(run.data_root, data.coco_train_split), data.coco_image_size)
-        val = resized(load_coco_split(run.data_root, data.coco_val_split), data.coco_image_size)
-        test = val
+        names = resolve_splits(run.data_root, data.coco_train_split, data.coco_val_split, data.coco_test_split)
+        if names.test_is_val:
+            log.warning(f"{run.data_root} has no annotated test split: {names.val} is both val and test")
+        splits = load_coco_splits(run.data_root, names, data.coco_image_size,
+                                  {"train": data.train_images, "val": data.val_images, "test": data.test_images})
+        train, val, test = splits["train"], splits["val"], splits["test"]
     else:
         world = section_config(run.cfg, "world", DigitsWorldConfig)
         train = load_digits_split(world, "train", data.train_images, world.seed, run.cache_dir)

@@ -8,6 +8,7 @@ numbers say (claims, report sections, verdicts) is ``ovd_report``.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -20,8 +21,8 @@ from benchmark.config import section_config
 from benchmark.registry import REGISTRY, Floor, Deviation, MethodSpec, SearchParam, SuiteSpec
 from benchmark.suites.ovd_report import report_sections
 from cvpdl.checkpoint import Checkpoint
-from cvpdl.data.coco import OV_COCO_NOVEL, load_coco_split
-from cvpdl.data.detection_split import DetectionSplit, resized
+from cvpdl.data.coco import OV_COCO_NOVEL, load_coco_splits, resolve_splits
+from cvpdl.data.detection_split import DetectionSplit
 from cvpdl.data.digits_world import GENERATOR_VERSION, DigitsWorldConfig, load_digits_split
 from cvpdl.errors import UserInputError
 from cvpdl.ovd.clip_crop import ClipCrop
@@ -33,6 +34,8 @@ from cvpdl.ovd.region_classifier import OvdContext
 from cvpdl.ovd.regionclip import RegionClip, RegionClipConfig
 from cvpdl.ovd.tiny_clip_training import train_clip
 
+log = logging.getLogger("benchmark")
+
 
 @dataclass(frozen=True)
 class OvdDataConfig:
@@ -40,9 +43,12 @@ class OvdDataConfig:
     test_images: int = 500
     val_images: int = 200  # val-pool canvases: the tuning objective (zero-shot top-1 on their boxes)
     single_images: int = 500  # single-digit test canvases for whole-image zero-shot (Fig. 1(b))
-    coco_train_split: str = "train2017"
-    coco_test_split: str = "val2017"
+    # COCO split names; "" = discovered from ROOT/annotations/instances_<split>.json (no test split: val is test)
+    coco_train_split: str = ""
+    coco_val_split: str = ""
+    coco_test_split: str = ""
     coco_image_size: int = 224  # real images are resized to this square input
+    coco_novel_classes: tuple[str, ...] = OV_COCO_NOVEL  # the open-vocabulary novel categories (names)
     # the tiny CLIP's own corpus (digits world): "multiscale" canvases from the training pool, like web images with
     # objects at many scales and positions, or "train" (the localizer's training canvases, digit_size only)
     clip_corpus: str = "multiscale"
@@ -61,19 +67,27 @@ class OvdShared:
     context: OvdContext
     localizer: torch.nn.Module
     artifacts: list[Path] = field(default_factory=list)
+    coco: dict[str, DetectionSplit] | None = None  # train/val/test of a COCO-format dataset (None: digits world)
 
 
-def _load_split(run: RunContext, split: str, n: int, seed: int) -> DetectionSplit:
-    data = section_config(run.cfg, "data", OvdDataConfig)
-    if run.data == "coco":
-        name = data.coco_train_split if split == "train" else data.coco_test_split
-        real = load_coco_split(run.data_root, name, OV_COCO_NOVEL)
-        if split != "train" and not real.novel_cat_ids:
-            raise UserInputError(f"{name}: none of the OV-COCO novel category names occur in its categories")
-        return resized(real, data.coco_image_size)
+def _digits_split(run: RunContext, split: str, n: int, seed: int) -> DetectionSplit:
     world = section_config(run.cfg, "world", DigitsWorldConfig)
     digits_range = (1, 1) if split == "test_single" else None
     return load_digits_split(world, split, n, seed, run.cache_dir, digits_range)
+
+
+def _coco_splits(run: RunContext, data: OvdDataConfig) -> dict[str, DetectionSplit]:
+    """train/val/test of a COCO-format dataset, every file and the novel list checked before anything trains."""
+    names = resolve_splits(run.data_root, data.coco_train_split, data.coco_val_split, data.coco_test_split)
+    if names.test_is_val:
+        log.warning(f"{run.data_root} has no annotated test split: {names.val} is both val and test")
+    splits = load_coco_splits(run.data_root, names, data.coco_image_size,
+                              {"train": data.train_images, "val": data.val_images, "test": data.test_images},
+                              tuple(data.coco_novel_classes))
+    if not splits["train"].captions:
+        raise UserInputError(f"{run.data_root}/annotations/captions_{names.train}.json is needed: RegionCLIP's "
+                             "concept pool comes from captions")
+    return splits
 
 
 def _clip_corpus(run: RunContext, train: DetectionSplit) -> tuple[np.ndarray, list[str]]:
@@ -114,10 +128,9 @@ def prepare(run: RunContext) -> OvdShared:
     cfg, device = run.cfg, run.device
     data = section_config(cfg, "data", OvdDataConfig)
     _check_clip_corpus(data)
-    train = _load_split(run, "train", data.train_images, section_config(cfg, "world", DigitsWorldConfig).seed)
-    if run.data == "coco" and not train.captions:
-        raise UserInputError(f"{run.data_root}/annotations/captions_{data.coco_train_split}.json is needed: "
-                             "RegionCLIP's concept pool comes from captions")
+    coco = _coco_splits(run, data) if run.data == "coco" else None
+    train = coco["train"] if coco else _digits_split(run, "train", data.train_images,
+                                                     section_config(cfg, "world", DigitsWorldConfig).seed)
     data_key = [GENERATOR_VERSION, cfg["world"], cfg["data"], run.data, run.data_root]
     artifacts = []
     if run.clip:
@@ -152,14 +165,14 @@ def prepare(run: RunContext) -> OvdShared:
     localizer.to(device).eval()
     artifacts.append(loc_path)
     context = OvdContext(encoder, train, localizer, list(train.class_names))
-    return OvdShared(context, localizer, artifacts)
+    return OvdShared(context, localizer, artifacts, coco)
 
 
 def run_cell(run: RunContext, shared: OvdShared, method: MethodSpec, seed: int, generator: torch.Generator
              ) -> CellResult:
     data = section_config(run.cfg, "data", OvdDataConfig)
-    test = _load_split(run, "test", data.test_images, seed)
-    single = _load_split(run, "test_single", data.single_images, seed) if run.data == "digits" else None
+    test = shared.coco["test"] if shared.coco else _digits_split(run, "test", data.test_images, seed)
+    single = None if shared.coco else _digits_split(run, "test_single", data.single_images, seed)
     classifier = method.build(run.cfg)
     history = classifier.fit(shared.context, generator, Checkpoint(run.checkpoints, method.name))
     records = [{"epoch": epoch + 1, "split": "train", "metric": name, "value": value}
@@ -167,10 +180,10 @@ def run_cell(run: RunContext, shared: OvdShared, method: MethodSpec, seed: int, 
     result = evaluate_ovd(classifier, shared.context, test, single or _single_objects(test),
                           propose(shared.localizer, test), section_config(run.cfg, "eval", OvdEvalConfig), generator)
     records += [{"epoch": None, "split": s, "metric": m, "value": v} for s, m, v in result.metrics]
-    if run.data == "digits":  # the validation number `benchmark tune` maximises (the val digit pool, never test)
-        val = _load_split(run, "val", data.val_images, seed)
-        records.append({"epoch": None, "split": "val", "metric": "zs_top1",
-                        "value": gt_box_top1(classifier, shared.context, val)["all"]})
+    # the validation number `benchmark tune` maximises (the val digit pool or COCO's val split, never test)
+    val = shared.coco["val"] if shared.coco else _digits_split(run, "val", data.val_images, seed)
+    records.append({"epoch": None, "split": "val", "metric": "zs_top1",
+                    "value": gt_box_top1(classifier, shared.context, val)["all"]})
     # chance level and model sizes, so that the report quotes them from metrics.csv
     records.append({"epoch": None, "split": "all", "metric": "chance_top1",
                     "value": 1.0 / len(shared.context.class_names)})

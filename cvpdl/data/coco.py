@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from cvpdl.data.detection_split import DetectionSplit
+from cvpdl.data.detection_split import DetectionSplit, resized
 from cvpdl.errors import UserInputError
 
 # OV-COCO (Bansal et al. 2018; used by RegionCLIP): 48 base / 17 novel categories.
@@ -139,3 +139,14 @@ def load_coco_split(root: str | Path, split: str, novel_names: tuple[str, ...] |
         captions = [" ".join(by_image.get(im["id"], [])) for im in coco["images"]]
     novel = novel_category_ids(coco, novel_names, str(ann_path)) if novel_names is not None else []
     return DetectionSplit(paths, coco, captions, novel_cat_ids=novel)
+
+
+def load_coco_splits(root: str | Path, names: CocoSplits, image_size: int, sizes: dict[str, int],
+                     novel_names: tuple[str, ...] | None = None) -> dict[str, DetectionSplit]:
+    """``train``, ``val`` and ``test``: every file checked before anything trains; each split cut to its first
+    ``sizes[role]`` images (the profile's budget, as on the digits world) and resized to ``image_size`` squares.
+    Where the data has no test split, test is the same val images (``names.test_is_val``)."""
+    by_name = {name: load_coco_split(root, name, novel_names)
+               for name in dict.fromkeys((names.train, names.val, names.test))}
+    return {role: resized(by_name[getattr(names, role)].head(sizes[role]), image_size)
+            for role in ("train", "val", "test")}

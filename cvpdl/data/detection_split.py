@@ -63,6 +63,15 @@ class DetectionSplit:
         captions = [self.captions[i] for i in indices] if self.captions else None
         return DetectionSplit(np.stack([self.image(i) for i in indices]), coco, captions, self.novel_cat_ids)
 
+    def head(self, n: int) -> "DetectionSplit":
+        """The first ``n`` images (file paths stay unread), their annotations and captions."""
+        if n >= len(self):
+            return self
+        ids = set(self.image_ids[:n])
+        coco = {**self.coco, "images": self.coco["images"][:n],
+                "annotations": [a for a in self.coco["annotations"] if a["image_id"] in ids]}
+        return DetectionSplit(self.images[:n], coco, self.captions[:n] if self.captions else None, self.novel_cat_ids)
+
     def target(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Non-crowd ground-truth boxes (xyxy, absolute px) and contiguous class indices of image ``i``."""
         return self._targets[i]
