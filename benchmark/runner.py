@@ -183,7 +183,9 @@ def describe_run(options: RunOptions, spec: SuiteSpec, methods: list[MethodSpec]
                 **reproducibility.record(ex.threads, options.data, options.data_root, options.clip_weights)}
     tags = {"config_hash": cfg_hash, "git_commit": commit, "git_dirty": str(dirty), "device": str(ex.device),
             "torch": torch.__version__, "threads": str(ex.threads), "profile": options.profile,
-            "host": socket.gethostname(), "pid": str(os.getpid())}  # host + pid: stale RUNNING runs are found
+            "host": socket.gethostname(), "pid": str(os.getpid()),  # host + pid: stale RUNNING runs are found
+            # what the run read: data, its root, CLIP weights (run.json holds their hashes too)
+            **{k: str(v) for k, v in options.data_options().items() if v is not None}}
     return run_info, tags
 
 
@@ -268,7 +270,8 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
     runner = CellRunner(spec, context, store, tracker, tags, params, method_cfgs, options, ex)
     cells = [(m, s) for m in methods for s in options.seeds]
     started, finished, failures = time.time(), [], []
-    with tracker.run(f"{spec.name}-{options.profile}", cfg, {**tags, "role": "invocation"}):
+    name = f"{spec.name}-{options.profile}-{options.data}-{time.strftime('%Y%m%d-%H%M%S')}"
+    with tracker.run(name, cfg, {**tags, "role": "invocation"}) as parent:
         for method, seed in tqdm(cells, desc=f"{spec.name} cells", unit="cell"):
             try:
                 finished.append(runner.run(method, seed))
@@ -288,6 +291,7 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
         with locked(suite_dir / ".lock"):
             metrics = write_suite_files(suite_dir, run_info, finished)
             written = render_suite(spec.name, suite_dir)
+        tracker.log_means(parent, metrics[metrics["method"].isin([m.name for m in methods])])
         for path in [suite_dir / "metrics.csv", suite_dir / "run.json", *written]:
             tracker.log_artifact(None, path, "results" if path.suffix != ".png" else "figures")
     distributed.barrier()

@@ -130,7 +130,9 @@ def _flatten(cfg: dict, prefix: str = "") -> dict[str, str]:
         if isinstance(value, dict):
             out.update(_flatten(value, f"{prefix}{key}."))
         else:
-            out[f"{prefix}{key}"] = json.dumps(value)
+            # plain values as they are written in a config file; lists and tuples as JSON
+            plain = not isinstance(value, (list, tuple)) and value is not None
+            out[f"{prefix}{key}"] = str(value) if plain else json.dumps(value)
     return out
 
 
@@ -193,7 +195,9 @@ class Tracker:
         except KeyboardInterrupt:
             self.mlflow.end_run(status="KILLED")
             raise
-        except BaseException:
+        except BaseException as err:
+            # why it failed, readable in the UI beside the run (the traceback stays in the console/log)
+            self.client.set_tag(run.info.run_id, "failure", f"{type(err).__name__}: {err}"[:5000])
             self.mlflow.end_run(status="FAILED")
             raise
         else:
@@ -210,6 +214,14 @@ class Tracker:
         for start in range(0, len(metrics), 1000):
             self.client.log_batch(run_id, metrics=metrics[start:start + 1000])
 
+    def log_means(self, run_id: str, metrics: pd.DataFrame) -> None:
+        """The invocation's own metrics: per method, the mean over seeds of every final metric
+        (``<method>/<split>/<metric>``), so the parent run compares methods at a glance."""
+        finals = metrics[metrics["epoch"].isna()]
+        means = finals.groupby(["method", "split", "metric"], sort=False)["value"].mean().dropna()
+        self.log_records(run_id, [{"split": f"{method}/{split}", "metric": metric, "value": value, "epoch": None}
+                                  for (method, split, metric), value in means.items()])
+
     def log_artifacts(self, run_id: str, directory: Path) -> None:
         self.client.log_artifacts(run_id, str(directory))
 
@@ -223,6 +235,9 @@ class Tracker:
 
 class NoTracking:
     """What ranks other than 0 get under torchrun: the tracker's calls, nothing recorded."""
+
+    def log_means(self, run_id, metrics) -> None:
+        pass
 
     @contextlib.contextmanager
     def run(self, name: str, params: dict, tags: dict[str, str], nested: bool = False) -> Iterator[None]:

@@ -1,5 +1,6 @@
 """The runner on a tiny test-only suite: failure handling, MLflow run states, resuming finished cells, no partial
 results, and the per-cell determinism of seeds."""
+import re
 from dataclasses import dataclass
 
 import pandas as pd
@@ -66,6 +67,8 @@ def test_failed_cell_marks_mlflow_runs_and_writes_no_table(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("cvpdl-bench/toy").experiment_id])
     states = {(r.data.tags["role"], r.data.tags.get("seed")): r.info.status for r in runs}
     assert states == {("invocation", None): "FAILED", ("cell", "0"): "FINISHED", ("cell", "1"): "FAILED"}
+    reasons = {r.data.tags.get("seed"): r.data.tags.get("failure") for r in runs}
+    assert reasons == {None: "RuntimeError: boom", "0": None, "1": "RuntimeError: boom"}  # why, beside the run
 
 
 def test_declared_deviations_are_mlflow_tags_of_the_method_cells(tmp_path):
@@ -78,3 +81,20 @@ def test_declared_deviations_are_mlflow_tags_of_the_method_cells(tmp_path):
             if r.data.tags.get("role") == "cell"}
     assert tags[("b", "0")]["deviation.0"] == "what — why. Official: `--set toy.x=1`."
     assert not any(k.startswith("deviation.") for k in tags[("a", "0")])
+
+
+def test_mlflow_runs_say_what_they_are(tmp_path):
+    """Run names with suite, profile, data and time; params as plain values; data options as tags; the parent run
+    carries each method's mean over seeds."""
+    from mlflow.tracking import MlflowClient
+
+    metrics = run_suite(options(tmp_path))
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("cvpdl-bench/toy").experiment_id])
+    parent = next(r for r in runs if r.data.tags["role"] == "invocation")
+    assert re.fullmatch(r"toy-quick-digits-\d{8}-\d{6}", parent.info.run_name)
+    assert parent.data.tags["data"] == "digits"
+    cell = next(r for r in runs if r.data.tags.get("method") == "a" and r.data.tags.get("seed") == "0")
+    assert cell.data.params["toy.fail_seed"] == "-1" and cell.data.params["method"] == "a"  # not '"a"'
+    test = metrics[(metrics["split"] == "test") & (metrics["method"] == "b")]["value"]
+    assert parent.data.metrics["b/test/score"] == pytest.approx(test.mean())
