@@ -1,9 +1,10 @@
 """The finished-cell store. A cell is one (method, seed) run of a suite.
 
 A finished cell lives in ``DIR/<suite>/cells/<key>/<method>_seed<seed>/`` (``metrics.csv``, ``timings.csv``,
-``tables/``, then ``DONE``), the key a hash of what shapes its numbers: the resolved config, the data options, the
-code and, under torchrun, the world size. Later invocations of the same code reuse it; while it trains, its loops
-checkpoint every epoch into ``checkpoints/`` there, from which ``--resume`` continues.
+``tables/``, the trained models under ``models/``, then ``DONE``), the key a hash of what shapes its numbers: the
+resolved config, the data options, the code and, under torchrun, the world size. Later invocations of the same
+code reuse it; while it trains, its loops checkpoint every epoch into ``checkpoints/`` there, from which
+``--resume`` continues.
 
 Invocations of the same config and code share the suite folder: under its lock, each merges its cells into the
 suite's existing files (other seeds or methods are kept), so concurrent runs lose nothing.
@@ -16,11 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from benchmark.claims import CellResult
 from benchmark.config import config_hash
 from benchmark.registry import REGISTRY, MethodSpec
-from benchmark.results import COLUMNS, atomic_write_csv, locked, read_metrics, read_tables, records_frame, write_json
+from benchmark.results import (COLUMNS, atomic_path, atomic_write_csv, locked, read_metrics, read_tables,
+                               records_frame, write_json)
 
 
 @dataclass
@@ -76,8 +79,14 @@ class CellStore:
         return FinishedCell(read_metrics(folder / "metrics.csv"), read_metrics(folder / "timings.csv"),
                             read_tables(folder / "tables"))
 
-    def save(self, method: str, seed: int, cell: FinishedCell) -> None:
+    def save(self, method: str, seed: int, cell: FinishedCell, models: dict[str, torch.nn.Module],
+             cfg: dict) -> None:
+        """The cell's files, and its trained models as ``models/<name>.pt``: ``{"state_dict", "config", "method",
+        "seed"}``, so a model can be rebuilt from the config the cell ran with and reloaded."""
         folder = self.folder(method, seed)
+        for name, model in models.items():
+            with atomic_path(folder / "models" / f"{name}.pt") as tmp:
+                torch.save({"state_dict": model.state_dict(), "config": cfg, "method": method, "seed": seed}, tmp)
         atomic_write_csv(folder / "metrics.csv", cell.metrics)
         atomic_write_csv(folder / "timings.csv", cell.timings)
         for name, table in cell.tables.items():

@@ -41,6 +41,8 @@ class CellResult:
     records: list[dict]  # {"epoch", "split", "metric", "value"}; epoch None for final metrics
     timings: list[dict] = field(default_factory=list)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    # the trained models a user may reload (name → module): saved in the cell folder as ``models/<name>.pt``
+    models: dict[str, torch.nn.Module] = field(default_factory=dict)
 
 
 

@@ -249,7 +249,7 @@ class CellRunner:
         result = self.spec.run_cell(replace(context, checkpoints=checkpoints), self.shared, method, seed, generator)
         cell = FinishedCell.from_result(self.spec.name, method.name, seed, result)
         if self.ex.rank == 0:
-            self.store.save(method.name, seed, cell)
+            self.store.save(method.name, seed, cell, result.models, context.cfg)
             shutil.rmtree(checkpoints, ignore_errors=True)
         return cell
 

@@ -1,7 +1,9 @@
 """End-to-end: the detr suite on the quick profile writes every per-epoch and final metric and its figures."""
 import pandas as pd
+import torch
 
 from benchmark.cli import main
+from benchmark.registry import REGISTRY
 
 
 def test_detr_quick_run(tmp_path, cache_dir):
@@ -20,6 +22,12 @@ def test_detr_quick_run(tmp_path, cache_dir):
             ("probe", "pos_attn_entropy"), ("probe", "pos_attn_modes")} <= set(zip(finals["split"], finals["metric"]))
     for name in ("convergence", "matching_instability", "cross_attn_sparsity", "positional_attention"):
         assert (suite_dir / "figures" / f"{name}.png").is_file(), name
+    # each cell keeps its trained detector with the config it ran with: rebuilt from the registry, it reloads
+    saved = torch.load(next(suite_dir.glob("cells/*/dab_detr_seed0/models/detector.pt")), weights_only=False)
+    assert (saved["method"], saved["seed"]) == ("dab_detr", 0)
+    rebuilt = REGISTRY.method("detr", "dab_detr").build(saved["config"])(10).model
+    rebuilt.load_state_dict(saved["state_dict"])
+    assert all(torch.equal(rebuilt.state_dict()[k], v) for k, v in saved["state_dict"].items())
 
 
 def test_detr_same_seed_twice_gives_identical_metrics(tmp_path, cache_dir):

@@ -103,7 +103,7 @@ def run_cell(run: RunContext, shared: DetectionData, method: MethodSpec, seed: i
     table = pd.DataFrame([{"query": q, "y": i // grid[1], "x": i % grid[1], "value": float(maps[q, i]),
                            "entropy": float(ent[q]), "modes": modes[q]}
                           for q in range(min(8, len(maps))) for i in range(maps.shape[1])])
-    return CellResult(records, timings, {"positional_attention": table})
+    return CellResult(records, timings, {"positional_attention": table}, models={"detector": parts.model})
 
 
 PROFILES = {

@@ -140,7 +140,7 @@ def run_cell(run: RunContext, shared: KDShared, method: MethodSpec, seed: int, g
         records += [{"epoch": None, "split": split, "metric": "intrinsic_dim", "value": dims["twonn"]},
                     {"epoch": None, "split": split, "metric": "intrinsic_dim_mle", "value": dims["mle"]}]
     timings = [{"epoch": None, "split": "train", "metric": "train_seconds", "value": seconds}]
-    return CellResult(records, timings)
+    return CellResult(records, timings, models={"student": fit.student})
 
 
 PROFILES = {

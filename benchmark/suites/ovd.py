@@ -191,7 +191,9 @@ def run_cell(run: RunContext, shared: OvdShared, method: MethodSpec, seed: int, 
                  "value": float(sum(p.numel() for p in m.parameters()))}
                 for part, m in (("clip", shared.context.clip.model), ("localizer", shared.localizer))]
     timings = [{"epoch": None, "split": s, "metric": m, "value": v} for s, m, v in result.timings]
-    return CellResult(records, timings, {"score_vs_iou": result.scatter})
+    encoder = classifier.encoder(shared.context)  # a method that trains its own encoder (RegionCLIP) keeps it
+    models = {} if encoder is shared.context.clip else {"visual_encoder": encoder.model}
+    return CellResult(records, timings, {"score_vs_iou": result.scatter}, models=models)
 
 
 def _single_objects(split: DetectionSplit) -> DetectionSplit:
