@@ -13,7 +13,8 @@ from benchmark.report import report_markdown
 from benchmark.runner import RunOptions, run_suite
 from benchmark.suites import detr  # noqa: F401  (registers the suite the toy joins)
 from paper_figures.detr_figures import convergence
-from paper_figures.style import load_inputs
+from benchmark.results import read_metrics, read_tables
+from paper_figures.style import SuiteInputs
 
 TOY_MODULE = '''
     """DETR with half the queries: the whole of a toy variant."""
@@ -64,7 +65,7 @@ def test_a_toy_variant_is_listed_run_drawn_and_reported(toy, tmp_path, cache_dir
     assert params[toy] < params["detr"]  # the toy's own class was built: fewer query embeddings
     assert set(metrics[metrics["method"] == toy]["metric"]) == set(metrics[metrics["method"] == "detr"]["metric"])
     assert f"| {toy} |" in (suite_dir / "summary.md").read_text()
-    figure = convergence(load_inputs(suite_dir))
+    figure = convergence(SuiteInputs(read_metrics(suite_dir / "metrics.csv"), read_tables(suite_dir / "tables")))
     assert [text.get_text() for text in figure.axes[0].get_legend().get_texts()] == ["detr", toy]
     assert {"convergence.png", "positional_attention.png"} <= {p.name for p in (suite_dir / "figures").iterdir()}
     report = report_markdown(tmp_path)

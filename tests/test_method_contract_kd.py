@@ -14,7 +14,8 @@ from benchmark.registry import REGISTRY
 from benchmark.report import report_markdown
 from benchmark.runner import RunOptions, run_suite
 from paper_figures.kd_figures import kd_accuracy
-from paper_figures.style import load_inputs
+from benchmark.results import read_metrics, read_tables
+from paper_figures.style import SuiteInputs
 
 TOY = "toy_logit_kd"
 TOY_MODULE = '''
@@ -75,7 +76,7 @@ def test_a_registered_distiller_is_listed_run_drawn_and_reported(toy_method, tmp
     assert f"| {TOY} | top1_last | test |" in summary  # final metrics
     assert f"| `{TOY}` − `student_baseline` test top-1 (last epoch) |" in summary  # its claim against the baseline
     assert (suite_dir / "figures" / "kd_accuracy.png").is_file()
-    figure = kd_accuracy(load_inputs(suite_dir))
+    figure = kd_accuracy(SuiteInputs(read_metrics(suite_dir / "metrics.csv"), read_tables(suite_dir / "tables")))
     assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == ["student_baseline", TOY]
     plt.close(figure)
     assert f"- `{TOY}` top-1 (last epoch) " in report_markdown(results)
