@@ -79,6 +79,17 @@ class CellStore:
         return FinishedCell(read_metrics(folder / "metrics.csv"), read_metrics(folder / "timings.csv"),
                             read_tables(folder / "tables"))
 
+    def remember_run(self, method: str, seed: int, tracking_uri: str, run_id: str) -> None:
+        """The MLflow run that logged this cell, so later invocations reference it instead of logging it again."""
+        write_json(self.folder(method, seed) / "tracking.json", {"tracking_uri": tracking_uri, "run_id": run_id})
+
+    def remembered_run(self, method: str, seed: int, tracking_uri: str | None) -> str | None:
+        path = self.folder(method, seed) / "tracking.json"
+        if tracking_uri is None or not path.is_file():
+            return None
+        remembered = json.loads(path.read_text())
+        return remembered["run_id"] if remembered.get("tracking_uri") == tracking_uri else None
+
     def save(self, method: str, seed: int, cell: FinishedCell, models: dict[str, torch.nn.Module],
              cfg: dict) -> None:
         """The cell's files, and its trained models as ``models/<name>.pt``: ``{"state_dict", "config", "method",

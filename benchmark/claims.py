@@ -19,6 +19,7 @@ from statsmodels.stats.power import TTestPower
 
 from benchmark.registry import Section
 from cvpdl.evaluation.stats import PairedTest, paired_test, summarize
+from cvpdl.progress import EpochCallback, no_report
 
 
 @dataclass
@@ -34,6 +35,8 @@ class RunContext:
     clip: str | None
     clip_weights: Path | None
     checkpoints: Path | None = None  # the cell's per-epoch checkpoint folder (set per cell by the runner)
+    # the training loops call it after every epoch: a console line and live MLflow metrics (set by the runner)
+    on_epoch: EpochCallback = no_report
 
 
 @dataclass

@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--threads", type=int)
     tune.add_argument("--timeout", type=float, help="wall seconds per method's study (the trial in flight finishes)")
 
-    report = sub.add_parser("report", help="rebuild summary.md and figures from written results, no training")
+    report = sub.add_parser("report", help="rebuild summary.md and figures of every written run of a suite (and "
+                                           "REPORT.md), no training")
     report.add_argument("--suite", required=True)
     report.add_argument("--results-dir", type=Path, default=Path("results"))
     report.add_argument("--from-mlflow", action="store_true", help="rebuild metrics.csv from the tracked runs")
@@ -216,17 +217,24 @@ def cmd_print_config(options) -> None:
 
 
 def cmd_report(args) -> None:
+    """Re-render the suite's default results and every other run's folder (``<suite>/<data>-<profile>-<hash>/``);
+    ``--from-mlflow`` first rebuilds the latest invocation's metrics.csv from its tracked cells."""
     from benchmark.registry import REGISTRY
     from benchmark.report import render_suite
     from benchmark.results import atomic_write_csv
     from benchmark.tracking import metrics_from_mlflow
 
     spec = REGISTRY.suite(args.suite)
-    suite_dir = args.results_dir / spec.name
+    base = args.results_dir / spec.name
     if args.from_mlflow:
-        atomic_write_csv(suite_dir / "metrics.csv", metrics_from_mlflow(spec.name, args.results_dir))
-    for path in render_suite(spec.name, suite_dir):
-        print(path)
+        metrics, folder = metrics_from_mlflow(spec.name, args.results_dir)
+        atomic_write_csv(args.results_dir / folder / "metrics.csv", metrics)
+    folders = [path.parent for path in sorted(base.glob("*/metrics.csv")) if path.parent.name != "tuning"]
+    if (base / "metrics.csv").is_file() or not folders:
+        folders.insert(0, base)  # the default results (a missing file is the error render_suite names)
+    for folder in folders:
+        for path in render_suite(spec.name, folder, args.results_dir if folder == base else None):
+            print(path)
 
 
 def _terminate(signum, frame):

@@ -92,6 +92,14 @@ def floor_lines(spec: SuiteSpec, frame: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _data_line(spec: SuiteSpec, run: dict) -> str:
+    """Which data a run read: the built-in digits world, or a user's folder (with its hash, from run.json)."""
+    data = run.get("data", "?")
+    if data == "digits":
+        return f"`digits` (the built-in digits world: {spec.dataset.split(', or')[0].split(' or ')[0]})"
+    return f"`{data}` at `{run.get('data_root', '?')}`"
+
+
 def limitations(spec: SuiteSpec, frame: pd.DataFrame, run: dict, tested: dict[str, Tested] | None) -> list[str]:
     """What a reader must know before generalising this run, generated from run.json and metrics.csv."""
     cfg = run.get("config", {})
@@ -179,6 +187,7 @@ def summary_markdown(spec: SuiteSpec, frame: pd.DataFrame, timings: pd.DataFrame
                           "mean ± std": shown, "95% CI": intervals, "n": counts})
     seeds = sorted(frame["seed"].unique().tolist())
     parts = [f"# Suite `{spec.name}` — summary\n\n{spec.question}\n\n",
+             f"Data {_data_line(spec, run)}.\n\n",
              f"Profile `{run.get('profile', '?')}`, seeds {seeds}, config hash `{run.get('config_hash', '?')}`, "
              f"commit `{run.get('git_commit', '?')[:12]}`{' (dirty)' if run.get('git_dirty') else ''}, "
              f"device `{run.get('device', '?')}`, {run.get('threads', '?')} threads.\n\n"]
@@ -257,19 +266,23 @@ def load_suite(suite_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame | None, dict
     return frame, timings, run
 
 
-def render_suite(suite: str, suite_dir: Path) -> list[Path]:
-    """Write ``summary.md`` and every figure of ``suite`` from the files in ``suite_dir``."""
+def render_suite(suite: str, suite_dir: Path, report_dir: Path | None = None) -> list[Path]:
+    """Write ``summary.md`` and every figure of ``suite`` from the files in ``suite_dir``, and ``REPORT.md`` (over
+    every suite's default results) into ``report_dir`` when given."""
     spec = REGISTRY.suite(suite)
     frame, timings, run = load_suite(suite_dir)
     if frame.empty:
         raise UserInputError(f"{suite_dir / 'metrics.csv'} holds no rows")
     atomic_write_text(suite_dir / "summary.md", summary_markdown(spec, frame, timings, run, suite_dir))
-    atomic_write_text(suite_dir.parent / "REPORT.md", report_markdown(suite_dir.parent))
+    written = [suite_dir / "summary.md"]
+    if report_dir is not None:
+        atomic_write_text(report_dir / "REPORT.md", report_markdown(report_dir))
+        written.append(report_dir / "REPORT.md")
     from paper_figures import render_suite_figures
     from paper_figures.style import SuiteInputs
 
     figures = render_suite_figures(suite, SuiteInputs(frame, read_tables(suite_dir / "tables")), suite_dir / "figures")
-    return [suite_dir / "summary.md", suite_dir.parent / "REPORT.md", *figures]
+    return [*written, *figures]
 
 
 def report_markdown(results_dir: Path) -> str:
@@ -296,7 +309,8 @@ def report_markdown(results_dir: Path) -> str:
             parts.append("\n")
             continue
         frame, timings, run = load_suite(suite_dir)
-        parts.append(f"Results: `{spec.name}/summary.md` (profile `{run.get('profile', '?')}`, seeds "
+        parts.append(f"Results: `{spec.name}/summary.md` (data {_data_line(spec, run)}, profile "
+                     f"`{run.get('profile', '?')}`, seeds "
                      f"{sorted(frame['seed'].unique().tolist())}, commit `{run.get('git_commit', '?')[:12]}`).\n\n")
         for section in spec.report_sections(frame, timings):
             parts.append(f"### {section.heading}\n\n**The literature (not measured here).** {section.literature}"

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import random
+import re
 import shutil
 import socket
 import tempfile
@@ -35,6 +36,7 @@ from benchmark.report import headline_table, render_suite
 from benchmark.results import locked
 from benchmark.tracking import NoTracking, Tracker
 from cvpdl.errors import NonFiniteLossError, UserInputError
+from cvpdl.progress import EpochCallback
 
 log = logging.getLogger("benchmark")  # progress lines; -q hides them, the CLI prints them between progress bars
 
@@ -167,12 +169,33 @@ def setup_torch(device: str, threads: int | None) -> Execution:
     return Execution(chosen, threads, rank, world)
 
 
+def run_config_hash(options: RunOptions, cfg: dict, params: dict[str, list[str]]) -> str:
+    """What decides a run's numbers besides code and seeds: the config, the data and CLIP options, tuned values."""
+    return config_lib.config_hash({"cfg": cfg, **options.data_options(), **({"params": params} if params else {})})
+
+
+def results_folder(options: RunOptions, methods: list[MethodSpec], cfg_hash: str) -> Path:
+    """``DIR/<suite>/`` for the suite's default run (digits, default profile, the default or tuned config however
+    it was spelled); ``DIR/<suite>/<data>-<profile>-<hash>/`` for any other, so no run overwrites the default
+    results (those committed under ``results/``)."""
+    suite_dir = Path(options.results_dir) / options.suite
+    profiles = REGISTRY.suite(options.suite).profiles
+    default = replace(options, data="digits", data_root=None, clip=None, clip_weights=None, overrides=[],
+                      config_file=None, params=None,
+                      profile="default" if "default" in profiles else next(iter(profiles)))
+    _, _, default_cfg = resolve(default)
+    default_params, _ = tuned_configs(default, methods)
+    if cfg_hash == run_config_hash(default, default_cfg, default_params):
+        return suite_dir
+    return suite_dir / f"{options.data}-{options.profile}-{cfg_hash[:8]}"
+
+
 def describe_run(options: RunOptions, spec: SuiteSpec, methods: list[MethodSpec], cfg: dict,
                  params: dict[str, list[str]], ex: Execution) -> tuple[dict, dict[str, str]]:
     """``run.json`` (config, its hash, code, machine: what a rerun elsewhere compares against) and the MLflow tags
     of every run of this invocation."""
     data_options = options.data_options()
-    cfg_hash = config_lib.config_hash({"cfg": cfg, **data_options, **({"params": params} if params else {})})
+    cfg_hash = run_config_hash(options, cfg, params)
     commit, dirty = reproducibility.git_state()
     run_info = {"suite": spec.name, "profile": options.profile, "methods": [m.name for m in methods],
                 "seeds": options.seeds, "config": cfg, "config_hash": cfg_hash, "params": params, **data_options,
@@ -209,49 +232,114 @@ class CellRunner:
         self.tags, self.params, self.method_cfgs, self.options, self.ex = tags, params, method_cfgs, options, ex
         self.shared = None
         self.prepare_seconds: float | None = None  # None until prepared
+        self.parent_id: str | None = None  # the invocation's MLflow run (set once it is open)
+
+    def reusable(self, method: MethodSpec, seed: int) -> bool:
+        return self.store.is_finished(method.name, seed) and not self.options.force
 
     def run(self, method: MethodSpec, seed: int) -> FinishedCell:
-        """One cell in its nested MLflow run: reused when it finished before (unless ``force``), else trained."""
-        cfg = self.method_cfgs.get(method.name, self.context.cfg)
-        tags = {**self.tags, "role": "cell", "method": method.name, "seed": str(seed),
+        """One cell: reused when it finished before (unless ``force``), else trained in its nested MLflow run."""
+        # one invocation trains a cell at a time; another one waiting here then finds it finished
+        with self.store.lock(method.name, seed) if self.ex.world == 1 else contextlib.nullcontext():
+            if distributed.agree(self.reusable(method, seed)):
+                return self._reuse(method, seed)
+            cfg = self.method_cfgs.get(method.name, self.context.cfg)
+            with self._cell_run(method, seed, cfg) as run_id:
+                cell = self._train(method, seed, replace(self.context, cfg=cfg), run_id)
+                self._log_cell(run_id, method, seed, cell)
+        return cell
+
+    @contextlib.contextmanager
+    def _cell_run(self, method: MethodSpec, seed: int, cfg: dict, **extra_tags: str):
+        tags = {**self.tags, "role": "cell", "method": method.name, "seed": str(seed), **extra_tags,
                 # declared differences from the paper's official code travel with the run
                 **{f"deviation.{i}": d.line()[:5000] for i, d in enumerate(method.deviations)},
                 **({"tuned_params": " ".join(self.params[method.name])} if method.name in self.params else {})}
         with self.tracker.run(f"{method.name}-seed{seed}", {**cfg, "method": method.name, "seed": seed}, tags,
                               nested=True) as run_id:
-            # one invocation trains a cell at a time; another one waiting here then finds it finished
-            with self.store.lock(method.name, seed) if self.ex.world == 1 else contextlib.nullcontext():
-                if distributed.agree(self.store.is_finished(method.name, seed) and not self.options.force):
-                    cell = self.store.load(method.name, seed)
-                    log.info(f"[{method.name} seed {seed}] finished before: reusing "
-                             f"{self.store.folder(method.name, seed)}")
-                else:
-                    cell = self._train(method, seed, replace(self.context, cfg=cfg), run_id)
-            self.tracker.log_records(run_id, cell.records())
-            self.tracker.log_artifacts(run_id, self.store.folder(method.name, seed))
+            yield run_id
+
+    def _log_cell(self, run_id: str | None, method: MethodSpec, seed: int, cell: FinishedCell) -> None:
+        folder = self.store.folder(method.name, seed)
+        self.tracker.log_records(run_id, cell.records())
+        self.tracker.log_artifacts(run_id, folder)
+        if run_id is not None:
+            self.store.remember_run(method.name, seed, self.tracker.uri, run_id)
+
+    def _reuse(self, method: MethodSpec, seed: int) -> FinishedCell:
+        """A finished cell: referenced from the invocation's run (tag ``reused.<method>-seed<seed>`` = the run that
+        trained it) when that run is in this tracking store; otherwise logged once as a new run tagged
+        ``reused_from`` (e.g. cells trained while tracking elsewhere), which later invocations then reference."""
+        cell, folder = self.store.load(method.name, seed), self.store.folder(method.name, seed)
+        log.info(f"[{method.name} seed {seed}] finished before: reusing {folder}")
+        earlier = self.store.remembered_run(method.name, seed, getattr(self.tracker, "uri", None))
+        if earlier is not None and self.tracker.is_finished_run(earlier):
+            self.tracker.tag_active(f"reused.{method.name}-seed{seed}", earlier)
+            return cell
+        with self._cell_run(method, seed, self.method_cfgs.get(method.name, self.context.cfg),
+                            reused_from=str(folder)) as run_id:
+            self._log_cell(run_id, method, seed, cell)
         return cell
 
-    def _prepare(self, run_id: str | None) -> None:
+    def _epoch_reporter(self, label: str, run_id: str | None) -> EpochCallback:
+        """After each epoch of a training loop: one console line, and the values as live MLflow metrics
+        ``<stage>/<split>/<metric>`` (step = epoch) of the run in flight (a cell's, or the invocation's while the
+        shared set-up trains); the cell's records are logged again under their final names when it ends."""
+        def report(stage: str, epoch: int, epochs: int, values: dict[str, float]) -> None:
+            if self.ex.rank != 0:
+                return
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in list(values.items())[:4])
+            log.info(f"[{label}] {stage} epoch {epoch}/{epochs}: {shown}")
+            prefix = re.sub(r"[^\w .-]", "", stage).strip().replace(" ", "_")
+            self.tracker.log_records(run_id, [{"split": f"{prefix}/{k.split('/')[0]}", "metric": k.split("/", 1)[-1],
+                                               "value": v, "epoch": epoch} for k, v in values.items()])
+        return report
+
+    def _prepare(self) -> None:
         started = time.time()
-        self.shared = self.spec.prepare(self.context)
+        self.shared = self.spec.prepare(replace(self.context,
+                                                on_epoch=self._epoch_reporter("shared set-up", self.parent_id)))
         self.prepare_seconds = round(time.time() - started, 1)
         for artifact in getattr(self.shared, "artifacts", ()):  # e.g. the trained CLIP weights
-            self.tracker.log_artifact(run_id, artifact, "cached")
+            self.tracker.log_artifact(self.parent_id, artifact, "cached")
 
     def _train(self, method: MethodSpec, seed: int, context: RunContext, run_id: str | None) -> FinishedCell:
         if self.prepare_seconds is None:
-            self._prepare(run_id)
+            log.info(f"{self.spec.name}: preparing the shared data and models")
+            self._prepare()
         checkpoints = self.store.folder(method.name, seed) / "checkpoints"
         if not self.options.resume and self.ex.rank == 0:  # a fresh start; --resume continues from them
             shutil.rmtree(checkpoints, ignore_errors=True)
         distributed.barrier()
         generator = seed_everything(seed)  # after prepare, which draws from the global generators too
-        result = self.spec.run_cell(replace(context, checkpoints=checkpoints), self.shared, method, seed, generator)
+        context = replace(context, checkpoints=checkpoints, on_epoch=self._epoch_reporter(f"{method.name} seed {seed}",
+                                                                                          run_id))
+        started = time.time()
+        result = self.spec.run_cell(context, self.shared, method, seed, generator)
+        log.info(f"[{method.name} seed {seed}] finished in {time.time() - started:.0f} s")
         cell = FinishedCell.from_result(self.spec.name, method.name, seed, result)
         if self.ex.rank == 0:
             self.store.save(method.name, seed, cell, result.models, context.cfg)
             shutil.rmtree(checkpoints, ignore_errors=True)
         return cell
+
+
+@contextlib.contextmanager
+def _log_file(results_dir: Path, name: str, rank: int):
+    """The invocation's progress lines, also in ``DIR/logs/<invocation>.log`` (rank 0)."""
+    if rank != 0:
+        yield
+        return
+    path = results_dir / "logs" / f"{name}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        handler.close()
 
 
 def run_suite(options: RunOptions) -> pd.DataFrame:
@@ -261,7 +349,8 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
     run_info, tags = describe_run(options, spec, methods, cfg, params, ex)
     results_dir = Path(options.results_dir)
     _check_writable(results_dir)
-    suite_dir = results_dir / spec.name
+    suite_dir = results_folder(options, methods, run_info["config_hash"])
+    tags["results_folder"] = str(suite_dir.relative_to(results_dir))
     store = CellStore(suite_dir, cell_keys(methods, run_info["config_hash"], method_cfgs, options.data_options(),
                                            run_info["git_commit"], ex.world))
     tracker = Tracker(results_dir, spec.name) if ex.rank == 0 else NoTracking()
@@ -271,13 +360,24 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
     cells = [(m, s) for m in methods for s in options.seeds]
     started, finished, failures = time.time(), [], []
     name = f"{spec.name}-{options.profile}-{options.data}-{time.strftime('%Y%m%d-%H%M%S')}"
-    with tracker.run(name, cfg, {**tags, "role": "invocation"}) as parent:
-        for method, seed in tqdm(cells, desc=f"{spec.name} cells", unit="cell"):
+    with tracker.run(name, cfg, {**tags, "role": "invocation"}) as parent, _log_file(results_dir, name, ex.rank):
+        runner.parent_id = parent
+        tracker.log_inputs(options.data, run_info["data_root"], run_info["environment"]["data_sha256"])
+        # the bar counts the cells to train; its ETA leaves out reused cells and the shared set-up
+        bar = tqdm(total=sum(not runner.reusable(m, s) for m, s in cells), desc=f"{spec.name} cells", unit="cell",
+                   smoothing=0, leave=False)
+        for method, seed in cells:
+            reused = runner.reusable(method, seed)
             try:
                 finished.append(runner.run(method, seed))
             except NonFiniteLossError as err:  # this cell diverged: it ends FAILED, the others go on
                 failures.append(f"{method.name} seed {seed}: {err}")
                 log.warning(f"[{method.name} seed {seed}] FAILED: {err}")
+            if not reused:
+                if bar.n == 0 and runner.prepare_seconds:
+                    bar.start_t += runner.prepare_seconds
+                bar.update()
+        bar.close()
         if failures:
             raise CellsFailedError(f"{len(failures)} of {len(cells)} cells failed ({'; '.join(failures)}); the "
                                    f"finished ones are kept under {suite_dir / 'cells'} and {suite_dir} is unchanged")
@@ -290,7 +390,7 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
             run_info["prepare_seconds"] = runner.prepare_seconds
         with locked(suite_dir / ".lock"):
             metrics = write_suite_files(suite_dir, run_info, finished)
-            written = render_suite(spec.name, suite_dir)
+            written = render_suite(spec.name, suite_dir, results_dir if suite_dir.parent == results_dir else None)
         tracker.log_means(parent, metrics[metrics["method"].isin([m.name for m in methods])])
         for path in [suite_dir / "metrics.csv", suite_dir / "run.json", *written]:
             tracker.log_artifact(None, path, "results" if path.suffix != ".png" else "figures")

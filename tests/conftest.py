@@ -43,3 +43,14 @@ def cli(capsys):
         captured = capsys.readouterr()
         return CliResult(code, captured.out, captured.err)
     return run
+
+
+def suite_folder(results_dir: Path, suite: str) -> Path:
+    """Where a run of ``suite`` into ``results_dir`` wrote its files: ``<suite>/`` for the default run, else the
+    one ``<suite>/<data>-<profile>-<hash>/`` folder (tests run the quick profile)."""
+    base = Path(results_dir) / suite
+    if (base / "run.json").is_file():
+        return base
+    found = [p.parent for p in base.glob("*/run.json")]
+    assert len(found) == 1, f"expected one run under {base}, found {found}"
+    return found[0]

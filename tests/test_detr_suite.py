@@ -4,13 +4,14 @@ import torch
 
 from benchmark.cli import main
 from benchmark.registry import REGISTRY
+from tests.conftest import suite_folder
 
 
 def test_detr_quick_run(tmp_path, cache_dir):
     code = main(["run", "--suite", "detr", "--profile", "quick", "--seeds", "0", "1", "--set", "train.epochs=3",
                  "--results-dir", str(tmp_path), "--cache-dir", str(cache_dir)])
     assert code == 0
-    suite_dir = tmp_path / "detr"
+    suite_dir = suite_folder(tmp_path, "detr")
     metrics = pd.read_csv(suite_dir / "metrics.csv")
     assert set(metrics["method"]) == {"detr", "dab_detr", "dn_dab_detr"}
     per_epoch = metrics[metrics["epoch"].notna()]
@@ -35,8 +36,8 @@ def test_detr_same_seed_twice_gives_identical_metrics(tmp_path, cache_dir):
             "--cache-dir", str(cache_dir)]
     assert main([*args, "--results-dir", str(tmp_path / "a")]) == 0
     assert main([*args, "--results-dir", str(tmp_path / "b")]) == 0
-    assert (tmp_path / "a" / "detr" / "metrics.csv").read_bytes() == \
-        (tmp_path / "b" / "detr" / "metrics.csv").read_bytes()
+    assert (suite_folder(tmp_path / "a", "detr") / "metrics.csv").read_bytes() == \
+        (suite_folder(tmp_path / "b", "detr") / "metrics.csv").read_bytes()
 
 
 def test_a_diverging_cell_is_one_line_and_exit_3(tmp_path, cache_dir, capsys):
@@ -44,4 +45,4 @@ def test_a_diverging_cell_is_one_line_and_exit_3(tmp_path, cache_dir, capsys):
                  "--set", "train.lr=1e30", "--results-dir", str(tmp_path), "--cache-dir", str(cache_dir)])
     err = capsys.readouterr().err
     assert code == 3 and "1 of 1 cells failed (detr seed 0: " in err and " is " in err and "at epoch 1, step" in err
-    assert not (tmp_path / "detr" / "metrics.csv").exists()
+    assert not list((tmp_path / "detr").glob("**/metrics.csv"))

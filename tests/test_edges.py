@@ -20,6 +20,7 @@ from benchmark.claims import CellResult
 from benchmark.cli import main
 from benchmark.registry import REGISTRY, MethodSpec, SuiteSpec
 from cvpdl.errors import NonFiniteLossError
+from tests.conftest import suite_folder
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -130,9 +131,10 @@ def test_config_file_round_trips_run_json_and_set_still_wins(tmp_path, cli):
 
     code, _, err = cli(*_run_args(tmp_path / "r", "--set", "edges.lr=1e-5", "--set", "edges.sizes=4,5"))
     assert code == 0, err
-    run_json = json.loads((tmp_path / "r" / "edges" / "run.json").read_text())
+    written = suite_folder(tmp_path / "r", "edges") / "run.json"
+    run_json = json.loads(written.read_text())
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(run_json["config"]))  # run.json's config section
-    for source in (tmp_path / "config.yaml", tmp_path / "r" / "edges" / "run.json"):
+    for source in (tmp_path / "config.yaml", written):
         code, out, _ = cli("run", "--suite", "edges", "--profile", "quick", "--config", str(source), "--print-config")
         assert code == 0 and f"config_hash {run_json['config_hash']} " in out.splitlines()[0]
     code, out, _ = cli("run", "--suite", "edges", "--profile", "quick", "--config", str(tmp_path / "config.yaml"),
@@ -142,6 +144,25 @@ def test_config_file_round_trips_run_json_and_set_still_wins(tmp_path, cli):
     (tmp_path / "bad.yaml").write_text("edges:\n  nope: 1\n")
     code, _, err = cli("run", "--suite", "edges", "--profile", "quick", "--config", str(tmp_path / "bad.yaml"))
     assert code == 2 and "unknown config key 'edges.nope'" in err and err.count("\n") == 1
+
+
+def test_another_config_writes_its_own_folder_and_the_default_results_stay(tmp_path, cli):
+    base = tmp_path / "edges"
+    assert cli(*_run_args(tmp_path))[0] == 0  # the suite's default run (its only profile, no --set)
+    default = (base / "metrics.csv").read_bytes()
+    assert cli(*_run_args(tmp_path, "--set", "edges.lr=1e-5"))[0] == 0
+    [other] = [p.parent for p in base.glob("*/run.json")]
+    assert other.name.startswith("digits-quick-") and (base / "metrics.csv").read_bytes() == default
+    assert json.loads((other / "run.json").read_text())["config"]["edges"]["lr"] == 1e-5
+    assert "Data `digits` (the built-in digits world" in (other / "summary.md").read_text()
+    assert (tmp_path / "REPORT.md").is_file() and not (base / "REPORT.md").exists()  # REPORT: the defaults only
+    # the default config however spelled (a config file, a --set to the default value) is the default run
+    assert cli(*_run_args(tmp_path, "--config", str(base / "run.json"), "--set", "edges.lr=0.001"))[0] == 0
+    assert [p.parent for p in base.glob("*/run.json")] == [other]
+    # `report` re-renders both
+    (other / "summary.md").unlink()
+    assert cli("report", "--suite", "edges", "--results-dir", str(tmp_path))[0] == 0
+    assert (other / "summary.md").is_file()
 
 
 def test_exit_codes_usage_2_failed_cell_3(tmp_path, cli):

@@ -3,13 +3,14 @@ import pandas as pd
 
 from benchmark.cli import main
 from benchmark.results import COLUMNS
+from tests.conftest import suite_folder
 
 
 def test_kd_quick_run(tmp_path, cache_dir):
     code = main(["run", "--suite", "kd", "--profile", "quick", "--seeds", "0", "1", "--results-dir", str(tmp_path),
                  "--cache-dir", str(cache_dir)])
     assert code == 0
-    suite_dir = tmp_path / "kd"
+    suite_dir = suite_folder(tmp_path, "kd")
     metrics = pd.read_csv(suite_dir / "metrics.csv")
     assert list(metrics.columns) == COLUMNS
     assert set(metrics["method"]) == {"student_baseline", "logit_kd", "gld", "fitnet", "reverse_feature_kd"}
@@ -40,4 +41,5 @@ def test_kd_same_seed_twice_gives_identical_metrics(tmp_path, cache_dir):
             "--cache-dir", str(cache_dir)]
     assert main([*args, "--results-dir", str(tmp_path / "a")]) == 0
     assert main([*args, "--results-dir", str(tmp_path / "b")]) == 0
-    assert (tmp_path / "a" / "kd" / "metrics.csv").read_bytes() == (tmp_path / "b" / "kd" / "metrics.csv").read_bytes()
+    assert (suite_folder(tmp_path / "a", "kd") / "metrics.csv").read_bytes() == \
+        (suite_folder(tmp_path / "b", "kd") / "metrics.csv").read_bytes()

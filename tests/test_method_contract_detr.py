@@ -15,6 +15,7 @@ from benchmark.suites import detr  # noqa: F401  (registers the suite the toy jo
 from paper_figures.detr_figures import convergence
 from benchmark.results import read_metrics, read_tables
 from paper_figures.style import SuiteInputs
+from tests.conftest import suite_folder
 
 TOY_MODULE = '''
     """DETR with half the queries: the whole of a toy variant."""
@@ -58,7 +59,7 @@ def test_a_toy_variant_is_listed_run_drawn_and_reported(toy, tmp_path, cache_dir
              "train.batch_size=16"]
     run_suite(RunOptions(suite="detr", profile="quick", methods=["detr", toy], seeds=[0], overrides=small,
                          results_dir=tmp_path, cache_dir=cache_dir))
-    suite_dir = tmp_path / "detr"
+    suite_dir = suite_folder(tmp_path, "detr")
     metrics = pd.read_csv(suite_dir / "metrics.csv")
     assert list(dict.fromkeys(metrics["method"])) == ["detr", toy]  # registry order
     params = metrics[metrics["metric"] == "params"].set_index("method")["value"]

@@ -16,6 +16,7 @@ from benchmark.runner import RunOptions, run_suite
 from paper_figures.kd_figures import kd_accuracy
 from benchmark.results import read_metrics, read_tables
 from paper_figures.style import SuiteInputs
+from tests.conftest import suite_folder
 
 TOY = "toy_logit_kd"
 TOY_MODULE = '''
@@ -67,7 +68,7 @@ def test_a_registered_distiller_is_listed_run_drawn_and_reported(toy_method, tmp
     results = tmp_path / "results"
     run_suite(RunOptions(suite="kd", profile="quick", methods=["student_baseline", TOY], seeds=[0],
                          overrides=["train.epochs=1"], results_dir=results, cache_dir=cache_dir))
-    suite_dir = results / "kd"
+    suite_dir = suite_folder(results, "kd")
     metrics = pd.read_csv(suite_dir / "metrics.csv")
     assert list(dict.fromkeys(metrics["method"])) == ["student_baseline", TOY]
     toy = metrics[metrics["method"] == TOY]

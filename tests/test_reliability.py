@@ -3,6 +3,7 @@ a real MLflow server, and one clear line for each kind of bad input."""
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -21,6 +22,7 @@ from benchmark.registry import REGISTRY, MethodSpec, SuiteSpec
 from benchmark.runner import CellsFailedError, RunOptions, run_suite
 from cvpdl.checkpoint import Checkpoint
 from cvpdl.errors import NonFiniteLossError, UserInputError
+from tests.conftest import suite_folder
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -38,7 +40,10 @@ def _run_cell(run, shared, method, seed, generator):
     if seed == cfg["term_seed"]:
         signal.raise_signal(signal.SIGTERM)
     value = torch.rand(1, generator=generator).item()
-    return CellResult([{"epoch": None, "split": "test", "metric": "score", "value": value}])
+    for epoch in (1, 2):
+        run.on_epoch("flaky loop", epoch, 2, {"train/loss": value / epoch})
+    return CellResult([{"epoch": None, "split": "test", "metric": "score", "value": value}],
+                      models={"net": torch.nn.Linear(2, 1)})
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -73,7 +78,8 @@ def test_a_diverging_cell_fails_alone_and_nothing_written_is_lost(tmp_path):
     with pytest.raises(CellsFailedError, match=r"1 of 3 cells failed \(a seed 2: loss is nan at epoch 1, step 3\)"):
         run_suite(RunOptions(seeds=[1, 2, 3], overrides=["flaky.nan_seed=2"], **opts))
     assert (tmp_path / "flaky" / "metrics.csv").read_bytes() == before  # the failing run changed nothing
-    assert len(list((tmp_path / "flaky" / "cells").glob("*/a_seed*/DONE"))) == 3  # seeds 0, 1, 3 kept
+    # seeds 0, 1, 3 kept (1 and 3 in the overridden config's own folder)
+    assert len(list((tmp_path / "flaky").glob("**/cells/*/a_seed*/DONE"))) == 3
     statuses = sorted(v for (role, seed, _), v in _states(tmp_path, "flaky").items() if role == "cell")
     assert statuses == ["FAILED", "FINISHED", "FINISHED", "FINISHED"]
     run_suite(RunOptions(seeds=[1, 3], **opts))  # same config and code: merged with seed 0's results
@@ -131,8 +137,8 @@ def test_sigkill_at_a_random_point_then_resume_gives_the_uninterrupted_metrics(t
 
     resumed = _cli(*args, "--results-dir", str(tmp_path / "killed"), "--resume")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
-    assert (tmp_path / "killed" / "detr" / "metrics.csv").read_bytes() == \
-        (tmp_path / "reference" / "detr" / "metrics.csv").read_bytes()
+    assert (suite_folder(tmp_path / "killed", "detr") / "metrics.csv").read_bytes() == \
+        (suite_folder(tmp_path / "reference", "detr") / "metrics.csv").read_bytes()
     states = _states(tmp_path / "killed", "detr")
     assert sorted(states.values()) == ["FINISHED", "FINISHED", "KILLED", "KILLED"]  # the SIGKILLed runs, closed
 
@@ -143,8 +149,8 @@ def test_four_concurrent_invocations_share_one_store(tmp_path, cache_dir):
                  "--cache-dir", str(cache_dir)) for seed in range(4)]
     for run in runs:
         assert run.wait(timeout=600) == 0, run.stderr.read()
-    assert sorted(pd.read_csv(tmp_path / "detr" / "metrics.csv")["seed"].unique()) == [0, 1, 2, 3]
-    assert json.loads((tmp_path / "detr" / "run.json").read_text())["seeds"] == [0, 1, 2, 3]
+    assert sorted(pd.read_csv(suite_folder(tmp_path, "detr") / "metrics.csv")["seed"].unique()) == [0, 1, 2, 3]
+    assert json.loads((suite_folder(tmp_path, "detr") / "run.json").read_text())["seeds"] == [0, 1, 2, 3]
     states = _states(tmp_path, "detr")
     assert len(states) == 8 and set(states.values()) == {"FINISHED"}
 
@@ -173,13 +179,46 @@ def test_a_real_mlflow_server_on_loopback(tmp_path, monkeypatch):
             assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
             time.sleep(0.5)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        run_suite(RunOptions(suite="flaky", seeds=[0, 1], profile="quick", results_dir=tmp_path / "r",
-                             cache_dir=tmp_path / "c"))
+        monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # the test's runs take seconds
+        opts = dict(suite="flaky", profile="quick", results_dir=tmp_path / "r", cache_dir=tmp_path / "c")
+        run_suite(RunOptions(seeds=[0, 1], **opts))
+        run_suite(RunOptions(seeds=[0, 1, 2], **opts))  # seeds 0 and 1 reused: referenced, not logged again
+        with pytest.raises(CellsFailedError):
+            run_suite(RunOptions(seeds=[3], overrides=["flaky.nan_seed=3"], **opts))
         client = MlflowClient(uri)
-        runs = client.search_runs([client.get_experiment_by_name("cvpdl-bench/flaky").experiment_id])
-        assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3
-        cell = next(r for r in runs if r.data.tags.get("seed") == "0")
+        runs = client.search_runs([client.get_experiment_by_name("cvpdl-bench/flaky").experiment_id],
+                                  order_by=["attributes.start_time ASC"])
+        invocations = [r for r in runs if r.data.tags["role"] == "invocation"]
+        cells = {r.info.run_name: r for r in runs if r.data.tags["role"] == "cell"}
+        # names say suite, profile, data and time; one run per trained cell (3 + the failed one)
+        assert all(re.fullmatch(r"flaky-quick-digits-\d{8}-\d{6}", r.info.run_name) for r in invocations)
+        assert len(invocations) == 3 and sorted(cells) == ["a-seed0", "a-seed1", "a-seed2", "a-seed3"]
+        first, second, failed = invocations
+        assert second.data.tags["reused.a-seed0"] == cells["a-seed0"].info.run_id
+        assert second.data.tags["reused.a-seed1"] == cells["a-seed1"].info.run_id
+        assert cells["a-seed3"].info.status == "FAILED"
+        assert cells["a-seed3"].data.tags["failure"].startswith("NonFiniteLossError: loss is nan")
+        # params as plain values; what the run read, and its hash, as tags and dataset inputs
+        cell = cells["a-seed0"]
+        assert cell.data.params["flaky.nan_seed"] == "-1" and cell.data.params["seed"] == "0"
+        assert first.data.tags["data"] == "digits"
+        assert [d.dataset.name for d in first.inputs.dataset_inputs] == ["digits:mnist_5k.csv.gz"]
+        # per-epoch values logged as each epoch ended, the final ones, the parent's per-method means
+        history = client.get_metric_history(cell.info.run_id, "flaky_loop/train/loss")
+        assert [m.step for m in history] == [1, 2] and history[1].timestamp >= history[0].timestamp
         assert "test/score" in cell.data.metrics
+        mean = (cells["a-seed0"].data.metrics["test/score"] + cells["a-seed1"].data.metrics["test/score"]) / 2
+        assert first.data.metrics["a/test/score"] == pytest.approx(mean)
+        # system metrics beside the invocation (psutil is a dependency)
+        assert "system/cpu_utilization_percentage" in first.data.metrics
+        # the trained model with its config, and the results files
+        artifacts = {a.path for a in client.list_artifacts(cell.info.run_id, "models")}
+        assert artifacts == {"models/net.pt"}
+        saved = torch.load(client.download_artifacts(cell.info.run_id, "models/net.pt", str(tmp_path)),
+                           weights_only=False)
+        assert saved["config"]["flaky"]["nan_seed"] == -1 and set(saved["state_dict"]) == {"weight", "bias"}
+        assert {a.path for a in client.list_artifacts(first.info.run_id, "results")} >= {"results/metrics.csv",
+                                                                                       "results/run.json"}
         assert not (tmp_path / "r" / "mlflow.db").exists()  # tracked on the server, not in the results dir
     finally:
         os.killpg(server.pid, signal.SIGTERM)
@@ -256,7 +295,7 @@ def test_torchrun_ddp_with_two_processes_on_cpu(tmp_path, cache_dir):
                           "--seeds", "0", "--set", "train.epochs=2", "--threads", "1", "--results-dir", str(tmp_path),
                           "--cache-dir", str(cache_dir)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    frame = pd.read_csv(tmp_path / "detr" / "metrics.csv")
+    frame = pd.read_csv(suite_folder(tmp_path, "detr") / "metrics.csv")
     assert set(frame["seed"]) == {0} and {"AP50", "matching_instability"} <= set(frame["metric"])
-    assert json.loads((tmp_path / "detr" / "run.json").read_text())["world_size"] == 2
+    assert json.loads((suite_folder(tmp_path, "detr") / "run.json").read_text())["world_size"] == 2
     assert sorted(_states(tmp_path, "detr").values()) == ["FINISHED", "FINISHED"]  # rank 0 alone tracks

@@ -81,7 +81,8 @@ def run_cell(run: RunContext, shared: DetectionData, method: MethodSpec, seed: i
     cfg, device = run.cfg, run.device
     train_cfg = section_config(cfg, "train", DetrTrainConfig)
     parts = method.build(cfg)(len(shared.train.cat_ids))
-    history = fit(parts, shared, train_cfg, generator, device, Checkpoint(run.checkpoints, "detr"), desc=method.name)
+    history = fit(parts, shared, train_cfg, generator, device, Checkpoint(run.checkpoints, "detr"), desc=method.name,
+                  on_epoch=run.on_epoch)
     records = [{"epoch": epoch, "split": "val", "metric": k, "value": v}
                for epoch, values in enumerate(history.val, 1) for k, v in values.items()]
     timings = [{"epoch": epoch, "split": "train", "metric": k, "value": v}

@@ -108,7 +108,8 @@ def _teacher(run: RunContext, shared: KDShared, seed: int) -> ConvNet:
                         run.data_root, seed)
         cached_state(run.cache_dir / "kd_teacher" / f"teacher_{key}.pt", teacher,
                      lambda: train(StudentBaseline(teacher), shared.data, section_config(cfg, "teacher_train",
-                                   TeacherTrainConfig), torch.Generator().manual_seed(seed), desc="teacher"))
+                                   TeacherTrainConfig), torch.Generator().manual_seed(seed), desc="teacher",
+                                   on_epoch=run.on_epoch))
     return teacher.eval().requires_grad_(False)
 
 
@@ -119,7 +120,7 @@ def run_cell(run: RunContext, shared: KDShared, method: MethodSpec, seed: int, g
     make_student = functools.partial(ConvNet, section_config(cfg, "student", StudentNetConfig), data.num_classes)
     started = time.perf_counter()
     fit: KDFit = method.build(cfg)(make_student, teacher, data, section_config(cfg, "train", TrainConfig),
-                                   generator, Checkpoint(run.checkpoints, method.name))
+                                   generator, Checkpoint(run.checkpoints, method.name), run.on_epoch)
     seconds = time.perf_counter() - started
     records = [{"epoch": e + 1, "split": "val" if name == "top1" else "train", "metric": name, "value": v}
                for name, values in fit.history.per_epoch.items() for e, v in enumerate(values)]

@@ -144,7 +144,7 @@ def prepare(run: RunContext) -> OvdShared:
         def fit_clip():
             encoder.model.to(device)
             images, captions = _clip_corpus(run, train)
-            train_clip(encoder, images, captions, clip_cfg, torch.Generator().manual_seed(clip_cfg.seed))
+            train_clip(encoder, images, captions, clip_cfg, torch.Generator().manual_seed(clip_cfg.seed), run.on_epoch)
 
         cached_state(clip_path, encoder.model, fit_clip)
         encoder.model.to(device).eval()
@@ -159,7 +159,8 @@ def prepare(run: RunContext) -> OvdShared:
 
     def fit_localizer():
         localizer.to(device)
-        train_localizer(localizer, train, loc_cfg, torch.Generator().manual_seed(loc_cfg.seed), train.base_classes)
+        train_localizer(localizer, train, loc_cfg, torch.Generator().manual_seed(loc_cfg.seed), train.base_classes,
+                        run.on_epoch)
 
     cached_state(loc_path, localizer, fit_localizer)
     localizer.to(device).eval()
@@ -174,7 +175,7 @@ def run_cell(run: RunContext, shared: OvdShared, method: MethodSpec, seed: int, 
     test = shared.coco["test"] if shared.coco else _digits_split(run, "test", data.test_images, seed)
     single = None if shared.coco else _digits_split(run, "test_single", data.single_images, seed)
     classifier = method.build(run.cfg)
-    history = classifier.fit(shared.context, generator, Checkpoint(run.checkpoints, method.name))
+    history = classifier.fit(shared.context, generator, Checkpoint(run.checkpoints, method.name), run.on_epoch)
     records = [{"epoch": epoch + 1, "split": "train", "metric": name, "value": value}
                for name, values in history.items() for epoch, value in enumerate(values)]
     result = evaluate_ovd(classifier, shared.context, test, single or _single_objects(test),

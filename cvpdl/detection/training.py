@@ -19,6 +19,7 @@ from cvpdl.detection.matcher import hungarian_match
 from cvpdl.detection.parts import DetectorParts
 from cvpdl.errors import check_finite
 from cvpdl.evaluation.coco_eval import evaluate_detections
+from cvpdl.progress import EpochCallback, no_report
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,8 @@ def probe(parts: DetectorParts, split: DetectionSplit, device: torch.device
 
 
 def fit(parts: DetectorParts, data: DetectionData, cfg: DetrTrainConfig, generator: torch.Generator,
-        device: torch.device, checkpoint: Checkpoint = Checkpoint(None, "detr"), desc: str = "detr") -> FitHistory:
+        device: torch.device, checkpoint: Checkpoint = Checkpoint(None, "detr"), desc: str = "detr",
+        on_epoch: EpochCallback = no_report) -> FitHistory:
     """Train ``parts.model`` on ``device`` with AdamW for ``cfg.epochs``; after every epoch evaluate on val, probe
     matching and cross-attention on ``data.probe`` and save ``checkpoint``, which a rerun resumes from. Under
     torchrun the model trains wrapped in DDP; evaluation and probes read the bare model on every rank."""
@@ -170,5 +172,7 @@ def fit(parts: DetectorParts, data: DetectionData, cfg: DetrTrainConfig, generat
             values["matching_instability"] = matching_instability(previous, assignments, num_gt)
         previous = assignments
         history.val.append(values)
+        on_epoch(desc, epoch, cfg.epochs, {**{f"val/{k}": v for k, v in values.items()},
+                                           **{f"train/{k}": v for k, v in history.train[-1].items()}})
         checkpoint.save(stateful, generator, epoch=epoch, val=history.val, train=history.train, previous=previous)
     return history

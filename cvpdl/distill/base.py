@@ -12,6 +12,7 @@ from torch import nn
 from cvpdl.checkpoint import Checkpoint
 from cvpdl.distill.networks import ConvNet
 from cvpdl.distill.training import ClassificationData, KDFit, TrainConfig, fit_distiller
+from cvpdl.progress import EpochCallback, no_report
 
 
 class Distiller(nn.Module):
@@ -47,8 +48,9 @@ class Distiller(nn.Module):
 
     @classmethod
     def fit(cls, cfg: Any, make_student: Callable[[], ConvNet], teacher: ConvNet, data: ClassificationData,
-            train_cfg: TrainConfig, generator: torch.Generator, checkpoint: Checkpoint | None = None) -> KDFit:
+            train_cfg: TrainConfig, generator: torch.Generator, checkpoint: Checkpoint | None = None,
+            on_epoch: EpochCallback = no_report) -> KDFit:
         """Train the method from a fresh student: this distiller through the standard loop. Multi-stage methods
         (reverse feature KD) override it."""
         distiller = cls(make_student(), teacher if cls.needs_teacher else None, cfg)
-        return fit_distiller(distiller, data, train_cfg, generator, checkpoint)
+        return fit_distiller(distiller, data, train_cfg, generator, checkpoint, on_epoch)

@@ -22,6 +22,7 @@ from cvpdl.distill.base import Distiller
 from cvpdl.distill.networks import ConvNet
 from cvpdl.distill.student_baseline import StudentBaseline
 from cvpdl.distill.training import ClassificationData, KDFit, TrainConfig, train
+from cvpdl.progress import EpochCallback, no_report
 
 
 @dataclass(frozen=True)
@@ -55,19 +56,20 @@ class ReverseFeatureKD(EmbeddingMimic):
 
     @classmethod
     def fit(cls, cfg: ReverseKDConfig, make_student: Callable[[], ConvNet], teacher: ConvNet, data: ClassificationData,
-            train_cfg: TrainConfig, generator: torch.Generator, checkpoint: Checkpoint | None = None) -> KDFit:
+            train_cfg: TrainConfig, generator: torch.Generator, checkpoint: Checkpoint | None = None,
+            on_epoch: EpochCallback = no_report) -> KDFit:
         checkpoint = checkpoint or Checkpoint(None, "reverse")
         stage0 = make_student()
         train(StudentBaseline(stage0), data, train_cfg, generator, desc="reverse KD stage 0 (student)",
-              checkpoint=checkpoint.child("stage0"))
+              checkpoint=checkpoint.child("stage0"), on_epoch=on_epoch)
         reversed_teacher = copy.deepcopy(teacher).requires_grad_(True)
         train(EmbeddingMimic(reversed_teacher, stage0, ce_weight=1.0, feature_weight=cfg.reverse_weight), data,
               replace(train_cfg, epochs=cfg.teacher_epochs, lr=train_cfg.lr / 3), generator,
-              desc="reverse KD stage 1 (teacher)", checkpoint=checkpoint.child("stage1"))
+              desc="reverse KD stage 1 (teacher)", checkpoint=checkpoint.child("stage1"), on_epoch=on_epoch)
         reversed_teacher.eval().requires_grad_(False)
         student = make_student()
         student.classifier.load_state_dict(reversed_teacher.classifier.state_dict())
         student.classifier.requires_grad_(False)
         history = train(cls(student, reversed_teacher, cfg), data, train_cfg, generator,
-                        desc="reverse KD stage 2 (student)", checkpoint=checkpoint.child("stage2"))
+                        desc="reverse KD stage 2 (student)", checkpoint=checkpoint.child("stage2"), on_epoch=on_epoch)
         return KDFit(student, history, teacher_after_reverse=reversed_teacher, student_alone=stage0)

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from cvpdl.checkpoint import Checkpoint
 from cvpdl.errors import check_finite
+from cvpdl.progress import EpochCallback, no_report
 
 if TYPE_CHECKING:  # base.py builds on these loops (``Distiller.fit``)
     from cvpdl.distill.base import Distiller
@@ -82,7 +83,8 @@ def top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def train(distiller: Distiller, data: ClassificationData, cfg: TrainConfig, generator: torch.Generator,
-          desc: str = "train", checkpoint: Checkpoint | None = None) -> TrainHistory:
+          desc: str = "train", checkpoint: Checkpoint | None = None, on_epoch: EpochCallback = no_report
+          ) -> TrainHistory:
     """AdamW with a one-cycle schedule; teacher outputs are computed once (no augmentation: they are fixed).
     With a ``checkpoint``, the state is saved after every epoch and a saved one is resumed from."""
     teacher_out = (predict(distiller.teacher, data.x_train, forward=distiller.teacher_outputs)
@@ -119,13 +121,16 @@ def train(distiller: Distiller, data: ClassificationData, cfg: TrainConfig, gene
         for name, value in sums.items():
             history.per_epoch.setdefault(name, []).append(value)
         history.test_top1.append(top1(distiller.student, data.x_test, data.y_test))
+        on_epoch(desc, epoch, cfg.epochs, {f"{'val' if name == 'top1' else 'train'}/{name}": values[-1]
+                                           for name, values in history.per_epoch.items()})
         checkpoint.save(stateful, generator, epoch=epoch, per_epoch=history.per_epoch, test_top1=history.test_top1)
     return history
 
 
 def fit_distiller(distiller: Distiller, data: ClassificationData, cfg: TrainConfig, generator: torch.Generator,
-                  checkpoint: Checkpoint | None = None) -> KDFit:
-    history = train(distiller, data, cfg, generator, desc=type(distiller).__name__, checkpoint=checkpoint)
+                  checkpoint: Checkpoint | None = None, on_epoch: EpochCallback = no_report) -> KDFit:
+    history = train(distiller, data, cfg, generator, desc=type(distiller).__name__, checkpoint=checkpoint,
+                    on_epoch=on_epoch)
     student = {id(p) for p in distiller.student.parameters()}
     extra = sum(p.numel() for p in distiller.trainable_parameters() if id(p) not in student)
     return KDFit(distiller.student, history, extra_parameters=extra)

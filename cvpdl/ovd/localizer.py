@@ -15,6 +15,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from tqdm.auto import tqdm
 
 from cvpdl.data.detection_split import DetectionSplit
+from cvpdl.progress import EpochCallback, no_report
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def _batch(split: DetectionSplit, idx: list[int], device: torch.device, keep_cla
 
 
 def train_localizer(model: FCOS, split: DetectionSplit, cfg: LocalizerConfig, generator: torch.Generator,
-                    keep_classes: list[int]) -> list[float]:
+                    keep_classes: list[int], on_epoch: EpochCallback = no_report) -> list[float]:
     """Train class-agnostically on the boxes of ``keep_classes`` only; returns the mean loss per epoch."""
     device = next(model.parameters()).device
     model.train()
@@ -80,6 +81,7 @@ def train_localizer(model: FCOS, split: DetectionSplit, cfg: LocalizerConfig, ge
             schedule.step()
             losses.append(loss.item())
         history.append(float(np.mean(losses)))
+        on_epoch("train localizer", epoch + 1, cfg.epochs, {"train/loss": history[-1]})
     model.eval()
     return history
 

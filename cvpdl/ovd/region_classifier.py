@@ -15,6 +15,7 @@ from torchvision.models.detection import FCOS
 from cvpdl.checkpoint import Checkpoint
 from cvpdl.data.detection_split import DetectionSplit
 from cvpdl.ovd.clip_model import ClipEncoder
+from cvpdl.progress import EpochCallback, no_report
 
 
 @dataclass
@@ -40,8 +41,8 @@ class RegionClassifier(abc.ABC):
     """Base class: ``fit`` (optional training, resumable from a per-epoch ``checkpoint``; returns per-epoch losses
     by name) and two embedding functions."""
 
-    def fit(self, ctx: OvdContext, generator: torch.Generator, checkpoint: Checkpoint | None = None
-            ) -> dict[str, list[float]]:
+    def fit(self, ctx: OvdContext, generator: torch.Generator, checkpoint: Checkpoint | None = None,
+            on_epoch: EpochCallback = no_report) -> dict[str, list[float]]:
         return {}
 
     def encoder(self, ctx: OvdContext) -> ClipEncoder:

@@ -34,6 +34,7 @@ from cvpdl.losses import distillation_kl
 from cvpdl.ovd.losses import image_text_contrastive, region_concept_contrastive, same_caption_mask
 from cvpdl.ovd.localizer import propose
 from cvpdl.ovd.region_classifier import OvdContext
+from cvpdl.progress import EpochCallback, no_report
 
 
 @dataclass(frozen=True)
@@ -165,8 +166,8 @@ class RegionClip(ClipRoi):
             p.requires_grad_(True)
         return params
 
-    def fit(self, ctx: OvdContext, generator: torch.Generator, checkpoint: Checkpoint | None = None
-            ) -> dict[str, list[float]]:
+    def fit(self, ctx: OvdContext, generator: torch.Generator, checkpoint: Checkpoint | None = None,
+            on_epoch: EpochCallback = no_report) -> dict[str, list[float]]:
         cfg, teacher = self.cfg, ctx.clip
         n = min(cfg.images, len(ctx.train))
         images = np.stack([ctx.train.image(i) for i in range(n)])
@@ -208,6 +209,7 @@ class RegionClip(ClipRoi):
                     sums[name] += value.item() / steps
             for name in history:
                 history[name].append(sums[name])
+            on_epoch("RegionCLIP pretraining", epoch, cfg.epochs, {f"train/{k}": v for k, v in sums.items()})
             checkpoint.save(stateful, generator, epoch=epoch, history=history)
         for p in model.parameters():
             p.requires_grad_(False)

@@ -9,10 +9,11 @@ from tqdm.auto import tqdm
 
 from cvpdl.ovd.clip_model import ClipEncoder, TinyClipConfig
 from cvpdl.ovd.losses import image_text_contrastive, same_caption_mask
+from cvpdl.progress import EpochCallback, no_report
 
 
 def train_clip(encoder: ClipEncoder, images: np.ndarray, captions: list[str], cfg: TinyClipConfig,
-               generator: torch.Generator) -> list[float]:
+               generator: torch.Generator, on_epoch: EpochCallback = no_report) -> list[float]:
     """Train ``encoder.model`` in place; returns the mean loss of each epoch.
 
     Duplicate captions in a batch are positives, not negatives (``same_caption_mask``), and the learning rate
@@ -49,6 +50,7 @@ def train_clip(encoder: ClipEncoder, images: np.ndarray, captions: list[str], cf
                 model.logit_scale.clamp_(0, np.log(100))
             losses.append(loss.item())
         history.append(float(np.mean(losses)))
+        on_epoch("train CLIP", epoch + 1, cfg.epochs, {"train/loss": history[-1]})
     model.eval()
     return history
 
