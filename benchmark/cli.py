@@ -72,12 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dt", type=Path, required=True, help="COCO results JSON (list of detections)")
     evaluate.add_argument("--novel-cat-ids", nargs="+", type=int, help="adds AP50_base / AP50_novel / AP50_all")
 
-    perf = sub.add_parser("perf", help="throughput, evaluator speed and suite wall times → DIR/perf/perf.md")
+    perf = sub.add_parser("perf", help="throughput, evaluator speed, suite wall times and memory, cost curves → "
+                                       "DIR/perf/perf.md")
     perf.add_argument("--results-dir", type=Path, default=Path("results"))
     perf.add_argument("--device", default="auto", help="auto | cpu | cuda")
     perf.add_argument("--steps", type=int, default=20, help="timed training steps per model")
-    perf.add_argument("--suites-profile", default="quick", help="profile each suite is run on for its wall time "
-                                                                "(none: skip)")
+    perf.add_argument("--suites-profile", default="quick", help="profile each suite is run on (in its own process) "
+                                                                "for its wall time and peak memory (none: skip)")
+    perf.add_argument("--curves", action=argparse.BooleanOptionalAction, default=True,
+                      help="cost curves: seconds per epoch vs images, per step vs queries, evaluator vs detections, "
+                           "tune trials per hour (default: on; estimated about a minute on 2 free CPU cores)")
     perf.add_argument("--cache-dir", type=Path)
     perf.add_argument("--threads", type=int)
 

@@ -131,8 +131,8 @@ def _version(name: str) -> str:
         return "missing"
 
 
-def versions() -> dict[str, str]:
-    return {"python": platform.python_version(), **{name: _version(name) for name in PACKAGES}}
+def versions(extra_packages: tuple[str, ...] = ()) -> dict[str, str]:
+    return {"python": platform.python_version(), **{name: _version(name) for name in PACKAGES + extra_packages}}
 
 
 def git_state(repo: Path = REPO_ROOT) -> tuple[str, bool]:
@@ -171,11 +171,12 @@ def environment(threads: int, data: str, data_root: Path | None, clip_weights: P
     }
 
 
-def record(threads: int, data: str, data_root: Path | None, clip_weights: Path | None) -> dict:
-    """The keys a suite's ``run.json`` gains: library ``versions``, ``hardware``, its ``hardware_signature`` and
-    ``environment``."""
+def record(threads: int, data: str, data_root: Path | None, clip_weights: Path | None,
+           extra_packages: tuple[str, ...] = ()) -> dict:
+    """The keys a suite's ``run.json`` gains: library ``versions`` (``PACKAGES`` and ``extra_packages``),
+    ``hardware``, its ``hardware_signature`` and ``environment``."""
     hw = hardware(threads)
-    return {"versions": versions(), "hardware": hw, "hardware_signature": hardware_signature(hw),
+    return {"versions": versions(extra_packages), "hardware": hw, "hardware_signature": hardware_signature(hw),
             "environment": environment(threads, data, data_root, clip_weights)}
 
 

@@ -1,12 +1,13 @@
-"""``python -m paper_figures [--results-dir DIR]``: redraw every figure of every suite that has results."""
+"""``python -m paper_figures [--results-dir DIR]``: redraw every figure of every suite that has results, and
+``benchmark perf``'s figures where ``DIR/perf/perf.csv`` exists."""
 import argparse
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from paper_figures import FIGURES, render_suite_figures
-from paper_figures.style import SuiteInputs
+from paper_figures import FIGURES, perf_figures, render_suite_figures
+from paper_figures.style import SuiteInputs, save
 
 
 def read_inputs(suite_dir: Path) -> SuiteInputs:
@@ -27,6 +28,13 @@ def main() -> int:
             found = True
             for path in render_suite_figures(suite, read_inputs(suite_dir), suite_dir / "figures"):
                 print(path, "(+ .pdf)")
+    perf_csv = args.results_dir / "perf" / "perf.csv"
+    if perf_csv.is_file():  # `benchmark perf`'s figures, from its table
+        found = True
+        frame = pd.read_csv(perf_csv)
+        for name, draw in perf_figures.FIGURES.items():
+            if (figure := draw(frame)) is not None:
+                print(save(figure, perf_csv.parent / name), "(+ .pdf)")
     if not found:
         print(f"error: no suite results under {args.results_dir}", file=sys.stderr)
         return 2

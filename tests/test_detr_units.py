@@ -118,7 +118,7 @@ def test_dn_queries_and_label_flips():
     assert 0.13 < (flipped != 0).float().mean().item() < 0.23  # p 0.2, minus flips back to the same class
 
 
-def _tiny_batch():
+def tiny_detector_batch():
     """A tiny detector config, two 32-px images and their targets (one and two boxes)."""
     cfg = DetrConfig(backbone_width=8, d_model=16, heads=2, encoder_layers=1, decoder_layers=2, d_ff=32,
                      num_queries=4)
@@ -128,7 +128,7 @@ def _tiny_batch():
 
 
 def test_dn_reconstruction_loss_needs_no_matching_and_models_run():
-    cfg, images, targets = _tiny_batch()
+    cfg, images, targets = tiny_detector_batch()
     dn = DabDetr(cfg, 3, DenoisingConfig(groups=2)).train()
     out = dn(images, targets, torch.Generator().manual_seed(0))
     assert len(out["logits"]) == 2 and out["logits"][0].shape == (2, 4, 3)
@@ -225,7 +225,7 @@ def test_dropout_is_deterministic_under_the_seed_and_off_in_eval():
 
 
 def test_every_variant_builds_model_criterion_and_postprocess_with_one_forward_signature():
-    cfg, images, targets = _tiny_batch()
+    cfg, images, targets = tiny_detector_batch()
     detr, dab = Detr.build(cfg, 3, LossWeights()), DabDetr.build(cfg, 3, LossWeights())
     dn = DabDetr.build(cfg, 3, LossWeights(), denoising=DenoisingConfig(groups=2))
     assert detr.criterion.costs == MatcherCosts(cost_class=1.0)  # official set_cost_class: 1 (DETR), 2 (DAB, DN)
