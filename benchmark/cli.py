@@ -183,7 +183,7 @@ def configure_console(verbosity: int, quiet: bool) -> None:
     if verbosity:
         for name in ("alembic", "mlflow"):
             logging.getLogger(name).setLevel(logging.INFO)
-    if quiet:
+    if quiet or not sys.stderr.isatty():  # a log file gets the plain lines, not carriage-return bars
         os.environ["TQDM_DISABLE"] = "1"  # read by tqdm when it is imported, which the subcommands do after this
 
 

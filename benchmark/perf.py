@@ -384,7 +384,9 @@ def suite_wall_times(report: PerfReport, options: PerfOptions) -> None:
             continue
         with tempfile.TemporaryDirectory() as scratch:
             process_seconds, peak = run_suite_process(spec.name, options, Path(scratch))
-            info = json.loads((Path(scratch) / spec.name / "run.json").read_text())
+            # a quick-profile run writes its own folder, <suite>/<data>-<profile>-<hash>/
+            [written] = (Path(scratch) / spec.name).glob("**/run.json")
+            info = json.loads(written.read_text())
             # the runner's own clock, as in the committed default-profile figure; the rest is start-up and imports
             report.add("suites", f"{spec.name} {profile} wall time", info["wall_seconds"], "s",
                        f"run here in its own process (+{process_seconds - info['wall_seconds']:.1f} s interpreter "

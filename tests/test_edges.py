@@ -36,6 +36,7 @@ class EdgesConfig:
 def _run_cell(run, shared, method, seed, generator):
     if seed == run.cfg["edges"]["nan_seed"]:
         raise NonFiniteLossError("loss is nan at epoch 1, step 1")
+    run.on_epoch("edges loop", 1, 1, {"train/loss": 0.5})
     return CellResult([{"epoch": None, "split": "test", "metric": "score", "value": float(seed)}])
 
 
@@ -173,7 +174,12 @@ def test_exit_codes_usage_2_failed_cell_3(tmp_path, cli):
 
 
 def test_quiet_hides_progress_lines_and_verbose_is_accepted(tmp_path, cli):
-    assert cli(*_run_args(tmp_path))[0] == 0
+    code, _, err = cli(*_run_args(tmp_path))
+    # one line per epoch at normal verbosity, also in the invocation's log file
+    line = "[a seed 0] edges loop epoch 1/1: train/loss 0.5"
+    assert code == 0 and line in err
+    [log_file] = (tmp_path / "logs").glob("edges-quick-digits-*.log")
+    assert line in log_file.read_text()
     code, _, err = cli(*_run_args(tmp_path))
     assert code == 0 and "finished before: reusing" in err
     code, _, err = cli("-q", *_run_args(tmp_path))
