@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from cvpdl.data.coco import OV_COCO_NOVEL, available_splits, load_coco_split, resolve_splits
@@ -128,6 +129,23 @@ def test_detr_runs_on_a_coco_folder_with_discovered_splits_and_val_as_test(tmp_p
                                    overrides=["train.epochs=1", "data.train_images=6", "data.coco_image_size=64"]))
     assert {"AP50"} <= set(metrics[metrics["split"] == "test"]["metric"])
     assert "no annotated test split: val is both val and test" in caplog.text
+
+    # the README's snippet: the saved detector, reloaded and evaluated on a COCO file, gives the run's test numbers
+    from benchmark.config import section_config
+    from benchmark.registry import REGISTRY
+    from cvpdl.data.coco import load_coco_split
+    from cvpdl.data.detection_split import resized
+    from cvpdl.detection.training import DetrTrainConfig, evaluate
+
+    [path] = (tmp_path / "r" / "detr").glob("*/cells/*/detr_seed0/models/detector.pt")
+    saved = torch.load(path, weights_only=False)
+    cfg = saved["config"]
+    split = resized(load_coco_split(tmp_path / "data", "val"), cfg["data"]["coco_image_size"])
+    parts = REGISTRY.method("detr", saved["method"]).build(cfg)(len(split.cat_ids))
+    parts.model.load_state_dict(saved["state_dict"])
+    stats, _ = evaluate(parts, split, section_config(cfg, "train", DetrTrainConfig), torch.device("cpu"))
+    finals = metrics[(metrics["split"] == "test") & metrics["epoch"].isna()].set_index("metric")["value"]
+    assert stats["AP50"] == finals["AP50"] and stats["AP"] == finals["AP"]
 
 
 def test_ovd_refuses_a_novel_list_the_coco_data_lacks_before_training(tmp_path):
