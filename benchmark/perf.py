@@ -262,10 +262,11 @@ WHY_MISSED = {
     "HF DETR": "Likely cause, not measured by this run: both detectors run the same backbone (same FLOPs per image, "
                "see the train table), so the shared convolutions bound the ratio; DAB-/DN-DETR do more work per "
                "image than DETR by design (anchor MLPs, per-layer refinement, five denoising groups).",
-    "pycocotools": "Likely cause, not measured by this run: faster-coco-eval moves evaluate/accumulate to C++, but "
-                   "its Python-side preparation (the per image × category index, the IoU set-up) does not shrink "
-                   "with it, so the overall ratio stays below the C++ part's. Only the end-to-end ratio above is "
-                   "measured.",
+    "pycocotools": "Likely cause, not measured by this run: the evaluator's inputs are built from arrays, so most "
+                   "of its time is faster-coco-eval's C++ evaluate/accumulate itself (about 60% of its CPU time in "
+                   "a profile of this set on 2 cores when the array path was written); both sides are timed by "
+                   "wall clock, best of 3, so other load on the machine moves the ratio, and a run this short can "
+                   "lose more to it. Only the end-to-end ratio above is measured.",
     "matmul FLOP/s": "Likely cause, not measured by this run: the models are tiny (see the config in "
                      "run.json), so a step is many small kernels with Python-side matching and loss bookkeeping "
                      "between them. The utilisation above is the only measured figure.",
