@@ -272,7 +272,7 @@ class CellRunner:
         ``reused_from`` (e.g. cells trained while tracking elsewhere), which later invocations then reference."""
         cell, folder = self.store.load(method.name, seed), self.store.folder(method.name, seed)
         log.info(f"[{method.name} seed {seed}] finished before: reusing {folder}")
-        earlier = self.store.remembered_run(method.name, seed, getattr(self.tracker, "uri", None))
+        earlier = self.store.remembered_run(method.name, seed, self.tracker.uri)
         if earlier is not None and self.tracker.is_finished_run(earlier):
             self.tracker.tag_active(f"reused.{method.name}-seed{seed}", earlier)
             return cell
@@ -291,8 +291,8 @@ class CellRunner:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in list(values.items())[:4])
             log.info(f"[{label}] {stage} epoch {epoch}/{epochs}: {shown}")
             prefix = re.sub(r"[^\w .-]", "", stage).strip().replace(" ", "_")
-            self.tracker.log_records(run_id, [{"split": f"{prefix}/{k.split('/')[0]}", "metric": k.split("/", 1)[-1],
-                                               "value": v, "epoch": epoch} for k, v in values.items()])
+            self.tracker.log_records(run_id, [{"split": prefix, "metric": name, "value": v, "epoch": epoch}
+                                              for name, v in values.items()])
         return report
 
     def _prepare(self) -> None:
