@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--curves", action=argparse.BooleanOptionalAction, default=True,
                       help="cost curves: seconds per epoch vs images, per step vs queries, evaluator vs detections, "
                            "tune trials per hour (default: on; estimated about a minute on 2 free CPU cores)")
+    perf.add_argument("--ddp", action="store_true",
+                      help="also time every suite's quick profile with 1 process and under torchrun with 2 (DDP): "
+                           "the 2-process speed-up per suite (minutes; off by default)")
     perf.add_argument("--cache-dir", type=Path)
     perf.add_argument("--threads", type=int)
 

@@ -1,6 +1,6 @@
 """``torchrun --nproc_per_node N -m benchmark run …``: every rank trains each cell (DDP: gloo on CPU, NCCL on
-CUDA), rank 0 alone writes results and tracks runs. A plain ``python -m benchmark`` never touches
-``torch.distributed``."""
+CUDA; the training loops' side is ``cvpdl.ddp``), rank 0 alone writes results, cached models and tracks runs. A
+plain ``python -m benchmark`` never touches ``torch.distributed``."""
 from __future__ import annotations
 
 import os
@@ -24,6 +24,14 @@ def setup(device: torch.device) -> tuple[int, int, torch.device]:
 
 def active() -> bool:
     return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
 
 
 def agree(value):

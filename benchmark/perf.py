@@ -10,6 +10,9 @@
 - wall time and peak memory of every suite on the ``quick`` profile (run here, each in its own process) and wall
   time on ``default`` (read from the committed ``results/<suite>/run.json``), and ``ovd`` seconds per image of
   region classification per method;
+- with ``--ddp`` (off by default: minutes), the 2-process speed-up of every suite: its ``quick`` profile run with one
+  process and under ``torchrun --nproc_per_node 2`` (DDP, the same cores split between the ranks), the ratio of the
+  runner's wall times;
 - cost curves (``benchmark.perf_curves``, ``--no-curves`` skips them): seconds per epoch vs training images,
   per step vs queries, evaluator seconds vs detections, each with its log-log slope, and ``tune`` trials per hour
   from the committed studies.
@@ -85,6 +88,7 @@ class PerfOptions:
     cache_dir: Path | None = None
     threads: int | None = None
     curves: bool = True  # the cost curves of benchmark.perf_curves
+    ddp: bool = False  # the 2-process (torchrun) speed-up of every suite's quick profile; minutes, so off by default
     curve_settings: CurveSettings = field(default_factory=CurveSettings)
 
 
@@ -339,16 +343,22 @@ def evaluator_speed(report: PerfReport, repeats: int = 7) -> None:
 RSS_BYTES = 1 if sys.platform == "darwin" else 1024
 
 
-def run_suite_process(suite: str, options: PerfOptions, scratch: Path) -> tuple[float, float]:
-    """``python -m benchmark run --suite SUITE`` on the perf profile in a child process, into ``scratch``: (wall
-    seconds of the process, its peak resident memory in MiB). A process of its own, so that the peak is the
-    suite's (interpreter and imports included) and not this process's models."""
-    command = [sys.executable, "-m", "benchmark", "-q", "run", "--suite", suite, "--profile", options.suites_profile,
-               "--results-dir", str(scratch), "--device", options.device, "--force"]
-    if options.cache_dir:
-        command += ["--cache-dir", str(Path(options.cache_dir).resolve())]
+def run_suite_process(suite: str, options: PerfOptions, scratch: Path, profile: str | None = None,
+                      processes: int = 1, cache_dir: Path | None = None) -> tuple[float, float]:
+    """``python -m benchmark run --suite SUITE`` on the perf profile (or ``profile``) in a child process, into
+    ``scratch``: (wall seconds of the process, its peak resident memory in MiB). A process of its own, so that the
+    peak is the suite's (interpreter and imports included) and not this process's models. ``processes`` > 1: under
+    ``torchrun --nproc_per_node`` (then the peak is the launcher's, not the ranks'), ``--threads`` split between
+    the ranks."""
+    launcher = [sys.executable] if processes == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                        "--nproc_per_node", str(processes)]
+    command = [*launcher, "-m", "benchmark", "-q", "run", "--suite", suite, "--profile",
+               profile or options.suites_profile, "--results-dir", str(scratch), "--device", options.device, "--force"]
+    cache_dir = cache_dir or options.cache_dir
+    if cache_dir:
+        command += ["--cache-dir", str(Path(cache_dir).resolve())]
     if options.threads:
-        command += ["--threads", str(options.threads)]
+        command += ["--threads", str(max(1, options.threads // processes))]
     log = scratch / f"{suite}.log"
     with open(log, "w") as output:
         start = time.perf_counter()
@@ -400,6 +410,41 @@ def suite_wall_times(report: PerfReport, options: PerfOptions) -> None:
                 for method, value in per_image.items():
                     report.add("ovd", f"{method} seconds per image", value, "s",
                                "proposals + region embedding + zero-shot scoring, test split")
+
+
+# cache folders of trained models (retrained in each timed run); the data folders beside them are reused
+MODEL_CACHES = ("clip", "localizer", "kd_teacher")
+
+
+def ddp_speedups(report: PerfReport, options: PerfOptions, processes: int = 2) -> None:
+    """Every suite's quick profile with one process and under torchrun with ``processes`` (each rank gets its share
+    of the cores): the runner's wall times and their ratio. Each run gets a cache of its own holding the cached data
+    (linked, so a rerun regenerates nothing) but no trained model, so CLIP, localizer and teacher are trained in
+    both: every DDP training loop is timed."""
+    cache = Path(options.cache_dir or default_cache_dir()).resolve()
+    for spec in tqdm(REGISTRY.suites(), desc="2-process speed-up", unit="suite"):
+        seconds = {}
+        for world in (1, processes):
+            with tempfile.TemporaryDirectory() as scratch:
+                scratch = Path(scratch)
+                (scratch / "cache").mkdir()
+                for folder in cache.glob("*") if cache.is_dir() else []:
+                    if folder.is_dir() and folder.name not in MODEL_CACHES:
+                        (scratch / "cache" / folder.name).symlink_to(folder, target_is_directory=True)
+                (scratch / "results").mkdir()
+                run_suite_process(spec.name, options, scratch / "results", profile="quick", processes=world,
+                                  cache_dir=scratch / "cache")
+                [written] = (scratch / "results" / spec.name).glob("**/run.json")
+                info = json.loads(written.read_text())
+                assert info["world_size"] == world, written
+                seconds[world] = info["wall_seconds"]
+        note = "quick profile, runner wall time, shared models (CLIP, localizer, teacher) trained in the run"
+        report.add("ddp", f"{spec.name} 1-process wall time", seconds[1], "s", note)
+        report.add("ddp", f"{spec.name} {processes}-process wall time", seconds[processes], "s",
+                   f"{note}; torchrun --nproc_per_node {processes}, the cores split between the ranks")
+        report.add("ddp", f"{spec.name} {processes}-process speed-up", seconds[1] / seconds[processes], "×",
+                   f"1-process ÷ {processes}-process wall time", suite=spec.name,
+                   quantity=f"{processes}-process speed-up")
 
 
 # Why a goal can be missed here, printed under the goals table for each goal this run missed.
@@ -531,6 +576,8 @@ def run_perf(options: PerfOptions) -> PerfReport:
     training_throughput(report, device, options.steps, cache_dir, peak)
     evaluator_speed(report)
     suite_wall_times(report, options)
+    if options.ddp:
+        ddp_speedups(report, options)
     if options.curves:
         cost_curves(report, options, device, cache_dir)
     out = options.results_dir / "perf"

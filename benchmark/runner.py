@@ -374,7 +374,7 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
                 failures.append(f"{method.name} seed {seed}: {err}")
                 log.warning(f"[{method.name} seed {seed}] FAILED: {err}")
             if not reused:
-                if bar.n == 0 and runner.prepare_seconds:
+                if bar.n == 0 and runner.prepare_seconds and not bar.disable:  # a disabled bar has no clock
                     bar.start_t += runner.prepare_seconds
                 bar.update()
         bar.close()

@@ -126,3 +126,32 @@ def test_tune_rates_come_from_the_committed_studies_without_touching_them():
     note = next(r["note"] for r in report.rows if r["item"] == "detr tune trials per hour")
     assert 0 < rate < 3600 and "completed" in note
     assert hashlib.sha256(database.read_bytes()).hexdigest() == digest
+
+
+def test_ddp_speedup_times_every_suite_with_one_and_two_processes(tmp_path, monkeypatch):
+    """``perf --ddp``: per suite, the quick profile with 1 process and with 2 under torchrun (the runs stubbed here;
+    the real 2-process runs are the torchrun tests of test_reliability), each with the cached data but no cached
+    model, and the ratio of their wall times as a perf.csv row of its own."""
+    from benchmark import perf
+    from benchmark.registry import REGISTRY
+
+    calls = []
+
+    def run(suite, options, scratch, profile=None, processes=1, cache_dir=None):
+        calls.append((suite, profile, processes, sorted(p.name for p in cache_dir.iterdir())))
+        (scratch / suite / "digits-quick-0").mkdir(parents=True)
+        (scratch / suite / "digits-quick-0" / "run.json").write_text(
+            json.dumps({"world_size": processes, "wall_seconds": 12.0 / processes ** 0.5}))
+        return 0.0, 0.0
+
+    monkeypatch.setattr(perf, "run_suite_process", run)
+    for folder in ("digits_world", "clip", "localizer", "kd_teacher"):
+        (tmp_path / "cache" / folder).mkdir(parents=True)
+    report = PerfReport()
+    perf.ddp_speedups(report, PerfOptions(cache_dir=tmp_path / "cache"))
+    suites = [spec.name for spec in REGISTRY.suites()]
+    assert calls == [(suite, "quick", world, ["digits_world"]) for suite in suites for world in (1, 2)]
+    for suite in suites:
+        assert report.get("ddp", f"{suite} 2-process speed-up") == pytest.approx(2 ** 0.5)
+    speedups = report.frame().dropna(subset=["quantity"])
+    assert list(speedups["suite"]) == suites and set(speedups["quantity"]) == {"2-process speed-up"}

@@ -289,13 +289,49 @@ def test_more_bad_inputs_are_one_line_and_exit_2(tmp_path, cli_main, monkeypatch
     assert not (tmp_path / "r2" / "flaky").exists()
 
 
-def test_torchrun_ddp_with_two_processes_on_cpu(tmp_path, cache_dir):
+def _torchrun(results: Path, cache_dir: Path, *args: str) -> None:
+    """``torchrun --nproc_per_node 2 -m benchmark run …`` on the CPU (gloo), one thread per rank."""
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "benchmark", "run", "--suite", "detr", "--profile", "quick", "--methods", "detr",
-                          "--seeds", "0", "--set", "train.epochs=2", "--threads", "1", "--results-dir", str(tmp_path),
-                          "--cache-dir", str(cache_dir)], cwd=REPO, capture_output=True, text=True, timeout=600)
+                          "-m", "benchmark", "run", *args, "--profile", "quick", "--seeds", "0", "--threads", "1",
+                          "--results-dir", str(results), "--cache-dir", str(cache_dir)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+def _written_by_rank_0_alone(results: Path, suite: str, cells: int) -> None:
+    """world_size 2 in run.json; one tracked invocation and its cells (rank 0's), one log file."""
+    assert json.loads((suite_folder(results, suite) / "run.json").read_text())["world_size"] == 2
+    assert sorted(_states(results, suite).values()) == ["FINISHED"] * (1 + cells)
+    assert len(list((results / "logs").glob("*.log"))) == 1
+
+
+def test_torchrun_ddp_with_two_processes_on_cpu(tmp_path, cache_dir):
+    _torchrun(tmp_path, cache_dir, "--suite", "detr", "--methods", "detr", "--set", "train.epochs=2")
     frame = pd.read_csv(suite_folder(tmp_path, "detr") / "metrics.csv")
     assert set(frame["seed"]) == {0} and {"AP50", "matching_instability"} <= set(frame["metric"])
-    assert json.loads((suite_folder(tmp_path, "detr") / "run.json").read_text())["world_size"] == 2
-    assert sorted(_states(tmp_path, "detr").values()) == ["FINISHED", "FINISHED"]  # rank 0 alone tracks
+    _written_by_rank_0_alone(tmp_path, "detr", cells=1)
+
+
+def test_torchrun_kd_teacher_and_distillers_with_two_processes_on_cpu(tmp_path):
+    """The teacher (cached by rank 0 under a world-size key), the baseline and reverse KD's three stages under DDP."""
+    _torchrun(tmp_path, tmp_path / "cache", "--suite", "kd", "--methods", "student_baseline", "reverse_feature_kd",
+              "--set", "train.epochs=1", "--set", "teacher_train.epochs=1")
+    frame = pd.read_csv(suite_folder(tmp_path, "kd") / "metrics.csv")
+    assert set(frame["method"]) == {"student_baseline", "reverse_feature_kd"}
+    assert {"top1_last", "teacher_top1", "loss_feature"} <= set(frame["metric"])
+    assert len(list((tmp_path / "cache" / "kd_teacher").glob("*.pt"))) == 1
+    _written_by_rank_0_alone(tmp_path, "kd", cells=2)
+
+
+def test_torchrun_ovd_clip_localizer_and_regionclip_with_two_processes_on_cpu(tmp_path):
+    """CLIP and localizer pretraining (cached by rank 0) and RegionCLIP pretraining under DDP, tiny sizes."""
+    _torchrun(tmp_path, tmp_path / "cache", "--suite", "ovd", "--methods", "regionclip",
+              *[arg for value in ("clip.epochs=1", "data.train_images=256", "regionclip.images=64",
+                                  "data.test_images=16", "data.val_images=16", "data.single_images=16",
+                                  "eval.scatter_points=50") for arg in ("--set", value)])
+    frame = pd.read_csv(suite_folder(tmp_path, "ovd") / "metrics.csv")
+    assert {"loss_region", "loss_image", "loss_distill", "zs_top1"} <= set(frame["metric"])
+    assert [len(list((tmp_path / "cache" / name).glob("*.pt"))) for name in ("clip", "localizer")] == [1, 1]
+    _written_by_rank_0_alone(tmp_path, "ovd", cells=1)
+
+

@@ -6,10 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from cvpdl import ddp
 from cvpdl.analysis.detr_dynamics import assignment_vector, matching_instability, negative_entropy
 from cvpdl.checkpoint import Checkpoint
 from cvpdl.data.detection_split import DetectionSplit
@@ -17,7 +16,6 @@ from cvpdl.detection.box_ops import xyxy_to_cxcywh
 from cvpdl.detection.criterion import SetCriterion
 from cvpdl.detection.matcher import hungarian_match
 from cvpdl.detection.parts import DetectorParts
-from cvpdl.errors import check_finite
 from cvpdl.evaluation.coco_eval import evaluate_detections
 from cvpdl.progress import EpochCallback, no_report
 
@@ -70,38 +68,23 @@ def batch(split: DetectionSplit, indices: list[int], device: torch.device) -> tu
     return images, targets
 
 
-def _check_finite_on_all_ranks(value: torch.Tensor, where: str, what: str) -> None:
-    """``check_finite``, agreed across DDP ranks: one rank raising alone would leave the others in an all-reduce."""
-    if dist.is_initialized():
-        bad = (~value.detach().isfinite()).any().float().reshape(1)
-        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-        if bad.item():
-            value = torch.full_like(value.detach(), float("nan"))
-    check_finite(value, where, what)
-
-
 def train_epoch(model, criterion: SetCriterion, split: DetectionSplit, cfg: DetrTrainConfig,
                 optimizer: torch.optim.Optimizer, generator: torch.Generator, device: torch.device, epoch: int = 1
                 ) -> float:
     model.train()
-    order = torch.randperm(len(split), generator=generator).tolist()
     # under DDP each rank takes every world-th image of the same seeded global batch (a DistributedSampler's split);
     # the order is rank 0's, since DN noise draws as many numbers as a rank's shard has boxes
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    if world > 1:
-        box = [order]
-        dist.broadcast_object_list(box, src=0)
-        order = box[0]
+    order = ddp.global_order(len(split), generator).tolist()
     losses = []
     for start in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):
-        images, targets = batch(split, order[start:start + cfg.batch_size][rank::world], device)
+        images, targets = batch(split, ddp.shard(order[start:start + cfg.batch_size]), device)
         outputs = model(images, targets, generator)
         where = f"epoch {epoch}, step {start // cfg.batch_size + 1}"
         # NaN predictions would break the matcher before the loss exists; a sum is NaN/inf iff an entry is (one sync)
-        _check_finite_on_all_ranks(torch.stack([p.sum() for p in outputs["logits"] + outputs["boxes"]]), where,
+        ddp.check_finite_on_all_ranks(torch.stack([p.sum() for p in outputs["logits"] + outputs["boxes"]]), where,
                                    "a prediction")
         loss = sum(criterion(outputs, targets)[0].values())
-        _check_finite_on_all_ranks(loss, where, "loss")
+        ddp.check_finite_on_all_ranks(loss, where, "loss")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -149,7 +132,7 @@ def fit(parts: DetectorParts, data: DetectionData, cfg: DetrTrainConfig, generat
     torchrun the model trains wrapped in DDP; evaluation and probes read the bare model on every rank."""
     model = parts.model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    trained = DistributedDataParallel(model) if dist.is_initialized() else model
+    trained = ddp.wrap(model)
     history, previous, done = FitHistory(), None, 0
     stateful = {"model": model, "optimizer": optimizer}
     if (progress := checkpoint.restore(stateful, generator)) is not None:
@@ -160,6 +143,7 @@ def fit(parts: DetectorParts, data: DetectionData, cfg: DetrTrainConfig, generat
                       total=cfg.epochs):
         started = time.perf_counter()
         train_epoch(trained, parts.criterion, data.train, cfg, optimizer, generator, device, epoch)
+        ddp.sync_buffers(model)  # batch-norm statistics of rank 0's shard on every rank, so evaluation agrees
         seconds = time.perf_counter() - started
         history.train.append({"train_seconds": seconds,
                               "train_images_per_second": len(data.train) // cfg.batch_size * cfg.batch_size / seconds})

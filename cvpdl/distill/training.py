@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from cvpdl import ddp
 from cvpdl.checkpoint import Checkpoint
-from cvpdl.errors import check_finite
 from cvpdl.progress import EpochCallback, no_report
 
 if TYPE_CHECKING:  # base.py builds on these loops (``Distiller.fit``)
@@ -86,7 +86,12 @@ def train(distiller: Distiller, data: ClassificationData, cfg: TrainConfig, gene
           desc: str = "train", checkpoint: Checkpoint | None = None, on_epoch: EpochCallback = no_report
           ) -> TrainHistory:
     """AdamW with a one-cycle schedule; teacher outputs are computed once (no augmentation: they are fixed).
-    With a ``checkpoint``, the state is saved after every epoch and a saved one is resumed from."""
+    With a ``checkpoint``, the state is saved after every epoch and a saved one is resumed from.
+
+    Under torchrun (``cvpdl.ddp``) each rank trains on its shard of every global batch, the distiller's trainable
+    parameters wrapped in DDP; with unequal shards each rank's mean loss is weighted by its share, so that DDP's
+    gradient average is that of the global batch's mean loss. The logged losses are the global batch's; batch-norm
+    statistics are each shard's during an epoch (no SyncBatchNorm) and rank 0's after it."""
     teacher_out = (predict(distiller.teacher, data.x_train, forward=distiller.teacher_outputs)
                    if distiller.teacher is not None else None)
     params = distiller.trainable_parameters()
@@ -99,24 +104,30 @@ def train(distiller: Distiller, data: ClassificationData, cfg: TrainConfig, gene
     stateful = {"distiller": distiller, "optimizer": optimizer, "schedule": schedule}
     if (progress := checkpoint.restore(stateful, generator)) is not None:
         history, done = TrainHistory(progress["per_epoch"], progress["test_top1"]), progress["epoch"]
+    losses_of = ddp.wrap(distiller, distiller.losses)
+    world = ddp.rank_world()[1]
     for epoch in tqdm(range(done + 1, cfg.epochs + 1), desc=desc, unit="epoch", leave=False, initial=done,
                       total=cfg.epochs):
         distiller.train()
-        order = torch.randperm(len(data.x_train), generator=generator)
+        order = ddp.global_order(len(data.x_train), generator)
         sums: dict[str, float] = {}
         for step in range(steps):
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            idx = ddp.shard(batch)
             batch_teacher = {k: v[idx] for k, v in teacher_out.items()} if teacher_out else None
-            losses = distiller.losses(data.x_train[idx], data.y_train[idx], batch_teacher)
+            losses = losses_of(data.x_train[idx], data.y_train[idx], batch_teacher)
             total = sum(losses.values())
-            check_finite(total, f"{desc} epoch {epoch}, step {step + 1}")
+            ddp.check_finite_on_all_ranks(total, f"{desc} epoch {epoch}, step {step + 1}")
             optimizer.zero_grad(set_to_none=True)
-            total.backward()
+            (total if world == 1 else total * ddp.shard_weight(len(idx), len(batch))).backward()
             optimizer.step()
             schedule.step()
-            for name, value in losses.items():
+            logged = losses if world == 1 else dict(zip(losses, ddp.global_mean(
+                torch.stack(list(losses.values())), len(idx), len(batch))))
+            for name, value in logged.items():
                 sums[name] = sums.get(name, 0.0) + value.item() / steps
         distiller.eval()
+        ddp.sync_buffers(distiller)  # rank 0's batch-norm statistics: every rank evaluates the same model
         history.per_epoch.setdefault("top1", []).append(top1(distiller.student, data.x_val, data.y_val))
         for name, value in sums.items():
             history.per_epoch.setdefault(name, []).append(value)

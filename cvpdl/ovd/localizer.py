@@ -14,6 +14,7 @@ from torchvision.models.detection import FCOS
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from tqdm.auto import tqdm
 
+from cvpdl import ddp
 from cvpdl.data.detection_split import DetectionSplit
 from cvpdl.progress import EpochCallback, no_report
 
@@ -59,7 +60,12 @@ def _batch(split: DetectionSplit, idx: list[int], device: torch.device, keep_cla
 
 def train_localizer(model: FCOS, split: DetectionSplit, cfg: LocalizerConfig, generator: torch.Generator,
                     keep_classes: list[int], on_epoch: EpochCallback = no_report) -> list[float]:
-    """Train class-agnostically on the boxes of ``keep_classes`` only; returns the mean loss per epoch."""
+    """Train class-agnostically on the boxes of ``keep_classes`` only; returns the mean loss per epoch.
+
+    Under torchrun (``cvpdl.ddp``) each rank trains on its shard of every global batch (DDP over the model) and
+    the logged loss is the mean over ranks. Not exactly the global batch's loss: torchvision's FCOS normalises its
+    losses by the shard's own number of foreground locations (detectron2's FCOS all-reduces it), and batch-norm
+    statistics are each shard's."""
     device = next(model.parameters()).device
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -67,19 +73,21 @@ def train_localizer(model: FCOS, split: DetectionSplit, cfg: LocalizerConfig, ge
     steps = max(1, len(split) // cfg.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps,
                                                    pct_start=0.1)
+    trained = ddp.wrap(model)
     history = []
     for epoch in tqdm(range(cfg.epochs), desc="train localizer", unit="epoch", leave=False):
-        order = torch.randperm(len(split), generator=generator).tolist()
+        order = ddp.global_order(len(split), generator).tolist()
         losses = []
         for step in range(steps):
-            images, targets = _batch(split, order[step * cfg.batch_size:(step + 1) * cfg.batch_size], device,
-                                     keep_classes)
-            loss = sum(model(images, targets).values())
+            batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            images, targets = _batch(split, ddp.shard(batch), device, keep_classes)
+            loss = sum(trained(images, targets).values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-            losses.append(loss.item())
+            losses.append(ddp.global_mean(loss.detach(), len(ddp.shard(batch)), len(batch)).item())
+        ddp.sync_buffers(model)
         history.append(float(np.mean(losses)))
         on_epoch("train localizer", epoch + 1, cfg.epochs, {"train/loss": history[-1]})
     model.eval()

@@ -24,9 +24,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from cvpdl import ddp
 from cvpdl.checkpoint import Checkpoint
 from cvpdl.data.captions import concept_pool, parse_concepts, prompt
-from cvpdl.errors import UserInputError, check_finite
+from cvpdl.errors import UserInputError
 from cvpdl.ovd.clip_crop import ClipCrop
 from cvpdl.ovd.clip_model import ClipEncoder
 from cvpdl.ovd.clip_roi import ClipRoi, embed_regions_roi
@@ -85,6 +86,13 @@ def sample_regions(pool: list[np.ndarray], k: int, generator: torch.Generator) -
     return [boxes[torch.randperm(len(boxes), generator=generator)[:k].numpy()] for boxes in pool]
 
 
+def _block(n: int) -> slice:
+    """This rank's images of a global batch of ``n`` given in ``ddp.gathered`` order (all of them with one rank)."""
+    rank, world = ddp.rank_world()
+    sizes = [len(range(r, n, world)) for r in range(world)]
+    return slice(sum(sizes[:rank]), sum(sizes[:rank + 1]))
+
+
 def global_boxes(images: np.ndarray) -> list[np.ndarray]:
     """One box over each whole image (official ``create_global_proposals``)."""
     h, w = images.shape[1:3]
@@ -130,17 +138,28 @@ class RegionClip(ClipRoi):
         return torch.tensor(rows, dtype=torch.bool).reshape(-1, len(concepts))
 
     def losses(self, ctx: OvdContext, images: np.ndarray, captions: list[str], regions: list[np.ndarray],
-               concepts: list[str], concept_emb: torch.Tensor, caption_emb: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The three pretraining losses of one batch (the student must be set)."""
+               concepts: list[str], concept_emb: torch.Tensor, caption_emb: torch.Tensor,
+               student_forward=None) -> dict[str, torch.Tensor]:
+        """The three pretraining losses of one batch (the student must be set).
+
+        Under torchrun (``cvpdl.ddp``) every rank passes the whole global batch in ``ddp.gathered`` order and embeds
+        its own block of it (teacher and student); the teacher's region embeddings are gathered, so every rank
+        pseudo-labels the whole batch (the keep-all fallback included), and the student's kept region and image
+        embeddings are gathered with their gradient, so every rank computes the losses of the whole global batch,
+        as one process does. ``student_forward``: the student's embedding call (DDP-wrapped by ``fit``)."""
         cfg, student = self.cfg, self.student
         scale = 1.0 / cfg.temperature
+        mine = _block(len(images))
         with torch.no_grad():
-            teacher_emb = self._teacher_embeddings(ctx, images, regions).to(student.device)
+            teacher_emb = ddp.all_gather_rows(
+                self._teacher_embeddings(ctx, images[mine], regions[mine]).to(student.device))
             allowed = self._allowed(captions, regions, concepts)
             teacher_logits, labels, keep = pseudo_label(teacher_emb, concept_emb, cfg.temperature, cfg.keep_threshold,
                                                         None if allowed is None else allowed.to(student.device))
-        region_emb = embed_regions_roi(student, images, regions, cfg.image_scale, len(images))[keep]
-        global_emb = embed_regions_roi(student, images, global_boxes(images), cfg.image_scale, len(images))
+        first = sum(len(boxes) for boxes in regions[:mine.start])
+        region_emb, global_emb = (student_forward or self.student_embeddings)(images[mine], regions[mine])
+        region_emb = ddp.all_gather_with_grad(region_emb[keep[first:first + len(region_emb)]])
+        global_emb = ddp.all_gather_with_grad(global_emb)
         same = (same_caption_mask(captions) if cfg.caption_duplicates == "positive"
                 else torch.eye(len(captions), dtype=torch.bool)).to(student.device)
         return {
@@ -148,6 +167,13 @@ class RegionClip(ClipRoi):
             "loss_image": image_text_contrastive(global_emb, caption_emb, scale, same),
             "loss_distill": distillation_kl(scale * region_emb @ concept_emb.T, teacher_logits[keep]),
         }
+
+    def student_embeddings(self, images: np.ndarray, regions: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The student's RoIAlign embeddings of ``regions`` and of a box over each whole image (one call, so that
+        DDP wraps both)."""
+        scale = self.cfg.image_scale
+        return (embed_regions_roi(self.student, images, regions, scale, len(images)),
+                embed_regions_roi(self.student, images, global_boxes(images), scale, len(images)))
 
     def init_student(self, ctx: OvdContext) -> list[torch.nn.Parameter]:
         """The student: a copy of the teacher whose visual encoder trains, except the stem and ``layer1``
@@ -188,18 +214,22 @@ class RegionClip(ClipRoi):
         stateful = {"model": model, "optimizer": optimizer, "schedule": schedule}
         if (progress := checkpoint.restore(stateful, generator)) is not None:
             history, done = progress["history"], progress["epoch"]
+        student_forward = ddp.wrap(model, self.student_embeddings)  # DDP over the trained visual parameters
         for epoch in tqdm(range(done + 1, cfg.epochs + 1), desc="RegionCLIP pretraining", unit="epoch", leave=False,
                           initial=done, total=cfg.epochs):
-            order = torch.randperm(n, generator=generator).tolist()
+            order = ddp.global_order(n, generator).tolist()
             sums = dict.fromkeys(history, 0.0)
             for step in range(steps):
                 idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
                 regions = sample_regions([pool[i] for i in idx], cfg.regions_per_image, generator)
+                # under DDP: the global batch in the order the ranks' shards are gathered (a no-op with one rank)
+                positions = ddp.gathered(list(range(len(idx))))
+                idx, regions = [idx[p] for p in positions], [regions[p] for p in positions]
                 losses = self.losses(ctx, images[idx], [captions[i] for i in idx], regions, concepts, concept_emb,
-                                     caption_emb[idx])
+                                     caption_emb[idx], student_forward)
                 total = (cfg.weight_region * losses["loss_region"] + cfg.weight_image * losses["loss_image"]
                          + cfg.weight_distill * losses["loss_distill"])
-                check_finite(total, f"RegionCLIP pretraining epoch {epoch}, step {step + 1}")
+                ddp.check_finite_on_all_ranks(total, f"RegionCLIP pretraining epoch {epoch}, step {step + 1}")
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip_norm)

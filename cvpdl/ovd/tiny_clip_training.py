@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from cvpdl import ddp
 from cvpdl.ovd.clip_model import ClipEncoder, TinyClipConfig
 from cvpdl.ovd.losses import image_text_contrastive, same_caption_mask
 from cvpdl.progress import EpochCallback, no_report
@@ -19,6 +20,11 @@ def train_clip(encoder: ClipEncoder, images: np.ndarray, captions: list[str], cf
     Duplicate captions in a batch are positives, not negatives (``same_caption_mask``), and the learning rate
     follows a one-cycle schedule: without warm-up the tiny model stays at chance. With ``cfg.augment`` every image
     goes through open_clip's own training transform (RandomResizedCrop with ``cfg.augment_scale``, bicubic).
+
+    Under torchrun (``cvpdl.ddp``) each rank embeds its shard of every global batch (DDP over the model) and the
+    embeddings of all ranks are gathered with their gradient, so every rank computes the contrastive loss of the
+    whole global batch, as open_clip's ``ClipLoss(gather_with_grad=True)``; each rank augments its shard from its
+    own seed (the step's seed + rank), and batch-norm statistics are each shard's (no SyncBatchNorm).
     """
     model = encoder.model
     model.train()
@@ -30,18 +36,26 @@ def train_clip(encoder: ClipEncoder, images: np.ndarray, captions: list[str], cf
     augment = open_clip.image_transform(encoder.image_size, is_train=True, mean=encoder.mean.flatten().tolist(),
                                         std=encoder.std.flatten().tolist(),
                                         aug_cfg=open_clip.AugmentationCfg(scale=tuple(cfg.augment_scale)))
+    rank = ddp.rank_world()[0]
+
+    def embed(pixels: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return (encoder.encode_image(pixels), torch.nn.functional.normalize(model.encode_text(text), dim=-1),
+                model.logit_scale.exp())
+
+    forward = ddp.wrap(model, embed)
     history = []
     for epoch in tqdm(range(cfg.epochs), desc="train CLIP", unit="epoch", leave=False):
-        order = torch.randperm(len(images), generator=generator)
+        order = ddp.global_order(len(images), generator)
         losses = []
         for step in range(steps_per_epoch):
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            pixels = (augmented(augment, images[idx.numpy()], generator).to(encoder.device) if cfg.augment
-                      else encoder.to_tensor(images[idx.numpy()]))
-            image_emb = encoder.encode_image(pixels)
-            text_emb = torch.nn.functional.normalize(model.encode_text(tokens[idx].to(encoder.device)), dim=-1)
-            same = same_caption_mask([captions[i] for i in idx.tolist()]).to(encoder.device)
-            loss = image_text_contrastive(image_emb, text_emb, model.logit_scale.exp(), same)
+            batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            idx = ddp.shard(batch)
+            pixels = (augmented(augment, images[idx.numpy()], generator, offset=rank).to(encoder.device)
+                      if cfg.augment else encoder.to_tensor(images[idx.numpy()]))
+            image_emb, text_emb, logit_scale = forward(pixels, tokens[idx].to(encoder.device))
+            image_emb, text_emb = ddp.all_gather_with_grad(image_emb), ddp.all_gather_with_grad(text_emb)
+            same = same_caption_mask([captions[i] for i in ddp.gathered(batch.tolist())]).to(encoder.device)
+            loss = image_text_contrastive(image_emb, text_emb, logit_scale, same)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -49,16 +63,18 @@ def train_clip(encoder: ClipEncoder, images: np.ndarray, captions: list[str], cf
             with torch.no_grad():
                 model.logit_scale.clamp_(0, np.log(100))
             losses.append(loss.item())
+        ddp.sync_buffers(model)
         history.append(float(np.mean(losses)))
         on_epoch("train CLIP", epoch + 1, cfg.epochs, {"train/loss": history[-1]})
     model.eval()
     return history
 
 
-def augmented(transform, images: np.ndarray, generator: torch.Generator) -> torch.Tensor:
+def augmented(transform, images: np.ndarray, generator: torch.Generator, offset: int = 0) -> torch.Tensor:
     """``transform`` (a torchvision/open_clip PIL pipeline) applied to each uint8 HWC image; its random draws come
-    from torch's global RNG, seeded here from ``generator`` so that training stays reproducible."""
+    from torch's global RNG, seeded here from ``generator`` (plus ``offset``: a DDP rank's own stream) so that
+    training stays reproducible."""
     seed = int(torch.randint(2 ** 62, (1,), generator=generator))
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(seed + offset)
         return torch.stack([transform(Image.fromarray(image)) for image in images])
