@@ -158,4 +158,4 @@ def write_suite_files(suite_dir: Path, run_info: dict, cells: list[FinishedCell]
         folder = suite_dir if name in ("metrics", "timings") else suite_dir / "tables"
         atomic_write_csv(folder / f"{name}.csv", frame)
     write_json(suite_dir / "run.json", run_info)
-    return parts["metrics"]
+    return read_metrics(suite_dir / "metrics.csv")  # as written: a later run reusing these cells reads the same

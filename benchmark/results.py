@@ -55,7 +55,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_csv(path: Path, frame: pd.DataFrame) -> None:
-    atomic_write_text(path, frame.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
+    # 10 significant digits: float32 values round-trip, parameter counts stay exact
+    atomic_write_text(path, frame.to_csv(index=False, float_format="%.10g", lineterminator="\n"))
 
 
 def records_frame(records: list[dict]) -> pd.DataFrame:
