@@ -18,7 +18,7 @@ from cvpdl.detection.criterion import LossWeights, SetCriterion
 from cvpdl.detection.dab_detr import DabDetr
 from cvpdl.detection.denoising import DenoisingConfig, attention_mask, build_dn_queries, noise_boxes
 from cvpdl.detection.detr import Detr, DetrConfig
-from cvpdl.detection.matcher import MatcherCosts, hungarian_match, match_costs
+from cvpdl.detection.matcher import MatcherCosts, hungarian_match, match_cost_blocks, match_costs
 from cvpdl.detection.position_encoding import image_position_encoding, sine_embed
 from cvpdl.detection.postprocess import PostProcess
 from cvpdl.detection.training import FitHistory
@@ -45,6 +45,25 @@ def test_hungarian_matches_brute_force(seed, focal):
                for perm in itertools.permutations(range(5), 3))
     rows, cols = hungarian_match(logits, boxes, [t], costs)[0]
     assert sum(cost[r, c].item() for r, c in zip(rows, cols)) == pytest.approx(best, rel=1e-6)
+
+
+@pytest.mark.parametrize("focal", [False, True])
+def test_per_image_cost_blocks_equal_the_whole_batch_matrix_bitwise(focal):
+    """The matcher computes each image's block of several layers at once; every entry must be exactly the
+    whole-batch (B·Q × all targets) matrix's, so matching, and every trained weight, stay the same."""
+    g = torch.Generator().manual_seed(0)
+    sizes = [3, 0, 1, 6, 2, 5, 4]
+    targets = [{"labels": torch.randint(0, 9, (n,), generator=g),
+                "boxes": torch.rand(n, 4, generator=g) * 0.5 + 0.05} for n in sizes]
+    logits = [torch.randn(7, 16, 10, generator=g)[:, 3:] * 3 for _ in range(3)]  # sliced, as DN-DETR's are
+    boxes = [torch.rand(7, 16, 4, generator=g)[:, 3:] for _ in range(3)]
+    costs = MatcherCosts(cost_class=2.0 if focal else 1.0, focal=focal)
+    blocks = match_cost_blocks(logits, boxes, targets, costs)
+    labels, gt = torch.cat([t["labels"] for t in targets]), torch.cat([t["boxes"] for t in targets])
+    for layer, (x, b) in enumerate(zip(logits, boxes)):
+        whole = match_costs(x.flatten(0, 1), b.flatten(0, 1), labels, gt, costs).view(7, 13, -1).split(sizes, -1)
+        for i, n in enumerate(sizes):
+            assert torch.equal(blocks[layer, i, :, :n], whole[i][i])
 
 
 def test_matching_cost_weights_hand_value():

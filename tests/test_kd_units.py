@@ -302,3 +302,20 @@ def test_reverse_kd_fit_runs_its_three_stages(tiny_data):
 def test_base_distiller_is_abstract():
     with pytest.raises(TypeError, match="does not define its losses"):
         Distiller(ConvNet(STUDENT, 5)).losses(None, None, None)
+
+
+def test_training_without_evaluation_gives_the_same_weights(tiny_data):
+    """``evaluate=False`` (the cached teacher, reverse KD's stages 0 and 1) skips only the per-epoch top-1."""
+    from cvpdl.distill.training import train
+
+    states, histories = [], []
+    for evaluate in (True, False):
+        torch.manual_seed(0)
+        net = ConvNet(STUDENT3, 5)
+        histories.append(train(StudentBaseline(net), tiny_data, TrainConfig(epochs=2, batch_size=8),
+                               torch.Generator().manual_seed(0), evaluate=evaluate))
+        states.append(net.state_dict())
+    for k, v in states[0].items():
+        assert torch.equal(v, states[1][k]), k
+    assert histories[0].per_epoch["loss_ce"] == histories[1].per_epoch["loss_ce"]
+    assert "top1" not in histories[1].per_epoch and not histories[1].test_top1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +73,9 @@ class TeacherTrainConfig(TrainConfig):
 @dataclass
 class KDShared:
     data: ClassificationData
+    # per teacher (its cache key): test top-1 and embedding intrinsic dimension, measured once and read by every
+    # method's cell of that seed (the teacher is frozen and measured in eval mode: the same numbers each time)
+    teacher_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def _to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -96,27 +99,38 @@ def prepare(run: RunContext) -> KDShared:
     return KDShared(ClassificationData(*parts["train"], *parts["val"], *parts["test"], num_classes=classes))
 
 
-def _teacher(run: RunContext, shared: KDShared, seed: int) -> ConvNet:
-    """Trained once per (config, seed) and cached: every method of that seed distils from the same teacher.
-    Built under a forked RNG, so the student starts from the runner's seeded state whether the teacher was
-    trained here or loaded from the cache."""
+def _teacher(run: RunContext, shared: KDShared, seed: int) -> tuple[ConvNet, str]:
+    """Trained once per (config, seed) and cached: every method of that seed distils from the same teacher; with
+    its cache key. Built under a forked RNG, so the student starts from the runner's seeded state whether the
+    teacher was trained here or loaded from the cache."""
     cfg = run.cfg
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         teacher = ConvNet(section_config(cfg, "teacher", TeacherNetConfig), shared.data.num_classes)
         key = cache_key(GENERATOR_VERSION, cfg["world"], cfg["data"], cfg["teacher"], cfg["teacher_train"], run.data,
                         run.data_root, seed)
+        # only the weights are kept: no per-epoch val/test pass
         cached_state(run.cache_dir / "kd_teacher" / f"teacher_{key}.pt", teacher,
                      lambda: train(StudentBaseline(teacher), shared.data, section_config(cfg, "teacher_train",
                                    TeacherTrainConfig), torch.Generator().manual_seed(seed), desc="teacher",
-                                   on_epoch=run.on_epoch))
-    return teacher.eval().requires_grad_(False)
+                                   evaluate=False, on_epoch=run.on_epoch))
+    return teacher.eval().requires_grad_(False), key
+
+
+def _teacher_metrics(shared: KDShared, teacher: ConvNet, key: str, id_samples: int) -> dict[str, float]:
+    """The teacher's test top-1 and the intrinsic dimension of its first ``id_samples`` test embeddings, computed at
+    the first cell of its seed and reused by the others."""
+    if key not in shared.teacher_metrics:
+        data = shared.data
+        dims = intrinsic_dimension(predict(teacher, data.x_test[:id_samples])["embedding"].numpy())
+        shared.teacher_metrics[key] = {"top1": top1(teacher, data.x_test, data.y_test), **dims}
+    return shared.teacher_metrics[key]
 
 
 def run_cell(run: RunContext, shared: KDShared, method: MethodSpec, seed: int, generator: torch.Generator
              ) -> CellResult:
     data, cfg = shared.data, run.cfg
-    teacher = _teacher(run, shared, seed)
+    teacher, teacher_key = _teacher(run, shared, seed)
     make_student = functools.partial(ConvNet, section_config(cfg, "student", StudentNetConfig), data.num_classes)
     started = time.perf_counter()
     fit: KDFit = method.build(cfg)(make_student, teacher, data, section_config(cfg, "train", TrainConfig),
@@ -124,20 +138,22 @@ def run_cell(run: RunContext, shared: KDShared, method: MethodSpec, seed: int, g
     seconds = time.perf_counter() - started
     records = [{"epoch": e + 1, "split": "val" if name == "top1" else "train", "metric": name, "value": v}
                for name, values in fit.history.per_epoch.items() for e, v in enumerate(values)]
+    n = section_config(cfg, "data", KDDataConfig).id_samples
+    teacher_metrics = _teacher_metrics(shared, teacher, teacher_key, n)
     final = {"top1_last": fit.history.top1_last, "top1_best": fit.history.top1_best,
-             "teacher_top1": top1(teacher, data.x_test, data.y_test),
+             "teacher_top1": teacher_metrics["top1"],
              "student_params": float(sum(p.numel() for p in fit.student.parameters())),
              "extra_params": float(fit.extra_parameters), "chance_top1": 1.0 / data.num_classes}
     records += [{"epoch": None, "split": "test", "metric": k, "value": v} for k, v in final.items()]
     # embedding intrinsic dimension of every model a method produced; `student_alone` is reverse KD's stage-0 student
     # (CE alone, with reverse KD's own training values), so the premise "teacher ID vs a student's own ID" is testable
-    n = section_config(cfg, "data", KDDataConfig).id_samples
     models = {"teacher": teacher, "student": fit.student, "teacher_after_reverse": fit.teacher_after_reverse,
               "student_alone": fit.student_alone}
     for split, model in models.items():
         if model is None:
             continue
-        dims = intrinsic_dimension(predict(model, data.x_test[:n])["embedding"].numpy())
+        dims = (teacher_metrics if model is teacher
+                else intrinsic_dimension(predict(model, data.x_test[:n])["embedding"].numpy()))
         records += [{"epoch": None, "split": split, "metric": "intrinsic_dim", "value": dims["twonn"]},
                     {"epoch": None, "split": split, "metric": "intrinsic_dim_mle", "value": dims["mle"]}]
     timings = [{"epoch": None, "split": "train", "metric": "train_seconds", "value": seconds}]

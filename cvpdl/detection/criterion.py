@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from cvpdl.detection.box_ops import cxcywh_to_xyxy
-from cvpdl.detection.matcher import MatcherCosts, hungarian_match
+from cvpdl.detection.matcher import MatcherCosts, hungarian_match_layers
 
 
 @dataclass(frozen=True)
@@ -79,8 +79,8 @@ class SetCriterion:
         num_boxes = max(1.0, num_boxes)
         losses: dict[str, torch.Tensor] = {}
         last_indices = None
-        for logits, boxes in zip(outputs["logits"], outputs["boxes"]):  # one entry per decoder layer
-            indices = hungarian_match(logits, boxes, targets, self.costs)
+        matches = hungarian_match_layers(outputs["logits"], outputs["boxes"], targets, self.costs)
+        for logits, boxes, indices in zip(outputs["logits"], outputs["boxes"], matches):  # one per decoder layer
             last_indices = indices
             for name, value in self.layer_losses(logits, boxes, targets, indices, num_boxes).items():
                 losses[name] = losses.get(name, 0) + value

@@ -42,6 +42,55 @@ def match_costs(logits: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor,
 
 
 @torch.no_grad()
+def match_cost_blocks(logits: list[torch.Tensor], boxes: list[torch.Tensor], targets: list[dict],
+                      costs: MatcherCosts) -> torch.Tensor:
+    """The cost matrices of several decoder layers against the same targets, only each image's own block:
+    (layers, B, Q, G) with G the largest target count (padding columns repeat a real target; cut them).
+
+    Every entry is exactly the one ``match_costs`` gives over the whole batch (B·Q × all targets), as DETR
+    computes it: the class cost is taken from that whole-batch matrix (its sigmoid/log, whose last digit may depend
+    on an element's place in the tensor, see the same tensors), the box costs (sums, products, quotients and
+    extrema, exact wherever they are computed) per image block, batched over layers and images.
+    """
+    b, q = logits[0].shape[:2]
+    sizes = [len(t["labels"]) for t in targets]
+    device, width = logits[0].device, max(sizes)
+    labels = torch.cat([t["labels"] for t in targets])
+    gt = torch.cat([t["boxes"] for t in targets])
+    start = torch.tensor([0, *sizes[:-1]], device=device).cumsum(0)
+    slot = torch.arange(width, device=device)
+    columns = torch.where(slot < torch.tensor(sizes, device=device)[:, None], start[:, None] + slot, 0)  # B, G
+    layers = len(logits)
+    pred = torch.stack(boxes).flatten(0, 1)  # layers·B, Q, 4
+    gt_blocks = gt[columns].repeat(layers, 1, 1)  # layers·B, G, 4
+    c_bbox = torch.cdist(pred, gt_blocks, p=1)
+    c_giou = -generalized_box_iou(cxcywh_to_xyxy(pred), cxcywh_to_xyxy(gt_blocks))
+    c_class = torch.stack([class_cost(x.flatten(0, 1), labels, costs).view(b, q, -1) for x in logits])
+    c_class = c_class.gather(-1, columns[None, :, None, :].expand(layers, b, q, width)).flatten(0, 1)
+    cost = costs.cost_class * c_class + costs.cost_bbox * c_bbox + costs.cost_giou * c_giou
+    return cost.view(layers, b, q, width)
+
+
+@torch.no_grad()
+def hungarian_match_layers(logits: list[torch.Tensor], boxes: list[torch.Tensor], targets: list[dict],
+                           costs: MatcherCosts) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """``hungarian_match`` of several decoder layers against the same targets in one go (the costs of
+    ``match_cost_blocks``, one transfer to the CPU): per layer, per image, (query indices, target indices)."""
+    sizes = [len(t["labels"]) for t in targets]
+    empty = (torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+    if sum(sizes) == 0:
+        return [[empty for _ in targets] for _ in logits]
+    out = []
+    for blocks in match_cost_blocks(logits, boxes, targets, costs).cpu():
+        layer = []
+        for block, n in zip(blocks, sizes):
+            rows, cols = linear_sum_assignment(block[:, :n].numpy()) if n else ([], [])
+            layer.append((torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)))
+        out.append(layer)
+    return out
+
+
+@torch.no_grad()
 def hungarian_match(logits: torch.Tensor, boxes: torch.Tensor, targets: list[dict], costs: MatcherCosts
                     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per image: (query indices, target indices) of the minimum-cost one-to-one assignment.
@@ -49,16 +98,4 @@ def hungarian_match(logits: torch.Tensor, boxes: torch.Tensor, targets: list[dic
     ``logits`` (B, Q, C), ``boxes`` (B, Q, 4); each target has ``labels`` (N,) and ``boxes`` (N, 4) cxcywh.
     The costs of the whole batch are computed in one go (as DETR does), then solved image by image.
     """
-    b, q = logits.shape[:2]
-    sizes = [len(t["labels"]) for t in targets]
-    empty = (torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
-    if sum(sizes) == 0:
-        return [empty for _ in targets]
-    labels = torch.cat([t["labels"] for t in targets])
-    gt = torch.cat([t["boxes"] for t in targets])
-    cost = match_costs(logits.flatten(0, 1), boxes.flatten(0, 1), labels, gt, costs).view(b, q, -1).cpu()
-    out = []
-    for i, block in enumerate(cost.split(sizes, dim=-1)):
-        rows, cols = linear_sum_assignment(block[i].numpy()) if sizes[i] else ([], [])
-        out.append((torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)))
-    return out
+    return hungarian_match_layers([logits], [boxes], targets, costs)[0]

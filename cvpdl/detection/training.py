@@ -55,17 +55,21 @@ class FitHistory:
 
 
 def batch(split: DetectionSplit, indices: list[int], device: torch.device) -> tuple[torch.Tensor, list[dict]]:
-    """Normalised images and targets (contiguous labels, cxcywh boxes in [0, 1])."""
-    images = torch.stack([torch.from_numpy(split.image(i)) for i in indices]).to(device)
+    """Normalised images and targets (contiguous labels, cxcywh boxes in [0, 1]). Pixels in memory are gathered
+    in one indexing and the boxes of the batch converted in one go (elementwise: the same numbers as image by
+    image, each image's target a view of the batch's)."""
+    if isinstance(split.images, np.ndarray):
+        images = torch.from_numpy(split.images[indices]).to(device)
+    else:
+        images = torch.stack([torch.from_numpy(split.image(i)) for i in indices]).to(device)
     images = (images.permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.25
     h, w = images.shape[-2:]
     scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=device)
-    targets = []
-    for i in indices:
-        boxes, labels = split.target(i)
-        targets.append({"labels": torch.as_tensor(labels, device=device),
-                        "boxes": xyxy_to_cxcywh(torch.as_tensor(boxes, device=device).reshape(-1, 4)) / scale})
-    return images, targets
+    boxes, labels = zip(*(split.target(i) for i in indices))
+    sizes = [len(x) for x in labels]
+    all_boxes = xyxy_to_cxcywh(torch.as_tensor(np.concatenate(boxes), device=device).reshape(-1, 4)) / scale
+    all_labels = torch.as_tensor(np.concatenate(labels), device=device)
+    return images, [{"labels": x, "boxes": b} for x, b in zip(all_labels.split(sizes), all_boxes.split(sizes))]
 
 
 def train_epoch(model, criterion: SetCriterion, split: DetectionSplit, cfg: DetrTrainConfig,

@@ -60,12 +60,15 @@ class ReverseFeatureKD(EmbeddingMimic):
             on_epoch: EpochCallback = no_report) -> KDFit:
         checkpoint = checkpoint or Checkpoint(None, "reverse")
         stage0 = make_student()
+        # stages 0 and 1 hand back only their weights: no per-epoch evaluation (it changes no weight)
         train(StudentBaseline(stage0), data, train_cfg, generator, desc="reverse KD stage 0 (student)",
-              checkpoint=checkpoint.child("stage0"), on_epoch=on_epoch)
+              checkpoint=checkpoint.child("stage0"), evaluate=False,
+              on_epoch=on_epoch)
         reversed_teacher = copy.deepcopy(teacher).requires_grad_(True)
         train(EmbeddingMimic(reversed_teacher, stage0, ce_weight=1.0, feature_weight=cfg.reverse_weight), data,
               replace(train_cfg, epochs=cfg.teacher_epochs, lr=train_cfg.lr / 3), generator,
-              desc="reverse KD stage 1 (teacher)", checkpoint=checkpoint.child("stage1"), on_epoch=on_epoch)
+              desc="reverse KD stage 1 (teacher)", checkpoint=checkpoint.child("stage1"), evaluate=False,
+              on_epoch=on_epoch)
         reversed_teacher.eval().requires_grad_(False)
         student = make_student()
         student.classifier.load_state_dict(reversed_teacher.classifier.state_dict())

@@ -83,10 +83,13 @@ def top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def train(distiller: Distiller, data: ClassificationData, cfg: TrainConfig, generator: torch.Generator,
-          desc: str = "train", checkpoint: Checkpoint | None = None, on_epoch: EpochCallback = no_report
-          ) -> TrainHistory:
+          desc: str = "train", checkpoint: Checkpoint | None = None, evaluate: bool = True,
+          on_epoch: EpochCallback = no_report) -> TrainHistory:
     """AdamW with a one-cycle schedule; teacher outputs are computed once (no augmentation: they are fixed).
-    With a ``checkpoint``, the state is saved after every epoch and a saved one is resumed from.
+    With a ``checkpoint``, the state is saved after every epoch and a saved one is resumed from. ``evaluate``
+    False skips the per-epoch val/test top-1 (the history then holds the loss terms only): for a caller that
+    discards the history (the cached teacher, reverse KD's stages 0 and 1). Evaluation runs in eval mode without
+    gradients and draws no random numbers, so the trained weights are the same either way.
 
     Under torchrun (``cvpdl.ddp``) each rank trains on its shard of every global batch, the distiller's trainable
     parameters wrapped in DDP; with unequal shards each rank's mean loss is weighted by its share, so that DDP's
@@ -128,10 +131,12 @@ def train(distiller: Distiller, data: ClassificationData, cfg: TrainConfig, gene
                 sums[name] = sums.get(name, 0.0) + value.item() / steps
         distiller.eval()
         ddp.sync_buffers(distiller)  # rank 0's batch-norm statistics: every rank evaluates the same model
-        history.per_epoch.setdefault("top1", []).append(top1(distiller.student, data.x_val, data.y_val))
+        if evaluate:
+            history.per_epoch.setdefault("top1", []).append(top1(distiller.student, data.x_val, data.y_val))
         for name, value in sums.items():
             history.per_epoch.setdefault(name, []).append(value)
-        history.test_top1.append(top1(distiller.student, data.x_test, data.y_test))
+        if evaluate:
+            history.test_top1.append(top1(distiller.student, data.x_test, data.y_test))
         on_epoch(desc, epoch, cfg.epochs, {f"{'val' if name == 'top1' else 'train'}/{name}": values[-1]
                                            for name, values in history.per_epoch.items()})
         checkpoint.save(stateful, generator, epoch=epoch, per_epoch=history.per_epoch, test_top1=history.test_top1)
