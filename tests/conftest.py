@@ -54,3 +54,13 @@ def suite_folder(results_dir: Path, suite: str) -> Path:
     found = [p.parent for p in base.glob("*/run.json")]
     assert len(found) == 1, f"expected one run under {base}, found {found}"
     return found[0]
+
+
+def report_over(run_folder: Path, suite: str, tmp_path: Path) -> str:
+    """``REPORT.md`` (which covers the default runs only) rendered as if the run in ``run_folder`` were the default."""
+    import shutil
+
+    from benchmark.report import report_markdown
+
+    shutil.copytree(run_folder, tmp_path / "as_default" / suite, ignore=shutil.ignore_patterns("cells"))
+    return report_markdown(tmp_path / "as_default")

@@ -3,7 +3,7 @@ import pandas as pd
 
 from benchmark.cli import main
 from benchmark.results import COLUMNS
-from tests.conftest import suite_folder
+from tests.conftest import report_over, suite_folder
 
 
 def test_kd_quick_run(tmp_path, cache_dir):
@@ -32,7 +32,7 @@ def test_kd_quick_run(tmp_path, cache_dir):
     for name in ("kd_accuracy", "kd_curves", "intrinsic_dimension"):
         assert (suite_dir / "figures" / f"{name}.png").is_file()
     assert "Paired tests against `student_baseline`" in (suite_dir / "summary.md").read_text()
-    assert "B3. Reverse feature distillation" in (tmp_path / "REPORT.md").read_text()
+    assert "B3. Reverse feature distillation" in report_over(suite_dir, "kd", tmp_path)
 
 
 def test_kd_same_seed_twice_gives_identical_metrics(tmp_path, cache_dir):

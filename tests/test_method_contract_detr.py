@@ -9,13 +9,12 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.registry import REGISTRY
-from benchmark.report import report_markdown
 from benchmark.runner import RunOptions, run_suite
 from benchmark.suites import detr  # noqa: F401  (registers the suite the toy joins)
 from paper_figures.detr_figures import convergence
 from benchmark.results import read_metrics, read_tables
 from paper_figures.style import SuiteInputs
-from tests.conftest import suite_folder
+from tests.conftest import report_over, suite_folder
 
 TOY_MODULE = '''
     """DETR with half the queries: the whole of a toy variant."""
@@ -69,5 +68,5 @@ def test_a_toy_variant_is_listed_run_drawn_and_reported(toy, tmp_path, cache_dir
     figure = convergence(SuiteInputs(read_metrics(suite_dir / "metrics.csv"), read_tables(suite_dir / "tables")))
     assert [text.get_text() for text in figure.axes[0].get_legend().get_texts()] == ["detr", toy]
     assert {"convergence.png", "positional_attention.png"} <= {p.name for p in (suite_dir / "figures").iterdir()}
-    report = report_markdown(tmp_path)
+    report = report_over(suite_dir, "detr", tmp_path)
     assert f"`{toy}` val AP50" in report and f"`{toy}` matching_instability" in report

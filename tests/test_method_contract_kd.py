@@ -11,12 +11,11 @@ import pytest
 import benchmark.suites  # noqa: F401  (registers the suites)
 from benchmark.cli import main
 from benchmark.registry import REGISTRY
-from benchmark.report import report_markdown
 from benchmark.runner import RunOptions, run_suite
 from paper_figures.kd_figures import kd_accuracy
 from benchmark.results import read_metrics, read_tables
 from paper_figures.style import SuiteInputs
-from tests.conftest import suite_folder
+from tests.conftest import report_over, suite_folder
 
 TOY = "toy_logit_kd"
 TOY_MODULE = '''
@@ -80,4 +79,4 @@ def test_a_registered_distiller_is_listed_run_drawn_and_reported(toy_method, tmp
     figure = kd_accuracy(SuiteInputs(read_metrics(suite_dir / "metrics.csv"), read_tables(suite_dir / "tables")))
     assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == ["student_baseline", TOY]
     plt.close(figure)
-    assert f"- `{TOY}` top-1 (last epoch) " in report_markdown(results)
+    assert f"- `{TOY}` top-1 (last epoch) " in report_over(suite_dir, "kd", tmp_path)
