@@ -4,6 +4,7 @@ torchrun, the world size. Under torchrun every rank trains an artefact (DDP), ra
 others read it back, so every rank holds the same weights and buffers."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
 from collections.abc import Callable
@@ -15,7 +16,7 @@ import cvpdl
 from benchmark import distributed
 from benchmark.paths import json_digest, source_digest
 from benchmark.reproducibility import hardware, hardware_signature
-from benchmark.results import atomic_path
+from benchmark.results import atomic_path, locked
 
 CVPDL_ROOT = Path(cvpdl.__file__).resolve().parent
 
@@ -41,7 +42,13 @@ def cached_state(path: Path, module: torch.nn.Module, train: Callable[[], object
     """Load ``module``'s weights from ``path`` (``weights_only``), or train it and save them there atomically
     (concurrent invocations may train the same artefact). An unreadable cache file (truncated, from other code) is
     set aside and the module trained again. Under torchrun rank 0 decides, every rank trains (DDP), rank 0 writes
-    and the others wait, then read the file."""
+    and the others wait, then read the file. Concurrent processes (``--jobs`` workers, invocations) train it once:
+    the others wait for the file under its lock."""
+    with locked(path.with_name(path.name + ".lock")) if distributed.rank() == 0 else contextlib.nullcontext():
+        _load_or_train(path, module, train)
+
+
+def _load_or_train(path: Path, module: torch.nn.Module, train: Callable[[], object]) -> None:
     if distributed.agree(_load(path, module) if distributed.rank() == 0 else None):
         if distributed.rank() != 0:
             module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

@@ -59,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--clip-weights", type=Path, help="local open_clip checkpoint file (nothing is downloaded)")
     run.add_argument("--cache-dir", type=Path, help="cached data and models (default $CVPDL_CACHE or "
                                                     "~/.cache/cvpdl-bench)")
-    run.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    run.add_argument("--threads", type=int, help="torch threads per process (default: all cores, shared by --jobs)")
+    run.add_argument("--jobs", type=int, default=1, help="train cells in N worker processes side by side (default "
+                                                         "1); the numbers are those of one process with the same "
+                                                         "--threads")
     run.add_argument("--force", action="store_true", help="recompute cells that finished before")
     run.add_argument("--params", type=Path, help="best.json of `benchmark tune`: each method runs with its tuned "
                                                  "values (--set still wins); default: DIR/<suite>/tuning/best.json "

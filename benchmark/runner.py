@@ -62,6 +62,7 @@ class RunOptions:
     threads: int | None = None
     force: bool = False
     resume: bool = False  # continue interrupted cells from their last per-epoch checkpoint
+    jobs: int = 1  # worker processes that train cells side by side (each with cores / jobs threads)
     config_file: Path | None = None  # YAML/JSON {section: {key: value}} over the profile; overrides still win
     # best.json of `benchmark tune`: each method's tuned values (--set still wins). None: the suite's own study,
     # DIR/<suite>/tuning/best.json, when it exists and was tuned on this profile (digits data); "none": the defaults
@@ -109,6 +110,8 @@ def resolve(options: RunOptions) -> tuple[SuiteSpec, list[MethodSpec], dict]:
         raise UserInputError(f"--methods lists a method twice: {' '.join(names)}")
     if not options.seeds or len(set(options.seeds)) != len(options.seeds):
         raise UserInputError("--seeds must list distinct integers")
+    if options.jobs < 1 or (options.jobs > 1 and distributed.world_size() > 1):
+        raise UserInputError(f"--jobs must be at least 1 (and 1 under torchrun), got {options.jobs}")
     sections = dict(spec.config)
     for method in REGISTRY.methods(spec.name):
         sections.update(method.config)
@@ -156,10 +159,10 @@ class Execution:
     world: int  # number of torchrun ranks (1 without torchrun)
 
 
-def setup_torch(device: str, threads: int | None) -> Execution:
+def setup_torch(device: str, threads: int | None, jobs: int = 1) -> Execution:
     """Device, process group (under torchrun), thread count and deterministic algorithms."""
     rank, world, chosen = distributed.setup(pick_device(device))
-    threads = threads or max(1, (os.cpu_count() or 1) // world)  # torchrun ranks share the cores
+    threads = threads or max(1, (os.cpu_count() or 1) // (world * jobs))  # torchrun ranks or workers share the cores
     torch.set_num_threads(threads)
     torch.backends.cudnn.benchmark = False
     if chosen.type == "cuda":
@@ -233,6 +236,7 @@ class CellRunner:
         self.shared = None
         self.prepare_seconds: float | None = None  # None until prepared
         self.parent_id: str | None = None  # the invocation's MLflow run (set once it is open)
+        self.trained_by_workers: set[tuple[str, int]] = set()  # this invocation's cells that --jobs workers trained
 
     def reusable(self, method: MethodSpec, seed: int) -> bool:
         return self.store.is_finished(method.name, seed) and not self.options.force
@@ -256,7 +260,7 @@ class CellRunner:
                 **{f"deviation.{i}": d.line()[:5000] for i, d in enumerate(method.deviations)},
                 **({"tuned_params": " ".join(self.params[method.name])} if method.name in self.params else {})}
         with self.tracker.run(f"{method.name}-seed{seed}", {**cfg, "method": method.name, "seed": seed}, tags,
-                              nested=True) as run_id:
+                              nested=True, parent_id=self.parent_id) as run_id:
             yield run_id
 
     def _log_cell(self, run_id: str | None, method: MethodSpec, seed: int, cell: FinishedCell) -> None:
@@ -271,7 +275,10 @@ class CellRunner:
         trained it) when that run is in this tracking store; otherwise logged once as a new run tagged
         ``reused_from`` (e.g. cells trained while tracking elsewhere), which later invocations then reference."""
         cell, folder = self.store.load(method.name, seed), self.store.folder(method.name, seed)
-        log.info(f"[{method.name} seed {seed}] finished before: reusing {folder}")
+        if (method.name, seed) not in self.trained_by_workers:
+            log.info(f"[{method.name} seed {seed}] finished before: reusing {folder}")
+        if (method.name, seed) in self.trained_by_workers:  # already a nested run of this invocation
+            return cell
         earlier = self.store.remembered_run(method.name, seed, self.tracker.uri)
         if earlier is not None and self.tracker.is_finished_run(earlier):
             self.tracker.tag_active(f"reused.{method.name}-seed{seed}", earlier)
@@ -328,7 +335,7 @@ class CellRunner:
 def _log_file(results_dir: Path, name: str, rank: int):
     """The invocation's progress lines, also in ``DIR/logs/<invocation>.log`` (rank 0)."""
     if rank != 0:
-        yield
+        yield None
         return
     path = results_dir / "logs" / f"{name}.log"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -336,16 +343,33 @@ def _log_file(results_dir: Path, name: str, rank: int):
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     try:
-        yield
+        yield path
     finally:
         log.removeHandler(handler)
         handler.close()
 
 
-def run_suite(options: RunOptions) -> pd.DataFrame:
+@dataclass
+class Invocation:
+    """What one invocation (or one of its ``--jobs`` workers) runs cells with."""
+
+    spec: SuiteSpec
+    methods: list[MethodSpec]
+    cfg: dict
+    run_info: dict
+    tags: dict[str, str]
+    results_dir: Path
+    suite_dir: Path
+    tracker: Tracker | NoTracking
+    runner: CellRunner
+    ex: Execution
+
+
+def open_invocation(options: RunOptions) -> Invocation:
+    """Resolve and validate everything, set up torch, the cell store, the tracker and the cell runner."""
     spec, methods, cfg = resolve(options)
     params, method_cfgs = tuned_configs(options, methods)
-    ex = setup_torch(options.device, options.threads)
+    ex = setup_torch(options.device, options.threads, options.jobs)
     run_info, tags = describe_run(options, spec, methods, cfg, params, ex)
     results_dir = Path(options.results_dir)
     _check_writable(results_dir)
@@ -357,12 +381,73 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
     context = RunContext(spec.name, cfg, ex.device, Path(options.cache_dir or default_cache_dir()), options.data,
                          options.data_root, options.clip, options.clip_weights)
     runner = CellRunner(spec, context, store, tracker, tags, params, method_cfgs, options, ex)
+    return Invocation(spec, methods, cfg, run_info, tags, results_dir, suite_dir, tracker, runner, ex)
+
+
+def _train_share(options: RunOptions, cells: list[tuple[str, int]], parent_id: str | None, log_level: int,
+                 log_path: Path | None) -> list[str]:
+    """One ``--jobs`` worker (a spawned process): train its share of the cells into the cell store, each in a run
+    nested under the invocation's; returns the cells that diverged."""
+    import benchmark.suites  # noqa: F401  (a spawned process registers the suites anew)
+
+    log.setLevel(log_level)
+    log.propagate = False
+    log.addHandler(logging.StreamHandler())
+    if log_path is not None:
+        log.addHandler(logging.FileHandler(log_path))  # appends beside the parent's lines
+    invocation = open_invocation(options)
+    invocation.runner.parent_id = parent_id
+    failures = []
+    for name, seed in cells:
+        try:
+            invocation.runner.run(REGISTRY.method(options.suite, name), seed)
+        except NonFiniteLossError as err:
+            failures.append(f"{name} seed {seed}: {err}")
+            log.warning(f"[{name} seed {seed}] FAILED: {err}")
+    return failures
+
+
+def _train_in_workers(options: RunOptions, cells: list[tuple[MethodSpec, int]], threads: int, parent_id: str | None,
+                      log_path: Path | None) -> list[str]:
+    """``--jobs N``: the cells to train, dealt round-robin to N spawned processes of ``threads`` threads each (small
+    models use two single-threaded processes better than one two-threaded one). Each cell is seeded by the runner
+    as in one process, so the numbers are those of ``--jobs 1 --threads <threads>``."""
+    import concurrent.futures
+    import multiprocessing
+
+    shares = [[(m.name, s) for m, s in cells[k::options.jobs]] for k in range(options.jobs)]
+    worker = replace(options, jobs=1, threads=threads)
+    saved = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # workers print plain lines; their bars would garble each other
+    try:
+        with concurrent.futures.ProcessPoolExecutor(
+                len(shares), mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_train_share, worker, share, parent_id, log.getEffectiveLevel(), log_path)
+                       for share in shares if share]
+            return [failure for future in futures for failure in future.result()]
+    finally:
+        os.environ.pop("TQDM_DISABLE") if saved is None else os.environ.__setitem__("TQDM_DISABLE", saved)
+
+
+def run_suite(options: RunOptions) -> pd.DataFrame:
+    invocation = open_invocation(options)
+    spec, methods, cfg, run_info, tags = (invocation.spec, invocation.methods, invocation.cfg, invocation.run_info,
+                                          invocation.tags)
+    results_dir, suite_dir, tracker, runner, ex = (invocation.results_dir, invocation.suite_dir, invocation.tracker,
+                                                   invocation.runner, invocation.ex)
     cells = [(m, s) for m in methods for s in options.seeds]
     started, finished, failures = time.time(), [], []
     name = f"{spec.name}-{options.profile}-{options.data}-{time.strftime('%Y%m%d-%H%M%S')}"
-    with tracker.run(name, cfg, {**tags, "role": "invocation"}) as parent, _log_file(results_dir, name, ex.rank):
+    with tracker.run(name, cfg, {**tags, "role": "invocation"}) as parent, \
+            _log_file(results_dir, name, ex.rank) as log_path:
         runner.parent_id = parent
         tracker.log_inputs(options.data, run_info["data_root"], run_info["environment"]["data_sha256"])
+        if options.jobs > 1:
+            to_train = [(m, s) for m, s in cells if not runner.reusable(m, s)]
+            failures = _train_in_workers(options, to_train, ex.threads, parent, log_path)
+            runner.trained_by_workers = {(m.name, s) for m, s in to_train}
+            failed = {f.split(":")[0] for f in failures}
+            cells = [(m, s) for m, s in cells if f"{m.name} seed {s}" not in failed]
         # the bar counts the cells to train; its ETA leaves out reused cells and the shared set-up
         bar = tqdm(total=sum(not runner.reusable(m, s) for m, s in cells), desc=f"{spec.name} cells", unit="cell",
                    smoothing=0, leave=False)
@@ -379,8 +464,9 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
                 bar.update()
         bar.close()
         if failures:
-            raise CellsFailedError(f"{len(failures)} of {len(cells)} cells failed ({'; '.join(failures)}); the "
-                                   f"finished ones are kept under {suite_dir / 'cells'} and {suite_dir} is unchanged")
+            raise CellsFailedError(f"{len(failures)} of {len(options.seeds) * len(methods)} cells failed "
+                                   f"({'; '.join(failures)}); the finished ones are kept under "
+                                   f"{suite_dir / 'cells'} and {suite_dir} is unchanged")
         if ex.rank != 0:  # under torchrun only rank 0 writes
             distributed.barrier()
             distributed.close()

@@ -183,12 +183,14 @@ class Tracker:
             log.info(f"marked {stale} MLflow run(s) KILLED that a killed invocation had left RUNNING")
 
     @contextlib.contextmanager
-    def run(self, name: str, params: dict, tags: dict[str, str], nested: bool = False) -> Iterator[str]:
-        """Open a (nested) run; long params go to ``config.json`` as an artifact instead."""
+    def run(self, name: str, params: dict, tags: dict[str, str], nested: bool = False,
+            parent_id: str | None = None) -> Iterator[str]:
+        """Open a (nested) run, under ``parent_id`` when given (a ``--jobs`` worker's cells, whose parent run is
+        another process's); long params go to ``config.json`` as an artifact instead."""
         # CPU/memory samples beside the invocation's run (its cells run inside it), when psutil is installed
         system_metrics = not nested and importlib.util.find_spec("psutil") is not None
         run = self.mlflow.start_run(experiment_id=self.experiment_id, run_name=name, nested=nested, tags=tags,
-                                    log_system_metrics=system_metrics)
+                                    parent_run_id=parent_id if nested else None, log_system_metrics=system_metrics)
         try:
             flat = _flatten(params)
             short = {k: v for k, v in flat.items() if len(v) <= MAX_PARAM_LENGTH}
@@ -285,7 +287,8 @@ class NoTracking:
         pass
 
     @contextlib.contextmanager
-    def run(self, name: str, params: dict, tags: dict[str, str], nested: bool = False) -> Iterator[None]:
+    def run(self, name: str, params: dict, tags: dict[str, str], nested: bool = False,
+            parent_id: str | None = None) -> Iterator[None]:
         yield None
 
     def log_records(self, run_id, records) -> None:

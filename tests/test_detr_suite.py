@@ -1,4 +1,6 @@
 """End-to-end: the detr suite on the quick profile writes every per-epoch and final metric and its figures."""
+import json
+
 import pandas as pd
 import torch
 
@@ -46,3 +48,23 @@ def test_a_diverging_cell_is_one_line_and_exit_3(tmp_path, cache_dir, capsys):
     err = capsys.readouterr().err
     assert code == 3 and "1 of 1 cells failed (detr seed 0: " in err and " is " in err and "at epoch 1, step" in err
     assert not list((tmp_path / "detr").glob("**/metrics.csv"))
+
+
+def test_jobs_2_gives_the_numbers_of_one_process_and_nests_its_cells(tmp_path, cache_dir):
+    from mlflow.tracking import MlflowClient
+
+    args = ["run", "--suite", "detr", "--profile", "quick", "--methods", "detr", "--seeds", "0", "1", "--set",
+            "train.epochs=1", "--threads", "1", "--cache-dir", str(cache_dir)]
+    assert main([*args, "--results-dir", str(tmp_path / "one")]) == 0
+    assert main([*args, "--jobs", "2", "--results-dir", str(tmp_path / "two")]) == 0
+    assert (suite_folder(tmp_path / "one", "detr") / "metrics.csv").read_bytes() == \
+        (suite_folder(tmp_path / "two", "detr") / "metrics.csv").read_bytes()
+    # the workers' cells are runs nested under the invocation's (not reused references)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'two' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("cvpdl-bench/detr").experiment_id])
+    [parent] = [r for r in runs if r.data.tags["role"] == "invocation"]
+    cells = [r for r in runs if r.data.tags["role"] == "cell"]
+    assert sorted(r.info.run_name for r in cells) == ["detr-seed0", "detr-seed1"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in cells} == {parent.info.run_id}
+    assert not any(k.startswith("reused.") for k in parent.data.tags)
+    assert json.loads((suite_folder(tmp_path / "two", "detr") / "run.json").read_text())["threads"] == 1
