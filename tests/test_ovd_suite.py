@@ -6,6 +6,7 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.results import COLUMNS
+from tests.conftest import suite_folder
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +19,7 @@ def quick_run(tmp_path_factory, cache_dir):
 
 
 def test_quick_run_writes_every_output(quick_run):
-    suite_dir = quick_run / "ovd"
+    suite_dir = suite_folder(quick_run, "ovd")
     for name in ("metrics.csv", "timings.csv", "summary.md", "run.json", "tables/score_vs_iou.csv"):
         assert (suite_dir / name).is_file(), name
     for name in ("fig1a_score_vs_iou", "fig1b_crop_vs_image", "region_zero_shot", "ovd_ap50"):
@@ -40,7 +41,7 @@ def test_quick_run_writes_every_output(quick_run):
 
 
 def test_tiny_clip_beats_chance_clearly_on_quick(quick_run):
-    metrics = pd.read_csv(quick_run / "ovd" / "metrics.csv")
+    metrics = pd.read_csv(suite_folder(quick_run, "ovd") / "metrics.csv")
     clip = metrics[(metrics["metric"] == "clip_zs_top1_image") & (metrics["split"] == "all")]["value"]
     assert clip.mean() > 0.2, f"tiny CLIP at {clip.mean():.3f}, chance is 0.1"
 
@@ -48,7 +49,7 @@ def test_tiny_clip_beats_chance_clearly_on_quick(quick_run):
 def test_every_regionclip_loss_term_carries_weight_in_the_first_epoch(quick_run):
     """Each of the three pretraining losses is a non-negligible share (> 1%) of the first epoch's total; the
     distillation term starts at exactly 0 (student = teacher) and grows within the epoch."""
-    metrics = pd.read_csv(quick_run / "ovd" / "metrics.csv")
+    metrics = pd.read_csv(suite_folder(quick_run, "ovd") / "metrics.csv")
     first = metrics[(metrics["method"] == "regionclip") & (metrics["epoch"] == 1)]
     for seed, rows in first.groupby("seed"):
         losses = dict(zip(rows["metric"], rows["value"]))
@@ -62,8 +63,8 @@ def test_same_seed_twice_gives_identical_metrics(quick_run, tmp_path, cache_dir)
     code = main(["run", "--suite", "ovd", "--profile", "quick", "--seeds", "1", "--methods", "clip_roi", "regionclip",
                  "--results-dir", str(tmp_path), "--cache-dir", str(cache_dir), "--force"])
     assert code == 0
-    again = pd.read_csv(tmp_path / "ovd" / "metrics.csv")
-    first = pd.read_csv(quick_run / "ovd" / "metrics.csv")
+    again = pd.read_csv(suite_folder(tmp_path, "ovd") / "metrics.csv")
+    first = pd.read_csv(suite_folder(quick_run, "ovd") / "metrics.csv")
     first = first[(first["seed"] == 1) & first["method"].isin(["clip_roi", "regionclip"])].reset_index(drop=True)
     pd.testing.assert_frame_equal(first, again)
 
@@ -71,19 +72,20 @@ def test_same_seed_twice_gives_identical_metrics(quick_run, tmp_path, cache_dir)
 def test_report_rebuilds_summary_byte_for_byte(quick_run, tmp_path):
     copy = tmp_path / "results"
     shutil.copytree(quick_run / "ovd", copy / "ovd", ignore=shutil.ignore_patterns("cells"))
-    original = (copy / "ovd" / "summary.md").read_bytes()
-    (copy / "ovd" / "summary.md").unlink()
-    shutil.rmtree(copy / "ovd" / "figures")
+    run = suite_folder(copy, "ovd")
+    original = (run / "summary.md").read_bytes()
+    (run / "summary.md").unlink()
+    shutil.rmtree(run / "figures")
     assert main(["report", "--suite", "ovd", "--results-dir", str(copy)]) == 0
-    assert (copy / "ovd" / "summary.md").read_bytes() == original
-    assert (copy / "ovd" / "figures" / "ovd_ap50.png").is_file()
+    assert (run / "summary.md").read_bytes() == original
+    assert (run / "figures" / "ovd_ap50.png").is_file()
 
 
 def test_report_from_mlflow_matches_metrics_csv(quick_run, tmp_path):
     from benchmark.tracking import metrics_from_mlflow
 
     tracked = metrics_from_mlflow("ovd", quick_run)
-    written = pd.read_csv(quick_run / "ovd" / "metrics.csv")
+    written = pd.read_csv(suite_folder(quick_run, "ovd") / "metrics.csv")
     assert len(tracked) == len(written)
     assert sorted(tracked["value"].round(6)) == pytest.approx(sorted(written["value"].round(6)), nan_ok=True)
 

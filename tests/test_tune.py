@@ -16,6 +16,7 @@ from benchmark.registry import REGISTRY, MethodSpec, SearchParam, SuiteSpec
 from benchmark.runner import RunOptions, run_suite
 from benchmark.tune import TuneOptions, load_params, objective_value, tune_suite
 from cvpdl.errors import UserInputError
+from tests.conftest import suite_folder
 
 
 def test_objective_is_the_last_epoch_or_the_final_row():
@@ -107,9 +108,9 @@ def test_killed_tune_resumes_and_run_reads_its_best_json(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
-    cells = tmp_path / "r" / "detr" / "tuning" / "trials" / "detr" / "cells"
+    trials_dir = tmp_path / "r" / "detr" / "tuning" / "trials" / "detr"  # each trial's config: its own folder
     deadline = time.time() + 300
-    while not list(cells.glob("*/*/DONE")) and time.time() < deadline and process.poll() is None:
+    while not list(trials_dir.glob("*/cells/*/*/DONE")) and time.time() < deadline and process.poll() is None:
         time.sleep(0.5)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
@@ -124,7 +125,7 @@ def test_killed_tune_resumes_and_run_reads_its_best_json(tmp_path):
                           "--results-dir", str(tmp_path / "final"), "--cache-dir", str(tmp_path / "c")],
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
-    recorded = json.loads((tmp_path / "final" / "detr" / "run.json").read_text())
+    recorded = json.loads((suite_folder(tmp_path / "final", "detr") / "run.json").read_text())
     assert recorded["params"]["detr"] == load_params(best, "detr")["detr"]
 
 
