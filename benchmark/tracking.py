@@ -302,8 +302,9 @@ class NoTracking:
 
 
 def metrics_from_mlflow(suite: str, results_dir: Path) -> tuple[pd.DataFrame, str]:
-    """The long metrics table of the latest invocation of ``suite``, from its cells' tracked ``metrics.csv``, and
-    the results folder (relative to ``results_dir``) that invocation wrote."""
+    """The long metrics table of the latest invocation of ``suite``, from its cells' tracked ``metrics.csv`` (its
+    nested runs and the earlier runs its ``reused.*`` tags refer to), and the results folder (relative to
+    ``results_dir``) that invocation wrote."""
     tracker = Tracker(results_dir, suite)
     parents = tracker.mlflow.search_runs([tracker.experiment_id], filter_string="tags.role = 'invocation'",
                                          order_by=["start_time DESC"], max_results=1)
@@ -312,11 +313,13 @@ def metrics_from_mlflow(suite: str, results_dir: Path) -> tuple[pd.DataFrame, st
     cells = tracker.mlflow.search_runs(
         [tracker.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parents.iloc[0]['run_id']}'",
         order_by=["start_time ASC"])
+    parent = parents.iloc[0]
+    reused = [v for k, v in parent.items() if k.startswith("tags.reused.") and isinstance(v, str)]
     frames = []
     with tempfile.TemporaryDirectory() as tmp:
-        for run_id in cells["run_id"]:
+        for run_id in [*cells["run_id"], *reused]:
             path = tracker.client.download_artifacts(run_id, "metrics.csv", tmp)
             frames.append(read_metrics(Path(path)))
     if not frames:
         raise UserInputError(f"the latest `{suite}` invocation at {tracker.uri} has no finished cells")
-    return pd.concat(frames, ignore_index=True), parents.iloc[0].get("tags.results_folder") or suite
+    return pd.concat(frames, ignore_index=True), parent.get("tags.results_folder") or suite

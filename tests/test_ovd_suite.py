@@ -84,8 +84,9 @@ def test_report_rebuilds_summary_byte_for_byte(quick_run, tmp_path):
 def test_report_from_mlflow_matches_metrics_csv(quick_run, tmp_path):
     from benchmark.tracking import metrics_from_mlflow
 
-    tracked = metrics_from_mlflow("ovd", quick_run)
+    tracked, folder = metrics_from_mlflow("ovd", quick_run)
     written = pd.read_csv(suite_folder(quick_run, "ovd") / "metrics.csv")
+    assert quick_run / folder == suite_folder(quick_run, "ovd")
     assert len(tracked) == len(written)
     assert sorted(tracked["value"].round(6)) == pytest.approx(sorted(written["value"].round(6)), nan_ok=True)
 

@@ -183,6 +183,10 @@ def test_a_real_mlflow_server_on_loopback(tmp_path, monkeypatch):
         opts = dict(suite="flaky", profile="quick", results_dir=tmp_path / "r", cache_dir=tmp_path / "c")
         run_suite(RunOptions(seeds=[0, 1], **opts))
         run_suite(RunOptions(seeds=[0, 1, 2], **opts))  # seeds 0 and 1 reused: referenced, not logged again
+        from benchmark.tracking import metrics_from_mlflow
+
+        tracked, folder = metrics_from_mlflow("flaky", tmp_path / "r")  # follows the references
+        assert sorted(tracked["seed"].unique()) == [0, 1, 2] and folder == "flaky"
         with pytest.raises(CellsFailedError):
             run_suite(RunOptions(seeds=[3], overrides=["flaky.nan_seed=3"], **opts))
         client = MlflowClient(uri)
