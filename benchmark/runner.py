@@ -448,21 +448,21 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
             runner.trained_by_workers = {(m.name, s) for m, s in to_train}
             failed = {f.split(":")[0] for f in failures}
             cells = [(m, s) for m, s in cells if f"{m.name} seed {s}" not in failed]
-        # the bar counts the cells to train; its ETA leaves out reused cells and the shared set-up
-        bar = tqdm(total=sum(not runner.reusable(m, s) for m, s in cells), desc=f"{spec.name} cells", unit="cell",
-                   smoothing=0, leave=False)
-        for method, seed in cells:
-            reused = runner.reusable(method, seed)
-            try:
-                finished.append(runner.run(method, seed))
-            except NonFiniteLossError as err:  # this cell diverged: it ends FAILED, the others go on
-                failures.append(f"{method.name} seed {seed}: {err}")
-                log.warning(f"[{method.name} seed {seed}] FAILED: {err}")
-            if not reused:
-                if bar.n == 0 and runner.prepare_seconds and not bar.disable:  # a disabled bar has no clock
-                    bar.start_t += runner.prepare_seconds
-                bar.update()
-        bar.close()
+        # the bar counts the cells to train; its ETA leaves out reused cells and the shared set-up; closed (cleared)
+        # before an error reaches the console
+        with tqdm(total=sum(not runner.reusable(m, s) for m, s in cells), desc=f"{spec.name} cells", unit="cell",
+                  smoothing=0, leave=False) as bar:
+            for method, seed in cells:
+                reused = runner.reusable(method, seed)
+                try:
+                    finished.append(runner.run(method, seed))
+                except NonFiniteLossError as err:  # this cell diverged: it ends FAILED, the others go on
+                    failures.append(f"{method.name} seed {seed}: {err}")
+                    log.warning(f"[{method.name} seed {seed}] FAILED: {err}")
+                if not reused:
+                    if bar.n == 0 and runner.prepare_seconds and not bar.disable:  # a disabled bar has no clock
+                        bar.start_t += runner.prepare_seconds
+                    bar.update()
         if failures:
             raise CellsFailedError(f"{len(failures)} of {len(options.seeds) * len(methods)} cells failed "
                                    f"({'; '.join(failures)}); the finished ones are kept under "

@@ -128,7 +128,7 @@ def test_sigkill_at_a_random_point_then_resume_gives_the_uninterrupted_metrics(t
 
     killed = _cli(*args, "--results-dir", str(tmp_path / "killed"))
     deadline = time.time() + 300
-    while not list((tmp_path / "killed").glob("detr/cells/*/*/checkpoints/detr.pt")):  # mid-cell, after an epoch
+    while not list((tmp_path / "killed").glob("detr/*/cells/*/*/checkpoints/detr.pt")):  # mid-cell, after an epoch
         assert killed.poll() is None and time.time() < deadline, "no checkpoint appeared"
         time.sleep(0.2)
     time.sleep(random.Random().uniform(0, 4 if "default" in profile else 1))  # anywhere in the next epochs
