@@ -405,7 +405,7 @@ def suite_wall_times(report: PerfReport, options: PerfOptions) -> None:
                        f"peak resident set of the {profile}-profile process (interpreter and torch included)",
                        suite=spec.name, quantity="peak memory")
             if spec.name == "ovd":
-                timings = pd.read_csv(Path(scratch) / "ovd" / "timings.csv")
+                timings = pd.read_csv(written.parent / "timings.csv")
                 per_image = timings[timings["metric"] == "seconds_per_image"].groupby("method")["value"].mean()
                 for method, value in per_image.items():
                     report.add("ovd", f"{method} seconds per image", value, "s",
