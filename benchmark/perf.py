@@ -456,10 +456,9 @@ WHY_MISSED = {
                    "shared work bounds the ratio; DN-DETR also trains five denoising groups that HF's model does "
                    "not have.",
     "pycocotools": "Likely cause, not measured by this run: the evaluator's inputs are built from arrays, so most "
-                   "of its time is faster-coco-eval's C++ evaluate/accumulate itself (about 60% of its CPU time in "
-                   "a profile of this set on 2 cores when the array path was written); both sides are timed by "
-                   "wall clock, best of 7, so other load on the machine moves the ratio, and a run this short can "
-                   "lose more to it. Only the end-to-end ratio above is measured.",
+                   "of its time is faster-coco-eval's C++ evaluate/accumulate itself; both sides are timed by wall "
+                   "clock, best of 7, so other load on the machine moves the ratio. Only the end-to-end ratio above "
+                   "is measured.",
     "matmul FLOP/s": "Likely cause, not measured by this run: the models are tiny (see the config in "
                      "run.json), so a step is many small kernels with Python-side matching and loss bookkeeping "
                      "between them. The utilisation above is the only measured figure.",
