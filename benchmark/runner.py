@@ -203,7 +203,7 @@ def describe_run(options: RunOptions, spec: SuiteSpec, methods: list[MethodSpec]
     run_info = {"suite": spec.name, "profile": options.profile, "methods": [m.name for m in methods],
                 "seeds": options.seeds, "config": cfg, "config_hash": cfg_hash, "params": params, **data_options,
                 "git_commit": commit, "git_dirty": dirty, "device": str(ex.device), "threads": ex.threads,
-                "world_size": ex.world,
+                "world_size": ex.world, "jobs": options.jobs,
                 # versions, date, command, CPU/ISA, OS, torch build, evaluator, data hashes; the signature decides
                 # whether `verify` expects identical numbers or numbers within tolerances
                 **reproducibility.record(ex.threads, options.data, options.data_root, options.clip_weights)}

@@ -130,7 +130,9 @@ def _teacher_metrics(shared: KDShared, teacher: ConvNet, key: str, id_samples: i
 def run_cell(run: RunContext, shared: KDShared, method: MethodSpec, seed: int, generator: torch.Generator
              ) -> CellResult:
     data, cfg = shared.data, run.cfg
-    teacher, teacher_key = _teacher(run, shared, seed)
+    started = time.perf_counter()
+    teacher, teacher_key = _teacher(run, shared, seed)  # trained by the seed's first cell, then loaded
+    teacher_seconds = time.perf_counter() - started
     make_student = functools.partial(ConvNet, section_config(cfg, "student", StudentNetConfig), data.num_classes)
     started = time.perf_counter()
     fit: KDFit = method.build(cfg)(make_student, teacher, data, section_config(cfg, "train", TrainConfig),
@@ -156,7 +158,8 @@ def run_cell(run: RunContext, shared: KDShared, method: MethodSpec, seed: int, g
                 else intrinsic_dimension(predict(model, data.x_test[:n])["embedding"].numpy()))
         records += [{"epoch": None, "split": split, "metric": "intrinsic_dim", "value": dims["twonn"]},
                     {"epoch": None, "split": split, "metric": "intrinsic_dim_mle", "value": dims["mle"]}]
-    timings = [{"epoch": None, "split": "train", "metric": "train_seconds", "value": seconds}]
+    timings = [{"epoch": None, "split": "train", "metric": "train_seconds", "value": seconds},
+               {"epoch": None, "split": "train", "metric": "teacher_seconds", "value": teacher_seconds}]
     return CellResult(records, timings, models={"student": fit.student})
 
 
