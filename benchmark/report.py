@@ -229,8 +229,9 @@ def summary_markdown(spec: SuiteSpec, frame: pd.DataFrame, timings: pd.DataFrame
                                              for m, s, n in zip(t["mean"], t["std"], t["n"])],
                               "n": t["n"]})
         parts += ["## Timings (on the run's device, machine-dependent; seconds_per_image is process CPU time, "
-                  "train_seconds and teacher_seconds wall clock (kd's teacher is trained by its seed's first cell, "
-                  "waited for or loaded by the others); not part of metrics.csv)\n\n", _markdown(shown), "\n"]
+                  "train_seconds, eval_seconds and teacher_seconds wall clock (kd's teacher is trained by its "
+                  "seed's first cell, waited for or loaded by the others); not part of metrics.csv)\n\n",
+                  _markdown(shown), "\n"]
     parts += ["## Limitations\n\n", *[f"- {line}\n" for line in limitations(spec, frame, run, tested)]]
     return "".join(parts)
 

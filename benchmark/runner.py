@@ -302,6 +302,11 @@ class CellRunner:
                                               for name, v in values.items()])
         return report
 
+    def ensure_prepared(self) -> None:
+        if self.prepare_seconds is None:
+            log.info(f"{self.spec.name}: preparing the shared data and models")
+            self._prepare()
+
     def _prepare(self) -> None:
         started = time.time()
         self.shared = self.spec.prepare(replace(self.context,
@@ -311,9 +316,7 @@ class CellRunner:
             self.tracker.log_artifact(self.parent_id, artifact, "cached")
 
     def _train(self, method: MethodSpec, seed: int, context: RunContext, run_id: str | None) -> FinishedCell:
-        if self.prepare_seconds is None:
-            log.info(f"{self.spec.name}: preparing the shared data and models")
-            self._prepare()
+        self.ensure_prepared()
         checkpoints = self.store.folder(method.name, seed) / "checkpoints"
         if not self.options.resume and self.ex.rank == 0:  # a fresh start; --resume continues from them
             shutil.rmtree(checkpoints, ignore_errors=True)
@@ -411,7 +414,8 @@ def _train_in_workers(options: RunOptions, cells: list[tuple[MethodSpec, int]], 
                       log_path: Path | None) -> list[str]:
     """``--jobs N``: the cells to train, dealt round-robin to N spawned processes of ``threads`` threads each (small
     models use two single-threaded processes better than one two-threaded one). Each cell is seeded by the runner
-    as in one process, so the numbers are those of ``--jobs 1 --threads <threads>``."""
+    as in one process, so the cells' numbers are those of ``--jobs 1 --threads <threads>``; the shared set-up they
+    load from the cache is trained beforehand by the parent on all the cores, as ``--jobs 1`` trains it."""
     import concurrent.futures
     import multiprocessing
 
@@ -444,6 +448,12 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
         tracker.log_inputs(options.data, run_info["data_root"], run_info["environment"]["data_sha256"])
         if options.jobs > 1:
             to_train = [(m, s) for m, s in cells if not runner.reusable(m, s)]
+            if to_train:
+                # the shared set-up (data, CLIP, localizer) once, here, on all the cores, before the workers load it
+                # from the cache: otherwise one worker trains it on its share of the cores while the others wait
+                torch.set_num_threads(options.threads or os.cpu_count() or 1)
+                runner.ensure_prepared()
+                torch.set_num_threads(ex.threads)
             failures = _train_in_workers(options, to_train, ex.threads, parent, log_path)
             runner.trained_by_workers = {(m.name, s) for m, s in to_train}
             failed = {f.split(":")[0] for f in failures}

@@ -67,4 +67,6 @@ def test_jobs_2_gives_the_numbers_of_one_process_and_nests_its_cells(tmp_path, c
     assert sorted(r.info.run_name for r in cells) == ["detr-seed0", "detr-seed1"]
     assert {r.data.tags["mlflow.parentRunId"] for r in cells} == {parent.info.run_id}
     assert not any(k.startswith("reused.") for k in parent.data.tags)
-    assert json.loads((suite_folder(tmp_path / "two", "detr") / "run.json").read_text())["threads"] == 1
+    info = json.loads((suite_folder(tmp_path / "two", "detr") / "run.json").read_text())
+    assert info["threads"] == 1 and info["jobs"] == 2
+    assert info["prepare_seconds"] is not None  # the shared set-up was prepared by the parent, before the workers

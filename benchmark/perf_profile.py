@@ -1,0 +1,170 @@
+"""Where the time goes, for the goals ``perf`` can miss: measured accounts instead of likely causes.
+
+- **A training step by op group** (``torch.profiler``) of every ``detr`` variant and its Hugging Face counterpart:
+  milliseconds per step in the backbone's convolutions and batch norm, in drawing random numbers (dropout masks,
+  DN-DETR's noise), in matrix multiplies and attention, and in everything else (element-wise ops, indexing, copies,
+  the optimizer). The first two are the same work in ours and HF's model (same backbone, same dropout), so they
+  bound the speed-up over the counterpart: ``ceiling`` = HF's step ÷ our shared work.
+- **Compiled execution** (``--compile``, minutes): each variant's model under ``torch.compile`` (inductor), its
+  compile time and images/s against eager on the same batches.
+- **A suite's wall time by part**, read from the committed default run: the training loops' wall seconds
+  (``timings.csv``) against the run's worker seconds (wall × ``--jobs``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from benchmark.registry import REGISTRY
+
+SECTION = "step profile"
+# op groups by substring of the aten op name, first match wins; the rest is "other"
+OP_GROUPS = {
+    "backbone convolution + batch norm": ("convolution", "batch_norm"),
+    "random numbers": ("bernoulli", "rand", "uniform_", "normal_"),
+    "matmul + attention": ("mm", "matmul", "linear", "scaled_dot_product", "attention"),
+}
+OTHER = "other (element-wise, indexing, copies, optimizer, Python)"
+SHARED = ("backbone convolution + batch norm", "random numbers")  # the same work in ours and HF's model
+# the wall-clock timings a suite's timings.csv may hold, as the suite time table names them
+TIMED_PARTS = {"train_seconds": "training loops", "teacher_seconds": "teacher (kd)",
+               "eval_seconds": "evaluation (ovd)"}
+
+
+def op_group(name: str) -> str:
+    for group, keys in OP_GROUPS.items():
+        if any(key in name for key in keys):
+            return group
+    return OTHER
+
+
+def profile_step(step, batches: list, device: torch.device) -> dict[str, float]:
+    """Milliseconds per step by op group over ``batches`` (self time of every op, so nothing counts twice),
+    scaled so that the groups add up to the measured wall time per step (with the profiler running)."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for images, targets in batches:
+            step(images, targets)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        wall_ms = (time.perf_counter() - start) * 1e3 / len(batches)
+    totals: dict[str, float] = dict.fromkeys([*OP_GROUPS, OTHER], 0.0)
+    for event in prof.key_averages():
+        totals[op_group(event.key)] += getattr(event, attr)
+    profiled = sum(totals.values())
+    return {group: wall_ms * value / profiled for group, value in totals.items()}
+
+
+def step_profiles(report, names: list[str], make_step, batches: list, device: torch.device) -> None:
+    """One ``profile_step`` per model name (``make_step(name)`` → (step, model)), two warm-up steps first."""
+    for name in names:
+        torch.manual_seed(0)
+        step, _ = make_step(name)
+        for images, targets in batches[:2]:
+            step(images, targets)
+        groups = profile_step(step, batches[2:], device)
+        total = sum(groups.values())
+        for group, ms in groups.items():
+            report.add(SECTION, f"{name}: {group}", ms, "ms/step", f"{100 * ms / total:.0f}% of the step",
+                       model=name, group=group)
+        report.add(SECTION, f"{name}: whole step", total, "ms/step",
+                   f"{len(batches) - 2} profiled steps (profiler on, so slower than the train table)", model=name)
+
+
+def ceiling_note(report, name: str, hf: str, target: float) -> str | None:
+    """A measured account of a missed speed-up over ``hf``, from the step profiles; None without them."""
+    frame = report.frame()
+    if "group" not in frame:
+        return None
+    ms = frame[(frame["section"] == SECTION) & frame["group"].notna()].set_index(["model", "group"])["value"]
+    if not {name, hf} <= set(ms.index.get_level_values("model")):
+        return None
+    ours, theirs, shared = ms[name].sum(), ms[hf].sum(), ms[name][list(SHARED)].sum()
+    need = theirs / target
+    return (f"`{name}` vs {hf} (measured, step profile table): our step takes {ours:.0f} ms, HF's {theirs:.0f} ms; "
+            f"{shared:.0f} ms of ours is work both models do alike (backbone convolutions and batch norm, random "
+            f"numbers), so even with everything else at zero the ratio could reach {theirs / shared:.2f}×. "
+            f"{target}× needs our step at ≤ {need:.0f} ms: the other {ours - shared:.0f} ms (matmuls and attention "
+            f"{ms[name, 'matmul + attention']:.0f} ms, the rest {ms[name, OTHER]:.0f} ms) cut to "
+            f"{max(need - shared, 0):.0f} ms.")
+
+
+def compiled_throughput(report, names: list[str], make_step, batches: list, device: torch.device,
+                        steps: int) -> None:
+    """Each model under ``torch.compile`` (inductor, static shapes): seconds until its first 3 steps are done
+    (compilation, forward and backward), then images/s over ``steps`` steps on the same batches as eager."""
+    batch_size = len(batches[0][1])
+    for name in names:
+        torch.manual_seed(0)
+        torch._dynamo.reset()  # each model compiles from scratch
+        step, _ = make_step(name, compiled=True)
+        start = time.perf_counter()
+        for images, targets in batches[:3]:
+            step(images, targets)
+        compile_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        for images, targets in batches[3:3 + steps]:
+            step(images, targets)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        rate = steps * batch_size / (time.perf_counter() - start)
+        eager = report.get("train", f"{name} images/s")
+        report.add("compiled", f"{name} compile + first 3 steps", compile_seconds, "s", "torch.compile, inductor")
+        report.add("compiled", f"{name} compiled images/s", rate, "img/s",
+                   f"{rate / eager:.2f}× eager (train table), batch {batch_size}, {steps} steps")
+
+
+def suite_time_accounts(report, results_dir: Path) -> None:
+    """Each committed default run's worker seconds (wall × jobs) against the wall seconds of its training loops
+    and evaluation as ``timings.csv`` records them."""
+    for spec in REGISTRY.suites():
+        folder = results_dir / spec.name
+        if not (folder / "run.json").is_file() or not (folder / "timings.csv").is_file():
+            continue
+        info = json.loads((folder / "run.json").read_text())
+        if info.get("profile") != "default":
+            continue
+        timings, jobs = pd.read_csv(folder / "timings.csv"), committed_jobs(info)
+        worker_seconds = info["wall_seconds"] * jobs
+        note = f"results/{spec.name}/timings.csv against wall {info['wall_seconds']} s × {jobs} jobs"
+        report.add("suite time", f"{spec.name} worker seconds", worker_seconds, "s", note)
+        for metric, label in TIMED_PARTS.items():
+            seconds = timings.loc[timings["metric"] == metric, "value"].sum()
+            if seconds:
+                report.add("suite time", f"{spec.name} {label}", seconds, "s",
+                           f"{100 * seconds / worker_seconds:.0f}% of the worker seconds")
+        if (prepare := info.get("prepare_seconds")) is not None:
+            report.add("suite time", f"{spec.name} shared set-up", prepare, "s",
+                       "data and shared models (CLIP, localizer) prepared before the cells (run.json)")
+
+
+def committed_jobs(info: dict) -> int:
+    """``--jobs`` of a committed run: run.json's own field, or for a run from before it the recorded command."""
+    if "jobs" in info:
+        return int(info["jobs"])
+    match = re.search(r"--jobs[ =](\d+)", info.get("environment", {}).get("command", ""))
+    return int(match.group(1)) if match else 1
+
+
+def suite_time_note(report, suite: str) -> str | None:
+    """A measured account of a missed suite budget, from ``suite_time_accounts``; None without it."""
+    worker = report.get("suite time", f"{suite} worker seconds")
+    if not math.isfinite(worker):
+        return None
+    parts = {label: report.get("suite time", f"{suite} {label}")
+             for label in (*TIMED_PARTS.values(), "shared set-up")}
+    parts = {label: value for label, value in parts.items() if math.isfinite(value)}
+    rest = worker - sum(parts.values())
+    return (f"`{suite}` default (measured, suite time table): of its {worker:.0f} worker seconds (wall × jobs), "
+            + ", ".join(f"{label} {value:.0f} s ({100 * value / worker:.0f}%)" for label, value in parts.items())
+            + f"; the other {rest:.0f} s ({100 * rest / worker:.0f}%) are what no timer covers (the cells' "
+            "evaluation and analyses where not timed, start-up, idle workers at the end).")
