@@ -239,7 +239,9 @@ class CellRunner:
         self.trained_by_workers: set[tuple[str, int]] = set()  # this invocation's cells that --jobs workers trained
 
     def reusable(self, method: MethodSpec, seed: int) -> bool:
-        return self.store.is_finished(method.name, seed) and not self.options.force
+        """Finished before (and not ``force``d), or just now by this invocation's ``--jobs`` workers."""
+        return self.store.is_finished(method.name, seed) and (
+            not self.options.force or (method.name, seed) in self.trained_by_workers)
 
     def run(self, method: MethodSpec, seed: int) -> FinishedCell:
         """One cell: reused when it finished before (unless ``force``), else trained in its nested MLflow run."""

@@ -56,7 +56,8 @@ def test_jobs_2_gives_the_numbers_of_one_process_and_nests_its_cells(tmp_path, c
     args = ["run", "--suite", "detr", "--profile", "quick", "--methods", "detr", "--seeds", "0", "1", "--set",
             "train.epochs=1", "--threads", "1", "--cache-dir", str(cache_dir)]
     assert main([*args, "--results-dir", str(tmp_path / "one")]) == 0
-    assert main([*args, "--jobs", "2", "--results-dir", str(tmp_path / "two")]) == 0
+    # --force: the parent must not train again what its workers just trained (each cell one nested run below)
+    assert main([*args, "--jobs", "2", "--force", "--results-dir", str(tmp_path / "two")]) == 0
     assert (suite_folder(tmp_path / "one", "detr") / "metrics.csv").read_bytes() == \
         (suite_folder(tmp_path / "two", "detr") / "metrics.csv").read_bytes()
     # the workers' cells are runs nested under the invocation's (not reused references)
