@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--ddp", action="store_true",
                       help="also time every suite's quick profile with 1 process and under torchrun with 2 (DDP): "
                            "the 2-process speed-up per suite (minutes; off by default)")
+    perf.add_argument("--suite-jobs", type=int, default=1, help="--jobs of those suite runs")
     perf.add_argument("--profile-steps", type=int, default=5,
                       help="profiled training steps per model: where a step's time goes, by op group")
     perf.add_argument("--compile", action="store_true",
@@ -288,8 +289,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "perf":
             from benchmark.perf import PerfOptions, run_perf
 
-            if args.steps < 1:
-                raise UserInputError(f"--steps must be at least 1, got {args.steps}")
+            for flag in ("steps", "profile_steps", "suite_jobs"):
+                if getattr(args, flag) < 1:
+                    raise UserInputError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
             run_perf(PerfOptions(**{k: v for k, v in vars(args).items() if k != "command"}))
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)

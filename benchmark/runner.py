@@ -63,6 +63,9 @@ class RunOptions:
     force: bool = False
     resume: bool = False  # continue interrupted cells from their last per-epoch checkpoint
     jobs: int = 1  # worker processes that train cells side by side (each with cores / jobs threads)
+    # torch threads of the shared set-up (None: the run's). Cached artefacts are keyed by the thread count, so
+    # --jobs workers get their parent's, with which it prepared them, and load them instead of training them again
+    prepare_threads: int | None = None
     config_file: Path | None = None  # YAML/JSON {section: {key: value}} over the profile; overrides still win
     # best.json of `benchmark tune`: each method's tuned values (--set still wins). None: the suite's own study,
     # DIR/<suite>/tuning/best.json, when it exists and was tuned on this profile (digits data); "none": the defaults
@@ -235,6 +238,7 @@ class CellRunner:
         self.tags, self.params, self.method_cfgs, self.options, self.ex = tags, params, method_cfgs, options, ex
         self.shared = None
         self.prepare_seconds: float | None = None  # None until prepared
+        self.prepare_threads: int | None = None
         self.parent_id: str | None = None  # the invocation's MLflow run (set once it is open)
         self.trained_by_workers: set[tuple[str, int]] = set()  # this invocation's cells that --jobs workers trained
 
@@ -310,9 +314,16 @@ class CellRunner:
             self._prepare()
 
     def _prepare(self) -> None:
-        started = time.time()
-        self.shared = self.spec.prepare(replace(self.context,
-                                                on_epoch=self._epoch_reporter("shared set-up", self.parent_id)))
+        started, run_threads = time.time(), torch.get_num_threads()
+        # a --jobs parent prepares on all the cores (or --threads), before its workers start
+        self.prepare_threads = self.options.prepare_threads or (
+            (self.options.threads or os.cpu_count() or 1) if self.options.jobs > 1 else run_threads)
+        torch.set_num_threads(self.prepare_threads)
+        try:
+            self.shared = self.spec.prepare(replace(self.context,
+                                                    on_epoch=self._epoch_reporter("shared set-up", self.parent_id)))
+        finally:
+            torch.set_num_threads(run_threads)
         self.prepare_seconds = round(time.time() - started, 1)
         for artifact in getattr(self.shared, "artifacts", ()):  # e.g. the trained CLIP weights
             self.tracker.log_artifact(self.parent_id, artifact, "cached")
@@ -412,17 +423,18 @@ def _train_share(options: RunOptions, cells: list[tuple[str, int]], parent_id: s
     return failures
 
 
-def _train_in_workers(options: RunOptions, cells: list[tuple[MethodSpec, int]], threads: int, parent_id: str | None,
-                      log_path: Path | None) -> list[str]:
+def _train_in_workers(options: RunOptions, cells: list[tuple[MethodSpec, int]], threads: int, prepare_threads: int,
+                      parent_id: str | None, log_path: Path | None) -> list[str]:
     """``--jobs N``: the cells to train, dealt round-robin to N spawned processes of ``threads`` threads each (small
     models use two single-threaded processes better than one two-threaded one). Each cell is seeded by the runner
     as in one process, so the cells' numbers are those of ``--jobs 1 --threads <threads>``; the shared set-up they
-    load from the cache is trained beforehand by the parent on all the cores, as ``--jobs 1`` trains it."""
+    load from the cache, where not cached already, is trained beforehand by the parent on all the cores (or
+    ``--threads``), as ``--jobs 1`` trains it (run.json: ``prepare_threads``)."""
     import concurrent.futures
     import multiprocessing
 
     shares = [[(m.name, s) for m, s in cells[k::options.jobs]] for k in range(options.jobs)]
-    worker = replace(options, jobs=1, threads=threads)
+    worker = replace(options, jobs=1, threads=threads, prepare_threads=prepare_threads)
     saved = os.environ.get("TQDM_DISABLE")
     os.environ["TQDM_DISABLE"] = "1"  # workers print plain lines; their bars would garble each other
     try:
@@ -453,10 +465,8 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
             if to_train:
                 # the shared set-up (data, CLIP, localizer) once, here, on all the cores, before the workers load it
                 # from the cache: otherwise one worker trains it on its share of the cores while the others wait
-                torch.set_num_threads(options.threads or os.cpu_count() or 1)
                 runner.ensure_prepared()
-                torch.set_num_threads(ex.threads)
-            failures = _train_in_workers(options, to_train, ex.threads, parent, log_path)
+            failures = _train_in_workers(options, to_train, ex.threads, runner.prepare_threads, parent, log_path)
             runner.trained_by_workers = {(m.name, s) for m, s in to_train}
             failed = {f.split(":")[0] for f in failures}
             cells = [(m, s) for m, s in cells if f"{m.name} seed {s}" not in failed]
@@ -486,6 +496,7 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
         run_info["wall_seconds"] = round(time.time() - started, 1)
         if runner.prepare_seconds is not None:
             run_info["prepare_seconds"] = runner.prepare_seconds
+            run_info["prepare_threads"] = runner.prepare_threads
         with locked(suite_dir / ".lock"):
             metrics = write_suite_files(suite_dir, run_info, finished)
             written = render_suite(spec.name, suite_dir, results_dir if suite_dir.parent == results_dir else None)

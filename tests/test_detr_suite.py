@@ -70,4 +70,5 @@ def test_jobs_2_gives_the_numbers_of_one_process_and_nests_its_cells(tmp_path, c
     assert not any(k.startswith("reused.") for k in parent.data.tags)
     info = json.loads((suite_folder(tmp_path / "two", "detr") / "run.json").read_text())
     assert info["threads"] == 1 and info["jobs"] == 2
-    assert info["prepare_seconds"] is not None  # the shared set-up was prepared by the parent, before the workers
+    # the shared set-up was prepared by the parent, before the workers, with --threads
+    assert info["prepare_seconds"] is not None and info["prepare_threads"] == 1
