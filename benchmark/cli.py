@@ -92,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--profile-steps", type=int, default=5,
                       help="profiled training steps per model: where a step's time goes, by op group")
     perf.add_argument("--compile", action="store_true",
-                      help="also time each detr variant under torch.compile: compile seconds and images/s vs eager "
-                           "(minutes; off by default)")
+                      help="also time detr under torch.compile: compile seconds and images/s vs eager (minutes; "
+                           "off by default)")
     perf.add_argument("--cache-dir", type=Path)
     perf.add_argument("--threads", type=int)
 
