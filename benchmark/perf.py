@@ -93,8 +93,8 @@ class PerfOptions:
     curves: bool = True  # the cost curves of benchmark.perf_curves
     profile_steps: int = 5  # profiled training steps per model (benchmark.perf_profile), after 2 warm-up steps
     compile: bool = False  # the compile_variants under torch.compile too (benchmark.perf_profile); minutes, so off
-    # detr alone by default: compiling all three took over 15 minutes on 2 cores (inductor builds C++ kernels per
-    # graph, and DN-DETR's query count follows each batch's targets)
+    # detr alone by default: compiling all three had not finished after 15 minutes on 2 cores (not profiled;
+    # likely inductor's C++ builds, and recompiles where DN-DETR's query count follows each batch's targets)
     compile_variants: tuple[str, ...] = ("detr",)
     ddp: bool = False  # the 2-process (torchrun) speed-up of every suite's quick profile; minutes, so off by default
     curve_settings: CurveSettings = field(default_factory=CurveSettings)
