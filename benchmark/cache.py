@@ -38,21 +38,21 @@ def cache_key(*parts) -> str:
     return json_digest([parts, shaping])
 
 
-def cached_state(path: Path, module: torch.nn.Module, train: Callable[[], object]) -> None:
+def cached_state(path: Path, module: torch.nn.Module, train: Callable[[], object]) -> bool:
     """Load ``module``'s weights from ``path`` (``weights_only``), or train it and save them there atomically
     (concurrent invocations may train the same artefact). An unreadable cache file (truncated, from other code) is
     set aside and the module trained again. Under torchrun rank 0 decides, every rank trains (DDP), rank 0 writes
     and the others wait, then read the file. Concurrent processes (``--jobs`` workers, invocations) train it once:
-    the others wait for the file under its lock."""
+    the others wait for the file under its lock. Returns whether it was trained here (False: loaded)."""
     with locked(path.with_name(path.name + ".lock")) if distributed.rank() == 0 else contextlib.nullcontext():
-        _load_or_train(path, module, train)
+        return _load_or_train(path, module, train)
 
 
-def _load_or_train(path: Path, module: torch.nn.Module, train: Callable[[], object]) -> None:
+def _load_or_train(path: Path, module: torch.nn.Module, train: Callable[[], object]) -> bool:
     if distributed.agree(_load(path, module) if distributed.rank() == 0 else None):
         if distributed.rank() != 0:
             module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return
+        return False
     train()
     if distributed.rank() == 0:
         with atomic_path(path) as tmp:
@@ -60,6 +60,7 @@ def _load_or_train(path: Path, module: torch.nn.Module, train: Callable[[], obje
     distributed.barrier()
     if distributed.rank() != 0:
         module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return True
 
 
 def _load(path: Path, module: torch.nn.Module) -> bool:

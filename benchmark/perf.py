@@ -64,6 +64,9 @@ HF_NAMES = {HF_DETR: "HF DETR", HF_DAB: "HF DAB-DETR"}
 # each variant's Hugging Face counterpart and the speed-up over it the performance issue asks for (DN-DETR trains
 # five denoising groups more than HF's DAB-DETR, which has none: a lower bar)
 COUNTERPARTS = {"detr": (HF_DETR, 1.5), "dab_detr": (HF_DAB, 1.5), "dn_dab_detr": (HF_DAB, 1.2)}
+# suites whose 10-minute budget is for a cold start: their shared set-up trains models (CLIP, localizer) that a
+# repeated run loads from the cache (the other suites' set-ups prepare data only)
+COLD_BUDGET = ("ovd",)
 # packages a perf run's numbers depend on beyond the suites' (reproducibility.PACKAGES)
 PERF_PACKAGES = ("transformers", "faster-coco-eval", "optuna")
 
@@ -427,6 +430,9 @@ def committed_wall_time(report: PerfReport, committed: Path, suite: str) -> None
     if prepare is not None:  # what a run with its data, CLIP and localizer cached takes
         report.add("suites", f"{suite} default wall time without the shared set-up", info["wall_seconds"] - prepare,
                    "s", f"{committed}: wall − set-up")
+    if (cache := info.get("prepare_cache")) and "loaded" not in cache.values():  # a cold start, as run.json says
+        report.add("suites", f"{suite} default cold wall time", info["wall_seconds"], "s",
+                   f"{committed}: its shared models trained in the run ({', '.join(cache)})")
 
 
 def timed_suite_run(report: PerfReport, options: PerfOptions, suite: str, scratch: Path) -> None:
@@ -553,6 +559,12 @@ def goals(report: PerfReport) -> list[tuple[str, str, bool]]:
     out.append(("ovd default ≤ 5 min with its CLIP cached", f"{ovd / 60:.1f} min (committed run, {how})",
                 bool(ovd <= 300)))
     for spec in REGISTRY.suites():
+        if spec.name in COLD_BUDGET:
+            seconds = report.get("suites", f"{spec.name} default cold wall time")
+            out.append((f"{spec.name} default ≤ 10 min cold", f"{seconds / 60:.1f} min" if math.isfinite(seconds) else
+                        "not measured: the committed run did not train its shared models (run.json prepare_cache)",
+                        bool(seconds <= 600)))
+            continue
         seconds = report.get("suites", f"{spec.name} default wall time")
         out.append((f"{spec.name} default ≤ 10 min", f"{seconds / 60:.1f} min", bool(seconds <= 600)))
     quick = sum(report.get("suites", f"{spec.name} quick process wall time") for spec in REGISTRY.suites())

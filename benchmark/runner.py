@@ -239,6 +239,7 @@ class CellRunner:
         self.shared = None
         self.prepare_seconds: float | None = None  # None until prepared
         self.prepare_threads: int | None = None
+        self.prepare_cache: dict[str, str] = {}  # each cached artefact of the set-up: "trained" here or "loaded"
         self.parent_id: str | None = None  # the invocation's MLflow run (set once it is open)
         self.trained_by_workers: set[tuple[str, int]] = set()  # this invocation's cells that --jobs workers trained
 
@@ -325,8 +326,10 @@ class CellRunner:
         finally:
             torch.set_num_threads(run_threads)
         self.prepare_seconds = round(time.time() - started, 1)
-        for artifact in getattr(self.shared, "artifacts", ()):  # e.g. the trained CLIP weights
+        artifacts = getattr(self.shared, "artifacts", {})  # e.g. the trained CLIP weights
+        for artifact in artifacts:
             self.tracker.log_artifact(self.parent_id, artifact, "cached")
+        self.prepare_cache = {path.name: "trained" if trained else "loaded" for path, trained in artifacts.items()}
 
     def _train(self, method: MethodSpec, seed: int, context: RunContext, run_id: str | None) -> FinishedCell:
         self.ensure_prepared()
@@ -497,6 +500,7 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
         if runner.prepare_seconds is not None:
             run_info["prepare_seconds"] = runner.prepare_seconds
             run_info["prepare_threads"] = runner.prepare_threads
+            run_info["prepare_cache"] = runner.prepare_cache
         with locked(suite_dir / ".lock"):
             metrics = write_suite_files(suite_dir, run_info, finished)
             written = render_suite(spec.name, suite_dir, results_dir if suite_dir.parent == results_dir else None)

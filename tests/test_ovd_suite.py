@@ -1,4 +1,5 @@
 """End-to-end: the ovd suite on the quick profile, run determinism, report regeneration, MLflow tracking."""
+import json
 import shutil
 
 import pandas as pd
@@ -38,6 +39,14 @@ def test_quick_run_writes_every_output(quick_run):
     summary = (suite_dir / "summary.md").read_text()
     assert "Paired tests against `clip_crop`" in summary and "What the numbers say" in summary
     assert (quick_run / "mlflow.db").is_file()
+    # where the time went (train/eval wall seconds per cell) and whether the shared models were trained or loaded
+    timings = pd.read_csv(suite_dir / "timings.csv")
+    for metric in ("train_seconds", "eval_seconds"):
+        seconds = timings[timings["metric"] == metric]["value"]
+        assert len(seconds) == 6 and (seconds >= 0).all(), metric  # 3 methods × 2 seeds
+    cache = json.loads((suite_dir / "run.json").read_text())["prepare_cache"]
+    assert sorted(name.split("_")[0] for name in cache) == ["fcos", "tiny"]
+    assert set(cache.values()) <= {"trained", "loaded"}
 
 
 def test_tiny_clip_beats_chance_clearly_on_quick(quick_run):

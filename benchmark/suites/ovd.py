@@ -67,7 +67,7 @@ class ClipRoiConfig:
 class OvdShared:
     context: OvdContext
     localizer: torch.nn.Module
-    artifacts: list[Path] = field(default_factory=list)
+    artifacts: dict[Path, bool] = field(default_factory=dict)  # cached weights: trained by this run (or loaded)
     coco: dict[str, DetectionSplit] | None = None  # train/val/test of a COCO-format dataset (None: digits world)
 
 
@@ -133,7 +133,7 @@ def prepare(run: RunContext) -> OvdShared:
     train = coco["train"] if coco else _digits_split(run, "train", data.train_images,
                                                      section_config(cfg, "world", DigitsWorldConfig).seed)
     data_key = [GENERATOR_VERSION, cfg["world"], cfg["data"], run.data, run.data_root]
-    artifacts = []
+    artifacts = {}
     if run.clip:
         encoder = ClipEncoder(load_pretrained_clip(run.clip, run.clip_weights).to(device).eval())
     else:
@@ -147,9 +147,8 @@ def prepare(run: RunContext) -> OvdShared:
             images, captions = _clip_corpus(run, train)
             train_clip(encoder, images, captions, clip_cfg, torch.Generator().manual_seed(clip_cfg.seed), run.on_epoch)
 
-        cached_state(clip_path, encoder.model, fit_clip)
+        artifacts[clip_path] = cached_state(clip_path, encoder.model, fit_clip)
         encoder.model.to(device).eval()
-        artifacts.append(clip_path)
     for p in encoder.model.parameters():
         p.requires_grad_(False)
 
@@ -163,9 +162,8 @@ def prepare(run: RunContext) -> OvdShared:
         train_localizer(localizer, train, loc_cfg, torch.Generator().manual_seed(loc_cfg.seed), train.base_classes,
                         run.on_epoch)
 
-    cached_state(loc_path, localizer, fit_localizer)
+    artifacts[loc_path] = cached_state(loc_path, localizer, fit_localizer)
     localizer.to(device).eval()
-    artifacts.append(loc_path)
     context = OvdContext(encoder, train, localizer, list(train.class_names))
     return OvdShared(context, localizer, artifacts, coco)
 
