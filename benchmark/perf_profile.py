@@ -5,10 +5,10 @@
   DN-DETR's noise), in matrix multiplies and attention, and in everything else (element-wise ops, indexing, copies,
   the optimizer). HF's model runs our backbone and draws its own dropout masks, so that much of our step is work
   the counterpart does too and bounds the speed-up over it: the ceiling is HF's step ÷ that shared work.
-- **Compiled execution** (``--compile``, minutes): each variant's model under ``torch.compile`` (inductor), its
-  compile time and images/s against eager on the same batches.
-- **A suite's wall time by part**, read from the committed default run: the training loops' wall seconds
-  (``timings.csv``) against the run's worker seconds (wall × ``--jobs``).
+- **Compiled execution** (``--compile``, minutes): ``detr``'s model under ``torch.compile`` (inductor), its compile
+  time from an empty inductor cache and its images/s against eager on the same batches.
+- **A suite's wall time by part**, read from the committed default run: the wall seconds its ``timings.csv`` gives
+  the training loops, kd's teachers and ovd's evaluation, against the run's worker seconds (wall × ``--jobs``).
 """
 from __future__ import annotations
 
@@ -27,14 +27,11 @@ from torch.profiler import ProfilerActivity, profile
 from benchmark.registry import REGISTRY
 
 SECTION = "step profile"
-# op groups by substring of the aten op name, first match wins; the rest is "other"
-OP_GROUPS = {
-    "backbone convolution + batch norm": ("convolution", "batch_norm"),
-    "random numbers": ("bernoulli", "rand", "uniform_", "normal_"),
-    "matmul + attention": ("mm", "matmul", "linear", "scaled_dot_product", "attention"),
-}
+BACKBONE, RANDOM, MATMUL = "backbone convolution + batch norm", "random numbers", "matmul + attention"
 OTHER = "other (element-wise, indexing, copies, optimizer, Python)"
-BACKBONE, RANDOM = "backbone convolution + batch norm", "random numbers"
+# op groups by substring of the aten op name, first match wins; the rest is OTHER
+OP_GROUPS = {BACKBONE: ("convolution", "batch_norm"), RANDOM: ("bernoulli", "rand", "uniform_", "normal_"),
+             MATMUL: ("mm", "matmul", "linear", "scaled_dot_product", "attention")}
 # the wall-clock timings a suite's timings.csv may hold, as the suite time table names them
 TIMED_PARTS = {"train_seconds": "training loops", "teacher_seconds": "teacher (kd)",
                "eval_seconds": "evaluation (ovd)"}
@@ -101,7 +98,7 @@ def ceiling_note(report, name: str, hf: str, target: float) -> str | None:
             f"{theirs / shared:.2f}×. {target}× needs our step at ≤ {need:.0f} ms: ")
     if need <= shared:
         return text + "unreachable even with all our other work at zero."
-    return text + (f"the other {ours - shared:.0f} ms (matmuls and attention {ms[name, 'matmul + attention']:.0f} "
+    return text + (f"the other {ours - shared:.0f} ms (matmuls and attention {ms[name, MATMUL]:.0f} "
                    f"ms, the rest {ms[name, OTHER]:.0f} ms, random numbers beyond HF's included) cut to "
                    f"{need - shared:.0f} ms.")
 
