@@ -1,5 +1,6 @@
 """Golden-value tests of the ovd mechanics: losses, pseudo-labels, crops, RoIAlign geometry, score vs IoU."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -211,3 +212,131 @@ def test_clip_training_augmentation_is_open_clip_transform_and_reproducible():
     std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(3, 1, 1)
     expected = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std
     assert torch.allclose(whole, expected, atol=1e-5)
+
+
+OFFICIAL_FIXTURE = Path(__file__).parent / "fixtures" / "regionclip_official_losses.py.txt"
+
+
+def _official_regionclip(**attributes):
+    """The official ``PretrainFastRCNN`` loss methods (verbatim text fixture), on an instance carrying only the
+    attributes they read; its teacher backbone and RoI heads return given region features."""
+    namespace: dict = {}
+    exec(compile(OFFICIAL_FIXTURE.read_text(), str(OFFICIAL_FIXTURE), "exec"), namespace)
+
+    class Teacher:
+        layer4 = attnpool = None
+
+        def __call__(self, tensor):
+            return None
+
+    class Official(namespace["PretrainFastRCNN"]):
+        def __init__(self):
+            torch.nn.Module.__init__(self)
+            self.teacher_backbone, self.pixel_mean, self.context_length = Teacher(), torch.zeros(1), 77
+            self.gather_gpus, self.only_eot = False, True
+            for key, value in attributes.items():
+                object.__setattr__(self, key, value)
+
+        device = torch.device("cpu")
+
+    return Official()
+
+
+def test_regionclip_losses_equal_official_forward_and_backward():
+    """The project's three losses (``RegionClip.losses``, official options) against the official ``PretrainFastRCNN``
+    code run verbatim, on hand-made float64 features: same values and same gradients w.r.t. the student's raw region
+    and global features. The teacher keeps its own s_temp 0.01 while CLSS_TEMP is 0.05 (a tied temperature fails)."""
+    from types import SimpleNamespace
+
+    from cvpdl.ovd.regionclip import RegionClip, RegionClipConfig
+
+    gen = torch.Generator().manual_seed(3)
+    sizes, dim, n_concepts = [3, 2, 3], 6, 5
+    n_regions = sum(sizes)
+    teacher_raw = torch.randn(n_regions, dim, generator=gen, dtype=torch.float64)
+    concept_raw = torch.randn(n_concepts, dim, generator=gen, dtype=torch.float64)
+    caption_raw = torch.randn(len(sizes), dim, generator=gen, dtype=torch.float64)
+    region_raw = torch.randn(n_regions, dim, generator=gen, dtype=torch.float64, requires_grad=True)
+    global_raw = torch.randn(len(sizes), dim, generator=gen, dtype=torch.float64, requires_grad=True)
+    # teacher regions 0-3 lie close to concepts 0, 1, 1, 2 (confident at s_temp 0.01), regions 4-7 halfway between
+    # concepts 3 and 4 (about 0.5 each: below the keep threshold)
+    with torch.no_grad():
+        unit = F.normalize(concept_raw, dim=1)
+        teacher_raw[:4] = concept_raw[[0, 1, 1, 2]] + 0.05 * teacher_raw[:4]
+        teacher_raw[4:] = unit[3] + unit[4] + 1e-4 * teacher_raw[4:]
+
+    official = _official_regionclip(
+        concept_emb=concept_raw, teacher_concept_emb=concept_raw, concept_thres=0.7, matching_temp=0.05,
+        teacher_roi_heads=lambda *args, **kwargs: teacher_raw,
+        lang_encoder=SimpleNamespace(encode_text=lambda text, only_eot: caption_raw[text[:, 0]]))
+    batched_inputs = [(None, torch.full((77,), i)) for i in range(len(sizes))]
+    expected: dict = {}
+    official.region_concept_matching(SimpleNamespace(tensor=None), None, None, region_raw, expected)
+    official.image_text_matching(batched_inputs, None, region_raw, expected, global_feats=global_raw)
+
+    class Stubbed(RegionClip):
+        def _teacher_embeddings(self, ctx, images, regions):
+            return F.normalize(teacher_raw, dim=1)
+
+    method = Stubbed(RegionClipConfig(temperature=0.05, keep_threshold=0.7, label_pool="all",
+                                      caption_duplicates="negative"))
+    method.student = SimpleNamespace(device=torch.device("cpu"))
+    regions = [np.zeros((k, 4), np.float32) for k in sizes]
+    ours = method.losses(None, np.zeros((len(sizes), 1)), [f"caption {i}" for i in range(len(sizes))], regions,
+                         [f"c{i}" for i in range(n_concepts)], F.normalize(concept_raw, dim=1),
+                         F.normalize(caption_raw, dim=1),
+                         lambda images, boxes: (F.normalize(region_raw, dim=1), F.normalize(global_raw, dim=1)))
+    kept = official.get_psuedo_concept_labels(SimpleNamespace(tensor=None), None, None)[2]
+    assert 0 < kept.sum() < n_regions  # the keep threshold drops some regions, keeps others
+    for name, official_name in (("loss_region", "loss_concept_contrastive"), ("loss_distill", "loss_region_distill"),
+                                ("loss_image", "loss_img_txt_level")):
+        assert ours[name].item() == pytest.approx(expected[official_name].item(), rel=1e-10), name
+        got = torch.autograd.grad(ours[name], [region_raw, global_raw], retain_graph=True, allow_unused=True)
+        want = torch.autograd.grad(expected[official_name], [region_raw, global_raw], retain_graph=True,
+                                   allow_unused=True)
+        for g, w in zip(got, want):
+            assert (g is None) == (w is None), name
+            if g is not None:
+                assert torch.allclose(g, w, rtol=1e-9, atol=1e-12), name
+    assert ours["loss_distill"].item() > 0 and ours["loss_region"].item() > 0
+
+
+def test_regionclip_student_freezes_every_batchnorm(tmp_path):
+    """FrozenBN (official): no batch-norm scale or shift is trained, in layers 2-4 either; their convolutions are."""
+    from cvpdl.ovd.clip_model import ClipEncoder, TinyClipConfig, build_tiny_clip
+    from cvpdl.ovd.region_classifier import OvdContext
+    from cvpdl.ovd.regionclip import RegionClip, RegionClipConfig
+
+    torch.manual_seed(0)
+    teacher = ClipEncoder(build_tiny_clip(TinyClipConfig()).eval(), TinyClipConfig().context_length)
+    method = RegionClip(RegionClipConfig())
+    params = {id(p) for p in method.init_student(OvdContext(teacher, None, None, []))}
+    visual = method.student.model.visual
+    trained = {name for name, p in visual.named_parameters() if id(p) in params}
+    assert "layer2.0.conv1.weight" in trained and "layer4.0.conv3.weight" in trained
+    assert "attnpool.c_proj.weight" in trained and "layer1.0.conv1.weight" not in trained
+    assert not {name for name in trained if ".bn" in name or "downsample.1" in name}
+    assert all(not p.requires_grad for m in visual.modules() if isinstance(m, torch.nn.BatchNorm2d)
+               for p in m.parameters())
+
+
+def test_concept_list_file(tmp_path):
+    from cvpdl.errors import UserInputError
+    from cvpdl.ovd.regionclip import RegionClip, RegionClipConfig, read_concept_list
+
+    nouns = tmp_path / "nouns.txt"
+    nouns.write_text("person\n\n  dog \ncat\ndog\n")
+    assert read_concept_list(str(nouns)) == ["person", "dog", "cat"]
+    assert RegionClip(RegionClipConfig(concept_list=str(nouns))).concept_vocabulary == ["person", "dog", "cat"]
+    assert RegionClip(RegionClipConfig()).concept_vocabulary is None  # the class names the captions name
+    (tmp_path / "empty.txt").write_text("\n \n")
+    for path in (tmp_path / "missing.txt", tmp_path / "empty.txt"):
+        with pytest.raises(UserInputError, match="regionclip.concept_list"):
+            read_concept_list(str(path))
+
+
+def test_pseudo_label_caption_without_pool_concept_is_unrestricted():
+    regions = torch.tensor([[0.0, 1.0, 0.0]])
+    allowed = torch.tensor([[False, False, False]])  # its caption names no concept of the pool
+    _, labels, keep = pseudo_label(regions, torch.eye(3), 0.01, 0.5, allowed)
+    assert labels.tolist() == [1] and keep.tolist() == [True]

@@ -2,13 +2,16 @@
 
 Follows ``PretrainFastRCNN`` of the official ``detectron2/modeling/meta_arch/clip_rcnn.py``. Each iteration draws a
 random subset of every image's class-agnostic proposal pool (official: 100 of 300 RPN proposals). The frozen teacher
-CLIP pseudo-labels each region from its RoIAlign region feature over the concept pool parsed from the captions
-(``get_psuedo_concept_labels``: softmax(cos / 0.01), kept if its max exceeds 0.1; if none is kept, all are). The
-student visual encoder, initialised from the teacher (stem and ``layer1`` frozen, ``FREEZE_AT: 2``), learns with
-three losses at the matching temperature 0.01: region–concept contrastive (one-way ``MILCrossEntropy`` over the
-concepts of the batch's kept regions), KL distillation to the teacher's concept scores (kept regions) and image–text
-contrastive on a global RoIAlign box over the whole image. Concept and caption embeddings come from the teacher's
-frozen text encoder; gradients are clipped at norm 5.
+CLIP pseudo-labels each region from its RoIAlign region feature over the concept pool
+(``get_psuedo_concept_labels``: softmax(cos / s_temp) with its fixed ``s_temp = 0.01``, kept if its max exceeds 0.1;
+if none is kept, all are). The concept pool is a noun list the user passes (``concept_list``, one concept a line, as
+the official ``coco_nouns_4764.txt``) or, by default, the class names that the training captions name. The student
+visual encoder, initialised from the teacher (stem and ``layer1`` frozen, ``FREEZE_AT: 2``; every BatchNorm frozen,
+``NORM: FrozenBN``), learns with three losses at the matching temperature ``CLSS_TEMP`` (0.01, separate from the
+teacher's): region–concept contrastive (one-way ``MILCrossEntropy`` over the concepts of the batch's kept regions),
+KL distillation to the teacher's concept scores (kept regions) and image–text contrastive on a global RoIAlign box
+over the whole image. Concept and caption embeddings come from the teacher's frozen text encoder; gradients are
+clipped at norm 5.
 
 Options beyond the official code: ``label_pool="caption"`` restricts each region's pseudo-label to the concepts of
 its own caption; ``caption_duplicates="positive"`` treats equal captions in a batch as positives;
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -52,7 +56,9 @@ class RegionClipConfig:
     teacher_view: str = "roi"  # official: RoIAlign region features; "crop" scores pixel crops
     label_pool: str = "caption"  # or "all" (official: the whole concept pool)
     caption_duplicates: str = "positive"  # or "negative" (official: one positive per image, the diagonal)
-    temperature: float = 0.01  # teacher pseudo-labels (s_temp) and student matching (CLSS_TEMP)
+    temperature: float = 0.01  # student matching (CLSS_TEMP)
+    teacher_temperature: float = 0.01  # teacher pseudo-labels (official s_temp: fixed, never tied to CLSS_TEMP)
+    concept_list: str = ""  # text file, one concept noun a line (official: 4,764 COCO nouns); "" = class names
     keep_threshold: float = 0.1  # keep a pseudo-label when its max probability exceeds this (CONCEPT_THRES)
     weight_region: float = 1.0
     weight_image: float = 1.0
@@ -71,14 +77,30 @@ def pseudo_label(teacher_region_emb: torch.Tensor, concept_emb: torch.Tensor, te
     """Teacher logits (cos / T), argmax labels and the keep mask (max softmax probability > threshold; when no
     region passes, every region is kept, as the official ``get_psuedo_concept_labels`` does).
 
-    ``allowed`` (regions × concepts, bool) restricts each region's labels, e.g. to its caption's concepts;
-    the returned logits stay unrestricted (they are the distillation target).
+    ``allowed`` (regions × concepts, bool) restricts each region's labels, e.g. to its caption's concepts (a
+    region whose row allows nothing, a caption naming no concept of the pool, is not restricted); the returned
+    logits stay unrestricted (they are the distillation target).
     """
     logits = teacher_region_emb @ concept_emb.T / temperature
+    if allowed is not None:
+        allowed = allowed | ~allowed.any(dim=1, keepdim=True)
     masked = logits if allowed is None else logits.masked_fill(~allowed, float("-inf"))
     confidence, labels = masked.softmax(dim=1).max(dim=1)
     keep = confidence > threshold
     return logits, labels, keep if keep.any() else torch.ones_like(keep)
+
+
+def read_concept_list(path: str) -> list[str]:
+    """The concepts of a noun list, one a line (blank lines skipped, first occurrence kept), as the official
+    ``tools/extract_concept_features.py`` reads its concept file."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserInputError(f"regionclip.concept_list: cannot read {path!r} ({error})") from None
+    concepts = list(dict.fromkeys(line.strip() for line in lines if line.strip()))
+    if not concepts:
+        raise UserInputError(f"regionclip.concept_list: {path!r} holds no concept (one noun a line)")
+    return concepts
 
 
 def sample_regions(pool: list[np.ndarray], k: int, generator: torch.Generator) -> list[np.ndarray]:
@@ -108,7 +130,10 @@ class RegionClip(ClipRoi):
                 raise UserInputError(f"regionclip.{key} must be one of {', '.join(choices)}; got {getattr(cfg, key)!r}")
         if cfg.regions_per_image < 1 or cfg.proposal_pool < 1:
             raise UserInputError("regionclip.regions_per_image and regionclip.proposal_pool must be at least 1")
+        if cfg.temperature <= 0 or cfg.teacher_temperature <= 0:
+            raise UserInputError("regionclip.temperature and regionclip.teacher_temperature must be positive")
         self.cfg = cfg
+        self.concept_vocabulary = read_concept_list(cfg.concept_list) if cfg.concept_list else None
         self.student: ClipEncoder | None = None
 
     def encoder(self, ctx: OvdContext) -> ClipEncoder:
@@ -154,7 +179,8 @@ class RegionClip(ClipRoi):
             teacher_emb = ddp.all_gather_rows(
                 self._teacher_embeddings(ctx, images[mine], regions[mine]).to(student.device))
             allowed = self._allowed(captions, regions, concepts)
-            teacher_logits, labels, keep = pseudo_label(teacher_emb, concept_emb, cfg.temperature, cfg.keep_threshold,
+            teacher_logits, labels, keep = pseudo_label(teacher_emb, concept_emb, cfg.teacher_temperature,
+                                                        cfg.keep_threshold,
                                                         None if allowed is None else allowed.to(student.device))
         first = sum(len(boxes) for boxes in regions[:mine.start])
         region_emb, global_emb = (student_forward or self.student_embeddings)(images[mine], regions[mine])
@@ -177,7 +203,8 @@ class RegionClip(ClipRoi):
 
     def init_student(self, ctx: OvdContext) -> list[torch.nn.Parameter]:
         """The student: a copy of the teacher whose visual encoder trains, except the stem and ``layer1``
-        (official ``FREEZE_AT: 2``); batch-norm statistics stay frozen (``FrozenBN``). Returns the trained params."""
+        (official ``FREEZE_AT: 2``); every batch norm is frozen, statistics and affine scale and shift (official
+        ``NORM: FrozenBN``). Returns the trained params."""
         teacher = ctx.clip
         self.student = ClipEncoder(copy.deepcopy(teacher.model), teacher.tokenizer.context_length)
         model = self.student.model
@@ -187,6 +214,8 @@ class RegionClip(ClipRoi):
         visual = model.visual
         frozen = {id(p) for module in (visual.conv1, visual.bn1, visual.conv2, visual.bn2, visual.conv3, visual.bn3,
                                        visual.layer1) for p in module.parameters()}
+        frozen |= {id(p) for module in visual.modules() if isinstance(module, torch.nn.BatchNorm2d)
+                   for p in module.parameters()}
         params = [p for p in visual.parameters() if id(p) not in frozen]
         for p in params:
             p.requires_grad_(True)
@@ -199,7 +228,8 @@ class RegionClip(ClipRoi):
         images = np.stack([ctx.train.image(i) for i in range(n)])
         captions = ctx.train.captions[:n]
         pool = self.proposal_pool(ctx, n, generator)
-        concepts = concept_pool(captions, ctx.class_names)
+        # a passed noun list is the pool as given (official); the class names only where the captions name them
+        concepts = self.concept_vocabulary or concept_pool(captions, ctx.class_names)
         with torch.no_grad():
             concept_emb = teacher.encode_text([prompt(c) for c in concepts])
             caption_emb = torch.cat([teacher.encode_text(captions[i:i + 512]) for i in range(0, n, 512)])
