@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmark.claims import CellResult
+from benchmark.context import CellResult
 from benchmark.config import config_hash
 from benchmark.registry import REGISTRY, MethodSpec
 from benchmark.results import (COLUMNS, atomic_path, atomic_write_csv, locked, read_metrics, read_tables,

@@ -1,53 +1,21 @@
-"""What a suite needs to define its cells and its claims: the context a cell runs in, what a cell returns, and the
-statistics of a suite's claims (summaries of the final metrics, paired comparisons, a Holm-adjusted family).
+"""The statistics of a suite's claims: summaries of the final metrics, paired comparisons, a Holm-adjusted family.
 
-Suites import from here (and from ``registry``), never from the runner or the report internals.
+Suites import from here (and from ``registry`` and ``context``), never from the runner or the report internals.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
 from benchmark.registry import Section
 from cvpdl.evaluation.stats import PairedTest, paired_test, summarize
-from cvpdl.progress import EpochCallback, no_report
-
-
-@dataclass
-class RunContext:
-    """What a suite's hooks receive: resolved config, device, where to cache artefacts, data options."""
-
-    suite: str
-    cfg: dict
-    device: torch.device
-    cache_dir: Path
-    data: str
-    data_root: Path | None
-    clip: str | None
-    clip_weights: Path | None
-    checkpoints: Path | None = None  # the cell's per-epoch checkpoint folder (set per cell by the runner)
-    # the training loops call it after every epoch: a console line and live MLflow metrics (set by the runner)
-    on_epoch: EpochCallback = no_report
-
-
-@dataclass
-class CellResult:
-    records: list[dict]  # {"epoch", "split", "metric", "value"}; epoch None for final metrics
-    timings: list[dict] = field(default_factory=list)
-    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
-    # the trained models a user may reload (name → module): saved in the cell folder as ``models/<name>.pt``
-    models: dict[str, torch.nn.Module] = field(default_factory=dict)
-
-
 
 ALPHA = 0.05  # a claim is significant when its Holm-adjusted p is below this
 TARGET_POWER = 0.8

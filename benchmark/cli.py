@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
 
             tune_suite(TuneOptions(**{k: v for k, v in vars(args).items() if k != "command"}))
         elif args.command == "verify":
-            from benchmark.reproducibility import verify
+            from benchmark.verify import verify
 
             return verify(**{k: v for k, v in vars(args).items() if k != "command"})
         elif args.command == "perf":

@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 from benchmark import config as config_lib
 from benchmark import distributed, reproducibility
 from benchmark.cells import CellStore, FinishedCell, cell_keys, stack, write_suite_files
-from benchmark.claims import RunContext
+from benchmark.context import RunContext
+from benchmark.params import load_params, study_profile
 from benchmark.paths import default_cache_dir
 from benchmark.registry import REGISTRY, MethodSpec, SuiteSpec
 from benchmark.report import headline_table, render_suite
@@ -135,8 +136,6 @@ def resolve(options: RunOptions) -> tuple[SuiteSpec, list[MethodSpec], dict]:
 def tuned_configs(options: RunOptions, methods: list[MethodSpec]) -> tuple[dict[str, list[str]], dict[str, dict]]:
     """``--params best.json``: per method, its tuned ``section.key=value`` list and the config it runs with (the
     tuned values over the profile and config file; ``--set`` still wins). Methods absent from the file run as is."""
-    from benchmark.tune import load_params, study_profile
-
     path = options.params
     if path is None:
         own = Path(options.results_dir) / options.suite / "tuning" / "best.json"

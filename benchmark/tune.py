@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmark.params import assignment
 from benchmark.registry import REGISTRY, MethodSpec, SearchParam, SuiteSpec
 from benchmark.results import atomic_write_csv, atomic_write_text, locked
 from cvpdl.errors import UserInputError
@@ -80,10 +81,6 @@ def _suggest(trial, param: SearchParam):
     return trial.suggest_float(param.key, param.low, param.high, log=param.log)
 
 
-def _assignment(key: str, value) -> str:
-    return f"{key}={json.dumps(value) if isinstance(value, bool) else value}"
-
-
 def default_values(options: TuneOptions, method: MethodSpec) -> dict:
     """The method's untuned values of its search space, as ``run`` resolves them for this profile."""
     from benchmark.runner import RunOptions, resolve
@@ -139,7 +136,7 @@ def tune_suite(options: TuneOptions) -> pd.DataFrame:
         def objective(trial, method=method):
             values = {p.key: _suggest(trial, p) for p in method.search_space}
             run = RunOptions(suite=spec.name, methods=[method.name], seeds=[options.seed], profile=options.profile,
-                             overrides=[*options.overrides, *(_assignment(k, v) for k, v in values.items())],
+                             overrides=[*options.overrides, *(assignment(k, v) for k, v in values.items())],
                              results_dir=tuning_dir / "trials", cache_dir=options.cache_dir, device=options.device,
                              threads=options.threads, resume=True)
             try:
@@ -223,23 +220,3 @@ def _importances(counted) -> dict[str, float]:
         return {k: round(float(v), 4) for k, v in optuna.importance.get_param_importances(counted_only).items()}
     except (RuntimeError, ValueError, ZeroDivisionError):
         return {}
-
-
-def study_profile(path: Path) -> str | None:
-    """The profile a best.json was tuned on (None when there is no readable file)."""
-    try:
-        return json.loads(Path(path).read_text()).get("profile")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
-def load_params(path: Path, suite: str) -> dict[str, list[str]]:
-    """``best.json`` → per method, the ``section.key=value`` overrides ``run --params`` applies to that method."""
-    try:
-        payload = json.loads(Path(path).read_text())
-        methods = payload["methods"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UserInputError(f"--params {path}: not a best.json written by `benchmark tune` ({err})") from None
-    if payload.get("suite") != suite:
-        raise UserInputError(f"--params {path} was tuned for suite {payload.get('suite')!r}, not {suite!r}")
-    return {name: [_assignment(k, v) for k, v in sorted(entry["params"].items())] for name, entry in methods.items()}

@@ -5,7 +5,7 @@ make this pass), with the committed run's thread count: identical values where t
 committed run's, final metrics within the README's tolerances otherwise. The failure message says which case."""
 import pytest
 
-from benchmark.reproducibility import compare_with_committed, verify
+from benchmark.verify import compare_with_committed, verify
 
 
 @pytest.mark.slow

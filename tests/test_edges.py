@@ -16,8 +16,8 @@ import pytest
 import sqlalchemy
 import yaml
 
-from benchmark.claims import CellResult
 from benchmark.cli import main
+from benchmark.context import CellResult
 from benchmark.registry import REGISTRY, MethodSpec, SuiteSpec
 from cvpdl.errors import NonFiniteLossError
 from tests.conftest import suite_folder

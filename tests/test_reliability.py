@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark.claims import CellResult
 from benchmark.cli import main
+from benchmark.context import CellResult
 from benchmark.registry import REGISTRY, MethodSpec, SuiteSpec
 from benchmark.runner import CellsFailedError, RunOptions, run_suite
 from cvpdl.checkpoint import Checkpoint

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark.claims import CellResult
+from benchmark.context import CellResult
 from benchmark.registry import REGISTRY, Deviation, MethodSpec, SuiteSpec
 from benchmark.runner import RunOptions, run_suite
 

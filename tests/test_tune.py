@@ -11,10 +11,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchmark.claims import CellResult
+from benchmark.context import CellResult
+from benchmark.params import load_params
 from benchmark.registry import REGISTRY, MethodSpec, SearchParam, SuiteSpec
 from benchmark.runner import RunOptions, run_suite
-from benchmark.tune import TuneOptions, load_params, objective_value, tune_suite
+from benchmark.tune import TuneOptions, objective_value, tune_suite
 from cvpdl.errors import UserInputError
 from tests.conftest import suite_folder
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from benchmark import cache, reproducibility
-from benchmark.claims import CellResult
 from benchmark.cli import main
+from benchmark.context import CellResult
 from benchmark.registry import REGISTRY, MethodSpec, SuiteSpec
-from benchmark.reproducibility import compare, hardware_signature, verify
+from benchmark.reproducibility import hardware_signature
+from benchmark.verify import EXIT_MISS, compare, verify
 from benchmark.results import records_frame
 from benchmark.runner import RunOptions, run_suite
 from cvpdl.errors import UserInputError
@@ -145,12 +146,12 @@ def test_verify_reruns_and_compares_with_head(repo, tmp_path, capsys):
         frame.loc[frame["metric"] == "top1_last", "value"] += [0.3, 0.0]
 
     _recommit(repo, bump)
-    assert verify(SUITE, tmp_path / "rerun", repo=repo) == reproducibility.EXIT_MISS
+    assert verify(SUITE, tmp_path / "rerun", repo=repo) == EXIT_MISS
     out = capsys.readouterr().out
     assert "NOT reproduced: 1 of 4 values differ" in out and "a seed 0 epoch - test/top1_last" in out
     # the working tree does not count: restoring the file there still compares with HEAD
     (repo / "results" / SUITE / "metrics.csv").write_text((tmp_path / "rerun" / SUITE / "metrics.csv").read_text())
-    assert verify(SUITE, tmp_path / "rerun", repo=repo) == reproducibility.EXIT_MISS
+    assert verify(SUITE, tmp_path / "rerun", repo=repo) == EXIT_MISS
     capsys.readouterr()
     ours = tmp_path / "rerun" / SUITE / "run.json"
     ours.write_text(json.dumps({**json.loads(ours.read_text()), "profile": "default"}))

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmark.claims import CellResult, RunContext
 from benchmark.config import section_config
+from benchmark.context import CellResult, RunContext
 from benchmark.registry import REGISTRY, Floor, MethodSpec, SearchParam, SuiteSpec
 from benchmark.suites.detr_report import report_sections
 from cvpdl.analysis.detr_dynamics import count_modes, entropy, positional_attention

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from benchmark.cache import cache_key, cached_state
-from benchmark.claims import CellResult, RunContext
 from benchmark.config import section_config
+from benchmark.context import CellResult, RunContext
 from benchmark.registry import REGISTRY, Floor, Deviation, MethodSpec, SearchParam, SuiteSpec
 from benchmark.suites.ovd_report import report_sections
 from cvpdl.checkpoint import Checkpoint
