@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
@@ -41,13 +42,26 @@ def t_interval(values) -> tuple[float, float]:
     return (s.mean, s.mean) if s.n < 2 else (s.ci_low, s.ci_high)
 
 
+def bounded_t_interval(low: float, high: float):
+    """seaborn ``errorbar=`` for a metric bounded to ``[low, high]``: the 95% t-interval clipped to the range. With
+    few seeds the symmetric t-interval of a bounded metric can leave its range; clipping keeps the summary.md
+    interval wherever it is meaningful (captions and axis labels say "clipped")."""
+
+    def interval(values) -> tuple[float, float]:
+        return tuple(np.clip(t_interval(values), low, high).tolist())
+
+    return interval
+
+
 def save(figure: plt.Figure, stem: Path) -> Path:
     """PNG (shown in the README) and PDF, with no timestamps so reruns compare equal in content."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     if figure.get_layout_engine() is None:  # figures with a colour bar bring their own (constrained) layout
         figure.tight_layout()
     png = stem.with_suffix(".png")
-    figure.savefig(png, metadata={"Software": None})
-    figure.savefig(stem.with_suffix(".pdf"), metadata={"CreationDate": None, "Producer": None, "Creator": None})
+    # bbox_inches="tight": the canvas grows to hold every label and a legend placed outside the axes
+    figure.savefig(png, metadata={"Software": None}, bbox_inches="tight")
+    figure.savefig(stem.with_suffix(".pdf"), metadata={"CreationDate": None, "Producer": None, "Creator": None},
+                   bbox_inches="tight")
     plt.close(figure)
     return png
