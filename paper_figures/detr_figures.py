@@ -1,4 +1,5 @@
-"""The ``detr`` figures: convergence, matching instability, cross-attention sparsity, positional attention."""
+"""The ``detr`` figures: convergence, matching instability, cross-attention sparsity, positional attention, and
+the per-seed paired differences of each variant against the one it extends."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt

@@ -1,4 +1,5 @@
-"""The ``ovd`` figures: RegionCLIP Fig. 1(a) and 1(b), region zero-shot accuracy and OV AP50 per method."""
+"""The ``ovd`` figures: RegionCLIP Fig. 1(a) and 1(b), region zero-shot accuracy and OV AP50 per method, and the
+per-seed paired differences behind the RoIAlign and RegionCLIP claims."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -135,8 +136,10 @@ CAPTIONS = {
     "fig1a_score_vs_iou": "Jittered proposals around ground-truth boxes (a sample of the test split, all seeds): "
                           "each proposal's IoU with the best-matching ground truth against its zero-shot score, as a "
                           "2-D histogram (colour: proposals per cell, log scale, one scale for all panels) with the "
-                          "marginal histograms of IoU (top) and score (right). Panel titles: mean Spearman ρ over "
-                          "seeds.",
+                          "marginal histograms of IoU (top) and score (right). The score axis is on a logit scale, "
+                          "which spreads the scores piled up near 1; a score of exactly 1.0 (float32 saturation) is "
+                          "drawn at 1 − 10⁻⁷. Panel titles: mean Spearman ρ over seeds and the share of scores of "
+                          "exactly 1.0.",
     "fig1b_crop_vs_image": "Zero-shot top-1 over all classes: the CLIP on whole single-digit images, and each method "
                            "on ground-truth regions (clip_crop and clip_roi use the same CLIP; regionclip uses its "
                            "region-pretrained encoder). Bar: mean over seeds; whisker: 95% t-interval over seeds, "

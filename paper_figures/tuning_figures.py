@@ -16,7 +16,8 @@ def repeated_trial_std(trials: pd.DataFrame) -> float | None:
     """Pooled standard deviation of the objective over trials that share every parameter value (repeats differ only
     by chance), or None when no parameter setting was run twice."""
     params = [c for c in trials.columns if c.startswith("param:")]
-    groups = trials.dropna(subset=["value"]).groupby(params, dropna=False)["value"] if params else []
+    finite = trials[np.isfinite(trials["value"].astype(float))]
+    groups = finite.groupby(params, dropna=False)["value"] if params else []
     dof = sum(len(g) - 1 for _, g in groups)
     if not dof:
         return None
@@ -45,7 +46,9 @@ def sensitivity_figure(trials: pd.DataFrame, objective: tuple[str, str], seed_no
     deviation over seeds of the objective at fixed parameters, when the caller has it (e.g. from the suite's
     metrics.csv); otherwise the pooled standard deviation of repeated trials, when some parameters were run twice."""
     method = trials["method"].iloc[0] if len(trials) else "?"
-    trials = trials.dropna(subset=["value"])
+    # a diverged trial scores -inf: counted in the title, not drawn
+    diverged = int(np.isneginf(trials["value"].astype(float)).sum())
+    trials = trials[np.isfinite(trials["value"].astype(float))]
     params = [c for c in trials.columns if c.startswith("param:") and trials[c].notna().any()]
     figure, axes = plt.subplots(1, max(1, len(params)), figsize=(3.6 * max(1, len(params)), 3.3), squeeze=False,
                                 sharey=True, layout="constrained")
@@ -78,6 +81,6 @@ def sensitivity_figure(trials: pd.DataFrame, objective: tuple[str, str], seed_no
         figure.legend(*axes[0][0].get_legend_handles_labels(), loc="outside right upper", fontsize="small",
                       frameon=False)
     axes[0][0].set_ylabel(f"{objective[0]} [{objective[1]}]")
-    band = "" if noise is not None else "; no seed-noise estimate"
-    figure.suptitle(f"{method}: validation objective per trial ({len(trials)} trials{band})")
+    notes = (f", {diverged} diverged" if diverged else "") + ("" if noise is not None else "; no seed-noise estimate")
+    figure.suptitle(f"{method}: validation objective per trial ({len(trials)} trials{notes})")
     return figure

@@ -195,6 +195,8 @@ def test_sensitivity_band_readable_ticks_and_nan(tmp_path):
     # no seed noise given, no repeats: no band, and the title says so
     bare = sensitivity_figure(frame, ("top1", "val"))
     assert not bare.axes[0].patches[1:] and "no seed-noise estimate" in bare.get_suptitle()
+    diverged = sensitivity_figure(frame.assign(value=[0.71, -math.inf, 0.764, math.nan]), ("top1", "val"))
+    assert "(2 trials, 1 diverged;" in diverged.get_suptitle()
     # every value missing: a figure that says so, no traceback
     assert sensitivity(frame.assign(value=math.nan), ("top1", "val"), tmp_path / "none.png").is_file()
 
