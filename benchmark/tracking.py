@@ -1,8 +1,10 @@
 """MLflow tracking: one experiment per suite, one parent run per invocation, one nested run per cell.
 
-The default tracking URI is a SQLite file inside the results dir, created once before any cell, complete or not at
-all: it is built and migrated in a temporary file that is renamed into place under a lock, so a kill at any moment
-of start-up leaves no store or a whole one. ``MLFLOW_TRACKING_URI`` (e.g. a shared server) overrides it.
+The default tracking URI is a SQLite file inside the results dir; ``MLFLOW_TRACKING_URI`` (a shared server, or any
+other store) overrides it. Any SQLite store, default or explicit, is created once before any cell, complete or not at
+all: it is built and migrated in a temporary file that is renamed into place under a lock beside the store file (so
+invocations with different results dirs that share one store take turns), and a kill at any moment of start-up
+leaves no store or a whole one.
 A run that raises ends FAILED, an interrupted one (Ctrl-C, SIGTERM) KILLED; runs a SIGKILLed invocation left RUNNING
 are marked KILLED by the next one.
 """
@@ -31,35 +33,62 @@ STORE_NAME = "mlflow.db"
 
 
 def tracking_uri(results_dir: Path) -> str:
-    # a SQLite writer waits up to 60 s for another invocation's write lock instead of failing at once
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(results_dir / STORE_NAME).resolve()}?timeout=60"
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(results_dir / STORE_NAME).resolve()}"
+    if sqlite_store(uri) is not None and "timeout" not in _sqlite_url(uri).query:
+        # a SQLite writer waits up to 60 s for another invocation's write lock instead of failing after 5 s
+        uri += f"{'&' if '?' in uri else '?'}timeout=60"
+    return uri
 
 
-def _store_problem(path: Path) -> str | None:
-    """Why the SQLite file at ``path`` is not a complete MLflow store at this mlflow's schema (None: it is one)."""
+def _sqlite_url(uri: str):
+    from sqlalchemy.engine import make_url
+
+    return make_url(uri)
+
+
+def sqlite_store(uri: str) -> Path | None:
+    """The file behind a ``sqlite:///`` tracking URI (None: a server, another database, or SQLite in memory)."""
+    if not uri.startswith("sqlite:"):
+        return None
+    database = _sqlite_url(uri).database
+    return Path(database).resolve() if database and database != ":memory:" else None
+
+
+def _store_problem(path: Path) -> tuple[str, str] | None:
+    """Why the SQLite file at ``path`` is not a complete MLflow store at this mlflow's schema, and how to repair a
+    store that holds runs (None: it is a complete one)."""
     from mlflow.store.db.utils import _get_latest_schema_revision
 
-    try:  # opening it also rolls back a hot journal a killed writer left
+    upgrade = f"run `mlflow db upgrade sqlite:///{path}`"
+    try:  # opening it also rolls back a hot journal (``-journal``) a killed writer left
         with contextlib.closing(sqlite3.connect(path, timeout=60)) as db:
             if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-                return "fails SQLite's integrity check"
+                return "fails SQLite's integrity check", upgrade
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             version = db.execute("SELECT version_num FROM alembic_version").fetchone() \
                 if "alembic_version" in tables else None
     except sqlite3.DatabaseError as err:
-        return f"is not a readable SQLite database ({err})"
+        return f"is not a readable SQLite database ({err})", upgrade
+    # alembic migrates SQLite without a transaction: a killed migration leaves its batch copy of a table behind
+    leftovers = sorted(name for name in tables if name.startswith("_alembic_tmp_"))
+    if leftovers:
+        return (f"was left half-migrated by a killed start-up (revision {version[0] if version else 'none'}, table "
+                f"{leftovers[0]})", f"run `sqlite3 {path} 'DROP TABLE {leftovers[0]}'`, then {upgrade[4:]}")
     head = _get_latest_schema_revision()
     if version is None or version[0] != head:
-        return f"is at schema revision {version[0] if version else 'none'}, not this mlflow's {head}"
+        return f"is at schema revision {version[0] if version else 'none'}, not this mlflow's {head}", upgrade
     return None
 
 
-def _run_count(path: Path) -> int | None:
-    """How many runs the store holds (None: unreadable, so possibly some)."""
+def _record_count(path: Path) -> int | None:
+    """How many runs, experiments besides Default (id 0) and registered models the store holds: what a user would
+    lose if it were rebuilt (None: unreadable, so possibly some)."""
+    queries = {"runs": "SELECT count(*) FROM runs", "experiments": "SELECT count(*) FROM experiments "
+               "WHERE experiment_id != 0", "registered_models": "SELECT count(*) FROM registered_models"}
     try:
         with contextlib.closing(sqlite3.connect(path, timeout=60)) as db:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            return db.execute("SELECT count(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+            return sum(db.execute(query).fetchone()[0] for table, query in queries.items() if table in tables)
     except sqlite3.DatabaseError:
         return None
 
@@ -72,28 +101,36 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def store_lock(path: Path) -> Path:
+    """The lock file beside a SQLite store: every invocation that uses the store, whatever its results dir."""
+    return path.with_name(path.name + ".lock")
+
+
 def ensure_store(path: Path, artifact_root: str) -> None:
-    """Leave a complete, current MLflow store at ``path``; call under the results dir's ``.mlflow.lock``.
+    """Leave a complete, current MLflow store at ``path``; call holding ``store_lock(path)``.
 
     A missing store is created and migrated in a temporary file that is renamed into place (a kill before the rename
-    leaves only that file, removed here next time). A damaged store (e.g. half-migrated by an older, non-atomic
-    start-up) is rebuilt when it holds no runs and is otherwise a one-line error saying what to do.
+    leaves only that file, removed here next time). A damaged store (e.g. half-migrated in place by an older
+    start-up, or by mlflow itself) is rebuilt when it holds nothing a user made and is otherwise a one-line error
+    saying what to do.
     """
     for leftover in path.parent.glob(f".{path.name}.*.building*"):  # from invocations killed while building
         leftover.unlink(missing_ok=True)
     if path.is_file():
-        problem = _store_problem(path)
-        if problem is None:
+        found = _store_problem(path)
+        if found is None:
             return
-        runs = _run_count(path)
-        if runs != 0:
-            held = "some runs" if runs is None else f"{runs} run(s)"
-            raise UserInputError(f"MLflow store {path} {problem} and holds {held}: back it up and run `mlflow db "
-                                 f"upgrade sqlite:///{path}`, or move it away to start a new store (the result files "
-                                 "do not depend on it)")
-        for stale in (path, path.with_name(path.name + "-journal"), path.with_name(path.name + "-wal"),
-                      path.with_name(path.name + "-shm")):
-            stale.unlink(missing_ok=True)
+        problem, repair = found
+        records = _record_count(path)
+        if records != 0:
+            held = f"{'some' if records is None else records} run(s), experiment(s) or registered model(s)"
+            raise UserInputError(f"MLflow store {path} {problem} and holds {held}: back it up and {repair}, or move "
+                                 "it away to start a new store (the result files do not depend on it)")
+        path.unlink()
+    # a journal beside no store (or beside the empty one just removed) would be rolled back into the new store
+    for stale in (path.with_name(path.name + "-journal"), path.with_name(path.name + "-wal"),
+                  path.with_name(path.name + "-shm")):
+        stale.unlink(missing_ok=True)
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     with atomic_path(path, ".building") as building:
@@ -157,19 +194,34 @@ class Tracker:
         mlflow.set_tracking_uri(self.uri)
         if user_uri is None:  # mlflow exports the URI to the environment: undo it, the next results dir is not ours
             os.environ.pop("MLFLOW_TRACKING_URI", None)
-        # one invocation at a time creates the store's schema and the experiment (concurrent creation races)
-        with locked(results_dir / ".mlflow.lock"):
-            artifacts = None if self.uri.startswith("http") else (results_dir / "mlartifacts").resolve().as_uri()
-            if user_uri is None:
-                ensure_store(results_dir / STORE_NAME, artifacts)
+        store = sqlite_store(self.uri)
+        # artifacts beside a SQLite store (one store, many results dirs: the store's folder outlives each of them);
+        # a server keeps its own
+        artifacts = None if self.uri.startswith("http") else \
+            ((store.parent if store else results_dir) / "mlartifacts").resolve().as_uri()
+        # one invocation at a time creates a SQLite store's schema and the experiment (concurrent migrations race);
+        # a server or another database serialises this itself
+        with locked(store_lock(store)) if store else contextlib.nullcontext():
+            if store:
+                ensure_store(store, artifacts)
             self.client = MlflowClient(self.uri)
-            name = f"cvpdl-bench/{suite}"
+            self.experiment_id = self._experiment(f"cvpdl-bench/{suite}", artifacts)
+        self._end_stale_runs()
+
+    def _experiment(self, name: str, artifacts: str | None) -> str:
+        """The experiment's id, created if missing (another invocation may create it at the same moment)."""
+        from mlflow.exceptions import MlflowException
+
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return self.client.create_experiment(name, artifact_location=artifacts)
+        except MlflowException:
             experiment = self.client.get_experiment_by_name(name)
             if experiment is None:
-                self.experiment_id = self.client.create_experiment(name, artifact_location=artifacts)
-            else:
-                self.experiment_id = experiment.experiment_id
-        self._end_stale_runs()
+                raise
+            return experiment.experiment_id
 
     def _end_stale_runs(self) -> None:
         """Runs left RUNNING by an invocation of this host that no longer exists (SIGKILL, power loss) → KILLED."""

@@ -54,9 +54,20 @@ def _run_args(results_dir: Path, *extra: str) -> list[str]:
             "--cache-dir", str(results_dir / "cache"), *extra]
 
 
+@pytest.fixture(params=["default", "explicit"])
+def store(request, tmp_path, monkeypatch) -> Path:
+    """The SQLite store a run tracks into: the results dir's, or one named by ``MLFLOW_TRACKING_URI`` elsewhere."""
+    if request.param == "default":
+        return tmp_path / "mlflow.db"
+    path = tmp_path / "tracking" / "store.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{path}")
+    return path
+
+
 def _die_at_statement(results_dir: Path, kill_at: int, atomic: bool = True) -> int:
     """A forked ``run`` that SIGKILLs itself before its ``kill_at``-th SQL statement (start-up builds the store:
-    about 1,700 statements); ``atomic=False`` replays the old start-up, which migrated the store in place."""
+    about 1,700 statements); ``atomic=False`` replays the old start-up (and mlflow's own, for an explicit store),
+    which migrated the store in place."""
     def child():
         import benchmark.tracking
 
@@ -77,28 +88,33 @@ def _die_at_statement(results_dir: Path, kill_at: int, atomic: bool = True) -> i
     return process.exitcode
 
 
-def test_sigkill_at_several_points_of_startup_then_resume_completes(tmp_path, cli):
-    for kill_at in (3, 400, 1200):
+def test_sigkill_at_several_points_of_startup_then_resume_completes(tmp_path, cli, store):
+    for kill_at in (3, 400, 1200):  # creating the file, early and late in the migration
         assert _die_at_statement(tmp_path, kill_at) == -signal.SIGKILL
-        store = tmp_path / "mlflow.db"
         assert not store.exists() or sqlite3.connect(store).execute("SELECT count(*) FROM alembic_version").fetchone()
     code, _, err = cli(*_run_args(tmp_path, "--resume"))
     assert code == 0, err
-    assert not list(tmp_path.glob(".mlflow.db.*"))  # the killed builds' temporary files are gone
+    assert not list(store.parent.glob(f".{store.name}.*"))  # the killed builds' temporary files are gone
+    assert sorted(p.name for p in store.parent.glob(f"{store.name}*")) == [store.name, f"{store.name}.lock"]
 
 
-def test_a_store_half_migrated_by_the_old_startup_is_rebuilt_or_named_in_one_line(tmp_path, cli):
+def test_a_store_half_migrated_in_place_is_rebuilt_or_named_in_one_line(tmp_path, cli, store):
     assert _die_at_statement(tmp_path, 400, atomic=False) == -signal.SIGKILL  # the issue's state
-    tables = {r[0] for r in sqlite3.connect(tmp_path / "mlflow.db").execute("SELECT name FROM sqlite_master")}
-    assert "runs" in tables  # tables present, schema at an early revision
+    assert store.with_name(store.name + "-journal").exists()  # the killed migration's hot journal
     code, _, err = cli(*_run_args(tmp_path, "--resume"))  # it holds no runs: rebuilt
     assert code == 0, err
 
-    with sqlite3.connect(tmp_path / "mlflow.db") as db:  # now it holds runs: damaged → one line naming it
+    with sqlite3.connect(store) as db:  # now it holds runs: damaged → one line naming it
         db.execute("UPDATE alembic_version SET version_num = '451aebb31d03'")
     code, _, err = cli(*_run_args(tmp_path, "--resume"))
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
-    assert str(tmp_path / "mlflow.db") in err and "mlflow db upgrade" in err
+    assert str(store) in err and "mlflow db upgrade" in err
+
+    with sqlite3.connect(store) as db:  # a migration killed between its statements (alembic: no transaction)
+        db.execute("CREATE TABLE _alembic_tmp_experiments (id INTEGER)")
+    code, _, err = cli(*_run_args(tmp_path, "--resume"))
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"{store} was left half-migrated" in err and "DROP TABLE _alembic_tmp_experiments" in err
 
 
 @pytest.mark.parametrize("args, message", [

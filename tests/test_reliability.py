@@ -155,6 +155,37 @@ def test_four_concurrent_invocations_share_one_store(tmp_path, cache_dir):
     assert len(states) == 8 and set(states.values()) == {"FINISHED"}
 
 
+def test_four_invocations_with_four_results_dirs_and_one_explicit_sqlite_store(tmp_path, monkeypatch):
+    """The issue's set-up (one ``MLFLOW_TRACKING_URI=sqlite:///…`` store for all of a user's runs), started at the
+    same instant: before the store's own lock, 3 of 4 died in MLflow's schema migration."""
+    import multiprocessing
+
+    store = tmp_path / "store" / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    context = multiprocessing.get_context("fork")
+    start = context.Barrier(4)
+
+    def invocation(i: int) -> None:
+        sys.stderr = open(tmp_path / f"stderr{i}", "w", buffering=1)  # its traceback, if any, stays readable
+        os.dup2(sys.stderr.fileno(), 2)
+        start.wait()
+        os._exit(main(["run", "--suite", "flaky", "--profile", "quick", "--seeds", "0",
+                       "--results-dir", str(tmp_path / f"r{i}"), "--cache-dir", str(tmp_path / "c")]))
+
+    processes = [context.Process(target=invocation, args=(i,)) for i in range(4)]
+    for process in processes:
+        process.start()
+    for i, process in enumerate(processes):
+        process.join(120)
+        assert process.exitcode == 0, (tmp_path / f"stderr{i}").read_text()[-3000:]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{store}")
+    runs = client.search_runs([client.get_experiment_by_name("cvpdl-bench/flaky").experiment_id])
+    assert sorted((r.data.tags["role"], r.info.status) for r in runs) == \
+        [("cell", "FINISHED")] * 4 + [("invocation", "FINISHED")] * 4
+
+
 def test_a_real_mlflow_server_on_loopback(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
