@@ -13,10 +13,15 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.claims import (
+    ALPHA,
     CENSORED_METRICS,
+    MAX_PRIMARY,
+    brief_line,
+    Finding,
     SuiteReport,
     Tested,
     claims_table,
+    failed_controls,
     describe_censored,
     final_metrics,
     final_values,
@@ -31,6 +36,8 @@ from benchmark.claims import (
 from benchmark.registry import REGISTRY, SuiteSpec
 from benchmark.results import atomic_write_text, read_metrics, read_tables
 from cvpdl.errors import UserInputError
+
+INSENSITIVE = "testbed insensitive: the verdicts below cannot be read as the methods' effects"
 
 
 def _markdown(frame: pd.DataFrame) -> str:
@@ -132,10 +139,10 @@ def limitations(spec: SuiteSpec, frame: pd.DataFrame, run: dict, tested: dict[st
     if tested:
         weak = [t for t in tested.values() if t.underpowered()]
         if weak:
-            lines.append("Verdicts that rest on fewer seeds than 80% power needs (not significant here; an effect "
-                         "of the observed size may still exist): " + "; ".join(
+            lines.append("Inconclusive verdicts that rest on fewer seeds than 80% power needs (an effect of the "
+                         "observed size may still exist, or an equivalence be shown): " + "; ".join(
                              f"{t.claim.text} (n={t.n}, needs "
-                             + ("∞" if math.isinf(t.seeds_needed) else f"≈{t.seeds_needed:.0f}") + ")"
+                             + ("∞" if math.isinf(t.seeds_for_decision) else f"≈{t.seeds_for_decision:.0f}") + ")"
                              for t in weak) + ".")
     return lines
 
@@ -156,8 +163,6 @@ def tuning_lines(suite_dir: Path, frame: pd.DataFrame, run: dict) -> list[str]:
     lines = [f"Study: `tuning/` ({best['profile']} profile, objective {metric}[{split}] on the tuning seed, "
              f"{best['trials_per_method']} trials counted per method with a search space, trial 0 = the defaults). "
              + ("This run used the tuned values." if used else "This run did **not** use them (no `--params`).")]
-    if best.get("caveat"):  # a known flaw of this study, stated beside its numbers
-        lines.append(f"**Caveat:** {best['caveat']}")
     for name, entry in best["methods"].items():
         default = entry.get("default_value")
         moved = (f"{fmt_value(default)} → {fmt_value(entry['value'])}" if default is not None and entry["params"]
@@ -176,6 +181,41 @@ def tuning_lines(suite_dir: Path, frame: pd.DataFrame, run: dict) -> list[str]:
     return lines
 
 
+CONTROLS_NOTE = ("A comparison holds when its paired t-test over seeds is significant (Holm over the controls) in the "
+                 "expected direction; a level holds when the mean over seeds reaches it. If one fails, the report "
+                 "opens with \"" + INSENSITIVE + "\".\n\n")
+VERDICTS_NOTE = (f"Verdicts: higher / lower where the two-sided paired t-test rejects; equivalent within ±δ where the "
+                 f"paired TOST against the declared smallest effect of interest δ rejects (statsmodels "
+                 f"`ttost_paired`); otherwise inconclusive. Both tests of every claim of the family are Holm-adjusted "
+                 f"together at α = {ALPHA:g}. \"seeds a > b\" counts the seeds on which the first arm is higher, "
+                 f"significant or not. A test whose smallest attainable p at the run's n is ≥ {ALPHA:g} (a two-sided "
+                 f"sign test on 5 seeds: 0.0625) is not used at that n.\n\n")
+POWER_NOTE = ("Seeds planned by power (80%, at the observed effect and the level Holm's step-down holds each test "
+              "to here, α / (tests not yet rejected before it); the difference test's power from the noncentral t, "
+              "the TOST's from the lower bound P(T₊ > t) + P(T₋ < −t) − 1):\n\n")
+
+
+def power_plan(tested: dict[str, Tested]) -> list[str]:
+    """Per primary claim: the observed effect, and the seeds each test needs for 80% power at its Holm level."""
+    lines = []
+    for t in (t for t in tested.values() if t.claim.role == "primary"):
+        if t.n < 2:
+            lines.append(f"{t.claim.text}: n={t.n}, no effect size to plan from.")
+            continue
+        effect = f"Δ {t.diff:+.3f} [{t.ci_low:+.3f}, {t.ci_high:+.3f}], n={t.n}"
+        needs = [f"difference test at α={t.level:.2g}: {_seeds_text(t.seeds_needed)}"]
+        if not math.isnan(t.seeds_equivalence):
+            needs.append(f"equivalence within ±{t.claim.delta:g}: {_seeds_text(t.seeds_equivalence)}")
+        lines.append(f"{t.claim.text}: {effect}; " + "; ".join(needs) + ".")
+    return lines
+
+
+def _seeds_text(x: float) -> str:
+    if math.isnan(x):
+        return "n/a"
+    return "never (the observed effect gives it no power)" if math.isinf(x) else f"{x:.0f} seeds"
+
+
 def summary_markdown(spec: SuiteSpec, frame: pd.DataFrame, timings: pd.DataFrame | None, run: dict,
                      suite_dir: Path | None = None) -> str:
     rows = summary_rows(frame)
@@ -192,17 +232,22 @@ def summary_markdown(spec: SuiteSpec, frame: pd.DataFrame, timings: pd.DataFrame
              f"commit `{run.get('git_commit', '?')[:12]}`{' (dirty)' if run.get('git_dirty') else ''}, "
              f"device `{run.get('device', '?')}`, {run.get('threads', '?')} threads.\n\n"]
     tested = _tested_family(spec, frame)
+    if tested:
+        if failed_controls(tested):
+            parts.insert(1, f"**{INSENSITIVE[0].upper() + INSENSITIVE[1:]}** (failed: "
+                            f"{'; '.join(t.claim.text for t in failed_controls(tested))}).\n\n")
+        parts += ["## Positive controls (effects every paper agrees on: the testbed must show them first)\n\n",
+                  CONTROLS_NOTE, _markdown(claims_table(tested, "control")), "\n",
+                  f"## Primary claims (the question's answer; at most {MAX_PRIMARY}, one Holm family)\n\n",
+                  VERDICTS_NOTE, _markdown(claims_table(tested, "primary")), "\n", POWER_NOTE,
+                  *[f"- {line}\n" for line in power_plan(tested)], "\n"]
     if spec.report_sections:
         lines = [f"- {line}\n" for section in spec.report_sections(frame, timings)
                  for line in section.measured + ([f"**Agreement:** {section.verdict}"] if section.verdict else [])]
         parts += ["## What the numbers say\n\n", *lines, "\n"]
     if tested:
-        parts += ["## The suite's claims (one family: Holm-adjusted together; significant = Holm p < 0.05)\n\n",
-                  "Paired over seeds: t-test on a − b, or for epochs-to-target (censored at the last epoch) a sign "
-                  "test on which side reached it first. Seeds for 80% power: the same two-sided test at the observed "
-                  "effect size (Cohen's d of the paired differences; the sign test's win rate) and at the level "
-                  "Holm's step-down holds that claim's raw p to here, 0.05 / (number of claims not yet rejected "
-                  "before it).\n\n", _markdown(claims_table(tested)), "\n"]
+        parts += ["## Secondary claims (exploratory: their own Holm family, never in the headline)\n\n",
+                  _markdown(claims_table(tested, "secondary")), "\n"]
     parts += ["## Final metrics (mean ± std over seeds, 95% t-interval)\n\n", _markdown(table), "\n"]
     if suite_dir is not None:
         parts += ["## Tuning (the same budget for every method, on val)\n\n",
@@ -287,44 +332,94 @@ def render_suite(suite: str, suite_dir: Path, report_dir: Path | None = None) ->
     return [*written, *figures]
 
 
+def anchor(heading: str) -> str:
+    """The link GitHub gives a markdown heading: lower case, punctuation dropped, spaces as hyphens."""
+    kept = "".join(ch for ch in heading.lower() if ch.isalnum() or ch in " -_")
+    return "#" + kept.replace(" ", "-")
+
+
+def first_table(findings: list[tuple[str, Finding, bool]]) -> str:
+    """REPORT.md's first screen: every question × claim with its verdict, linked to the section that answers it
+    (``(suite, finding, testbed sensitive)``)."""
+    table = pd.DataFrame({
+        "suite": [f"`{suite}`" for suite, _, _ in findings],
+        "question": [f"[{f.question.split('. ')[0] if '. ' in f.question else 'controls'}]({anchor(f.question)})"
+                     for _, f, _ in findings],
+        "claim": [f.claim for _, f, _ in findings],
+        "verdict": [f"**{f.verdict}**" + ("" if sensitive or f.verdict.startswith("untestable")
+                                          else f" ({INSENSITIVE.split(':')[0]})") for _, f, sensitive in findings],
+        "evidence": [f.evidence for _, f, _ in findings]})
+    return _markdown(table.map(lambda cell: cell.replace("|", "\\|")))  # a bar inside a cell would end it
+
+
+def _control_rows(suite: str, tested: dict[str, Tested]) -> list[tuple[str, Finding, bool]]:
+    controls = [t for t in tested.values() if t.claim.role == "control"]
+    if not controls:
+        return []
+    failed = failed_controls(tested)
+    heading = f"Suite `{suite}`: positive controls"
+    return [(suite, Finding(heading, "Positive controls (" + "; ".join(t.claim.text for t in controls) + ")",
+                            "hold" if not failed else f"{len(failed)} of {len(controls)} fail: {INSENSITIVE}",
+                            "; ".join(f"{t.claim.text}: {brief_line(t)}" for t in (failed or controls))), True)]
+
+
 def report_markdown(results_dir: Path) -> str:
-    """``REPORT.md``: each course question, the literature's answer, what was measured, the figures with their
-    captions, and the limitations of every run."""
+    """``REPORT.md``: one table of every question's verdicts first, then per suite its positive controls, each
+    course question with the literature's answer, what was measured, the figures with their captions, and the
+    limitations of every run."""
     from paper_figures import CAPTIONS
 
-    parts = ["# cvpdl-bench — report\n\n",
-             "Generated by `python -m benchmark report` from `results/*/metrics.csv` (and each suite's run.json and "
-             "timings.csv); every measured number is mean ± std over seeds with the 95% t-interval in brackets, and "
-             "comparisons are paired over seeds. Each suite declares its family of claims; their p-values are "
-             "Holm-adjusted together and a difference is called significant only when the adjusted p is below "
-             "0.05. Paragraphs headed **The literature** state what the papers report and were not measured here. "
-             "Each suite's `summary.md` has the full tables.\n\n"]
-    limits = []
+    rows, body, limits = [], [], []
     for spec in sorted(REGISTRY.suites(), key=lambda s: s.name):
         suite_dir = results_dir / spec.name
-        parts.append(f"## Suite `{spec.name}`: {spec.question}\n\n")
+        body.append(f"## Suite `{spec.name}`: {spec.question}\n\n")
         if not (suite_dir / "metrics.csv").is_file() or spec.report_sections is None:
-            reason = spec.status if spec.status != "ready" else f"no results yet: run `python -m benchmark run " \
-                                                                   f"--suite {spec.name}`"
-            parts.append(f"**Not measured yet** — {reason}. Questions waiting for it:\n\n")
-            parts += [f"- {q}\n" for q in spec.course_questions]
-            parts.append("\n")
+            body.append(f"**Not measured yet** — no results yet: run `python -m benchmark run --suite {spec.name}`."
+                        "\n\n")
             continue
         frame, timings, run = load_suite(suite_dir)
-        parts.append(f"Results: `{spec.name}/summary.md` (data {_data_line(spec, run)}, profile "
-                     f"`{run.get('profile', '?')}`, seeds "
-                     f"{sorted(frame['seed'].unique().tolist())}, commit `{run.get('git_commit', '?')[:12]}`).\n\n")
+        tested = _tested_family(spec, frame)
+        sensitive = not (tested and failed_controls(tested))
+        if not sensitive:
+            body.append(f"**{INSENSITIVE[0].upper() + INSENSITIVE[1:]}** (failed: "
+                        f"{'; '.join(t.claim.text for t in failed_controls(tested))}).\n\n")
+        body.append(f"Results: `{spec.name}/summary.md` (data {_data_line(spec, run)}, profile "
+                    f"`{run.get('profile', '?')}`, seeds "
+                    f"{sorted(frame['seed'].unique().tolist())}, commit `{run.get('git_commit', '?')[:12]}`).\n\n")
+        if tested:
+            rows += _control_rows(spec.name, tested)
+            rows += [(spec.name, f, sensitive) for f in spec.report_sections.findings(frame, tested)]
+            controls = [t for t in tested.values() if t.claim.role == "control"]
+            if controls:
+                body.append(f"### Suite `{spec.name}`: positive controls\n\n")
+                body += [f"- {t.claim.text}: {t.line()} — **{'holds' if t.holds else 'fails'}**.\n" for t in controls]
+                body.append("\n")
         for section in spec.report_sections(frame, timings):
-            parts.append(f"### {section.heading}\n\n**The literature (not measured here).** {section.literature}"
-                         "\n\n**Measured.**\n\n")
-            parts += [f"- {line}\n" for line in section.measured]
-            parts.append(f"\n**Agreement with the paper.** {section.verdict}\n\n" if section.verdict else "\n")
+            body.append(f"### {section.heading}\n\n**The literature (not measured here).** {section.literature}"
+                        "\n\n**Measured.**\n\n")
+            body += [f"- {line}\n" for line in section.measured]
+            body.append(f"\n**Agreement with the paper.** {section.verdict}\n\n" if section.verdict else "\n")
             for name in section.figures:
                 caption = CAPTIONS.get(spec.name, {}).get(name, "")
-                parts.append(f"![{name}]({spec.name}/figures/{name}.png)\n\n*Figure `{name}`.* {caption}\n\n")
-        parts += ["### Tuning\n\n", *[f"- {line}\n" for line in tuning_lines(suite_dir, frame, run)], "\n"]
+                body.append(f"![{name}]({spec.name}/figures/{name}.png)\n\n*Figure `{name}`.* {caption}\n\n")
+        body += ["### Tuning\n\n", *[f"- {line}\n" for line in tuning_lines(suite_dir, frame, run)], "\n"]
         limits.append(f"### `{spec.name}`\n\n" + "".join(
-            f"- {line}\n" for line in limitations(spec, frame, run, _tested_family(spec, frame))) + "\n")
+            f"- {line}\n" for line in limitations(spec, frame, run, tested)) + "\n")
+    parts = ["# cvpdl-bench — report\n\n"]
+    if rows:
+        parts += ["Every question of the suites, claim by claim: **reproduced** (significant in the paper's "
+                  "direction), **contradicted** (significant the other way), **equivalent** (within the declared "
+                  "smallest effect of interest), **inconclusive** (neither, at this number of seeds), or "
+                  "**untestable here** (with why). Primary claims only: secondary claims are exploratory and stay "
+                  "in each suite's `summary.md`. A suite whose positive controls fail is marked *testbed "
+                  "insensitive* on every row.\n\n", first_table(rows), "\n"]
+    parts += ["Generated by `python -m benchmark report` from `results/*/metrics.csv` (and each suite's run.json and "
+              "timings.csv); every measured number is mean ± std over seeds with the 95% t-interval in brackets, and "
+              "comparisons are paired over seeds. Each suite declares positive controls, at most "
+              f"{MAX_PRIMARY} primary claims and secondary claims; each group is Holm-adjusted on its own, and a "
+              f"verdict is significant only when the adjusted p is below {ALPHA:g}. Paragraphs headed **The "
+              "literature** state what the papers report and were not measured here. Each suite's `summary.md` has "
+              "the full tables and the seeds each primary claim needs.\n\n", *body]
     if limits:
         parts += ["## Limitations\n\n", "Generated from each run's run.json and metrics.csv.\n\n", *limits]
     return "".join(parts)

@@ -5,40 +5,63 @@ from __future__ import annotations
 
 import pandas as pd
 
-from benchmark.claims import Arm, Claim, SuiteReport, Tested, describe, summary_row, summary_rows
+from benchmark.claims import (
+    Arm,
+    Claim,
+    Finding,
+    SuiteReport,
+    Tested,
+    brief_line,
+    describe,
+    finding,
+    paper_verdict,
+    summary_row,
+    summary_rows,
+)
 from benchmark.registry import REGISTRY, Section
 
-REGION_BASELINES = ("clip_crop", "clip_roi")
 REGION_METRICS = tuple((metric, split) for metric in ("zs_top1", "AP50") for split in ("novel", "base"))
+DELTA = 0.02  # the smallest effect of interest on top-1 and AP50: two points
+C1 = "C1. CLIP: training and zero-shot inference"
+C2A = "C2a. CLIP's region scores do not reflect localization quality (RegionCLIP Fig. 1(a))"
+C2B = "C2b. Classifying crops works poorly (RegionCLIP Fig. 1(b), Table 4)"
+C2C = "C2c. RegionCLIP: region-text pretraining (Zhong et al., CVPR 2022)"
 
 
 def claims(frame: pd.DataFrame) -> list[Claim]:
-    """The suite's family of claims: every comparison its sections assert, Holm-adjusted together."""
+    """The suite's claims: positive controls (the CLIP above chance, crops below whole images, RoIAlign above crops),
+    the four primary claims (RegionCLIP against RoIAlign CLIP, the comparison that isolates region-text
+    pretraining), the rest secondary."""
     methods = set(frame["method"])
     out = []
     if methods and not frame[frame["metric"] == "chance_top1"].empty:
         first = sorted(methods)[0]
         out.append(Claim("clip:chance", "CLIP whole-image zero-shot top-1 − chance (1 / classes)",
-                         Arm(first, "clip_zs_top1_image", "all"), Arm(first, "chance_top1", "all")))
+                         Arm(first, "clip_zs_top1_image", "all"), Arm(first, "chance_top1", "all"), role="control",
+                         expected="higher", delta=DELTA))
     if "clip_crop" in methods:
         out.append(Claim("crop:image", "`clip_crop` on ground-truth crops − the same CLIP on whole images",
-                         Arm("clip_crop", "zs_top1", "all"), Arm("clip_crop", "zs_top1_image", "all")))
+                         Arm("clip_crop", "zs_top1", "all"), Arm("clip_crop", "zs_top1_image", "all"),
+                         role="control", expected="lower", delta=DELTA))
     if {"clip_roi", "clip_crop"} <= methods:
         out.append(Claim("roi:crop", "`clip_roi` − `clip_crop` top-1 on ground-truth boxes",
-                         Arm("clip_roi", "zs_top1", "all"), Arm("clip_crop", "zs_top1", "all")))
+                         Arm("clip_roi", "zs_top1", "all"), Arm("clip_crop", "zs_top1", "all"), role="control",
+                         expected="higher", delta=DELTA))
     if "regionclip" in methods:
         out += [Claim(f"regionclip:{b}:{metric}:{split}", f"`regionclip` − `{b}` {metric} on {split} classes",
-                      Arm("regionclip", metric, split), Arm(b, metric, split))
-                for b in REGION_BASELINES if b in methods for metric, split in REGION_METRICS]
+                      Arm("regionclip", metric, split), Arm(b, metric, split),
+                      role="primary" if b == "clip_roi" else "secondary", expected="higher", delta=DELTA)
+                for b in ("clip_roi", "clip_crop") if b in methods for metric, split in REGION_METRICS]
         out.append(Claim("regionclip:image", "`regionclip` − its teacher CLIP, whole-image top-1",
-                         Arm("regionclip", "zs_top1_image", "all"), Arm("regionclip", "clip_zs_top1_image", "all")))
+                         Arm("regionclip", "zs_top1_image", "all"), Arm("regionclip", "clip_zs_top1_image", "all"),
+                         delta=DELTA))
     return out
 
 
 def verdict_clip_above_chance(t: Tested | None) -> str:
     if t is None or not t.n:
         return "Chance level (`chance_top1`) not in metrics.csv: not tested."
-    if t.direction == "higher":
+    if t.holds:
         return "Yes: the contrastively trained CLIP classifies whole images zero-shot above chance."
     return f"No: the CLIP is not significantly above chance ({t.direction}), so the region results below mean little."
 
@@ -57,8 +80,8 @@ def verdict_crops_below_images(tested: dict[str, Tested], timings: pd.DataFrame 
     t = tested.get("crop:image")
     if t is None:
         return ""
-    text = ("Yes: crop accuracy is below whole-image accuracy (Holm-adjusted)." if t.direction == "lower"
-            else f"No: crop − image is {t.direction}.")
+    text = ("Yes: crop accuracy is below whole-image accuracy (Holm-adjusted)." if t.holds
+            else f"No: crop − image is {t.verdict()}.")
     if timings is not None and not timings.empty:
         times = summary_rows(timings)
         crop = summary_row(times, "clip_crop", "seconds_per_image", "all")
@@ -69,15 +92,24 @@ def verdict_crops_below_images(tested: dict[str, Tested], timings: pd.DataFrame 
     return text
 
 
+def regionclip_cost(tested: dict[str, Tested]) -> str:
+    """What region pretraining cost: the whole-image zero-shot top-1 against the teacher CLIP it started from."""
+    t = tested.get("regionclip:image")
+    return "" if t is None or not t.n else f"cost: whole-image top-1 against its teacher CLIP {brief_line(t)}"
+
+
 def verdict_regionclip_above_clip(tested: dict[str, Tested]) -> str:
-    sides = [t.direction for key, t in tested.items() if key.startswith("regionclip:clip_")]
-    if not sides:
+    """RegionCLIP against RoIAlign CLIP (same regions, same teacher: only region-text pretraining differs)."""
+    primary = [t for key, t in tested.items() if key.startswith("regionclip:clip_roi:")]
+    if not primary:
         return ""
-    higher = sides.count("higher")
-    if higher == len(sides):
-        return "Yes: RegionCLIP is significantly higher in every comparison (Holm-adjusted), novel and base alike."
-    return (f"Partly: RegionCLIP is significantly higher in {higher} of {len(sides)} comparisons (Holm-adjusted), "
-            f"{sides.count('lower')} lower, the rest not significant at this number of seeds.")
+    counts = {v: sum(paper_verdict(t).split(" ")[0] == v for t in primary)
+              for v in ("reproduced", "contradicted", "equivalent", "inconclusive")}
+    shown = ", ".join(f"{v} in {k}" for v, k in counts.items() if k)
+    cost = regionclip_cost(tested)
+    return (f"Against `clip_roi` (the comparison that isolates region-text pretraining), {len(primary)} primary "
+            f"claims: {shown}. " + " ".join(f"{t.claim.text}: {paper_verdict(t)}, {t.seed_directions()}."
+                                            for t in primary) + (f" Measured {cost}." if cost else ""))
 
 
 def _clip_section(rows: pd.DataFrame, methods: set[str], tested: dict[str, Tested]) -> Section:
@@ -91,7 +123,7 @@ def _clip_section(rows: pd.DataFrame, methods: set[str], tested: dict[str, Teste
     if (t := tested.get("clip:chance")) is not None:
         measured.append(f"Whole-image top-1 − chance: {t.line()}.")
     return Section(
-        "C1. CLIP: training and zero-shot inference",
+        C1,
         "CLIP trains an image and a text encoder contrastively on image-caption pairs: the N matching pairs on the "
         "diagonal of the N×N similarity matrix are pulled up, all others pushed down. Zero-shot classification embeds "
         "one prompt per class name and picks the class whose prompt is most similar to the image.",
@@ -103,7 +135,7 @@ def _score_vs_iou_section(rows: pd.DataFrame, methods: set[str]) -> Section:
     measured = [f"`{m}`: Spearman ρ between a proposal's zero-shot score and its IoU with the best ground truth "
                 f"{describe(rows, m, 'score_iou_spearman', 'all')}." for m in present]
     return Section(
-        "C2a. CLIP's region scores do not reflect localization quality (RegionCLIP Fig. 1(a))",
+        C2A,
         "RegionCLIP observes that CLIP's score of a proposal is nearly unrelated to how well the proposal covers the "
         "object, so a detector cannot rank its boxes with it.", measured, ["fig1a_score_vs_iou"],
         verdict_scores_ignore_iou(rows, present))
@@ -128,7 +160,7 @@ def _crop_section(rows: pd.DataFrame, methods: set[str], timings: pd.DataFrame |
             measured.append("Cost of classifying the localizer's proposals, per image (process CPU time, all "
                             "threads; machine-dependent): " + ", ".join(cost) + ".")
     return Section(
-        "C2b. Classifying crops works poorly (RegionCLIP Fig. 1(b), Table 4)",
+        C2B,
         "Even on ground-truth boxes, CLIP classifies cropped regions far worse than whole images: it learned whole "
         "images with their context, and a crop removes the context and changes the scale. Cropping every proposal "
         "and running CLIP on each is also expensive.", measured, ["fig1b_crop_vs_image"],
@@ -136,13 +168,14 @@ def _crop_section(rows: pd.DataFrame, methods: set[str], timings: pd.DataFrame |
 
 
 def _regionclip_section(rows: pd.DataFrame, tested: dict[str, Tested]) -> Section:
-    measured = [f"{t.claim.text}: {t.line()}." for key, t in tested.items() if key.startswith("regionclip:clip_")]
+    measured = [f"{t.claim.text}: {t.line()} ({t.claim.role})." for key, t in tested.items()
+                if key.startswith("regionclip:clip_")]
     if (t := tested.get("regionclip:image")) is not None:
         measured.append(f"Whole-image alignment after region pretraining: `regionclip` on whole single-digit images "
                         f"{describe(rows, 'regionclip', 'zs_top1_image', 'all')} vs its teacher "
                         f"{describe(rows, 'regionclip', 'clip_zs_top1_image', 'all')}: {t.line()}.")
     return Section(
-        "C2c. RegionCLIP: region-text pretraining (Zhong et al., CVPR 2022)",
+        C2C,
         "RegionCLIP builds region-text pairs from class-agnostic proposals and a concept pool parsed from captions, "
         "pseudo-labels them with the teacher CLIP, and trains a region encoder (initialised from the teacher) with "
         "region-concept contrastive, image-text contrastive and distillation losses; it reports large gains over "
@@ -161,4 +194,37 @@ def sections(frame: pd.DataFrame, timings: pd.DataFrame | None, tested: dict[str
             _crop_section(rows, methods, timings, tested), _regionclip_section(rows, tested)]
 
 
-report_sections = SuiteReport(claims, sections)
+def _iou_finding(frame: pd.DataFrame) -> Finding:
+    """Reproduced where every method's 95% interval of ρ lies inside (−0.3, 0.3); contradicted where one lies
+    wholly outside it; inconclusive otherwise."""
+    rows = summary_rows(frame)
+    present = REGISTRY.method_names("ovd", set(frame["method"]))
+    rhos = {m: r for m in present
+            if (r := summary_row(rows, m, "score_iou_spearman", "all")) is not None and r["n"] > 1}
+    if not rhos:
+        return Finding(C2A, "A region's CLIP score says little about its IoU", "untestable here: not measured")
+    inside = [m for m, r in rhos.items() if -0.3 < r["ci_low"] and r["ci_high"] < 0.3]
+    outside = [m for m, r in rhos.items() if r["ci_low"] >= 0.3 or r["ci_high"] <= -0.3]
+    verdict = ("reproduced" if len(inside) == len(rhos) else "contradicted" if outside else "inconclusive")
+    return Finding(C2A, "A region's CLIP score says little about its IoU (|Spearman ρ| < 0.3)", verdict,
+                   ", ".join(f"`{m}` ρ {describe(rows, m, 'score_iou_spearman', 'all')}" for m in rhos))
+
+
+def findings(frame: pd.DataFrame, tested: dict[str, Tested]) -> list[Finding]:
+    """REPORT.md's first table: the controls the question rests on, RegionCLIP against RoIAlign CLIP with its
+    measured cost, and what the digits world cannot test."""
+    cost = regionclip_cost(tested)
+    return [
+        finding(C1, "Contrastive CLIP classifies whole images zero-shot above chance", tested.get("clip:chance")),
+        _iou_finding(frame),
+        finding(C2B, "Crops of ground-truth boxes classify worse than whole images", tested.get("crop:image")),
+        finding(C2B, "Pooling regions from the whole-image feature map (RoIAlign) beats crops", tested.get("roi:crop")),
+        *[finding(C2C, f"RegionCLIP beats CLIP on regions: {metric} on {split} classes (vs RoIAlign CLIP)",
+                  tested.get(f"regionclip:clip_roi:{metric}:{split}"), cost if i == 0 else "")
+          for i, (metric, split) in enumerate(REGION_METRICS)],
+        Finding(C2C, "Gains from pretraining on CC3M captions transfer to COCO/LVIS detection",
+                "untestable here: the digits world has 10 concepts and no web-scale captions"),
+    ]
+
+
+report_sections = SuiteReport(claims, sections, findings)
