@@ -283,7 +283,7 @@ class Tested:
         else:
             text = f"Δ {self.diff:+.3f} [{self.ci_low:+.3f}, {self.ci_high:+.3f}]"
         tests = f"p={fmt_p(self.p)}, Holm p={fmt_p(self.p_holm)}" if self.used else ""
-        if not math.isnan(self.p_tost):
+        if not math.isnan(self.p_tost) and self.direction in ("equivalent", "inconclusive"):
             tests += f", equivalence ±{c.delta:g}: TOST Holm p={fmt_p(self.p_tost_holm)}"
         seeds = self.seed_directions()
         return (f"{text}, {tests + ', ' if tests else ''}n={self.n}{', ' + seeds if seeds else ''}: {self.verdict()}")
