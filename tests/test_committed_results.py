@@ -18,3 +18,23 @@ def test_default_profile_seed0_reproduces_committed_metrics(suite, methods, tmp_
     comparison = compare_with_committed(suite, tmp_path, methods=methods, seeds=[0])
     assert code == 0 and comparison.misses.empty, comparison.report()
     print(comparison.case)
+
+
+def test_report_over_the_committed_results_reproduces_every_committed_report(tmp_path, cli):
+    """`report` over a copy of ``results/`` rewrites every committed summary.md and REPORT.md byte for byte: a change
+    of the report code cannot leave the committed reports stale (regenerate them with `report --suite <suite>`)."""
+    import shutil
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parent.parent / "results"
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy, ignore=shutil.ignore_patterns(  # what a local run adds beside them
+        "cells", "logs", "mlartifacts", "mlflow.db*", "digits-*", "coco-*", "imagefolder-*"))
+    summaries = sorted(results.glob("*/summary.md"))
+    assert {p.parent.name for p in summaries} == {"detr", "kd", "ovd"}
+    for summary in summaries:
+        code, _, err = cli("report", "--suite", summary.parent.name, "--results-dir", str(copy))
+        assert code == 0, err
+    stale = [str(p.relative_to(results)) for p in [*summaries, results / "REPORT.md"]
+             if (copy / p.relative_to(results)).read_bytes() != p.read_bytes()]
+    assert not stale, f"stale committed reports: {stale}; regenerate them with `python -m benchmark report`"
