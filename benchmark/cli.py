@@ -16,6 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
+from benchmark import perf_extras
 from cvpdl.errors import UserInputError
 
 EXIT_USAGE = 2
@@ -85,17 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--curves", action=argparse.BooleanOptionalAction, default=True,
                       help="cost curves: seconds per epoch vs images, per step vs queries, evaluator vs detections, "
                            "tune trials per hour (default: on; estimated about a minute on 2 free CPU cores)")
-    perf.add_argument("--ddp", action="store_true",
-                      help="also time every suite's quick profile with 1 process and under torchrun with 2 (DDP): "
-                           "the 2-process speed-up per suite (minutes; off by default)")
     perf.add_argument("--suite-jobs", type=int, default=1, help="--jobs of those suite runs")
     perf.add_argument("--profile-steps", type=int, default=5,
                       help="profiled training steps per model: where a step's time goes, by op group")
-    perf.add_argument("--compile", action="store_true",
-                      help="also time detr under torch.compile: compile seconds and images/s vs eager (minutes; "
-                           "off by default)")
     perf.add_argument("--cache-dir", type=Path)
     perf.add_argument("--threads", type=int)
+    for extra in perf_extras.EXTRAS.values():  # optional sections, each behind its own flag (--compile, --ddp)
+        perf.add_argument(f"--{extra.name}", dest=f"extra_{extra.name}", action="store_true", help=extra.help)
 
     verify = sub.add_parser("verify", help="compare a run with the committed results/<suite> (git HEAD), metric by "
                                            "metric; exit 3 when something did not reproduce")
@@ -149,7 +146,7 @@ def suite_catalog() -> list[dict]:
     from benchmark.suites import SUITES
 
     catalog = [{"name": suite.name, "question": suite.question, "dataset": suite.dataset,
-                "datasets": list(suite.datasets), "status": suite.status,
+                "datasets": list(suite.datasets),
                 "methods": [{"name": m.name, "paper": m.paper, "deviations": [d.line() for d in m.deviations]}
                             for m in REGISTRY.methods(suite.name)]}
                for suite in REGISTRY.suites() if suite.name in SUITES]
@@ -164,8 +161,7 @@ def suite_catalog() -> list[dict]:
 
 def cmd_list(verbose: bool = False) -> None:
     for suite in suite_catalog():
-        state = "" if suite["status"] == "ready" else f"  [not runnable: {suite['status']}]"
-        print(f"{suite['name']}: {suite['question']}{state}\n  dataset: {suite['dataset']} "
+        print(f"{suite['name']}: {suite['question']}\n  dataset: {suite['dataset']} "
               f"(--data {' | '.join(suite['datasets'])})")
         for method in suite["methods"]:
             print(f"  - {method['name']}: {method['paper']}")
@@ -224,7 +220,7 @@ def cmd_print_config(options) -> None:
     import yaml
 
     from benchmark import config as config_lib
-    from benchmark.runner import resolve
+    from benchmark.plan import resolve
 
     _, _, cfg = resolve(options)
     print(f"# suite {options.suite}, profile {options.profile}; config_hash "
@@ -292,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             for flag in ("steps", "profile_steps", "suite_jobs"):
                 if getattr(args, flag) < 1:
                     raise UserInputError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
-            run_perf(PerfOptions(**{k: v for k, v in vars(args).items() if k != "command"}))
+            extras = tuple(name for name in perf_extras.EXTRAS if args.__dict__.pop(f"extra_{name}"))
+            run_perf(PerfOptions(**{k: v for k, v in vars(args).items() if k != "command"}, extras=extras))
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -10,12 +10,15 @@
 - wall time and peak memory of every suite on the ``quick`` profile (run here, each in its own process) and wall
   time on ``default`` (read from the committed ``results/<suite>/run.json``), and ``ovd`` seconds per image of
   region classification per method;
-- with ``--ddp`` (off by default: minutes), the 2-process speed-up of every suite: its ``quick`` profile run with one
-  process and under ``torchrun --nproc_per_node 2`` (DDP, the same cores split between the ranks), the ratio of the
-  runner's wall times;
 - cost curves (``benchmark.perf_curves``, ``--no-curves`` skips them): seconds per epoch vs training images,
   per step vs queries, evaluator seconds vs detections, each with its log-log slope, and ``tune`` trials per hour
-  from the committed studies.
+  from the committed studies;
+- where the time goes (``benchmark.perf_profile``): each model's training step by op group, and the committed
+  suites' wall time by part;
+- the optional sections of ``benchmark.perf_extras``, each behind its own flag (``--compile``, ``--ddp``).
+
+Parts: ``perf_common`` (options, report, inputs), ``perf_models`` (the timed models), ``perf_suites`` (suite runs),
+``perf_curves``, ``perf_profile``, ``perf_extras``.
 
 Writes ``DIR/perf/perf.csv`` (one row per figure), ``DIR/perf/perf.md`` (tables, goals, the command),
 ``DIR/perf/run.json`` (code, versions, machine, options: as a suite's) and the figures ``cost_curves.png`` and
@@ -23,45 +26,34 @@ Writes ``DIR/perf/perf.csv`` (one row per figure), ``DIR/perf/perf.md`` (tables,
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import platform
 import shlex
-import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from benchmark import config as config_lib
 from benchmark import reproducibility
 from benchmark.paths import default_cache_dir
-from benchmark.perf_profile import (ceiling_note, committed_jobs, compiled_throughput, step_profiles,
-                                     suite_time_accounts, suite_time_note)
+from benchmark.perf_common import (PerfOptions, PerfReport, detr_config, synthetic_coco, sync_device,
+                                   training_batches, training_split)
+from benchmark.perf_curves import CURVE_SECTIONS, cost_curves, curves_markdown
+from benchmark.perf_extras import EXTRAS, TrainingBench, run_stage
+from benchmark.perf_models import HF_DAB, HF_DETR, HF_NAMES, hf_available, training_step
+from benchmark.perf_profile import ceiling_note, step_profiles, suite_time_accounts, suite_time_note
+from benchmark.perf_suites import suite_wall_times
 from benchmark.registry import REGISTRY
 from benchmark.results import atomic_write_csv, atomic_write_text, write_json
-from cvpdl.data.detection_split import DetectionSplit
-from cvpdl.data.digits_world import DigitsWorldConfig, load_digits_split
-from cvpdl.detection.backbone import build_backbone
-from cvpdl.detection.criterion import LossWeights
-from cvpdl.detection.dab_detr import DabOptions
-from cvpdl.detection.detr import DetrConfig, DetrOptions
-from cvpdl.detection.training import batch
 from cvpdl.evaluation.coco_eval import STAT_NAMES, evaluate_detections
 
-HF_DETR = "hf_detr"
-HF_DAB = "hf_dab_detr"
-HF_NAMES = {HF_DETR: "HF DETR", HF_DAB: "HF DAB-DETR"}
-# each variant's Hugging Face counterpart and the speed-up over it the performance issue asks for (DN-DETR trains
+# each variant's Hugging Face counterpart and the speed-up over it that is the goal (DN-DETR trains
 # five denoising groups more than HF's DAB-DETR, which has none: a lower bar)
 COUNTERPARTS = {"detr": (HF_DETR, 1.5), "dab_detr": (HF_DAB, 1.5), "dn_dab_detr": (HF_DAB, 1.2)}
 # suites whose 10-minute budget is for a cold start: their shared set-up trains models (CLIP, localizer) that a
@@ -69,59 +61,6 @@ COUNTERPARTS = {"detr": (HF_DETR, 1.5), "dab_detr": (HF_DAB, 1.5), "dn_dab_detr"
 COLD_BUDGET = ("ovd",)
 # packages a perf run's numbers depend on beyond the suites' (reproducibility.PACKAGES)
 PERF_PACKAGES = ("transformers", "faster-coco-eval", "optuna")
-
-
-@dataclass(frozen=True)
-class CurveSettings:
-    """The sizes the cost curves (``benchmark.perf_curves``) are measured at; the defaults should keep them to
-    about a minute on 2 free CPU cores (estimated from 1-thread timings of one variant on a busy machine)."""
-
-    epoch_images: tuple[int, ...] = (256, 512, 1024, 2048)  # training images per timed epoch
-    queries: tuple[int, ...] = (6, 12, 24, 48, 96)  # object queries of the timed training steps
-    query_steps: int = 5  # timed steps per query count, after 2 warm-up steps
-    detections: tuple[int, ...] = (1000, 5000, 25000, 50000)  # detections given to the evaluator
-    detections_per_image: int = 50  # so more detections means more images, as a larger test split would
-    variants: tuple[str, ...] | None = None  # detr variants timed; None: every registered one
-
-
-@dataclass
-class PerfOptions:
-    results_dir: Path = Path("results")
-    device: str = "auto"
-    steps: int = 20  # timed training steps per model (after 3 warm-up steps)
-    suites_profile: str = "quick"  # suites run here for wall time and peak memory; "none" skips them
-    suite_jobs: int = 1  # --jobs of those runs
-    cache_dir: Path | None = None
-    threads: int | None = None
-    curves: bool = True  # the cost curves of benchmark.perf_curves
-    profile_steps: int = 5  # profiled training steps per model (benchmark.perf_profile), after 2 warm-up steps
-    compile: bool = False  # the compile_variants under torch.compile too (benchmark.perf_profile); minutes, so off
-    # detr alone by default: compiling all three had not finished after 15 minutes on 2 cores (not profiled;
-    # likely inductor's C++ builds, and recompiles where DN-DETR's query count follows each batch's targets)
-    compile_variants: tuple[str, ...] = ("detr",)
-    ddp: bool = False  # the 2-process (torchrun) speed-up of every suite's quick profile; minutes, so off by default
-    curve_settings: CurveSettings = field(default_factory=CurveSettings)
-
-
-@dataclass
-class PerfReport:
-    rows: list[dict] = field(default_factory=list)
-
-    def add(self, section: str, item: str, value: float, unit: str, note: str = "", **labels) -> None:
-        """One figure; ``labels`` become columns of perf.csv that a figure selects by (curve, series, x, suite)."""
-        self.rows.append({"section": section, "item": item, "value": value, "unit": unit, "note": note, **labels})
-
-    def get(self, section: str, item: str) -> float:
-        hits = [r["value"] for r in self.rows if r["section"] == section and r["item"] == item]
-        return hits[0] if hits else float("nan")
-
-    def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.rows)
-
-
-def sync_device(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def matmul_flops_per_second(device: torch.device, n: int | None = None, repeats: int = 5) -> float:
@@ -139,141 +78,10 @@ def matmul_flops_per_second(device: torch.device, n: int | None = None, repeats:
     return 2 * n ** 3 / best
 
 
-class _FeatureList(torch.nn.Module):
-    """Our backbone's convolutions (without the final 1×1 projection, which HF's ``input_projection`` replaces),
-    channels-last as in ours, in the shape HF's conv encoders expect: a ``BackboneOutput`` of one feature map
-    (DETR's reads it as a dict, DAB-DETR's by ``.feature_maps``)."""
-
-    def __init__(self, convs: torch.nn.Sequential):
-        super().__init__()
-        self.convs = convs.to(memory_format=torch.channels_last)
-
-    def forward(self, pixel_values):
-        from transformers.modeling_outputs import BackboneOutput
-
-        return BackboneOutput(feature_maps=(self.convs(pixel_values.contiguous(memory_format=torch.channels_last)),))
-
-
-def _hf_backbone_config(cfg: DetrConfig):
-    """A two-stage ResNet config whose only role is to make HF build its input projection for our backbone's
-    4·width channels; the ResNet itself is replaced by ``_FeatureList`` after the build."""
-    from transformers import ResNetConfig
-
-    w = cfg.backbone_width
-    return ResNetConfig(num_channels=3, embedding_size=w, hidden_sizes=[2 * w, 4 * w], depths=[1, 1],
-                        layer_type="basic", out_features=["stage2"])
-
-
-def hf_detr(cfg: DetrConfig, num_classes: int, options: DetrOptions = DetrOptions()) -> torch.nn.Module:
-    """Hugging Face DETR at our config: same d_model, layers, heads, FFN width, queries, aux loss, dropout (on
-    residuals, attention weights and the FFN's inner activation, as ours), and our backbone swapped in for its
-    ResNet (the same convolutions, stride 8, 4·width channels into a 1×1 projection), so the comparison is of the
-    detector around it: transformer, matcher, losses."""
-    from transformers import DetrConfig as HfDetrConfig
-    from transformers import DetrForObjectDetection
-
-    hf = HfDetrConfig(use_timm_backbone=False, backbone_config=_hf_backbone_config(cfg), use_pretrained_backbone=False,
-                      num_queries=cfg.num_queries, d_model=cfg.d_model, encoder_layers=cfg.encoder_layers,
-                      decoder_layers=cfg.decoder_layers, encoder_attention_heads=cfg.heads,
-                      decoder_attention_heads=cfg.heads, encoder_ffn_dim=cfg.d_ff, decoder_ffn_dim=cfg.d_ff,
-                      auxiliary_loss=True, num_labels=num_classes, dropout=options.dropout,
-                      attention_dropout=options.dropout, activation_dropout=options.dropout)
-    model = DetrForObjectDetection(hf)
-    model.model.backbone.model = _FeatureList(build_backbone(cfg.backbone_width, cfg.d_model)[:-1])
-    return model
-
-
-def hf_dab_detr(cfg: DetrConfig, num_classes: int, weights: LossWeights = LossWeights(),
-                options: DabOptions = DabOptions()) -> torch.nn.Module:
-    """Hugging Face DAB-DETR at our ``dab_detr`` config: same d_model, layers, heads, FFN width, queries (4-D
-    anchors), activation (PReLU), dropout, image-PE temperature, aux loss, focal classification with our loss
-    weights and class matching cost, and our backbone swapped in as for ``hf_detr``. HF types the weights,
-    costs and temperature as ints: ours are whole numbers by default, and a weight does not change the work."""
-    from transformers import DabDetrConfig, DabDetrForObjectDetection
-
-    temperature = round(options.pe_temperature)
-    hf = DabDetrConfig(backbone_config=_hf_backbone_config(cfg), num_queries=cfg.num_queries, hidden_size=cfg.d_model,
-                       encoder_layers=cfg.encoder_layers, decoder_layers=cfg.decoder_layers,
-                       encoder_attention_heads=cfg.heads, decoder_attention_heads=cfg.heads,
-                       encoder_ffn_dim=cfg.d_ff, decoder_ffn_dim=cfg.d_ff, activation_function=options.activation,
-                       dropout=options.dropout, attention_dropout=options.dropout,
-                       activation_dropout=options.dropout, auxiliary_loss=True, num_labels=num_classes,
-                       temperature_height=temperature, temperature_width=temperature,
-                       class_cost=round(options.matcher_cost_class), cls_loss_coefficient=round(weights.ce),
-                       bbox_loss_coefficient=round(weights.bbox), giou_loss_coefficient=round(weights.giou),
-                       focal_alpha=weights.focal_alpha)
-    model = DabDetrForObjectDetection(hf)
-    model.model.backbone.conv_encoder.model = _FeatureList(build_backbone(cfg.backbone_width, cfg.d_model)[:-1])
-    return model
-
-
-def _hf_model(name: str, cfg: dict, num_classes: int) -> torch.nn.Module:
-    model_cfg = config_lib.section_config(cfg, "model", DetrConfig)
-    if name == HF_DETR:
-        return hf_detr(model_cfg, num_classes, config_lib.section_config(cfg, "detr", DetrOptions))
-    return hf_dab_detr(model_cfg, num_classes, config_lib.section_config(cfg, "loss", LossWeights),
-                       config_lib.section_config(cfg, "dab", DabOptions))
-
-
-def training_step(name: str, cfg: dict, num_classes: int, device: torch.device, compiled: bool = False):
-    """(a closure doing one optimiser step of model ``name`` on (images, targets), the model); ``compiled``: the
-    model's forward (and so its backward) under ``torch.compile``."""
-    if name in HF_NAMES:
-        model = _hf_model(name, cfg, num_classes).to(device)
-        forward = torch.compile(model) if compiled else model
-
-        def loss_of(images, targets):
-            labels = [{"class_labels": t["labels"], "boxes": t["boxes"]} for t in targets]
-            return forward(pixel_values=images, labels=labels).loss
-    else:
-        parts = REGISTRY.method("detr", name).build(cfg)(num_classes)  # model and criterion as the suite trains them
-        model, criterion = parts.model.to(device), parts.criterion
-        forward = torch.compile(model) if compiled else model
-        generator = torch.Generator().manual_seed(0)
-
-        def loss_of(images, targets):
-            return sum(criterion(forward(images, targets, generator), targets)[0].values())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    model.train()
-
-    def step(images, targets):
-        loss = loss_of(images, targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return step, model
-
-
-def detr_config() -> dict:
-    """The ``detr`` suite's default-profile config, as ``run`` resolves it."""
-    from benchmark.runner import RunOptions, resolve
-
-    return resolve(RunOptions(suite="detr"))[2]
-
-
-def training_split(cfg: dict, images: int, cache_dir: Path) -> DetectionSplit:
-    """The first ``images`` training canvases of the config's world (cached like the suite's)."""
-    world = config_lib.section_config(cfg, "world", DigitsWorldConfig)
-    return load_digits_split(world, "train", images, world.seed, cache_dir)
-
-
-def training_batches(split: DetectionSplit, batch_size: int, count: int, device: torch.device) -> list:
-    """The first ``count`` batches of ``split`` in order, on ``device``."""
-    return [batch(split, list(range(i * batch_size, (i + 1) * batch_size)), device) for i in range(count)]
-
-
-def hf_available() -> bool:
-    try:
-        import transformers  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def training_throughput(report: PerfReport, options: PerfOptions, device: torch.device, cache_dir: Path,
                         peak: float) -> None:
-    """Images/s, FLOPs and utilisation of every detr variant and counterpart; then their step profiles and, with
-    ``options.compile``, our variants compiled (``benchmark.perf_profile``)."""
+    """Images/s, FLOPs and utilisation of every detr variant and counterpart; then their step profiles
+    (``benchmark.perf_profile``) and the ``"train"``-stage sections of ``benchmark.perf_extras`` asked for."""
     cfg, steps = detr_config(), options.steps
     batch_size = cfg["train"]["batch_size"]
     count = max(steps + 4, options.profile_steps + 2)
@@ -312,38 +120,7 @@ def training_throughput(report: PerfReport, options: PerfOptions, device: torch.
     def make_step(name, compiled=False):
         return training_step(name, cfg, num_classes, device, compiled)
     step_profiles(report, names, make_step, batches[:options.profile_steps + 2], device)
-    if options.compile:
-        compiled_throughput(report, list(options.compile_variants), make_step, batches, device, steps)
-
-
-def synthetic_coco(images: int = 500, detections_per_image: int = 50, seed: int = 0) -> tuple[dict, list[dict]]:
-    """A COCO ground truth (1-8 boxes of 10 classes on 128-px images) and detections: each ground truth jittered
-    two ways plus random boxes, scores uniform — enough true and false positives for every stat to move."""
-    rng = np.random.default_rng(seed)
-    gt = {"images": [{"id": i, "width": 128, "height": 128} for i in range(1, images + 1)],
-          "categories": [{"id": c, "name": f"class{c}"} for c in range(1, 11)], "annotations": []}
-    detections = []
-    for image in gt["images"]:
-        boxes = []
-        for _ in range(int(rng.integers(1, 9))):
-            x, y = rng.uniform(0, 96, 2)
-            w, h = rng.uniform(4, 64, 2)
-            box = [float(x), float(y), float(min(w, 128 - x)), float(min(h, 128 - y))]
-            category = int(rng.integers(1, 11))
-            gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": image["id"],
-                                      "category_id": category, "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
-            boxes.append((box, category))
-        for k in range(detections_per_image):
-            if k < 2 * len(boxes):
-                box, category = boxes[k // 2]
-                box = [v + float(rng.normal(0, 3)) for v in box]
-                category = category if rng.uniform() < 0.8 else int(rng.integers(1, 11))
-            else:
-                x, y = rng.uniform(0, 96, 2)
-                box, category = [float(x), float(y), *map(float, rng.uniform(4, 64, 2))], int(rng.integers(1, 11))
-            detections.append({"image_id": image["id"], "category_id": category, "bbox": box,
-                               "score": float(rng.uniform())})
-    return gt, detections
+    run_stage("train", report, options, TrainingBench(make_step, batches, device, steps))
 
 
 def evaluator_speed(report: PerfReport, repeats: int = 7) -> None:
@@ -363,137 +140,6 @@ def evaluator_speed(report: PerfReport, repeats: int = 7) -> None:
     report.add("evaluator", "largest |Δ| over the 12 COCO stats", diff, "AP")
 
 
-# ru_maxrss is in KiB on Linux, in bytes on macOS
-RSS_BYTES = 1 if sys.platform == "darwin" else 1024
-
-
-def run_suite_process(suite: str, options: PerfOptions, scratch: Path, profile: str | None = None,
-                      processes: int = 1, cache_dir: Path | None = None, jobs: int = 1) -> tuple[float, float]:
-    """``python -m benchmark run --suite SUITE`` on the perf profile (or ``profile``) in a child process, into
-    ``scratch``: (wall seconds of the process, its peak resident memory in MiB). A process of its own, so that the
-    peak is the suite's (interpreter and imports included) and not this process's models. ``processes`` > 1: under
-    ``torchrun --nproc_per_node`` (then the peak is the launcher's, not the ranks'); ``jobs`` > 1: ``--jobs``
-    (then the peak is the largest one process's, the parent's or a worker's); ``--threads`` split between the ranks
-    or workers."""
-    launcher = [sys.executable] if processes == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                        "--nproc_per_node", str(processes)]
-    command = [*launcher, "-m", "benchmark", "-q", "run", "--suite", suite, "--profile",
-               profile or options.suites_profile, "--results-dir", str(scratch), "--device", options.device, "--force"]
-    if jobs > 1:
-        command += ["--jobs", str(jobs)]
-    cache_dir = cache_dir or options.cache_dir
-    if cache_dir:
-        command += ["--cache-dir", str(Path(cache_dir).resolve())]
-    if options.threads:
-        command += ["--threads", str(max(1, options.threads // (processes * jobs)))]
-    log = scratch / f"{suite}.log"
-    with open(log, "w") as output:
-        start = time.perf_counter()
-        child = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-        if hasattr(os, "wait4"):  # the child's own rusage (RUSAGE_CHILDREN would be the max over every child)
-            _, status, usage = os.wait4(child.pid, 0)
-            child.returncode, peak = os.waitstatus_to_exitcode(status), usage.ru_maxrss * RSS_BYTES / 2 ** 20
-        else:
-            child.wait()
-            peak = float("nan")
-        seconds = time.perf_counter() - start
-    if child.returncode != 0:
-        tail = "\n".join(log.read_text().splitlines()[-20:])
-        raise RuntimeError(f"{shlex.join(command)} exited with {child.returncode}:\n{tail}")
-    return seconds, peak
-
-
-def suite_wall_times(report: PerfReport, options: PerfOptions) -> None:
-    """Committed default-profile wall times, and every suite run here on the perf profile, one command after the
-    other into one results folder, as a user runs them (the MLflow store is created by the first)."""
-    with tempfile.TemporaryDirectory() as scratch:
-        for spec in REGISTRY.suites():
-            committed_wall_time(report, options.results_dir / spec.name / "run.json", spec.name)
-            if options.suites_profile == "none":
-                report.add("suites", f"{spec.name} peak memory", float("nan"), "MiB",
-                           "not measured: suite runs skipped (--suites-profile none)", suite=spec.name,
-                           quantity="peak memory")
-            else:
-                timed_suite_run(report, options, spec.name, Path(scratch))
-
-
-def committed_wall_time(report: PerfReport, committed: Path, suite: str) -> None:
-    if not committed.is_file():
-        return
-    info = json.loads(committed.read_text())
-    if info.get("profile") != "default" or "wall_seconds" not in info:
-        return
-    prepare = info.get("prepare_seconds")
-    report.add("suites", f"{suite} default wall time", info["wall_seconds"], "s",
-               f"{committed} (commit {info['git_commit'][:12]}, {info['device']}, --jobs {committed_jobs(info)}"
-               + (f"; {prepare} s of it preparing shared data/models)" if prepare is not None else ")"))
-    if prepare is not None:  # what a run with its data, CLIP and localizer cached takes
-        report.add("suites", f"{suite} default wall time without the shared set-up", info["wall_seconds"] - prepare,
-                   "s", f"{committed}: wall − set-up")
-    if (cache := info.get("prepare_cache")) and "loaded" not in cache.values():  # a cold start, as run.json says
-        report.add("suites", f"{suite} default cold wall time", info["wall_seconds"], "s",
-                   f"{committed}: its shared models trained in the run ({', '.join(cache)})")
-
-
-def timed_suite_run(report: PerfReport, options: PerfOptions, suite: str, scratch: Path) -> None:
-    profile = options.suites_profile
-    process_seconds, peak = run_suite_process(suite, options, scratch, jobs=options.suite_jobs)
-    # a quick-profile run writes its own folder, <suite>/<data>-<profile>-<hash>/
-    [written] = (scratch / suite).glob("**/run.json")
-    info = json.loads(written.read_text())
-    # the runner's own clock, as in the committed default-profile figure; the rest is start-up and imports
-    report.add("suites", f"{suite} {profile} wall time", info["wall_seconds"], "s",
-               f"run here in its own process (+{process_seconds - info['wall_seconds']:.1f} s interpreter start, "
-               f"imports, report), --jobs {options.suite_jobs}; cached data/CLIP/teacher reused as in a repeated run")
-    report.add("suites", f"{suite} {profile} process wall time", process_seconds, "s",
-               "the whole command, as a user waits for it", suite=suite, quantity=f"{profile} process wall time")
-    report.add("suites", f"{suite} peak memory", peak, "MiB",
-               f"peak resident set of the {profile}-profile process (interpreter and torch included"
-               + ("; the largest one process, the parent's or a worker's)" if options.suite_jobs > 1 else ")"),
-               suite=suite, quantity="peak memory")
-    if suite == "ovd":
-        timings = pd.read_csv(written.parent / "timings.csv")
-        per_image = timings[timings["metric"] == "seconds_per_image"].groupby("method")["value"].mean()
-        for method, value in per_image.items():
-            report.add("ovd", f"{method} seconds per image", value, "s",
-                       "proposals + region embedding + zero-shot scoring, test split")
-
-
-# cache folders of trained models (retrained in each timed run); the data folders beside them are reused
-MODEL_CACHES = ("clip", "localizer", "kd_teacher")
-
-
-def ddp_speedups(report: PerfReport, options: PerfOptions, processes: int = 2) -> None:
-    """Every suite's quick profile with one process and under torchrun with ``processes`` (each rank gets its share
-    of the cores): the runner's wall times and their ratio. Each run gets a cache of its own holding the cached data
-    (linked, so a rerun regenerates nothing) but no trained model, so CLIP, localizer and teacher are trained in
-    both: every DDP training loop is timed."""
-    cache = Path(options.cache_dir or default_cache_dir()).resolve()
-    for spec in tqdm(REGISTRY.suites(), desc="2-process speed-up", unit="suite"):
-        seconds = {}
-        for world in (1, processes):
-            with tempfile.TemporaryDirectory() as scratch:
-                scratch = Path(scratch)
-                (scratch / "cache").mkdir()
-                for folder in cache.glob("*") if cache.is_dir() else []:
-                    if folder.is_dir() and folder.name not in MODEL_CACHES:
-                        (scratch / "cache" / folder.name).symlink_to(folder, target_is_directory=True)
-                (scratch / "results").mkdir()
-                run_suite_process(spec.name, options, scratch / "results", profile="quick", processes=world,
-                                  cache_dir=scratch / "cache")
-                [written] = (scratch / "results" / spec.name).glob("**/run.json")
-                info = json.loads(written.read_text())
-                assert info["world_size"] == world, written
-                seconds[world] = info["wall_seconds"]
-        note = "quick profile, runner wall time, shared models (CLIP, localizer, teacher) trained in the run"
-        report.add("ddp", f"{spec.name} 1-process wall time", seconds[1], "s", note)
-        report.add("ddp", f"{spec.name} {processes}-process wall time", seconds[processes], "s",
-                   f"{note}; torchrun --nproc_per_node {processes}, the cores split between the ranks")
-        report.add("ddp", f"{spec.name} {processes}-process speed-up", seconds[1] / seconds[processes], "×",
-                   f"1-process ÷ {processes}-process wall time", suite=spec.name,
-                   quantity=f"{processes}-process speed-up")
-
-
 # Why a goal can be missed here where this run measures nothing that explains it, printed under the goals table
 # for each goal this run missed (the others get measured accounts: ``why_missed``).
 WHY_MISSED = {
@@ -508,21 +154,15 @@ WHY_MISSED = {
 
 
 def why_missed(report: PerfReport, table: list[tuple[str, str, bool]]) -> list[str]:
-    """One note per missed goal: measured accounts (step profiles, compiled execution, the suites' time by part)
-    where this run has them, ``WHY_MISSED`` otherwise."""
+    """One note per missed goal: measured accounts (step profiles, the optional sections' notes, the suites' time
+    by part) where this run has them, ``WHY_MISSED`` otherwise."""
     missed = [goal for goal, _, ok in table if not ok]
     notes = []
     for name, (hf, target) in COUNTERPARTS.items():
         if any(goal.startswith(f"{name} training") for goal in missed):
             note = ceiling_note(report, name, hf, target) or f"`{name}`: no step profile in this run."
-            compiled = report.get("compiled", f"{name} compiled images/s")
-            if math.isfinite(compiled):
-                eager = report.get("train", f"{name} images/s")
-                note += (f" Tried: `torch.compile` (compiled table): {compiled:.0f} img/s, {compiled / eager:.2f}× "
-                         f"eager, after {report.get('compiled', f'{name} compile + first 3 steps'):.0f} s of "
-                         "compilation.")
-            else:
-                note += " Compiled execution is not measured by this run (`perf --compile` measures it)."
+            note += "".join(f" {extra.missed_goal_note(report, name)}" for extra in EXTRAS.values()
+                            if extra.missed_goal_note is not None)
             notes.append(note)
     notes += [why for key, why in WHY_MISSED.items() if any(key in goal for goal in missed)]
     notes += [note for spec in REGISTRY.suites() if any(goal.startswith(f"{spec.name} default") for goal in missed)
@@ -538,7 +178,7 @@ def why_missed(report: PerfReport, table: list[tuple[str, str, bool]]) -> list[s
 
 
 def goals(report: PerfReport) -> list[tuple[str, str, bool]]:
-    """(goal, measured, met) — the targets of the performance issue against what this run measured."""
+    """(goal, measured, met) — the harness's speed targets against what this run measured."""
     out = []
     for name in REGISTRY.method_names("detr"):
         if name not in COUNTERPARTS:
@@ -599,8 +239,6 @@ def _table(rows: pd.DataFrame) -> list[str]:
 
 
 def _markdown(report: PerfReport, command: str, device: torch.device, threads: int) -> str:
-    from benchmark.perf_curves import CURVE_SECTIONS, curves_markdown
-
     frame = report.frame()
     lines = ["# Performance", "", f"Command: `{command}`", "",
              f"Device `{device}`, {threads} threads, torch {torch.__version__}, "
@@ -642,8 +280,7 @@ def write_figures(frame: pd.DataFrame, out: Path) -> list[Path]:
 
 
 def run_perf(options: PerfOptions) -> PerfReport:
-    from benchmark.perf_curves import cost_curves
-    from benchmark.runner import pick_device
+    from benchmark.plan import pick_device
 
     started = time.perf_counter()
     device = pick_device(options.device)
@@ -658,8 +295,7 @@ def run_perf(options: PerfOptions) -> PerfReport:
     evaluator_speed(report)
     suite_wall_times(report, options)
     suite_time_accounts(report, options.results_dir)
-    if options.ddp:
-        ddp_speedups(report, options)
+    run_stage("suites", report, options)
     if options.curves:
         cost_curves(report, options, device, cache_dir)
     out = options.results_dir / "perf"

@@ -5,8 +5,6 @@
   DN-DETR's noise), in matrix multiplies and attention, and in everything else (element-wise ops, indexing, copies,
   the optimizer). HF's model runs our backbone and draws its own dropout masks, so that much of our step is work
   the counterpart does too and bounds the speed-up over it: the ceiling is HF's step ÷ that shared work.
-- **Compiled execution** (``--compile``, minutes): ``detr``'s model under ``torch.compile`` (inductor), its compile
-  time from an empty inductor cache and its images/s against eager on the same batches.
 - **A suite's wall time by part**, read from the committed default run: the wall seconds its ``timings.csv`` gives
   the training loops, kd's teachers and ovd's evaluation, against the run's worker seconds (wall × ``--jobs``).
 """
@@ -15,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import tempfile
 import time
 from pathlib import Path
 
@@ -101,35 +98,6 @@ def ceiling_note(report, name: str, hf: str, target: float) -> str | None:
     return text + (f"the other {ours - shared:.0f} ms (matmuls and attention {ms[name, MATMUL]:.0f} "
                    f"ms, the rest {ms[name, OTHER]:.0f} ms, random numbers beyond HF's included) cut to "
                    f"{need - shared:.0f} ms.")
-
-
-def compiled_throughput(report, names: list[str], make_step, batches: list, device: torch.device,
-                        steps: int) -> None:
-    """Each model under ``torch.compile`` (inductor): seconds until its first 3 steps are done (compilation from an
-    empty inductor cache, forward and backward), then images/s over ``steps`` steps on the same batches as eager."""
-    from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
-
-    batch_size = len(batches[0][1])
-    for name in names:
-        torch.manual_seed(0)
-        torch._dynamo.reset()  # each model compiles from scratch
-        step, _ = make_step(name, compiled=True)
-        with tempfile.TemporaryDirectory() as cache, temporary_cache_dir(cache):
-            start = time.perf_counter()
-            for images, targets in batches[:3]:
-                step(images, targets)
-            compile_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        for images, targets in batches[3:3 + steps]:
-            step(images, targets)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        rate = steps * batch_size / (time.perf_counter() - start)
-        eager = report.get("train", f"{name} images/s")
-        report.add("compiled", f"{name} compile + first 3 steps", compile_seconds, "s",
-                   "torch.compile, inductor, from an empty cache")
-        report.add("compiled", f"{name} compiled images/s", rate, "img/s",
-                   f"{rate / eager:.2f}× eager (train table), batch {batch_size}, {steps} steps")
 
 
 def suite_time_accounts(report, results_dir: Path) -> None:

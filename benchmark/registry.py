@@ -95,9 +95,7 @@ class SuiteSpec:
     headline: tuple[tuple[str, str], ...] = ()  # (metric, split) pairs of the printed summary table
     # (metrics, timings) DataFrames -> the course questions this suite answers, with measured lines
     report_sections: Callable[[Any, Any], list[Section]] | None = None
-    status: str = "ready"  # anything else: why the suite cannot run yet
     datasets: tuple[str, ...] = ("digits",)  # the --data values prepare() reads; any other is refused up front
-    course_questions: tuple[str, ...] = ()  # listed in REPORT.md while the suite has no results
     # (metric, split) that ``benchmark tune`` maximises: a validation number, never test (last epoch if per-epoch)
     tuning_objective: tuple[str, str] | None = None
     floors: tuple[Floor, ...] = ()  # levels below which a method (a baseline above all) is flagged in the report

@@ -83,7 +83,7 @@ def _suggest(trial, param: SearchParam):
 
 def default_values(options: TuneOptions, method: MethodSpec) -> dict:
     """The method's untuned values of its search space, as ``run`` resolves them for this profile."""
-    from benchmark.runner import RunOptions, resolve
+    from benchmark.plan import RunOptions, resolve
 
     cfg = resolve(RunOptions(suite=options.suite, methods=[method.name], profile=options.profile,
                              overrides=list(options.overrides)))[2]

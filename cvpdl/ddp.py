@@ -8,8 +8,8 @@ each epoch (``sync_buffers``), so that evaluation agrees on every rank. Contrast
 every rank with their gradient (``all_gather_with_grad``, as open_clip's ``ClipLoss(gather_with_grad=True)``), so
 that every rank computes the loss of the whole global batch.
 
-Without ``torch.distributed`` initialised every helper is the identity (or a no-op): a single-process run does
-exactly what it did before.
+Without ``torch.distributed`` initialised every helper is the identity (or a no-op), so a single-process run is
+plain single-process training.
 """
 from __future__ import annotations
 
@@ -31,10 +31,6 @@ def rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def is_main() -> bool:
-    return rank_world()[0] == 0
 
 
 def global_order(n: int, generator: torch.Generator) -> torch.Tensor:

@@ -13,12 +13,12 @@ import torch
 import benchmark.suites  # noqa: F401  (registers the suites goals and curves iterate over)
 from benchmark import reproducibility
 from benchmark.cli import main
-from benchmark.paths import REPO_ROOT
-from benchmark.perf import (HF_DAB, CurveSettings, PerfOptions, PerfReport, goals, training_step,
-                            write_figures)
+from benchmark.perf import goals, write_figures
+from benchmark.perf_common import CurveSettings, PerfOptions, PerfReport
 from benchmark.perf_profile import OP_GROUPS, OTHER
 from benchmark.perf_curves import (EPOCH, EVALUATOR, QUERIES, cost_curves, curves_markdown, loglog_slope,
                                    tune_trials_per_hour)
+from benchmark.perf_models import HF_DAB, training_step
 from tests.test_detr_units import tiny_detector_batch
 
 
@@ -148,7 +148,8 @@ def test_ddp_speedup_times_every_suite_with_one_and_two_processes(tmp_path, monk
     """``perf --ddp``: per suite, the quick profile with 1 process and with 2 under torchrun (the runs stubbed here;
     the real 2-process runs are the torchrun tests of test_reliability), each with the cached data but no cached
     model, and the ratio of their wall times as a perf.csv row of its own."""
-    from benchmark import perf
+    from benchmark import perf_suites
+    from benchmark.perf_extras.ddp import ddp_speedups
     from benchmark.registry import REGISTRY
 
     calls = []
@@ -160,11 +161,11 @@ def test_ddp_speedup_times_every_suite_with_one_and_two_processes(tmp_path, monk
             json.dumps({"world_size": processes, "wall_seconds": 12.0 / processes ** 0.5}))
         return 0.0, 0.0
 
-    monkeypatch.setattr(perf, "run_suite_process", run)
+    monkeypatch.setattr(perf_suites, "run_suite_process", run)
     for folder in ("digits_world", "clip", "localizer", "kd_teacher"):
         (tmp_path / "cache" / folder).mkdir(parents=True)
     report = PerfReport()
-    perf.ddp_speedups(report, PerfOptions(cache_dir=tmp_path / "cache"))
+    ddp_speedups(report, PerfOptions(cache_dir=tmp_path / "cache"))
     suites = [spec.name for spec in REGISTRY.suites()]
     assert calls == [(suite, "quick", world, ["digits_world"]) for suite in suites for world in (1, 2)]
     for suite in suites:
@@ -234,7 +235,7 @@ def test_suite_runs_share_one_results_folder_and_report_process_time(tmp_path, m
     """The perf-profile suite runs (stubbed): one command per suite into one results folder, as a user runs them;
     the runner's clock, the whole command's and the peak memory per suite, ovd's seconds per image, and the
     committed default run's wall time with its --jobs."""
-    from benchmark import perf
+    from benchmark import perf_suites
     from benchmark.registry import REGISTRY
 
     folders = []
@@ -249,13 +250,13 @@ def test_suite_runs_share_one_results_folder_and_report_process_time(tmp_path, m
             written / "timings.csv", index=False)
         return 40.0, 1000.0
 
-    monkeypatch.setattr(perf, "run_suite_process", run)
+    monkeypatch.setattr(perf_suites, "run_suite_process", run)
     (tmp_path / "detr").mkdir()
     (tmp_path / "detr" / "run.json").write_text(json.dumps(
         {"profile": "default", "wall_seconds": 700.0, "git_commit": "0" * 40, "device": "cpu", "jobs": 2,
          "prepare_seconds": 100.0, "prepare_cache": {"clip.pt": "trained"}}))
     report = PerfReport()
-    perf.suite_wall_times(report, PerfOptions(results_dir=tmp_path, suite_jobs=3))
+    perf_suites.suite_wall_times(report, PerfOptions(results_dir=tmp_path, suite_jobs=3))
     suites = [spec.name for spec in REGISTRY.suites()]
     assert len(folders) == len(suites) and len(set(folders)) == 1
     for suite in suites:
@@ -270,3 +271,25 @@ def test_suite_runs_share_one_results_folder_and_report_process_time(tmp_path, m
     table = {goal: (measured, met) for goal, measured, met in goals(report)}
     assert table["quick profile of all suites ≤ 2 min"] == (f"{40 * len(suites) / 60:.1f} min (one command per "
                                                              "suite, start-up included)", 40 * len(suites) <= 120)
+
+
+def test_optional_sections_run_only_when_their_flag_asks(monkeypatch):
+    """The plug-in point of ``benchmark.perf_extras``: a registered section gets its own ``perf`` flag and runs at its
+    stage only when ``PerfOptions.extras`` names it; ``--compile`` and ``--ddp`` are two such sections."""
+    from benchmark import perf, perf_extras
+    from benchmark.perf_extras import base
+
+    ran = []
+    toy = base.PerfExtra("toy", help="a toy section", stage="suites",
+                         run=lambda report, options, bench: ran.append((options.extras, bench)))
+    monkeypatch.setattr(base, "EXTRAS", {**base.EXTRAS, "toy": toy})
+    base.run_stage("suites", PerfReport(), PerfOptions())
+    base.run_stage("train", PerfReport(), PerfOptions(extras=("toy",)))
+    assert ran == []
+    base.run_stage("suites", PerfReport(), PerfOptions(extras=("toy",)))
+    assert ran == [(("toy",), None)]
+    assert {"compile", "ddp"} <= set(perf_extras.EXTRAS)
+    chosen = []
+    monkeypatch.setattr(perf, "run_perf", chosen.append)
+    assert main(["perf", "--compile", "--ddp", "--no-curves"]) == 0
+    assert chosen[0].extras == ("compile", "ddp") and chosen[0].curves is False

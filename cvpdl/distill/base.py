@@ -11,7 +11,7 @@ from torch import nn
 
 from cvpdl.checkpoint import Checkpoint
 from cvpdl.distill.networks import ConvNet
-from cvpdl.distill.training import ClassificationData, KDFit, TrainConfig, fit_distiller
+from cvpdl.distill.training import ClassificationData, KDFit, TrainConfig, train
 from cvpdl.progress import EpochCallback, no_report
 
 
@@ -54,3 +54,12 @@ class Distiller(nn.Module):
         (reverse feature KD) override it."""
         distiller = cls(make_student(), teacher if cls.needs_teacher else None, cfg)
         return fit_distiller(distiller, data, train_cfg, generator, checkpoint, on_epoch)
+
+
+def fit_distiller(distiller: Distiller, data: ClassificationData, cfg: TrainConfig, generator: torch.Generator,
+                  checkpoint: Checkpoint | None = None, on_epoch: EpochCallback = no_report) -> KDFit:
+    history = train(distiller, data, cfg, generator, desc=type(distiller).__name__, checkpoint=checkpoint,
+                    on_epoch=on_epoch)
+    student = {id(p) for p in distiller.student.parameters()}
+    extra = sum(p.numel() for p in distiller.trainable_parameters() if id(p) not in student)
+    return KDFit(distiller.student, history, extra_parameters=extra)

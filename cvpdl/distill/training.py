@@ -1,9 +1,9 @@
-"""Training and evaluation loops shared by the teacher, the student baseline and every distiller."""
+"""Training and evaluation loops shared by the teacher, the student baseline and every distiller (the loop; the
+method, ``Distiller`` and ``fit_distiller``, is ``cvpdl.distill.base``)."""
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -13,9 +13,6 @@ from tqdm.auto import tqdm
 from cvpdl import ddp
 from cvpdl.checkpoint import Checkpoint
 from cvpdl.progress import EpochCallback, no_report
-
-if TYPE_CHECKING:  # base.py builds on these loops (``Distiller.fit``)
-    from cvpdl.distill.base import Distiller
 
 
 @dataclass(frozen=True)
@@ -82,10 +79,11 @@ def top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return (predict(model, x)["logits"].argmax(1) == y).float().mean().item()
 
 
-def train(distiller: Distiller, data: ClassificationData, cfg: TrainConfig, generator: torch.Generator,
+def train(distiller: nn.Module, data: ClassificationData, cfg: TrainConfig, generator: torch.Generator,
           desc: str = "train", checkpoint: Checkpoint | None = None, evaluate: bool = True,
           on_epoch: EpochCallback = no_report) -> TrainHistory:
     """AdamW with a one-cycle schedule; teacher outputs are computed once (no augmentation: they are fixed).
+    ``distiller`` is a ``cvpdl.distill.base.Distiller`` (its ``losses``, ``teacher_outputs``, trainable parameters).
     With a ``checkpoint``, the state is saved after every epoch and a saved one is resumed from. ``evaluate``
     False skips the per-epoch val/test top-1 (the history then holds the loss terms only): for a caller that
     discards the history (the cached teacher, reverse KD's stages 0 and 1). Evaluation runs in eval mode without
@@ -141,12 +139,3 @@ def train(distiller: Distiller, data: ClassificationData, cfg: TrainConfig, gene
                                            for name, values in history.per_epoch.items()})
         checkpoint.save(stateful, generator, epoch=epoch, per_epoch=history.per_epoch, test_top1=history.test_top1)
     return history
-
-
-def fit_distiller(distiller: Distiller, data: ClassificationData, cfg: TrainConfig, generator: torch.Generator,
-                  checkpoint: Checkpoint | None = None, on_epoch: EpochCallback = no_report) -> KDFit:
-    history = train(distiller, data, cfg, generator, desc=type(distiller).__name__, checkpoint=checkpoint,
-                    on_epoch=on_epoch)
-    student = {id(p) for p in distiller.student.parameters()}
-    extra = sum(p.numel() for p in distiller.trainable_parameters() if id(p) not in student)
-    return KDFit(distiller.student, history, extra_parameters=extra)

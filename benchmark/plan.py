@@ -1,0 +1,165 @@
+"""What a run is, decided before anything runs: the validated options, the resolved config (and each tuned
+method's), the device, the config hash, the results folder and the ``run.json`` that describes it."""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from benchmark import config as config_lib
+from benchmark import distributed, reproducibility
+from benchmark.params import load_params, study_profile
+from benchmark.registry import REGISTRY, MethodSpec, SuiteSpec
+from cvpdl.errors import UserInputError
+
+
+@dataclass
+class RunOptions:
+    suite: str
+    methods: list[str] | None = None
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    profile: str = "default"
+    overrides: list[str] = field(default_factory=list)
+    results_dir: Path = Path("results")
+    device: str = "auto"
+    data: str = "digits"
+    data_root: Path | None = None
+    clip: str | None = None
+    clip_weights: Path | None = None
+    cache_dir: Path | None = None
+    threads: int | None = None
+    force: bool = False
+    resume: bool = False  # continue interrupted cells from their last per-epoch checkpoint
+    jobs: int = 1  # worker processes that train cells side by side (each with cores / jobs threads)
+    # torch threads of the shared set-up (None: the run's). Cached artefacts are keyed by the thread count, so
+    # --jobs workers get their parent's, with which it prepared them, and load them instead of training them again
+    prepare_threads: int | None = None
+    config_file: Path | None = None  # YAML/JSON {section: {key: value}} over the profile; overrides still win
+    # best.json of `benchmark tune`: each method's tuned values (--set still wins). None: the suite's own study,
+    # DIR/<suite>/tuning/best.json, when it exists and was tuned on this profile (digits data); "none": the defaults
+    params: Path | None = None
+    method_overrides: dict[str, list[str]] | None = None  # the same as a dict (a run.json's "params"), without a file
+
+    def data_options(self) -> dict:
+        """The data and CLIP choices that shape results beside the config: hashed with it, written to run.json."""
+        return {"data": self.data, "data_root": str(self.data_root) if self.data_root else None,
+                "clip": self.clip, "clip_weights": str(self.clip_weights) if self.clip_weights else None}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserInputError("--device cuda: no CUDA device is visible to torch")
+    if name not in ("cpu", "cuda"):
+        raise UserInputError(f"unknown device {name!r}; choose from: auto, cpu, cuda")
+    return torch.device(name)
+
+
+def resolve(options: RunOptions) -> tuple[SuiteSpec, list[MethodSpec], dict]:
+    """Validate every user choice before anything is written."""
+    spec = REGISTRY.suite(options.suite)
+    if options.data not in ("digits", "coco", "imagefolder"):
+        raise UserInputError(f"unknown --data {options.data!r}; choose from: digits, coco, imagefolder")
+    if options.data not in spec.datasets:
+        raise UserInputError(f"suite {spec.name!r} cannot use --data {options.data}; it supports: "
+                             f"{', '.join(spec.datasets)}")
+    if options.profile not in spec.profiles:
+        raise UserInputError(f"unknown profile {options.profile!r}; choose from: {', '.join(spec.profiles)}")
+    names = options.methods or [m.name for m in REGISTRY.methods(spec.name)]
+    methods = [REGISTRY.method(spec.name, name) for name in names]
+    if len(set(names)) != len(names):
+        raise UserInputError(f"--methods lists a method twice: {' '.join(names)}")
+    if not options.seeds or len(set(options.seeds)) != len(options.seeds):
+        raise UserInputError("--seeds must list distinct integers")
+    if options.jobs < 1 or (options.jobs > 1 and distributed.world_size() > 1):
+        raise UserInputError(f"--jobs must be at least 1 (and 1 under torchrun), got {options.jobs}")
+    sections = dict(spec.config)
+    for method in REGISTRY.methods(spec.name):
+        sections.update(method.config)
+    file_values = config_lib.read_config_file(options.config_file) if options.config_file else None
+    cfg = config_lib.resolve(sections, spec.profiles[options.profile], options.overrides, file_values)
+    for method in methods:
+        method.build(cfg)  # builders validate their config values: fail now, before anything is trained or written
+    if options.data != "digits" and (options.data_root is None or not Path(options.data_root).is_dir()):
+        raise UserInputError(f"--data {options.data} needs --data-root pointing at an existing folder "
+                             f"(got {options.data_root})")
+    if (options.clip is None) != (options.clip_weights is None):
+        raise UserInputError("--clip and --clip-weights go together: an open_clip architecture and its local file")
+    if options.clip_weights is not None and not Path(options.clip_weights).is_file():
+        raise UserInputError(f"CLIP checkpoint not found: {options.clip_weights}")
+    return spec, methods, cfg
+
+
+def tuned_configs(options: RunOptions, methods: list[MethodSpec]) -> tuple[dict[str, list[str]], dict[str, dict]]:
+    """``--params best.json``: per method, its tuned ``section.key=value`` list and the config it runs with (the
+    tuned values over the profile and config file; ``--set`` still wins). Methods absent from the file run as is."""
+    path = options.params
+    if path is None:
+        own = Path(options.results_dir) / options.suite / "tuning" / "best.json"
+        path = own if options.data == "digits" and study_profile(own) == options.profile else None
+    elif str(path) == "none":
+        path = None
+    if path is None and not options.method_overrides:
+        return {}, {}
+    tuned = load_params(path, options.suite) if path else options.method_overrides
+    params = {m.name: tuned[m.name] for m in methods if tuned.get(m.name)}
+    method_cfgs = {name: resolve(replace(options, overrides=[*values, *options.overrides]))[2]
+                   for name, values in params.items()}
+    return params, method_cfgs
+
+
+@dataclass(frozen=True)
+class Execution:
+    """Where this process computes: the same for every cell of an invocation."""
+
+    device: torch.device
+    threads: int
+    rank: int  # torchrun rank; only rank 0 tracks and writes
+    world: int  # number of torchrun ranks (1 without torchrun)
+
+
+def run_config_hash(options: RunOptions, cfg: dict, params: dict[str, list[str]]) -> str:
+    """What decides a run's numbers besides code and seeds: the config, the data and CLIP options, tuned values."""
+    return config_lib.config_hash({"cfg": cfg, **options.data_options(), **({"params": params} if params else {})})
+
+
+def results_folder(options: RunOptions, methods: list[MethodSpec], cfg_hash: str) -> Path:
+    """``DIR/<suite>/`` for the suite's default run (digits, default profile, the default or tuned config however
+    it was spelled); ``DIR/<suite>/<data>-<profile>-<hash>/`` for any other, so no run overwrites the default
+    results (those committed under ``results/``)."""
+    suite_dir = Path(options.results_dir) / options.suite
+    profiles = REGISTRY.suite(options.suite).profiles
+    default = replace(options, data="digits", data_root=None, clip=None, clip_weights=None, overrides=[],
+                      config_file=None, params=None,
+                      profile="default" if "default" in profiles else next(iter(profiles)))
+    _, _, default_cfg = resolve(default)
+    default_params, _ = tuned_configs(default, methods)
+    if cfg_hash == run_config_hash(default, default_cfg, default_params):
+        return suite_dir
+    return suite_dir / f"{options.data}-{options.profile}-{cfg_hash[:8]}"
+
+
+def describe_run(options: RunOptions, spec: SuiteSpec, methods: list[MethodSpec], cfg: dict,
+                 params: dict[str, list[str]], ex: Execution) -> tuple[dict, dict[str, str]]:
+    """``run.json`` (config, its hash, code, machine: what a rerun elsewhere compares against) and the MLflow tags
+    of every run of this invocation."""
+    data_options = options.data_options()
+    cfg_hash = run_config_hash(options, cfg, params)
+    commit, dirty = reproducibility.git_state()
+    run_info = {"suite": spec.name, "profile": options.profile, "methods": [m.name for m in methods],
+                "seeds": options.seeds, "config": cfg, "config_hash": cfg_hash, "params": params, **data_options,
+                "git_commit": commit, "git_dirty": dirty, "device": str(ex.device), "threads": ex.threads,
+                "world_size": ex.world, "jobs": options.jobs,
+                # versions, date, command, CPU/ISA, OS, torch build, evaluator, data hashes; the signature decides
+                # whether `verify` expects identical numbers or numbers within tolerances
+                **reproducibility.record(ex.threads, options.data, options.data_root, options.clip_weights)}
+    tags = {"config_hash": cfg_hash, "git_commit": commit, "git_dirty": str(dirty), "device": str(ex.device),
+            "torch": torch.__version__, "threads": str(ex.threads), "profile": options.profile,
+            "host": socket.gethostname(), "pid": str(os.getpid()),  # host + pid: stale RUNNING runs are found
+            # what the run read: data, its root, CLIP weights (run.json holds their hashes too)
+            **{k: str(v) for k, v in options.data_options().items() if v is not None}}
+    return run_info, tags
