@@ -88,7 +88,7 @@ def test_criterion_hand_values():
     assert losses["loss_ce"].item() == pytest.approx(0.0, abs=1e-6)  # both queries confidently right
 
 
-def test_focal_criterion_uses_torchvision_sigmoid_focal_loss():
+def test_focal_class_loss_hand_values():
     crit = SetCriterion(2, LossWeights(), MatcherCosts(focal=True))
     logits = torch.zeros(1, 2, 2)
     target_classes = torch.tensor([[0, 2]])  # q1 unmatched
@@ -96,6 +96,10 @@ def test_focal_criterion_uses_torchvision_sigmoid_focal_loss():
     pos = 0.25 * 0.25 * math.log(2)
     neg = 0.75 * 0.25 * math.log(2)
     assert crit.class_loss(logits, target_classes, 1.0).item() == pytest.approx(pos + 3 * neg, rel=1e-5)
+    # logit ±ln 3 → p = 0.75 / 0.25: positive at p 0.75: α(1/4)²·ln(4/3); negative at p 0.25: (1−α)(1/4)²·ln(4/3)
+    logits = torch.tensor([[[math.log(3), 0.0], [0.0, -math.log(3)]]])
+    expected = (0.25 * 0.0625 * math.log(4 / 3) + neg + neg + 0.75 * 0.0625 * math.log(4 / 3)) / 2.0
+    assert crit.class_loss(logits, target_classes, 2.0).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_box_ops():
@@ -226,6 +230,26 @@ def test_dab_content_queries_follow_the_official_code():
     assert torch.equal(content[0, 0, :-1], dn.label_embed.weight[3]) and (content[..., -1] == 0).all()
     assert dab.layers[0].ca_q_pos is not None and dab.layers[1].ca_q_pos is None  # first-layer positional terms
     assert inverse_sigmoid(torch.tensor([0.0])).item() == pytest.approx(math.log(1e-3 / 1), rel=1e-6)
+
+
+def test_dab_box_keeps_the_gradient_of_the_previous_refinement_and_the_queries_do_not():
+    """Official ``ref_points`` / ``reference_points.detach()``: layer 1's queries read layer 0's refined anchor
+    detached (its output has no gradient to the box head, which only refines), while the anchor layer 1's box is
+    refined from keeps the gradient of that refinement."""
+    cfg = DetrConfig(backbone_width=8, d_model=16, heads=2, encoder_layers=1, decoder_layers=2, d_ff=32,
+                     num_queries=4)
+    torch.manual_seed(0)
+    model = DabDetr(cfg, 3).train()
+    with torch.no_grad():
+        for p in model.box_head.parameters():
+            p.normal_(0, 0.3)
+    g = torch.Generator().manual_seed(0)
+    tgt, memory, pos = (torch.randn(2, n, 16, generator=g) for n in (4, 6, 6))
+    hidden, references, _ = model.decode(tgt, torch.randn(2, 4, 4, generator=g), memory, pos)
+    head = list(model.box_head.parameters())
+    assert all(g is None for g in torch.autograd.grad(hidden[1].sum(), head, allow_unused=True))
+    assert all(g.abs().sum() > 0 for g in torch.autograd.grad(references[1].sum(), head))
+    assert len(references) == len(hidden) == 2
 
 
 def test_dropout_is_deterministic_under_the_seed_and_off_in_eval():

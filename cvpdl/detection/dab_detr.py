@@ -4,8 +4,10 @@ the official code (IDEA-Research/DAB-DETR ``models/DAB_DETR``, IDEA-Research/DN-
 Queries are learned 4-D anchors (x, y, w, h) stored in logit space. Each decoder layer: positional query =
 MLP(PE(x)‖PE(y)‖PE(w)‖PE(h)); conditional cross-attention with the anchor's (y, x) sine embedding, scaled by a
 content transform (from the second layer on) and modulated by (w_ref / w, h_ref / h); then the anchor is refined by
-a Δ in inverse-sigmoid space, detached before the next layer. The heads read the decoder-normed output; the
-anchor update reads the un-normed one, as the official decoder does. Classification is sigmoid (focal loss).
+a Δ in inverse-sigmoid space. The next layer's queries read the refined anchor detached, but the box that layer
+predicts is refined from the undetached one, so its gradient also flows through the previous layer's refinement
+(official ``ref_points`` / ``reference_points.detach()``). The heads read the decoder-normed output; the anchor
+update reads the un-normed one, as the official decoder does. Classification is sigmoid (focal loss).
 The content query starts at zero (DAB-DETR); DN-DETR's starts at the embedding of the "unknown" label with
 indicator 0, its denoising queries at their noised label's embedding with indicator 1, and padding at zero.
 """
@@ -92,7 +94,7 @@ class DabDetr(nn.Module):
 
     def _matching_content(self, shape: tuple[int, ...], device) -> torch.Tensor:
         if self.label_embed is None:  # DAB-DETR
-            return torch.zeros(*shape, self.d_model, device=device)
+            return torch.zeros(*shape, self.d_model, device=device, dtype=self.anchors.weight.dtype)
         return self._content(torch.full(shape, self.num_classes, device=device), 0.0)  # DN-DETR
 
     def _content(self, labels: torch.Tensor, indicator: float) -> torch.Tensor:
@@ -110,36 +112,47 @@ class DabDetr(nn.Module):
 
     def decode(self, tgt: torch.Tensor, refpoints: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor,
                mask: torch.Tensor | None = None) -> tuple[list, list, list]:
-        """The decoder (official ``TransformerDecoder``): per layer the normed output, the anchors it started from
-        (sigmoid cxcywh) and its cross-attention weights (None in training). ``refpoints``: anchors in logit
-        space (B, Q, 4)."""
+        """The decoder (official ``TransformerDecoder``): per layer the normed output, the anchors its box is refined
+        from (sigmoid cxcywh: the input anchors, then the previous layer's refinement, not detached, as the official
+        ``ref_points``) and its cross-attention weights (None in training). ``refpoints``: anchors in logit space
+        (B, Q, 4)."""
         reference = refpoints.sigmoid()
-        hidden, references, weights = [], [], []
+        hidden, references, weights = [], [reference], []
         for i, layer in enumerate(self.layers):
             query_pos, query_sine = self.query_embeddings(reference, tgt, i)
             tgt, w = layer(tgt, query_pos, query_sine, memory, pos, mask)
             hidden.append(self.decoder_norm(tgt))
-            references.append(reference)
             weights.append(w)
-            # the refined anchor, detached, feeds the next layer
-            reference = (self.box_head(tgt) + inverse_sigmoid(reference)).sigmoid().detach()
+            if i < len(self.layers) - 1:
+                refined = (self.box_head(tgt) + inverse_sigmoid(reference)).sigmoid()
+                references.append(refined)  # the next layer's box keeps the gradient through this refinement
+                reference = refined.detach()  # the next layer's queries do not
         return hidden, references, weights
+
+    def initial_queries(self, batch: int, device, targets: list[dict] | None = None,
+                        generator: torch.Generator | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict | None]:
+        """The decoder's input (DN-DETR's ``prepare_for_dn``): content queries (B, T, d), anchors in logit space
+        (B, T, 4), the self-attention mask and the denoising bookkeeping. Training with denoising puts the noised
+        ground truths first (T = pad + Q); otherwise T = Q and there is no mask."""
+        q = self.anchors.num_embeddings
+        tgt = self._matching_content((batch, q), device)
+        refpoints = self.anchors.weight[None].expand(batch, -1, -1)
+        if not (self.training and self.denoising is not None and targets is not None):
+            return tgt, refpoints, None, None
+        labels, boxes, valid, indices, group_size = build_dn_queries(targets, self.denoising, self.num_classes,
+                                                                     generator)
+        # padding slots (images with fewer boxes than the largest) carry zero content, as in the official code
+        tgt = torch.cat([self._content(labels, 1.0) * valid[..., None], tgt], dim=1)
+        refpoints = torch.cat([inverse_sigmoid(boxes), refpoints], dim=1)
+        mask = attention_mask(self.denoising.groups, group_size, q, device)
+        dn = {"pad": labels.shape[1], "indices": indices, "targets": targets, "groups": self.denoising.groups}
+        return tgt, refpoints, mask, dn
 
     def forward(self, images: torch.Tensor, targets: list[dict] | None = None,
                 generator: torch.Generator | None = None) -> dict:
         memory, pos, grid = self.encoder(images)
-        b, q = len(images), self.anchors.num_embeddings
-        tgt = self._matching_content((b, q), images.device)
-        refpoints = self.anchors.weight[None].expand(b, -1, -1)
-        mask, dn = None, None
-        if self.training and self.denoising is not None and targets is not None:
-            labels, boxes, valid, indices, group_size = build_dn_queries(targets, self.denoising, self.num_classes,
-                                                                         generator)
-            # padding slots (images with fewer boxes than the largest) carry zero content, as in the official code
-            tgt = torch.cat([self._content(labels, 1.0) * valid[..., None], tgt], dim=1)
-            refpoints = torch.cat([inverse_sigmoid(boxes), refpoints], dim=1)
-            mask = attention_mask(self.denoising.groups, group_size, q, images.device)
-            dn = {"pad": labels.shape[1], "indices": indices, "targets": targets, "groups": self.denoising.groups}
+        tgt, refpoints, mask, dn = self.initial_queries(len(images), images.device, targets, generator)
         hidden, references, weights = self.decode(tgt, refpoints, memory, pos, mask)
         split = dn["pad"] if dn else 0
         out = {"logits": [], "boxes": [], "cross_attn": [], "grid": grid}
