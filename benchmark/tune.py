@@ -8,14 +8,20 @@ among them) of each trial are recorded beside it, so the report can say what tun
 take part in choosing.
 
 The studies live in ``DIR/<suite>/tuning/optuna.db`` (SQLite): a killed ``tune`` resumes where it stopped and
-several workers may share it. Outputs beside it: ``trials.csv`` (every trial), ``best.json`` (per method, the
+several workers on this machine may share it. ``--storage`` names another Optuna storage (a journal file on a shared
+file system, or a database URL), so ``tune`` processes on several machines work on the same studies; the budget
+stays the same in total. Outputs beside it: ``trials.csv`` (every trial), ``best.json`` (per method, the
 best values as ``section.key`` → value; ``run --params`` reads it) and ``figures/sensitivity_<method>.png``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import socket
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +46,7 @@ class TuneOptions:
     device: str = "auto"
     threads: int | None = None
     timeout: float | None = None  # seconds per method's study (a wall budget; the trial in flight finishes)
+    storage: str | None = None  # an Optuna storage shared by several workers: a journal file path or an RDB URL
 
 
 def final_value(metrics: pd.DataFrame, method: str, seed: int, metric: str, split: str) -> float:
@@ -107,6 +114,37 @@ def _resolve(options: TuneOptions) -> tuple[SuiteSpec, list[MethodSpec]]:
     return spec, methods
 
 
+def open_storage(storage: str | None, tuning_dir: Path):
+    """The Optuna storage of the suite's studies and the lock file its workers take turns on when they create the
+    schema and the studies' first trial (None: a database server, which serialises its writers itself; the journal's
+    own ``.lock`` is Optuna's).
+
+    ``tuning_dir/optuna.db`` by default; else ``storage``, a database URL (``scheme://…``: RDB, e.g. PostgreSQL or
+    MySQL for many machines) or a journal file path (append-only, with locks that work on NFS: Optuna's choice for a
+    shared file system). An unusable storage is a one-line error."""
+    import optuna
+    import sqlalchemy.exc
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable enough
+    url = storage or f"sqlite:///{tuning_dir / 'optuna.db'}"
+    try:
+        if "://" not in url:
+            from optuna.storages.journal import JournalFileBackend
+
+            Path(url).parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(JournalFileBackend(url)), Path(url + ".create.lock")
+        local = Path(url.split("///", 1)[1].split("?", 1)[0]) if url.startswith("sqlite:///") else None
+        lock = None if local is None else tuning_dir / ".create.lock" if storage is None else \
+            local.with_name(local.name + ".create.lock")
+        # concurrent workers on one SQLite file: one creates the schema, the others wait
+        with locked(lock) if lock else contextlib.nullcontext():
+            return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180,
+                                              engine_kwargs={"connect_args": {"timeout": 60}} if local else None), lock
+    except (OSError, ValueError, ImportError, sqlalchemy.exc.SQLAlchemyError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserInputError(f"--storage {url}: not a usable Optuna storage ({reason})") from None
+
+
 def tune_suite(options: TuneOptions) -> pd.DataFrame:
     import optuna
 
@@ -116,11 +154,12 @@ def tune_suite(options: TuneOptions) -> pd.DataFrame:
     metric, split = spec.tuning_objective
     tuning_dir = Path(options.results_dir) / spec.name / "tuning"
     tuning_dir.mkdir(parents=True, exist_ok=True)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats: stable enough
-    with locked(tuning_dir / ".create.lock"):  # concurrent workers: one creates the schema, the others wait
-        storage = optuna.storages.RDBStorage(f"sqlite:///{tuning_dir / 'optuna.db'}", heartbeat_interval=60,
-                                             grace_period=180, engine_kwargs={"connect_args": {"timeout": 60}})
+    storage, lock = open_storage(options.storage, tuning_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # workers sharing a storage would draw the same random start-up trials from one seed: each seeds its sampler
+    # from --seed, its host and its process (the interleaving of workers' trials is not reproducible anyway)
+    sampler_seed = options.seed if options.storage is None else \
+        zlib.crc32(f"{options.seed}:{socket.gethostname()}:{os.getpid()}".encode())
 
     for method in methods:
         study = optuna.create_study(study_name=study_name(spec.name, method.name, options.profile), storage=storage,
@@ -128,10 +167,14 @@ def tune_suite(options: TuneOptions) -> pd.DataFrame:
                                     # random start-up trials, then TPE: a third of the budget (Optuna's 10
                                     # would be most of it)
                                     sampler=optuna.samplers.TPESampler(
-                                        seed=options.seed, n_startup_trials=min(10, max(3, options.trials // 3))))
-        optuna.storages.fail_stale_trials(study)  # trials a killed worker left RUNNING
-        if not study.trials and method.search_space:  # trial 0 is the default config: "how much did tuning move it"
-            study.enqueue_trial(default_values(options, method), user_attrs={"default": True})
+                                        seed=sampler_seed, n_startup_trials=min(10, max(3, options.trials // 3))))
+        optuna.storages.fail_stale_trials(study)  # trials a killed worker left RUNNING (RDB storage: heartbeats)
+        # trial 0 is the default config ("how much did tuning move it"), enqueued once by whichever worker comes first
+        # (skip_if_exists: the one guard a database server's workers have)
+        with locked(lock) if lock else contextlib.nullcontext():
+            if not study.trials and method.search_space:
+                study.enqueue_trial(default_values(options, method), user_attrs={"default": True},
+                                    skip_if_exists=True)
 
         def objective(trial, method=method):
             values = {p.key: _suggest(trial, p) for p in method.search_space}
@@ -150,17 +193,22 @@ def tune_suite(options: TuneOptions) -> pd.DataFrame:
         # a method without a search space still runs once: its untuned value is part of the table
         budget = options.trials if method.search_space else 1
         if budget > done:
-            # outputs after every trial: a study stopped by a kill or a wall budget leaves them current
+            # outputs after every trial: a study stopped by a kill or a wall budget leaves them current; the study
+            # stops when all workers together completed the budget (a trial in flight then still finishes and is
+            # recorded, not counted)
             study.optimize(objective, n_trials=budget - done, timeout=options.timeout,
-                           callbacks=[lambda *_: write_outputs(spec, storage, options.profile, tuning_dir)])
-    return write_outputs(spec, storage, options.profile, tuning_dir, figures=True)
+                           callbacks=[optuna.study.MaxTrialsCallback(budget),
+                                      lambda *_: write_outputs(spec, storage, options.profile, tuning_dir,
+                                                               options.trials)])
+    return write_outputs(spec, storage, options.profile, tuning_dir, options.trials, figures=True)
 
 
-def write_outputs(spec: SuiteSpec, storage, profile: str, tuning_dir: Path, figures: bool = False) -> pd.DataFrame:
+def write_outputs(spec: SuiteSpec, storage, profile: str, tuning_dir: Path, trials_per_method: int,
+                  figures: bool = False) -> pd.DataFrame:
     """``trials.csv`` and ``best.json`` over every study of the suite in ``storage`` (workers tuning other methods
     included). Equal budget: each method's best is taken over its first k completed trials, k the smallest number
-    of completed trials of any method with a search space, so a method that got more trials (a faster worker) has
-    no advantage."""
+    of completed trials of any method with a search space and at most ``trials_per_method``, so a method that got
+    more trials (a faster worker, or workers that finished together past the budget) has no advantage."""
     import optuna
 
     names = set(optuna.get_all_study_names(storage))
@@ -169,6 +217,7 @@ def write_outputs(spec: SuiteSpec, storage, profile: str, tuning_dir: Path, figu
     complete = {name: [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
                 for name, (_, study) in studies.items()}
     budget = min((len(complete[n]) for n, (m, _) in studies.items() if m.search_space and complete[n]), default=0)
+    budget = min(budget, trials_per_method)
     rows, best = [], {}
     for name, (method, study) in studies.items():
         counted = complete[name][:budget] if method.search_space else complete[name][:1]

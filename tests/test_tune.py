@@ -40,10 +40,12 @@ OFFSET = {"fixed": 1.0, "tunable": 0.0}
 @dataclass(frozen=True)
 class KnobConfig:
     x: float = 0.9
+    seconds: float = 0.0  # how long a trial's cell takes (so that workers sharing a study overlap)
 
 
 def _run_cell(run, shared, method, seed, generator):
     # best at x = 0.3; every method scores differently, so one method's value can never pass for another's
+    time.sleep(run.cfg["knob"]["seconds"])
     score = -(run.cfg["knob"]["x"] - 0.3) ** 2 - OFFSET[method.name]
     return CellResult([{"epoch": 1, "split": "val", "metric": "score", "value": score},
                        {"epoch": None, "split": "test", "metric": "score", "value": 10 + score}])
@@ -99,6 +101,56 @@ def test_tune_gives_each_method_its_budget_and_run_reads_best_json(tmp_path):
     plain = run_suite(RunOptions(suite="knob", seeds=[0], profile="quick", results_dir=tmp_path,
                                  cache_dir=tmp_path / "c", params=Path("none")))
     assert plain.set_index(["method", "split"]).loc[("tunable", "test"), "value"] == pytest.approx(10 - 0.36)
+
+
+@pytest.mark.parametrize("storage", ["journal", "sqlite"])
+def test_two_workers_share_one_study_and_its_budget(tmp_path, storage):
+    """Two ``tune --storage`` processes (as on two machines: their own results dirs) on one study: together they
+    complete the budget, each did part of it, the default trial is enqueued once, and both count the same trials."""
+    import multiprocessing
+
+    import optuna
+
+    url = str(tmp_path / "shared" / "optuna.journal") if storage == "journal" else \
+        f"sqlite:///{tmp_path / 'shared' / 'optuna.db'}"
+    context = multiprocessing.get_context("fork")
+    start = context.Barrier(2)
+
+    def worker(i: int) -> None:
+        start.wait()
+        tune_suite(TuneOptions(suite="knob", trials=4, profile="quick", overrides=["knob.seconds=1"], storage=url,
+                               results_dir=tmp_path / f"w{i}", cache_dir=tmp_path / f"c{i}"))
+        os._exit(0)
+
+    workers = [context.Process(target=worker, args=(i,)) for i in range(2)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(300)
+        assert process.exitcode == 0
+    from benchmark.tune import open_storage
+
+    shared = optuna.load_study(study_name="knob-tunable-quick", storage=open_storage(url, tmp_path)[0])
+    complete = [t for t in shared.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert 4 <= len(complete) <= 5  # one trial in flight when the budget filled may finish past it
+    assert sum(bool(t.user_attrs.get("default")) for t in shared.trials) == 1
+    for i in range(2):
+        assert list((tmp_path / f"w{i}" / "knob" / "tuning" / "trials").glob("**/DONE"))  # each did part of it
+        best = json.loads((tmp_path / f"w{i}" / "knob" / "tuning" / "best.json").read_text())
+        assert best["trials_per_method"] == 4 and best["methods"]["tunable"]["trials"] == 4
+    assert best["methods"]["tunable"]["value"] == max(t.value for t in complete[:4])
+
+
+def test_an_unusable_storage_is_one_line(tmp_path, capsys):
+    from benchmark.cli import main
+
+    (tmp_path / "file").write_text("")
+    for url in (str(tmp_path / "file" / "optuna.journal"), "postgresql+nosuchdriver://u@h/db"):
+        code = main(["tune", "--suite", "knob", "--profile", "quick", "--trials", "1", "--storage", url,
+                     "--results-dir", str(tmp_path / "r")])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith(f"error: --storage {url}: not a usable Optuna storage") and \
+            err.count("\n") == 1, err
 
 
 def test_killed_tune_resumes_and_run_reads_its_best_json(tmp_path):
