@@ -442,15 +442,16 @@ def test_dn_attention_mask_follows_the_definition(groups, size, matching):
             assert bool(mask[i, j]) == blocked, (i, j)
 
 
-# ---- DN-DETR's query building against the official ``prepare_for_dn`` (verbatim text fixture) ----
+# ---- DN-DETR's queries and losses against the official ``dn_components`` (verbatim text fixture) ----
 
-DN_FIXTURE = Path(__file__).parent / "fixtures" / "dn_detr_prepare_for_dn.py.txt"
+DN_FIXTURE = Path(__file__).parent / "fixtures" / "dn_detr_official_dn_components.py.txt"
+DN_GROUPS, DN_SEED, DN_QUERIES, DN_D = 3, 4, 5, 16
 
 
-def _official_prepare_for_dn(noise: dict):
-    """The official function on the CPU: its ``.cuda()`` / ``.to('cuda')`` calls dropped, and its random draws
-    (``rand_like`` for the label flips, ``randint_like`` for the new labels, ``rand_like`` for the box noise) answered
-    from ``noise``, given in its own order (group-major over the batch's concatenated targets)."""
+def _official_dn(noise: dict) -> dict:
+    """The official functions on the CPU: the ``.cuda()`` / ``.to('cuda')`` calls dropped, and the random draws of
+    ``prepare_for_dn`` (``rand_like`` for the label flips, ``randint_like`` for the new labels, ``rand_like`` for the
+    box noise) answered from ``noise``, given in its own order (group-major over the batch's concatenated targets)."""
     source = DN_FIXTURE.read_text().replace(".cuda()", "").replace(".to('cuda')", "")
     uniforms = iter([noise["flip"], noise["box"]])
 
@@ -470,7 +471,8 @@ def _official_prepare_for_dn(noise: dict):
 
     namespace = {"torch": ReplayTorch()}
     exec(compile(source, str(DN_FIXTURE), "exec"), namespace)
-    return namespace["prepare_for_dn"]
+    namespace["box_ops"] = SimpleNamespace(**{k: namespace[k] for k in ("box_cxcywh_to_xyxy", "generalized_box_iou")})
+    return namespace
 
 
 def _noise_in_official_order(targets, groups: int, seed: int) -> dict:
@@ -487,26 +489,31 @@ def _noise_in_official_order(targets, groups: int, seed: int) -> dict:
     return {"flip": flip[rows, cols], "label": label[rows, cols], "box": box[rows, cols]}
 
 
-def test_dn_queries_equal_the_official_prepare_for_dn():
-    """Same targets and noise: the content queries (noised label embeddings with indicator 1, zero padding, then the
-    "unknown" label with indicator 0), anchors in logit space, the attention mask, and which query reconstructs
-    which ground truth (with the loss normaliser) are the official ones."""
-    groups, seed = 3, 4
-    cfg = DetrConfig(backbone_width=8, d_model=16, heads=2, encoder_layers=1, decoder_layers=2, d_ff=32,
-                     num_queries=5)
+def _dn_case():
+    """A DN-DETR model, three images' targets (one without boxes), and the official code with the same noise."""
+    cfg = DetrConfig(backbone_width=8, d_model=DN_D, heads=2, encoder_layers=1, decoder_layers=2, d_ff=32,
+                     num_queries=DN_QUERIES)
     torch.manual_seed(0)
-    model = DabDetr(cfg, CLASSES, DenoisingConfig(groups=groups, label_flip=0.2, box_noise=0.4)).train()
+    model = DabDetr(cfg, CLASSES, DenoisingConfig(groups=DN_GROUPS, label_flip=0.2, box_noise=0.4)).train()
     g = torch.Generator().manual_seed(1)
     targets = [{"labels": torch.tensor([1, 3]), "boxes": torch.rand(2, 4, generator=g) * 0.5 + 0.2},
                {"labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4)},
                {"labels": torch.tensor([0, 2, 4]), "boxes": torch.rand(3, 4, generator=g) * 0.5 + 0.2}]
-    noise = _noise_in_official_order(targets, groups, seed)
+    noise = _noise_in_official_order(targets, DN_GROUPS, DN_SEED)
     assert (noise["flip"] < 0.2).any() and (noise["label"][noise["flip"] < 0.2] != 0).any()  # some labels flip
-    official = _official_prepare_for_dn(noise)
+    return model, targets, _official_dn(noise)
+
+
+def test_dn_queries_equal_the_official_prepare_for_dn():
+    """Same targets and noise: the content queries (noised label embeddings with indicator 1, zero padding, then the
+    "unknown" label with indicator 0), anchors in logit space, the attention mask, and which query reconstructs
+    which ground truth (with the loss normaliser) are the official ones; without denoising, the plain queries."""
+    model, targets, official = _dn_case()
     with torch.no_grad():
-        tgt, refpoints, mask, dn = model.initial_queries(3, "cpu", targets, torch.Generator().manual_seed(seed))
-        label, bbox, attn_mask, mask_dict = official((targets, groups, 0.2, 0.4, 0), model.anchors.weight, 3, True,
-                                                     5, CLASSES, 16, model.label_embed)
+        tgt, refpoints, mask, dn = model.initial_queries(3, "cpu", targets, torch.Generator().manual_seed(DN_SEED))
+        label, bbox, attn_mask, mask_dict = official["prepare_for_dn"](
+            (targets, DN_GROUPS, 0.2, 0.4, 0), model.anchors.weight, 3, True, DN_QUERIES, CLASSES, DN_D,
+            model.label_embed)
     torch.testing.assert_close(tgt, label.transpose(0, 1))
     torch.testing.assert_close(refpoints, bbox.transpose(0, 1))
     assert torch.equal(mask, attn_mask) and dn["pad"] == mask_dict["pad_size"]
@@ -517,13 +524,41 @@ def test_dn_queries_equal_the_official_prepare_for_dn():
     ours = sorted((i, int(q), int(t["labels"][j]), *t["boxes"][j].tolist())
                   for i, (t, (queries, gts)) in enumerate(zip(targets, dn["indices"])) for q, j in zip(queries, gts))
     assert ours == theirs
-    # the DN losses' normaliser: official ``num_tgt`` (every group's targets); the criterion uses boxes × groups
-    assert mask_dict["known_indice"].numel() == sum(len(t["labels"]) for t in targets) * dn["groups"]
     model.eval()
     with torch.no_grad():
         tgt, refpoints, mask, dn = model.initial_queries(3, "cpu", targets)
-        label, bbox, attn_mask, mask_dict = official(0, model.anchors.weight, 3, False, 5, CLASSES, 16,
-                                                     model.label_embed)
+        label, bbox, attn_mask, mask_dict = official["prepare_for_dn"](0, model.anchors.weight, 3, False, DN_QUERIES,
+                                                                       CLASSES, DN_D, model.label_embed)
     torch.testing.assert_close(tgt, label.transpose(0, 1))
     torch.testing.assert_close(refpoints, bbox.transpose(0, 1))
     assert mask is attn_mask is dn is mask_dict is None
+
+
+def test_dn_losses_equal_the_official_compute_dn_loss_forward_and_backward():
+    """The denoising losses of every layer (focal, L1, GIoU over each group's reconstructions, normalised by the
+    targets of all groups) against the official ``dn_post_process`` + ``compute_dn_loss`` with DN-DETR's weights
+    (1, 5, 2), on the same DN outputs: values and gradients w.r.t. the DN queries' logits and boxes."""
+    model, targets, official = _dn_case()
+    with torch.no_grad():
+        _, _, _, dn = model.initial_queries(3, "cpu", targets, torch.Generator().manual_seed(DN_SEED))
+        *_, mask_dict = official["prepare_for_dn"]((targets, DN_GROUPS, 0.2, 0.4, 0), model.anchors.weight, 3, True,
+                                                   DN_QUERIES, CLASSES, DN_D, model.label_embed)
+    g = torch.Generator().manual_seed(2)
+    layers, total = 2, dn["pad"] + DN_QUERIES
+    logits = (torch.randn(layers, 3, total, CLASSES, generator=g) * 2).requires_grad_()
+    boxes = (torch.rand(layers, 3, total, 4, generator=g) * 0.5 + 0.2).requires_grad_()
+    split = dn["pad"]
+    outputs = {"logits": list(logits[:, :, split:]), "boxes": list(boxes[:, :, split:]),
+               "dn": {**dn, "logits": list(logits[:, :, :split]), "boxes": list(boxes[:, :, :split])}}
+    ours, _ = SetCriterion(CLASSES, LossWeights(), MatcherCosts(cost_class=2.0, focal=True))(outputs, targets)
+    theirs_logits, theirs_boxes = logits.detach().clone().requires_grad_(), boxes.detach().clone().requires_grad_()
+    official["dn_post_process"](theirs_logits, theirs_boxes, mask_dict)
+    theirs = official["compute_dn_loss"](mask_dict, True, layers - 1, 0.25)
+    for name, weight in (("ce", 1.0), ("bbox", 5.0), ("giou", 2.0)):
+        total_official = weight * sum(v for k, v in theirs.items() if re.fullmatch(rf"tgt_loss_{name}(_\d+)?", k))
+        assert ours[f"loss_dn_{name}"].item() == pytest.approx(total_official.item(), rel=1e-5), name
+        theirs[f"weighted_{name}"] = total_official
+    sum(ours[f"loss_dn_{name}"] for name in ("ce", "bbox", "giou")).backward()
+    sum(theirs[f"weighted_{name}"] for name in ("ce", "bbox", "giou")).backward()
+    torch.testing.assert_close(logits.grad[:, :, :split], theirs_logits.grad[:, :, :split], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(boxes.grad[:, :, :split], theirs_boxes.grad[:, :, :split], rtol=1e-5, atol=1e-6)
