@@ -250,49 +250,64 @@ def open_invocation(options: RunOptions) -> Invocation:
     return Invocation(spec, methods, cfg, run_info, tags, results_dir, suite_dir, tracker, runner, ex)
 
 
-def _train_share(options: RunOptions, cells: list[tuple[str, int]], parent_id: str | None, log_level: int,
-                 log_path: Path | None) -> list[str]:
-    """One ``--jobs`` worker (a spawned process): train its share of the cells into the cell store, each in a run
-    nested under the invocation's; returns the cells that diverged."""
-    import benchmark.suites  # noqa: F401  (a spawned process registers the suites anew)
+def _train_cell(runner: CellRunner, name: str, seed: int) -> str | None:
+    """Train one cell into the cell store, in a run nested under the invocation's; a divergence is returned as the
+    cell's failure line (the other cells go on)."""
+    try:
+        runner.run(REGISTRY.method(runner.spec.name, name), seed)
+    except NonFiniteLossError as err:
+        log.warning(f"[{name} seed {seed}] FAILED: {err}")
+        return f"{name} seed {seed}: {err}"
+    return None
+
+
+def _open_cell_worker(options: RunOptions, parent_id: str | None, log_level: int, log_path: Path | None) -> CellRunner:
+    """What a process that trains cells for another one (a ``--jobs`` worker) runs them with."""
+    import benchmark.suites  # noqa: F401  (a new process registers the suites anew)
 
     log.setLevel(log_level)
     log.propagate = False
     log.addHandler(logging.StreamHandler())
     if log_path is not None:
         log.addHandler(logging.FileHandler(log_path))  # appends beside the parent's lines
-    invocation = open_invocation(options)
-    invocation.runner.parent_id = parent_id
-    failures = []
-    for name, seed in cells:
-        try:
-            invocation.runner.run(REGISTRY.method(options.suite, name), seed)
-        except NonFiniteLossError as err:
-            failures.append(f"{name} seed {seed}: {err}")
-            log.warning(f"[{name} seed {seed}] FAILED: {err}")
-    return failures
+    runner = open_invocation(options).runner
+    runner.parent_id = parent_id
+    return runner
+
+
+_worker_runner: CellRunner | None = None  # a --jobs worker's, opened at its first cell and kept for the next ones
+
+
+def _worker_cell(options: RunOptions, parent_id: str | None, log_level: int, log_path: Path | None, name: str,
+                 seed: int) -> str | None:
+    global _worker_runner
+    if _worker_runner is None:
+        _worker_runner = _open_cell_worker(options, parent_id, log_level, log_path)
+    return _train_cell(_worker_runner, name, seed)
 
 
 def _train_in_workers(options: RunOptions, cells: list[tuple[MethodSpec, int]], threads: int, prepare_threads: int,
                       parent_id: str | None, log_path: Path | None) -> list[str]:
-    """``--jobs N``: the cells to train, dealt round-robin to N spawned processes of ``threads`` threads each (small
-    models use two single-threaded processes better than one two-threaded one). Each cell is seeded by the runner
-    as in one process, so the cells' numbers are those of ``--jobs 1 --threads <threads>``; the shared set-up they
-    load from the cache, where not cached already, is trained beforehand by the parent on all the cores (or
-    ``--threads``), as ``--jobs 1`` trains it (run.json: ``prepare_threads``)."""
+    """``--jobs N``: N spawned processes of ``threads`` threads each (small models use two single-threaded processes
+    better than one two-threaded one) take the cells from one queue, each the next as soon as it finished one, so a
+    long cell does not leave the cells dealt behind it waiting. Each cell is seeded by the runner as in one process,
+    so the cells' numbers are those of ``--jobs 1 --threads <threads>``; the shared set-up they load from the cache,
+    where not cached already, is trained beforehand by the parent on all the cores (or ``--threads``), as ``--jobs
+    1`` trains it (run.json: ``prepare_threads``)."""
     import concurrent.futures
     import multiprocessing
 
-    shares = [[(m.name, s) for m, s in cells[k::options.jobs]] for k in range(options.jobs)]
+    if not cells:
+        return []
     worker = replace(options, jobs=1, threads=threads, prepare_threads=prepare_threads)
     saved = os.environ.get("TQDM_DISABLE")
     os.environ["TQDM_DISABLE"] = "1"  # workers print plain lines; their bars would garble each other
     try:
         with concurrent.futures.ProcessPoolExecutor(
-                len(shares), mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(_train_share, worker, share, parent_id, log.getEffectiveLevel(), log_path)
-                       for share in shares if share]
-            return [failure for future in futures for failure in future.result()]
+                min(options.jobs, len(cells)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_worker_cell, worker, parent_id, log.getEffectiveLevel(), log_path, m.name, s)
+                       for m, s in cells]
+            return [failure for future in futures if (failure := future.result()) is not None]
     finally:
         os.environ.pop("TQDM_DISABLE") if saved is None else os.environ.__setitem__("TQDM_DISABLE", saved)
 
