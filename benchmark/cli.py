@@ -64,6 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--jobs", type=int, default=1, help="train cells in N worker processes side by side (default "
                                                          "1); the numbers are those of one process with the same "
                                                          "--threads")
+    run.add_argument("--executor", choices=["local", "submitit"], default="local",
+                     help="submitit: each cell to train becomes a job (a SLURM job array; submitit's local executor "
+                          "where there is no SLURM), gathered into this results dir as a local run (docs/clusters.md)")
+    run.add_argument("--slurm-partition", help="--executor submitit: the partition of the cells' jobs")
+    run.add_argument("--slurm-time", type=int, default=240, metavar="MINUTES",
+                     help="--executor submitit: each cell's job time limit (a timed-out job is requeued from its "
+                          "checkpoint)")
+    run.add_argument("--gpus-per-cell", type=int, default=0, help="--executor submitit: GPUs of each cell's job")
+    run.add_argument("--submitit-folder", type=Path, help="--executor submitit: the jobs' logs and pickles "
+                                                          "(default: DIR/submitit)")
     run.add_argument("--force", action="store_true", help="recompute cells that finished before")
     run.add_argument("--params", type=Path, help="best.json of `benchmark tune`: each method runs with its tuned "
                                                  "values (--set still wins); default: DIR/<suite>/tuning/best.json "

@@ -34,6 +34,11 @@ class RunOptions:
     force: bool = False
     resume: bool = False  # continue interrupted cells from their last per-epoch checkpoint
     jobs: int = 1  # worker processes that train cells side by side (each with cores / jobs threads)
+    executor: str = "local"  # "submitit": each cell a job (SLURM, or submitit's local executor without it)
+    slurm_partition: str | None = None
+    slurm_time: int = 240  # minutes per cell's job
+    gpus_per_cell: int = 0
+    submitit_folder: Path | None = None  # the jobs' pickles and logs (None: DIR/submitit)
     # torch threads of the shared set-up (None: the run's). Cached artefacts are keyed by the thread count, so
     # --jobs workers get their parent's, with which it prepared them, and load them instead of training them again
     prepare_threads: int | None = None
@@ -77,6 +82,13 @@ def resolve(options: RunOptions) -> tuple[SuiteSpec, list[MethodSpec], dict]:
         raise UserInputError("--seeds must list distinct integers")
     if options.jobs < 1 or (options.jobs > 1 and distributed.world_size() > 1):
         raise UserInputError(f"--jobs must be at least 1 (and 1 under torchrun), got {options.jobs}")
+    if options.executor not in ("local", "submitit"):
+        raise UserInputError(f"unknown --executor {options.executor!r}; choose from: local, submitit")
+    if options.executor == "submitit" and (options.jobs > 1 or distributed.world_size() > 1):
+        raise UserInputError("--executor submitit runs each cell as its own job: not with --jobs or under torchrun")
+    if options.slurm_time < 1 or options.gpus_per_cell < 0:
+        raise UserInputError(f"--slurm-time must be at least 1 minute and --gpus-per-cell at least 0, got "
+                             f"{options.slurm_time} and {options.gpus_per_cell}")
     sections = dict(spec.config)
     for method in REGISTRY.methods(spec.name):
         sections.update(method.config)
@@ -153,7 +165,7 @@ def describe_run(options: RunOptions, spec: SuiteSpec, methods: list[MethodSpec]
     run_info = {"suite": spec.name, "profile": options.profile, "methods": [m.name for m in methods],
                 "seeds": options.seeds, "config": cfg, "config_hash": cfg_hash, "params": params, **data_options,
                 "git_commit": commit, "git_dirty": dirty, "device": str(ex.device), "threads": ex.threads,
-                "world_size": ex.world, "jobs": options.jobs,
+                "world_size": ex.world, "jobs": options.jobs, "executor": options.executor,
                 # versions, date, command, CPU/ISA, OS, torch build, evaluator, data hashes; the signature decides
                 # whether `verify` expects identical numbers or numbers within tolerances
                 **reproducibility.record(ex.threads, options.data, options.data_root, options.clip_weights)}

@@ -262,7 +262,7 @@ def _train_cell(runner: CellRunner, name: str, seed: int) -> str | None:
 
 
 def _open_cell_worker(options: RunOptions, parent_id: str | None, log_level: int, log_path: Path | None) -> CellRunner:
-    """What a process that trains cells for another one (a ``--jobs`` worker) runs them with."""
+    """What a process that trains cells for another one (a ``--jobs`` worker, a submitit job) runs them with."""
     import benchmark.suites  # noqa: F401  (a new process registers the suites anew)
 
     log.setLevel(log_level)
@@ -312,6 +312,57 @@ def _train_in_workers(options: RunOptions, cells: list[tuple[MethodSpec, int]], 
         os.environ.pop("TQDM_DISABLE") if saved is None else os.environ.__setitem__("TQDM_DISABLE", saved)
 
 
+class CellJob:
+    """One cell as a submitit job (a SLURM job, or a process of submitit's local executor): trains it into the
+    shared results dir like a ``--jobs`` worker. Pre-empted or timed out, submitit calls ``checkpoint`` and requeues
+    the job, which then resumes the cell from its last per-epoch checkpoint."""
+
+    def __init__(self, options: RunOptions, parent_id: str | None, log_level: int, log_path: Path | None):
+        self.options, self.parent_id, self.log_level, self.log_path = options, parent_id, log_level, log_path
+
+    def __call__(self, name: str, seed: int) -> str | None:
+        os.environ["TQDM_DISABLE"] = "1"  # the job's log gets plain lines
+        return _train_cell(_open_cell_worker(self.options, self.parent_id, self.log_level, self.log_path), name, seed)
+
+    def checkpoint(self, name: str, seed: int):
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(CellJob(replace(self.options, resume=True), self.parent_id, self.log_level,
+                                         self.log_path), name, seed)
+
+
+def _train_as_jobs(options: RunOptions, cells: list[tuple[MethodSpec, int]], parent_id: str | None,
+                   log_path: Path | None) -> list[str]:
+    """``--executor submitit``: each cell a job (one SLURM job array; submitit's local executor where there is no
+    SLURM), waited for here. A job that failed (not a diverged cell: that is its own failure line) is one failure
+    line naming the cell, the job and its log, so no cell is lost silently."""
+    import submitit
+
+    folder = Path(options.submitit_folder or Path(options.results_dir) / "submitit")
+    executor = submitit.AutoExecutor(folder=folder)
+    executor.update_parameters(
+        name=f"cvpdl-{options.suite}", timeout_min=options.slurm_time, nodes=1, tasks_per_node=1,
+        gpus_per_node=options.gpus_per_cell, **({"cpus_per_task": options.threads} if options.threads else {}),
+        **({"slurm_partition": options.slurm_partition} if options.slurm_partition else {}))
+    job = CellJob(replace(options, executor="local", jobs=1), parent_id, log.getEffectiveLevel(), log_path)
+    with executor.batch():
+        jobs = [executor.submit(job, m.name, s) for m, s in cells]
+    log.info(f"{options.suite}: {len(jobs)} cells submitted as {executor.cluster} jobs "
+             f"({', '.join(j.job_id for j in jobs)}); their logs: {folder}")
+    failures = []
+    for (method, seed), submitted in zip(cells, jobs):
+        try:
+            failure = submitted.result()
+        except Exception as err:  # submitit's Failed/UncompletedJobError: what the job raised, or how it ended
+            reason = next((line for line in reversed(str(err).splitlines()) if line.strip()), type(err).__name__)
+            failure = (f"{method.name} seed {seed}: job {submitted.job_id} failed ({reason.strip()[:300]}; "
+                       f"log: {submitted.paths.stderr})")
+            log.warning(f"[{method.name} seed {seed}] FAILED: {failure}")
+        if failure is not None:
+            failures.append(failure)
+    return failures
+
+
 def run_suite(options: RunOptions) -> pd.DataFrame:
     invocation = open_invocation(options)
     spec, methods, cfg, run_info, tags = (invocation.spec, invocation.methods, invocation.cfg, invocation.run_info,
@@ -325,13 +376,17 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
             _log_file(results_dir, name, ex.rank) as log_path:
         runner.parent_id = parent
         tracker.log_inputs(options.data, run_info["data_root"], run_info["environment"]["data_sha256"])
-        if options.jobs > 1:
+        if options.jobs > 1 or options.executor == "submitit":
             to_train = [(m, s) for m, s in cells if not runner.reusable(m, s)]
-            if to_train:
-                # the shared set-up (data, CLIP, localizer) once, here, on all the cores, before the workers load it
-                # from the cache: otherwise one worker trains it on its share of the cores while the others wait
-                runner.ensure_prepared()
-            failures = _train_in_workers(options, to_train, ex.threads, runner.prepare_threads, parent, log_path)
+            if options.executor == "submitit":  # the jobs prepare the shared set-up (cached: the first one trains it)
+                failures = _train_as_jobs(options, to_train, parent, log_path) if to_train else []
+            else:
+                if to_train:
+                    # the shared set-up (data, CLIP, localizer) once, here, on all the cores, before the workers load
+                    # it from the cache: otherwise one worker trains it on its share of the cores while the others
+                    # wait
+                    runner.ensure_prepared()
+                failures = _train_in_workers(options, to_train, ex.threads, runner.prepare_threads, parent, log_path)
             runner.trained_by_workers = {(m.name, s) for m, s in to_train}
             failed = {f.split(":")[0] for f in failures}
             cells = [(m, s) for m, s in cells if f"{m.name} seed {s}" not in failed]

@@ -98,3 +98,35 @@ def test_mlflow_runs_say_what_they_are(tmp_path):
     assert cell.data.params["toy.fail_seed"] == "-1" and cell.data.params["method"] == "a"  # not '"a"'
     test = metrics[(metrics["split"] == "test") & (metrics["method"] == "b")]["value"]
     assert parent.data.metrics["b/test/score"] == pytest.approx(test.mean())
+
+
+def _cells_of(results_dir) -> tuple[str, list]:
+    """The invocation's run and its cells' runs in the results dir's store."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{results_dir / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("cvpdl-bench/detr").experiment_id])
+    [parent] = [r for r in runs if r.data.tags["role"] == "invocation"]
+    return parent.info.run_id, [r for r in runs if r.data.tags["role"] == "cell"]
+
+
+def test_cells_as_submitit_jobs_give_the_numbers_of_one_process(tmp_path, cache_dir):
+    """``--executor submitit`` without SLURM: submitit's local executor runs each cell as a job (its own process);
+    the results dir, the MLflow runs and metrics.csv are those of a local run."""
+    import json
+
+    from benchmark.cli import main
+    from tests.conftest import suite_folder
+
+    args = ["run", "--suite", "detr", "--profile", "quick", "--methods", "detr", "--seeds", "0", "1", "--set",
+            "train.epochs=1", "--threads", "1", "--cache-dir", str(cache_dir)]
+    assert main([*args, "--results-dir", str(tmp_path / "one")]) == 0
+    assert main([*args, "--executor", "submitit", "--slurm-time", "20", "--results-dir", str(tmp_path / "jobs")]) == 0
+    assert (suite_folder(tmp_path / "one", "detr") / "metrics.csv").read_bytes() == \
+        (suite_folder(tmp_path / "jobs", "detr") / "metrics.csv").read_bytes()
+    parent, cells = _cells_of(tmp_path / "jobs")  # each job's cell: a run nested under the invocation's
+    assert sorted(r.info.run_name for r in cells) == ["detr-seed0", "detr-seed1"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in cells} == {parent}
+    assert len({r.data.tags["pid"] for r in cells}) == 2  # trained in two processes, not this one
+    assert len(list((tmp_path / "jobs" / "submitit").glob("*_log.out"))) == 2  # the jobs' logs
+    assert json.loads((suite_folder(tmp_path / "jobs", "detr") / "run.json").read_text())["executor"] == "submitit"
