@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--params", type=Path, help="best.json of `benchmark tune`: each method runs with its tuned "
                                                  "values (--set still wins); default: DIR/<suite>/tuning/best.json "
                                                  "when it exists for this profile; `none`: the defaults")
+    run.add_argument("--allow-stale", action="store_true", help="use a best.json tuned on other training code "
+                                                                "(refused otherwise; run.json records its provenance)")
     run.add_argument("--resume", action="store_true", help="continue interrupted cells from their last per-epoch "
                                                            "checkpoint (finished cells are always reused)")
 
@@ -121,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--methods", nargs="+", help="subset of the suite's methods (default: all)")
     tune.add_argument("--trials", type=int, default=20, help="completed trials per method (a killed study resumes)")
     tune.add_argument("--profile", default="default", help="quick | default | full")
-    tune.add_argument("--seed", type=int, default=0, help="seed of every trial's cell and of the TPE sampler")
+    tune.add_argument("--seed", type=int, default=1000, help="seed of every trial's cell and of the TPE sampler "
+                                                            "(default 1000: no final run evaluates it)")
     tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                       help="fixed overrides under every trial (e.g. a shorter schedule)")
     tune.add_argument("--results-dir", type=Path, default=Path("results"))

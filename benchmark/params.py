@@ -4,9 +4,19 @@ this module, so neither imports the other."""
 from __future__ import annotations
 
 import json
+import platform
+from datetime import datetime, timezone
 from pathlib import Path
 
+from benchmark.paths import REPO_ROOT, source_digest
+from benchmark.reproducibility import git_state
 from cvpdl.errors import UserInputError
+
+# The code a study's numbers depend on (the library and the suites' cells): values tuned on other code are refused
+# unless the user asks for them (``run --allow-stale``).
+TRAINING_CODE = (REPO_ROOT / "cvpdl", REPO_ROOT / "benchmark" / "suites")
+# Trials run on a seed no final run uses (the evaluation seeds are 0, 1, ...), so tuning never sees a test cell.
+TUNING_SEED = 1000
 
 
 def assignment(key: str, value) -> str:
@@ -21,8 +31,32 @@ def study_profile(path: Path) -> str | None:
         return None
 
 
-def load_params(path: Path, suite: str) -> dict[str, list[str]]:
-    """``best.json`` → per method, the ``section.key=value`` overrides ``run --params`` applies to that method."""
+def training_code_digest() -> str:
+    return source_digest(*TRAINING_CODE)
+
+
+def study_provenance(seed: int, threads: int, seconds: float) -> dict:
+    """What a best.json records of the study that wrote it: code, seed, threads, host, time."""
+    commit, dirty = git_state()
+    return {"commit": commit, "dirty": dirty, "code_digest": training_code_digest(), "seed": seed,
+            "threads": threads, "host": platform.node(), "study_seconds": round(seconds, 1),
+            "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def staleness(payload: dict) -> str | None:
+    """Why a best.json's values do not belong to the code that would run them; None when they do."""
+    provenance = payload.get("provenance")
+    if not provenance:
+        return "it records no provenance (the study predates the code's record of it)"
+    if provenance.get("code_digest") != training_code_digest():
+        return f"it was tuned on other training code (commit {str(provenance.get('commit'))[:12]})"
+    return None
+
+
+def load_params(path: Path, suite: str, allow_stale: bool = False, seeds: tuple[int, ...] = ()
+                ) -> dict[str, list[str]]:
+    """``best.json`` → per method, the ``section.key=value`` overrides ``run --params`` applies to that method.
+    Refused: values tuned on other code (unless ``allow_stale``) or on one of the run's own ``seeds``."""
     try:
         payload = json.loads(Path(path).read_text())
         methods = payload["methods"]
@@ -30,4 +64,12 @@ def load_params(path: Path, suite: str) -> dict[str, list[str]]:
         raise UserInputError(f"--params {path}: not a best.json written by `benchmark tune` ({err})") from None
     if payload.get("suite") != suite:
         raise UserInputError(f"--params {path} was tuned for suite {payload.get('suite')!r}, not {suite!r}")
+    why = staleness(payload)
+    if why and not allow_stale:
+        raise UserInputError(f"--params {path}: {why}; rerun `benchmark tune`, run with `--params none`, or pass "
+                             "--allow-stale to use its values anyway")
+    tuning_seed = (payload.get("provenance") or {}).get("seed")
+    if tuning_seed is not None and tuning_seed in seeds:
+        raise UserInputError(f"--params {path} was tuned on seed {tuning_seed}, which this run evaluates too: "
+                             "run other --seeds, or tune on another --seed")
     return {name: [assignment(k, v) for k, v in sorted(entry["params"].items())] for name, entry in methods.items()}

@@ -47,6 +47,7 @@ class RunOptions:
     # DIR/<suite>/tuning/best.json, when it exists and was tuned on this profile (digits data); "none": the defaults
     params: Path | None = None
     method_overrides: dict[str, list[str]] | None = None  # the same as a dict (a run.json's "params"), without a file
+    allow_stale: bool = False  # use a best.json tuned on other code (refused otherwise)
 
     def data_options(self) -> dict:
         """The data and CLIP choices that shape results beside the config: hashed with it, written to run.json."""
@@ -117,7 +118,8 @@ def tuned_configs(options: RunOptions, methods: list[MethodSpec]) -> tuple[dict[
         path = None
     if path is None and not options.method_overrides:
         return {}, {}
-    tuned = load_params(path, options.suite) if path else options.method_overrides
+    tuned = (load_params(path, options.suite, options.allow_stale, tuple(options.seeds)) if path
+             else options.method_overrides)
     params = {m.name: tuned[m.name] for m in methods if tuned.get(m.name)}
     method_cfgs = {name: resolve(replace(options, overrides=[*values, *options.overrides]))[2]
                    for name, values in params.items()}
@@ -146,7 +148,7 @@ def results_folder(options: RunOptions, methods: list[MethodSpec], cfg_hash: str
     suite_dir = Path(options.results_dir) / options.suite
     profiles = REGISTRY.suite(options.suite).profiles
     default = replace(options, data="digits", data_root=None, clip=None, clip_weights=None, overrides=[],
-                      config_file=None, params=None,
+                      config_file=None, params=None, allow_stale=True,  # only compared, never run
                       profile="default" if "default" in profiles else next(iter(profiles)))
     _, _, default_cfg = resolve(default)
     default_params, _ = tuned_configs(default, methods)

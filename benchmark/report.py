@@ -33,6 +33,7 @@ from benchmark.claims import (
     summary_row,
     summary_rows,
 )
+from benchmark.params import staleness
 from benchmark.registry import REGISTRY, SuiteSpec
 from benchmark.results import atomic_write_text, read_metrics, read_tables
 from cvpdl.errors import UserInputError
@@ -163,6 +164,14 @@ def tuning_lines(suite_dir: Path, frame: pd.DataFrame, run: dict) -> list[str]:
     lines = [f"Study: `tuning/` ({best['profile']} profile, objective {metric}[{split}] on the tuning seed, "
              f"{best['trials_per_method']} trials counted per method with a search space, trial 0 = the defaults). "
              + ("This run used the tuned values." if used else "This run did **not** use them (no `--params`).")]
+    provenance, stale = best.get("provenance"), staleness(best)
+    if provenance:
+        lines.append(f"Study provenance: commit `{str(provenance['commit'])[:12]}`"
+                     f"{' (dirty tree)' if provenance.get('dirty') else ''}, tuning seed {provenance['seed']}, "
+                     f"{provenance['threads']} threads on {provenance['host']}, "
+                     f"{provenance['study_seconds'] / 3600:.2f} h of trial time, written {provenance['written']}.")
+    if stale:
+        lines.append(f"**The tuned values predate the current training code**: {stale}.")
     for name, entry in best["methods"].items():
         default = entry.get("default_value")
         moved = (f"{fmt_value(default)} → {fmt_value(entry['value'])}" if default is not None and entry["params"]

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.params import assignment
+from benchmark.params import TUNING_SEED, assignment, study_provenance
 from benchmark.registry import REGISTRY, MethodSpec, SearchParam, SuiteSpec
 from benchmark.results import atomic_write_csv, atomic_write_text, locked
 from cvpdl.errors import UserInputError
@@ -39,7 +39,7 @@ class TuneOptions:
     methods: list[str] | None = None
     trials: int = 20
     profile: str = "default"
-    seed: int = 0  # the seed of every trial's cell and of the sampler
+    seed: int = TUNING_SEED  # the seed of every trial's cell and of the sampler: one no final run evaluates
     overrides: list[str] = field(default_factory=list)
     results_dir: Path = Path("results")
     cache_dir: Path | None = None
@@ -198,26 +198,27 @@ def tune_suite(options: TuneOptions) -> pd.DataFrame:
             # recorded, not counted)
             study.optimize(objective, n_trials=budget - done, timeout=options.timeout,
                            callbacks=[optuna.study.MaxTrialsCallback(budget),
-                                      lambda *_: write_outputs(spec, storage, options.profile, tuning_dir,
-                                                               options.trials)])
-    return write_outputs(spec, storage, options.profile, tuning_dir, options.trials, figures=True)
+                                      lambda *_: write_outputs(spec, storage, options, tuning_dir)])
+    return write_outputs(spec, storage, options, tuning_dir, figures=True)
 
 
-def write_outputs(spec: SuiteSpec, storage, profile: str, tuning_dir: Path, trials_per_method: int,
+def write_outputs(spec: SuiteSpec, storage, options: TuneOptions, tuning_dir: Path,
                   figures: bool = False) -> pd.DataFrame:
     """``trials.csv`` and ``best.json`` over every study of the suite in ``storage`` (workers tuning other methods
     included). Equal budget: each method's best is taken over its first k completed trials, k the smallest number
-    of completed trials of any method with a search space and at most ``trials_per_method``, so a method that got
-    more trials (a faster worker, or workers that finished together past the budget) has no advantage."""
+    of completed trials of any method with a search space and at most ``--trials``, so a method that got more
+    trials (a faster worker, or workers that finished together past the budget) has no advantage. best.json also
+    records the study's provenance (code, seed, threads, host, trial time), which ``run --params`` checks."""
     import optuna
 
     names = set(optuna.get_all_study_names(storage))
+    profile = options.profile
     studies = {m.name: (m, optuna.load_study(study_name=study_name(spec.name, m.name, profile), storage=storage))
                for m in REGISTRY.methods(spec.name) if study_name(spec.name, m.name, profile) in names}
     complete = {name: [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
                 for name, (_, study) in studies.items()}
     budget = min((len(complete[n]) for n, (m, _) in studies.items() if m.search_space and complete[n]), default=0)
-    budget = min(budget, trials_per_method)
+    budget = min(budget, options.trials)
     rows, best = [], {}
     for name, (method, study) in studies.items():
         counted = complete[name][:budget] if method.search_space else complete[name][:1]
@@ -234,8 +235,10 @@ def write_outputs(spec: SuiteSpec, storage, profile: str, tuning_dir: Path, tria
                           "headline": _headline(top), "default_headline": _headline(default) if default else {}}
     trials = pd.DataFrame(rows, columns=["method", "trial", "state", "value", "counted"] if not rows else None)
     atomic_write_csv(tuning_dir / "trials.csv", trials)
+    seconds = sum(t.duration.total_seconds() for _, study in studies.values() for t in study.trials if t.duration)
     payload = {"suite": spec.name, "profile": profile, "objective": list(spec.tuning_objective),
-               "trials_per_method": budget, "methods": best}
+               "trials_per_method": budget, "methods": best,
+               "provenance": study_provenance(options.seed, options.threads or os.cpu_count(), seconds)}  # run's default
     if figures:
         for name, (method, _) in studies.items():
             if name in best and method.search_space:

@@ -193,9 +193,10 @@ def test_report_says_how_much_tuning_moved_each_method(tmp_path):
                     "fixed": {"value": 0.1, "default_value": 0.1, "params": {}, "trials": 1}}}))
     lines = tuning_lines(tmp_path, pd.DataFrame(), {"params": {"tunable": ["knob.x=0.3"]}})
     assert "4 trials counted per method" in lines[0] and "used the tuned values" in lines[0]
-    assert lines[1] == ("`tunable`: score[val] default → tuned 0.250 → 0.500 (test, same seed: score[test] "
+    assert lines[1].startswith("**The tuned values predate the current training code**: it records no provenance")
+    assert lines[2] == ("`tunable`: score[val] default → tuned 0.250 → 0.500 (test, same seed: score[test] "
                         "0.200 → 0.600); `knob.x=0.3`")
-    assert lines[2] == "`fixed`: score[val] default → tuned 0.100 (nothing to tune)"
+    assert lines[3] == "`fixed`: score[val] default → tuned 0.100 (nothing to tune)"
     assert "did **not** use them" in tuning_lines(tmp_path, pd.DataFrame(), {})[0]
     assert tuning_lines(tmp_path / "none", pd.DataFrame(), {}) == [
         "No tuning study: every method ran with its default values."]

@@ -1,0 +1,65 @@
+"""A study's best.json says which code, seed, threads and host it came from; `run` refuses values tuned on other
+training code unless told (--allow-stale), and values tuned on a seed it evaluates; the report says when tuned
+values predate the code."""
+import json
+
+import pandas as pd
+import pytest
+
+from benchmark.params import TUNING_SEED, load_params, staleness, study_provenance, training_code_digest
+from cvpdl.errors import UserInputError
+
+
+def _best(tmp_path, provenance):
+    path = tmp_path / "best.json"
+    path.write_text(json.dumps({"suite": "knob", "profile": "default", "objective": ["score", "val"],
+                                "trials_per_method": 2, "provenance": provenance,
+                                "methods": {"tunable": {"value": 0.5, "default_value": 0.25,
+                                                        "params": {"knob.x": 0.3}, "trials": 2}}}))
+    return path
+
+
+def test_provenance_records_the_code_and_the_study():
+    provenance = study_provenance(seed=TUNING_SEED, threads=2, seconds=3600.04)
+    assert provenance["code_digest"] == training_code_digest() and len(provenance["commit"]) >= 7
+    assert (provenance["seed"], provenance["threads"], provenance["study_seconds"]) == (1000, 2, 3600.0)
+    assert provenance["host"] and provenance["written"]
+    assert staleness({"provenance": provenance}) is None
+
+
+def test_values_from_other_code_are_refused_unless_allowed(tmp_path):
+    fresh = study_provenance(seed=TUNING_SEED, threads=2, seconds=1.0)
+    assert load_params(_best(tmp_path, fresh), "knob") == {"tunable": ["knob.x=0.3"]}
+    stale = {**fresh, "code_digest": "0" * 16, "commit": "a4fd8ac0ffee"}
+    with pytest.raises(UserInputError, match=r"tuned on other training code \(commit a4fd8ac0ffee\).*--allow-stale"):
+        load_params(_best(tmp_path, stale), "knob")
+    assert load_params(_best(tmp_path, stale), "knob", allow_stale=True) == {"tunable": ["knob.x=0.3"]}
+    with pytest.raises(UserInputError, match="records no provenance"):  # the studies committed before this check
+        load_params(_best(tmp_path, None), "knob")
+
+
+def test_values_tuned_on_an_evaluation_seed_are_refused(tmp_path):
+    path = _best(tmp_path, study_provenance(seed=3, threads=1, seconds=1.0))
+    with pytest.raises(UserInputError, match="tuned on seed 3, which this run evaluates too"):
+        load_params(path, "knob", seeds=(0, 1, 2, 3, 4))
+    assert load_params(path, "knob", seeds=(5, 6))
+
+
+def test_the_default_tuning_seed_is_no_evaluation_seed():
+    from benchmark.cli import build_parser
+    from benchmark.tune import TuneOptions
+
+    assert TuneOptions(suite="kd").seed == TUNING_SEED not in range(5)
+    assert build_parser().parse_args(["tune", "--suite", "kd"]).seed == TUNING_SEED
+
+
+def test_report_names_the_provenance_and_says_when_values_predate_the_code(tmp_path):
+    from benchmark.report import tuning_lines
+
+    (tmp_path / "tuning").mkdir()
+    stale = {**study_provenance(seed=TUNING_SEED, threads=2, seconds=7200.0), "code_digest": "0" * 16}
+    _best(tmp_path / "tuning", stale)
+    lines = tuning_lines(tmp_path, pd.DataFrame(), {})
+    assert any(line.startswith("Study provenance: commit") and "tuning seed 1000, 2 threads" in line
+               and "2.00 h of trial time" in line for line in lines)
+    assert any("predate the current training code" in line for line in lines)
