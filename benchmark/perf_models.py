@@ -6,7 +6,7 @@ import torch
 
 from benchmark import config as config_lib
 from benchmark.registry import REGISTRY
-from cvpdl.detection.backbone import build_backbone
+from cvpdl.detection.backbone import build_body
 from cvpdl.detection.criterion import LossWeights
 from cvpdl.detection.dab_detr import DabOptions
 from cvpdl.detection.detr import DetrConfig, DetrOptions
@@ -56,7 +56,7 @@ def hf_detr(cfg: DetrConfig, num_classes: int, options: DetrOptions = DetrOption
                       auxiliary_loss=True, num_labels=num_classes, dropout=options.dropout,
                       attention_dropout=options.dropout, activation_dropout=options.dropout)
     model = DetrForObjectDetection(hf)
-    model.model.backbone.model = _FeatureList(build_backbone(cfg.backbone_width, cfg.d_model)[:-1])
+    model.model.backbone.model = _FeatureList(build_body(cfg.backbone_width))
     return model
 
 
@@ -80,7 +80,7 @@ def hf_dab_detr(cfg: DetrConfig, num_classes: int, weights: LossWeights = LossWe
                        bbox_loss_coefficient=round(weights.bbox), giou_loss_coefficient=round(weights.giou),
                        focal_alpha=weights.focal_alpha)
     model = DabDetrForObjectDetection(hf)
-    model.model.backbone.conv_encoder.model = _FeatureList(build_backbone(cfg.backbone_width, cfg.d_model)[:-1])
+    model.model.backbone.conv_encoder.model = _FeatureList(build_body(cfg.backbone_width))
     return model
 
 

@@ -21,7 +21,7 @@ def test_detr_quick_run(tmp_path, cache_dir):
             "cross_attn_neg_entropy_l2"} <= set(per_epoch["metric"])
     assert set(per_epoch[per_epoch["metric"] == "matching_instability"]["epoch"]) == {2, 3}
     finals = metrics[metrics["epoch"].isna()]
-    assert {("test", "AP"), ("test", "AP50"), ("test", "AP75"), ("test", "epochs_to_target"),
+    assert {("test", "AP"), ("test", "AP50"), ("test", "AP75"), ("val", "epochs_to_target"),
             ("probe", "pos_attn_entropy"), ("probe", "pos_attn_modes")} <= set(zip(finals["split"], finals["metric"]))
     for name in ("convergence", "matching_instability", "cross_attn_sparsity", "positional_attention"):
         assert (suite_dir / "figures" / f"{name}.png").is_file(), name

@@ -3,15 +3,16 @@ decoder LayerNorm → class (softmax, + "no object") and box (sigmoid cxcywh) he
 (auxiliary losses)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
-from cvpdl.detection.backbone import build_backbone
+from cvpdl.detection.backbone import body_channels, build_body
 from cvpdl.detection.criterion import LossWeights
 from cvpdl.detection.parts import DetectorParts
 from cvpdl.detection.position_encoding import image_position_encoding
+from cvpdl.detection.postprocess import PostProcess
 from cvpdl.detection.transformer import MLP, DetrDecoderLayer, EncoderLayer, check_dropout, xavier_init
 
 
@@ -33,20 +34,25 @@ class DetrOptions:
     """DETR's own settings, official defaults (facebookresearch/detr ``main.py``)."""
 
     dropout: float = 0.1
+    # official ``PostProcess``: one detection per query (its best class); the suite pins top-k over queries × classes
+    # for every variant instead, so that only the query formulation differs
+    one_detection_per_query: bool = False
 
 
 class DetrEncoder(nn.Module):
-    """Backbone and encoder: image → memory (B, HW, d), its PE (1, HW, d), grid size.
+    """Backbone, input projection and encoder: image → memory (B, HW, d), its PE (1, HW, d), grid size.
 
     ``pe_temperature``: 10000 (DETR) or 20 (DAB-DETR). ``scale_pos``: DAB-DETR's encoder multiplies the PE by an
-    MLP of the current features before each layer (``pos * query_scale(output)``).
+    MLP of the current features before each layer (``pos * query_scale(output)``). A frozen backbone whose features
+    were computed once is replaced by ``nn.Identity()``: the input is then its feature maps, not images.
     """
 
     def __init__(self, cfg: DetrConfig, dropout: float = 0.0, act: str = "relu", pe_temperature: float = 10000.0,
                  scale_pos: bool = False):
         super().__init__()
         # channels-last: oneDNN's convolutions (most of a step's time at this size) run faster in it
-        self.backbone = build_backbone(cfg.backbone_width, cfg.d_model).to(memory_format=torch.channels_last)
+        self.backbone = build_body(cfg.backbone_width).to(memory_format=torch.channels_last)
+        self.input_proj = nn.Conv2d(body_channels(cfg.backbone_width), cfg.d_model, 1)  # official ``input_proj``
         self.layers = nn.ModuleList(EncoderLayer(cfg.d_model, cfg.heads, cfg.d_ff, dropout, act)
                                     for _ in range(cfg.encoder_layers))
         self.pos_scale = MLP(cfg.d_model, cfg.d_model, cfg.d_model, 2) if scale_pos else None
@@ -56,7 +62,7 @@ class DetrEncoder(nn.Module):
         return image_position_encoding(height, width, self.d_model, self.pe_temperature, device)
 
     def forward(self, images: torch.Tensor):
-        fmap = self.backbone(images.contiguous(memory_format=torch.channels_last))
+        fmap = self.input_proj(self.backbone(images.contiguous(memory_format=torch.channels_last)))
         b, d, h, w = fmap.shape
         memory = fmap.flatten(2).transpose(1, 2)
         pos = self.position_encoding(h, w, fmap.device)[None]
@@ -72,7 +78,8 @@ class Detr(nn.Module):
     def build(cls, cfg: DetrConfig, num_classes: int, weights: LossWeights, options: DetrOptions = DetrOptions()
               ) -> DetectorParts:
         """Model, criterion and post-processing (official ``build``; matcher class cost 1, ``set_cost_class``)."""
-        return DetectorParts.assemble(cls(cfg, num_classes, options), num_classes, weights, cost_class=1.0)
+        parts = DetectorParts.assemble(cls(cfg, num_classes, options), num_classes, weights, cost_class=1.0)
+        return replace(parts, postprocess=PostProcess(cls.focal, options.one_detection_per_query))
 
     def __init__(self, cfg: DetrConfig, num_classes: int, options: DetrOptions = DetrOptions()):
         super().__init__()

@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from cvpdl import ddp
 from cvpdl.analysis.detr_dynamics import assignment_vector, matching_instability, negative_entropy
 from cvpdl.checkpoint import Checkpoint
 from cvpdl.data.detection_split import DetectionSplit
+from cvpdl.detection.backbone import normalise
 from cvpdl.detection.box_ops import xyxy_to_cxcywh
 from cvpdl.detection.criterion import SetCriterion
 from cvpdl.detection.matcher import hungarian_match
@@ -22,9 +25,15 @@ from cvpdl.progress import EpochCallback, no_report
 
 @dataclass(frozen=True)
 class DetrTrainConfig:
-    epochs: int = 8
+    """Official recipe (facebookresearch/detr ``main.py``): AdamW, weight decay 1e-4, gradient clipping 0.1, the
+    backbone at its own learning rate (``--lr_backbone``; 0 freezes it, ``train_backbone = lr_backbone > 0``) and
+    one learning-rate drop by 10 (``StepLR(optimizer, lr_drop)``, stepped per epoch)."""
+
+    epochs: int = 10
     batch_size: int = 32
     lr: float = 5e-4
+    lr_backbone: float = 0.0
+    lr_drop: int = 8  # epochs before the drop (0: none)
     weight_decay: float = 1e-4
     grad_clip: float = 0.1
     top_k: int = 30  # detections kept per image
@@ -32,13 +41,25 @@ class DetrTrainConfig:
 
 
 @dataclass
+class FeatureSplit(DetectionSplit):
+    """A split whose frozen backbone's feature maps (N, C, h, w) were computed once: its batches carry them instead
+    of pixels (the detector's backbone is then ``nn.Identity()``)."""
+
+    features: torch.Tensor | None = None
+
+
+@dataclass
 class DetectionData:
-    """The splits of a comparison; ``probe``: a fixed subset of val for the per-epoch matching and attention probes."""
+    """The splits of a comparison; ``probe``: a fixed subset of val for the per-epoch matching and attention probes.
+    ``backbone``: the pretrained backbone every method starts from (frozen batch norm, eval mode; the splits are
+    ``FeatureSplit``s when it stays frozen); ``artifacts``: the set-up's cached files, True where trained here."""
 
     train: DetectionSplit
     val: DetectionSplit
     test: DetectionSplit
     probe: DetectionSplit
+    backbone: nn.Module | None = None
+    artifacts: dict[Path, bool] = field(default_factory=dict)
 
 
 @dataclass
@@ -54,22 +75,29 @@ class FitHistory:
         return next((float(epoch) for epoch, values in enumerate(self.val, 1) if values["AP50"] >= ap50), float("nan"))
 
 
+def image_size(split: DetectionSplit) -> tuple[int, int]:
+    """(height, width) of the split's images (one size per split: its batches are stacked)."""
+    return tuple(split.image(0).shape[:2])
+
+
 def batch(split: DetectionSplit, indices: list[int], device: torch.device) -> tuple[torch.Tensor, list[dict]]:
-    """Normalised images and targets (contiguous labels, cxcywh boxes in [0, 1]). Pixels in memory are gathered
-    in one indexing and the boxes of the batch converted in one go (elementwise: the same numbers as image by
-    image, each image's target a view of the batch's)."""
-    if isinstance(split.images, np.ndarray):
-        images = torch.from_numpy(split.images[indices]).to(device)
+    """The detector's inputs (normalised images, or a frozen backbone's cached features) and targets (contiguous
+    labels, cxcywh boxes in [0, 1]). Pixels in memory are gathered in one indexing and the boxes of the batch
+    converted in one go (elementwise: the same numbers as image by image, each image's target a view of the
+    batch's)."""
+    if getattr(split, "features", None) is not None:
+        inputs = split.features[indices].to(device)
+    elif isinstance(split.images, np.ndarray):
+        inputs = normalise(torch.from_numpy(split.images[indices]).to(device))
     else:
-        images = torch.stack([torch.from_numpy(split.image(i)) for i in indices]).to(device)
-    images = (images.permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.25
-    h, w = images.shape[-2:]
+        inputs = normalise(torch.stack([torch.from_numpy(split.image(i)) for i in indices]).to(device))
+    h, w = image_size(split)
     scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=device)
     boxes, labels = zip(*(split.target(i) for i in indices))
     sizes = [len(x) for x in labels]
     all_boxes = xyxy_to_cxcywh(torch.as_tensor(np.concatenate(boxes), device=device).reshape(-1, 4)) / scale
     all_labels = torch.as_tensor(np.concatenate(labels), device=device)
-    return images, [{"labels": x, "boxes": b} for x, b in zip(all_labels.split(sizes), all_boxes.split(sizes))]
+    return inputs, [{"labels": x, "boxes": b} for x, b in zip(all_labels.split(sizes), all_boxes.split(sizes))]
 
 
 def train_epoch(model, criterion: SetCriterion, split: DetectionSplit, cfg: DetrTrainConfig,
@@ -81,8 +109,8 @@ def train_epoch(model, criterion: SetCriterion, split: DetectionSplit, cfg: Detr
     order = ddp.global_order(len(split), generator).tolist()
     losses = []
     for start in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):
-        images, targets = batch(split, ddp.shard(order[start:start + cfg.batch_size]), device)
-        outputs = model(images, targets, generator)
+        inputs, targets = batch(split, ddp.shard(order[start:start + cfg.batch_size]), device)
+        outputs = model(inputs, targets, generator)
         where = f"epoch {epoch}, step {start // cfg.batch_size + 1}"
         # NaN predictions would break the matcher before the loss exists; a sum is NaN/inf iff an entry is (one sync)
         ddp.check_finite_on_all_ranks(torch.stack([p.sum() for p in outputs["logits"] + outputs["boxes"]]), where,
@@ -105,10 +133,10 @@ def evaluate(parts: DetectorParts, split: DetectionSplit, cfg: DetrTrainConfig, 
     detections, losses = [], []
     for start in range(0, len(split), 64):
         indices = list(range(start, min(start + 64, len(split))))
-        images, targets = batch(split, indices, device)
-        out = parts.model(images)
+        inputs, targets = batch(split, indices, device)
+        out = parts.model(inputs)
         losses.append(sum(parts.criterion(out, targets)[0].values()).item() * len(indices))
-        for i, (scores, labels, boxes) in zip(indices, parts.postprocess(out, images.shape[-2:], cfg.top_k)):
+        for i, (scores, labels, boxes) in zip(indices, parts.postprocess(out, image_size(split), cfg.top_k)):
             for s, c, (x0, y0, x1, y1) in zip(scores.tolist(), labels.tolist(), boxes.tolist()):
                 detections.append({"image_id": split.image_ids[i], "category_id": split.cat_ids[c],
                                    "bbox": [x0, y0, x1 - x0, y1 - y0], "score": s})
@@ -121,24 +149,41 @@ def probe(parts: DetectorParts, split: DetectionSplit, device: torch.device
     """On the fixed probe set, eval mode: each image's last-layer query→GT assignment, and the negative entropy
     of the decoder cross-attention per layer (averaged over heads, queries, images)."""
     parts.model.eval()
-    images, targets = batch(split, list(range(len(split))), device)
-    out = parts.model(images)
+    inputs, targets = batch(split, list(range(len(split))), device)
+    out = parts.model(inputs)
     indices = hungarian_match(out["logits"][-1], out["boxes"][-1], targets, parts.criterion.costs)
     q = out["logits"][-1].shape[1]
     return [assignment_vector(ix, q) for ix in indices], [negative_entropy(w) for w in out["cross_attn"]]
 
 
+def optimizer_for(model: nn.Module, cfg: DetrTrainConfig) -> torch.optim.AdamW:
+    """AdamW with the backbone (``encoder.backbone``) in its own group at ``lr_backbone``, frozen at 0 (official
+    ``param_dicts`` and ``train_backbone``)."""
+    backbone = [p for n, p in model.named_parameters() if n.startswith("encoder.backbone.")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("encoder.backbone.")]
+    groups = [{"params": rest}]
+    if cfg.lr_backbone > 0:
+        groups.append({"params": backbone, "lr": cfg.lr_backbone})
+    else:
+        for p in backbone:
+            p.requires_grad_(False)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def fit(parts: DetectorParts, data: DetectionData, cfg: DetrTrainConfig, generator: torch.Generator,
         device: torch.device, checkpoint: Checkpoint = Checkpoint(None, "detr"), desc: str = "detr",
         on_epoch: EpochCallback = no_report) -> FitHistory:
-    """Train ``parts.model`` on ``device`` with AdamW for ``cfg.epochs``; after every epoch evaluate on val, probe
-    matching and cross-attention on ``data.probe`` and save ``checkpoint``, which a rerun resumes from. Under
-    torchrun the model trains wrapped in DDP; evaluation and probes read the bare model on every rank."""
+    """Train ``parts.model`` on ``device`` with AdamW for ``cfg.epochs`` (learning rate ÷ 10 after ``lr_drop``
+    epochs); after every epoch evaluate on val, probe matching and cross-attention on ``data.probe`` and save
+    ``checkpoint``, which a rerun resumes from. Under torchrun the model trains wrapped in DDP; evaluation and
+    probes read the bare model on every rank."""
     model = parts.model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = optimizer_for(model, cfg)
+    # no drop: a step size past the last epoch
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_drop or cfg.epochs + 1)
     trained = ddp.wrap(model)
     history, previous, done = FitHistory(), None, 0
-    stateful = {"model": model, "optimizer": optimizer}
+    stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
     if (progress := checkpoint.restore(stateful, generator)) is not None:
         history = FitHistory(progress["val"], progress["train"])
         previous, done = progress["previous"], progress["epoch"]
@@ -147,6 +192,7 @@ def fit(parts: DetectorParts, data: DetectionData, cfg: DetrTrainConfig, generat
                       total=cfg.epochs):
         started = time.perf_counter()
         train_epoch(trained, parts.criterion, data.train, cfg, optimizer, generator, device, epoch)
+        scheduler.step()
         ddp.sync_buffers(model)  # batch-norm statistics of rank 0's shard on every rank, so evaluation agrees
         seconds = time.perf_counter() - started
         history.train.append({"train_seconds": seconds,
