@@ -130,3 +130,43 @@ def test_cells_as_submitit_jobs_give_the_numbers_of_one_process(tmp_path, cache_
     assert len({r.data.tags["pid"] for r in cells}) == 2  # trained in two processes, not this one
     assert len(list((tmp_path / "jobs" / "submitit").glob("*_log.out"))) == 2  # the jobs' logs
     assert json.loads((suite_folder(tmp_path / "jobs", "detr") / "run.json").read_text())["executor"] == "submitit"
+
+
+def test_a_killed_job_is_one_line_per_cell_and_resume_continues_its_checkpoint(tmp_path, cache_dir):
+    """The job of a cell dies mid-cell (SIGKILL, as a node failure): the invocation names the cell, the job and its
+    log and exits 3; ``--resume`` submits the cell again, which continues from the job's last checkpoint and ends
+    with the uninterrupted run's metrics.csv."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import psutil
+
+    from tests.conftest import suite_folder
+
+    args = [sys.executable, "-m", "benchmark", "run", "--suite", "detr", "--profile", "quick", "--methods", "detr",
+            "--seeds", "0", "--set", "train.epochs=3", "--threads", "1", "--cache-dir", str(cache_dir)]
+    repo = Path(__file__).resolve().parent.parent
+    subprocess.run([*args, "--results-dir", str(tmp_path / "one")], cwd=repo, check=True, capture_output=True)
+    jobs = [*args, "--executor", "submitit", "--slurm-time", "20", "--results-dir", str(tmp_path / "jobs")]
+    parent = subprocess.Popen(jobs, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not list((tmp_path / "jobs").glob("detr/*/cells/*/*/checkpoints/detr.pt")):  # after an epoch
+        assert parent.poll() is None and time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.2)
+    [job] = [p for p in psutil.Process(parent.pid).children(recursive=True)
+             if "submitit.core._submit" in " ".join(p.cmdline())]
+    job.send_signal(signal.SIGKILL)
+    assert parent.wait(timeout=300) == 3
+    err = parent.stderr.read()
+    assert "1 of 1 cells failed (detr seed 0: job " in err and "_log.err" in err and "Traceback" not in err, err
+    resumed = subprocess.run([*jobs, "--resume"], cwd=repo, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    logs = (tmp_path / "jobs" / "submitit").glob("*_log.err")
+    killed_log, resumed_log = sorted(logs, key=lambda path: path.stat().st_mtime)
+    assert "epoch 1/3:" in killed_log.read_text()
+    assert "epoch 1/3:" not in resumed_log.read_text() and "epoch 3/3:" in resumed_log.read_text()  # resumed
+    assert (suite_folder(tmp_path / "one", "detr") / "metrics.csv").read_bytes() == \
+        (suite_folder(tmp_path / "jobs", "detr") / "metrics.csv").read_bytes()
