@@ -322,7 +322,10 @@ class CellJob:
 
     def __call__(self, name: str, seed: int) -> str | None:
         os.environ["TQDM_DISABLE"] = "1"  # the job's log gets plain lines
-        return _train_cell(_open_cell_worker(self.options, self.parent_id, self.log_level, self.log_path), name, seed)
+        options = self.options
+        if options.threads is None and hasattr(os, "sched_getaffinity"):  # the CPUs SLURM gave the job, not the node's
+            options = replace(options, threads=len(os.sched_getaffinity(0)))
+        return _train_cell(_open_cell_worker(options, self.parent_id, self.log_level, self.log_path), name, seed)
 
     def checkpoint(self, name: str, seed: int):
         from submitit.helpers import DelayedSubmission
