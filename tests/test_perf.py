@@ -132,15 +132,15 @@ def test_tune_rates_come_from_the_studies_without_touching_them(tmp_path):
 
     database = tmp_path / "detr" / "tuning" / "optuna.db"
     database.parent.mkdir(parents=True)
-    study = optuna.create_study(study_name="detr", storage=f"sqlite:///{database}")
-    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
-    study._storage.engine.dispose()
+    storage = optuna.storages.RDBStorage(f"sqlite:///{database}")
+    optuna.create_study(study_name="detr", storage=storage).optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    storage.engine.dispose()
     digest = hashlib.sha256(database.read_bytes()).hexdigest()
     report = PerfReport()
     tune_trials_per_hour(report, tmp_path)
     rate = report.get("tuning", "detr tune trials per hour")
     note = next(r["note"] for r in report.rows if r["item"] == "detr tune trials per hour")
-    assert 0 < rate < 3600 and "completed" in note
+    assert rate > 0 and "2 completed of 2 trials" in note
     assert hashlib.sha256(database.read_bytes()).hexdigest() == digest
 
 
