@@ -43,3 +43,9 @@ def test_kd_same_seed_twice_gives_identical_metrics(tmp_path, cache_dir):
     assert main([*args, "--results-dir", str(tmp_path / "b")]) == 0
     assert (suite_folder(tmp_path / "a", "kd") / "metrics.csv").read_bytes() == \
         (suite_folder(tmp_path / "b", "kd") / "metrics.csv").read_bytes()
+
+
+def test_an_unknown_data_task_is_refused_in_one_line(tmp_path, cli):
+    code, _, err = cli("run", "--suite", "kd", "--set", "data.task=letters", "--results-dir", str(tmp_path / "r"))
+    assert code == 2 and "data.task must be Literal['numbers', 'digits'], got 'letters'" in err
+    assert err.count("\n") == 1 and not (tmp_path / "r").exists()

@@ -14,7 +14,7 @@ from cvpdl.distill.losses import gld_relation, relation_matrix, standardize
 from cvpdl.distill.networks import ConvNet, NetConfig
 from cvpdl.distill.reverse_feature_kd import EmbeddingMimic, ReverseFeatureKD, ReverseKDConfig
 from cvpdl.distill.student_baseline import StudentBaseline
-from cvpdl.distill.training import ClassificationData, TrainConfig
+from cvpdl.distill.training import ClassificationData, TrainConfig, step_schedule
 from cvpdl.errors import UserInputError
 from cvpdl.losses import distillation_kl
 
@@ -319,3 +319,19 @@ def test_training_without_evaluation_gives_the_same_weights(tiny_data):
         assert torch.equal(v, states[1][k]), k
     assert histories[0].per_epoch["loss_ce"] == histories[1].per_epoch["loss_ce"]
     assert "top1" not in histories[1].per_epoch and not histories[1].test_top1
+
+
+def test_step_schedule_is_mdistillers_per_epoch_decay():
+    """mdistiller: lr 0.05 × 0.1^(stages passed), stages after epochs 150, 180, 210 of 240; over 8 epochs of 3 steps
+    the stages are epochs 5, 6, 7 (⌊0.625·8⌋, ⌊0.75·8⌋, ⌊0.875·8⌋): epoch 6 runs at 0.005, epoch 8 at 5e-5."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.05, momentum=0.9)
+    schedule = step_schedule(optimizer, TrainConfig(epochs=8), steps_per_epoch=3)
+    per_epoch = []
+    for _epoch in range(8):
+        per_epoch.append(optimizer.param_groups[0]["lr"])
+        for _step in range(3):
+            optimizer.step()
+            schedule.step()
+    assert per_epoch == pytest.approx([0.05] * 5 + [5e-3, 5e-4, 5e-5], rel=1e-9)
+    assert TrainConfig() == TrainConfig(epochs=10, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4,
+                                        lr_decay_stages=(0.625, 0.75, 0.875), lr_decay_rate=0.1)

@@ -17,10 +17,16 @@ from cvpdl.progress import EpochCallback, no_report
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """mdistiller's CIFAR-100 recipe (``configs/cifar100/*.yaml`` SOLVER): SGD, momentum 0.9, lr 0.05 at batch 64,
+    weight decay 5e-4, the lr × 0.1 after epochs 150, 180 and 210 of 240 (here the same fractions of ``epochs``)."""
+
     epochs: int = 10
-    batch_size: int = 128
-    lr: float = 3e-3
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
     weight_decay: float = 5e-4
+    lr_decay_stages: tuple[float, ...] = (0.625, 0.75, 0.875)  # fractions of the epochs
+    lr_decay_rate: float = 0.1
 
 
 @dataclass
@@ -79,10 +85,19 @@ def top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return (predict(model, x)["logits"].argmax(1) == y).float().mean().item()
 
 
+def step_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+                  ) -> torch.optim.lr_scheduler.MultiStepLR:
+    """mdistiller's ``adjust_learning_rate``, stepped once per batch: in epoch e (1-based) the lr is
+    lr · rate^(number of decay stages s with e > s · epochs)."""
+    milestones = [int(stage * cfg.epochs) * steps_per_epoch for stage in cfg.lr_decay_stages]
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=cfg.lr_decay_rate)
+
+
 def train(distiller: nn.Module, data: ClassificationData, cfg: TrainConfig, generator: torch.Generator,
           desc: str = "train", checkpoint: Checkpoint | None = None, evaluate: bool = True,
           on_epoch: EpochCallback = no_report) -> TrainHistory:
-    """AdamW with a one-cycle schedule; teacher outputs are computed once (no augmentation: they are fixed).
+    """SGD with mdistiller's step schedule (``TrainConfig``); teacher outputs are computed once (no augmentation:
+    they are fixed).
     ``distiller`` is a ``cvpdl.distill.base.Distiller`` (its ``losses``, ``teacher_outputs``, trainable parameters).
     With a ``checkpoint``, the state is saved after every epoch and a saved one is resumed from. ``evaluate``
     False skips the per-epoch val/test top-1 (the history then holds the loss terms only): for a caller that
@@ -96,10 +111,9 @@ def train(distiller: nn.Module, data: ClassificationData, cfg: TrainConfig, gene
     teacher_out = (predict(distiller.teacher, data.x_train, forward=distiller.teacher_outputs)
                    if distiller.teacher is not None else None)
     params = distiller.trainable_parameters()
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     steps = max(1, len(data.x_train) // cfg.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps,
-                                                   pct_start=0.2)
+    schedule = step_schedule(optimizer, cfg, steps)
     history, done = TrainHistory(), 0
     checkpoint = checkpoint or Checkpoint(None, desc)
     stateful = {"distiller": distiller, "optimizer": optimizer, "schedule": schedule}
