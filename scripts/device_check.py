@@ -39,8 +39,9 @@ TINY = {
     "detr": ["--methods", "dn_dab_detr", "--set=data.train_images=16", "--set=data.val_images=8",
              "--set=data.test_images=8", "--set=data.probe_images=4", "--set=train.epochs=1",
              "--set=train.batch_size=8"],
-    "kd": ["--methods", "logit_kd", "--set=data.train_images=64", "--set=data.val_images=32", "--set=data.test_images=32",
-           "--set=data.id_samples=32", "--set=train.epochs=1", "--set=teacher_train.epochs=1"],
+    "kd": ["--methods", "logit_kd", "--set=data.train_images=64", "--set=data.val_images=32",
+           "--set=data.test_images=32", "--set=data.id_samples=32", "--set=train.epochs=1",
+           "--set=teacher_train.epochs=1"],
     "ovd": ["--methods", "regionclip", "--set=data.train_images=64", "--set=data.val_images=8",
             "--set=data.test_images=8", "--set=data.single_images=8", "--set=clip.epochs=1",
             "--set=localizer.epochs=1", "--set=regionclip.images=16", "--set=regionclip.batch_size=8",
@@ -70,7 +71,8 @@ def device_name(device: str) -> str:
     smi = shutil.which("nvidia-smi")
     driver = subprocess.run([smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
                             capture_output=True, text=True).stdout.strip() if smi else "nvidia-smi not found"
-    return f"{torch.cuda.get_device_name(0)} (nvidia-smi: {driver}; CUDA {torch.version.cuda}, torch {torch.__version__})"
+    return (f"{torch.cuda.get_device_name(0)} (nvidia-smi: {driver}; CUDA {torch.version.cuda}, "
+            f"torch {torch.__version__})")
 
 
 def benchmark(*args: str) -> None:

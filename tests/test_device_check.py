@@ -60,7 +60,8 @@ def _metrics(path: Path, rows: list[tuple]) -> Path:
 
 def test_compare_metrics_hand_values(device_check, tmp_path):
     first = _metrics(tmp_path / "a", [("ovd", "m", 0, "", "test", "AP50", 0.5), ("ovd", "m", 0, 1, "val", "loss", 2.0),
-                                      ("ovd", "m", 0, "", "test", "rho", "nan"), ("ovd", "m", 1, "", "test", "AP50", 9)])
+                                      ("ovd", "m", 0, "", "test", "rho", "nan"),
+                                      ("ovd", "m", 1, "", "test", "AP50", 9)])
     same = _metrics(tmp_path / "b", [("ovd", "m", 0, "", "test", "AP50", 0.5), ("ovd", "m", 0, 1, "val", "loss", 2.0),
                                      ("ovd", "m", 0, "", "test", "rho", "nan")])
     result = device_check["compare_metrics"](first, same, 0)  # seed 1 is not compared; NaN equals NaN
