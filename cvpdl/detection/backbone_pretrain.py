@@ -52,7 +52,7 @@ def pretrain_backbone(width: int, images: np.ndarray, presence: torch.Tensor, cf
     state dict loads into ``build_body(width)``). AdamW with a cosine schedule over all steps."""
     model = PresenceClassifier(width, presence.shape[1])
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = len(images) // cfg.batch_size
+    steps_per_epoch = -(-len(images) // cfg.batch_size)  # the last batch takes the remainder (a tiny set: one)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
     loss_fn = nn.BCEWithLogitsLoss()
     model.train()
