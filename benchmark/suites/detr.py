@@ -214,7 +214,7 @@ TESTBED = (
                    "2-core CPU budget; like the papers' ImageNet weights it is shared by every method and seed"),
     Deviation(what="backbone frozen (`train.lr_backbone` 0) instead of trained at 1e-5 (official "
                    "`--lr_backbone 1e-5`, stem and layer1 frozen); its features are computed once per image",
-              why="no backbone forward or backward per step: the default profile fits its 10-minute budget",
+              why="no backbone forward or backward per step, toward the default profile's 10-minute budget",
               restore="--set train.lr_backbone=1e-5"),
     Deviation(what="learning rate 5e-4 instead of 1e-4 (`--lr`), batch 32 (official: 2–4 images per GPU on 8–16 GPUs)",
               why="a 64-wide transformer trained for a few hundred steps", restore="--set train.lr=1e-4"),
