@@ -277,7 +277,7 @@ def summary_markdown(spec: SuiteSpec, frame: pd.DataFrame, timings: pd.DataFrame
                       "Not claims: descriptive screening of every final metric (censored epochs-to-target excepted: "
                       "see the claims), Holm-adjusted over this table's rows.\n\n", _markdown(shown), "\n"]
     if timings is not None and not timings.empty:
-        t = summary_rows(timings)
+        t = summary_rows(per_cell_timings(timings))
         shown = pd.DataFrame({"method": t["method"], "metric": t["metric"],
                               "mean ± std": [f"{m:.4g} (n=1)" if n == 1 else f"{m:.4g} ± {fmt_value(s, 4)}"
                                              for m, s, n in zip(t["mean"], t["std"], t["n"])],
@@ -288,6 +288,20 @@ def summary_markdown(spec: SuiteSpec, frame: pd.DataFrame, timings: pd.DataFrame
                   _markdown(shown), "\n"]
     parts += ["## Limitations\n\n", *[f"- {line}\n" for line in limitations(spec, frame, run, tested)]]
     return "".join(parts)
+
+
+def per_cell_timings(timings: pd.DataFrame) -> pd.DataFrame:
+    """One value per cell and timing: per-epoch seconds summed over the cell's epochs ("…, all epochs"), per-epoch
+    rates averaged ("…, mean over epochs"); timings already per cell pass unchanged."""
+    per_epoch = timings[timings["epoch"].notna()]
+    if per_epoch.empty:
+        return timings
+    keys = ["suite", "method", "seed", "split", "metric"]
+    sums = per_epoch.groupby(keys, sort=False)["value"].agg(["sum", "mean"]).reset_index()
+    sums["value"] = sums["sum"].where(sums["metric"].str.endswith("_seconds"), sums["mean"])
+    sums["metric"] = [m + (", all epochs" if m.endswith("_seconds") else ", mean over epochs") for m in sums["metric"]]
+    sums["epoch"] = float("nan")
+    return pd.concat([timings[timings["epoch"].isna()], sums[timings.columns]], ignore_index=True)
 
 
 def headline_table(spec: SuiteSpec, frame: pd.DataFrame) -> str:
@@ -347,18 +361,35 @@ def anchor(heading: str) -> str:
     return "#" + kept.replace(" ", "-")
 
 
-def first_table(findings: list[tuple[str, Finding, bool]]) -> str:
+def first_table(findings: list[tuple[str, Finding, bool]], fresh: dict[tuple[str, str], Finding] | None = None) -> str:
     """REPORT.md's first screen: every question × claim with its verdict, linked to the section that answers it
-    (``(suite, finding, testbed sensitive)``)."""
+    (``(suite, finding, testbed sensitive)``). ``fresh``: the same claims rerun on seeds never used in development
+    (``(suite, claim)`` → finding); a verdict they do not repeat is marked "not confirmed on fresh seeds"."""
+    def verdict(suite: str, f: Finding, sensitive: bool) -> str:
+        notes = [] if sensitive or f.verdict.startswith("untestable") else [INSENSITIVE.split(":")[0]]
+        again = (fresh or {}).get((suite, f.claim))
+        if again is not None and again.verdict != f.verdict and not f.verdict.startswith(("untestable", "inconcl")):
+            notes.append("not confirmed on fresh seeds")
+        return f"**{f.verdict}**" + (f" ({'; '.join(notes)})" if notes else "")
+
     table = pd.DataFrame({
         "suite": [f"`{suite}`" for suite, _, _ in findings],
         "question": [f"[{f.question.split('. ')[0] if '. ' in f.question else 'controls'}]({anchor(f.question)})"
                      for _, f, _ in findings],
         "claim": [f.claim for _, f, _ in findings],
-        "verdict": [f"**{f.verdict}**" + ("" if sensitive or f.verdict.startswith("untestable")
-                                          else f" ({INSENSITIVE.split(':')[0]})") for _, f, sensitive in findings],
+        "verdict": [verdict(*row) for row in findings],
         "evidence": [f.evidence for _, f, _ in findings]})
+    if fresh is not None:
+        table.insert(4, "on fresh seeds", [_fresh_cell(fresh.get((suite, f.claim)), f) for suite, f, _ in findings])
     return _markdown(table.map(lambda cell: cell.replace("|", "\\|")))  # a bar inside a cell would end it
+
+
+def _fresh_cell(again: Finding | None, first: Finding) -> str:
+    if first.verdict.startswith("untestable"):
+        return ""
+    if again is None:
+        return "not rerun"
+    return again.verdict + (f": {again.evidence}" if again.evidence else "")
 
 
 def _control_rows(suite: str, tested: dict[str, Tested]) -> list[tuple[str, Finding, bool]]:
@@ -372,13 +403,40 @@ def _control_rows(suite: str, tested: dict[str, Tested]) -> list[tuple[str, Find
                             "; ".join(f"{t.claim.text}: {brief_line(t)}" for t in (failed or controls))), True)]
 
 
+CONFIRMATION = "confirmation"  # results_dir/confirmation/<suite>/: the same profile rerun on fresh seeds
+
+
+def suite_findings(spec: SuiteSpec, frame: pd.DataFrame) -> tuple[list[tuple[str, Finding, bool]],
+                                                                    dict[str, Tested] | None, bool]:
+    """The first-table rows of one suite's run (its controls' row first), its tested claims and whether its
+    controls hold."""
+    tested = _tested_family(spec, frame)
+    if not tested:
+        return [], tested, True
+    sensitive = not failed_controls(tested)
+    return (_control_rows(spec.name, tested)
+            + [(spec.name, f, sensitive) for f in spec.report_sections.findings(frame, tested)], tested, sensitive)
+
+
+def fresh_findings(results_dir: Path) -> dict[tuple[str, str], Finding] | None:
+    """``(suite, claim)`` → finding of the confirmation run in ``results_dir/confirmation`` (None: there is none)."""
+    root = results_dir / CONFIRMATION
+    found = {}
+    for spec in REGISTRY.suites():
+        if (root / spec.name / "metrics.csv").is_file() and spec.report_sections is not None:
+            frame, _, _ = load_suite(root / spec.name)
+            found.update({(spec.name, f.claim): f for _, f, _ in suite_findings(spec, frame)[0]})
+    return found or None
+
+
 def report_markdown(results_dir: Path) -> str:
-    """``REPORT.md``: one table of every question's verdicts first, then per suite its positive controls, each
-    course question with the literature's answer, what was measured, the figures with their captions, and the
-    limitations of every run."""
+    """``REPORT.md``: one table of every question's verdicts first (with the fresh-seed confirmation run's, where
+    ``results_dir/confirmation`` holds one), then per suite its positive controls, each course question with the
+    literature's answer, what was measured, the figures with their captions, and the limitations of every run."""
     from paper_figures import CAPTIONS
 
     rows, body, limits = [], [], []
+    fresh = fresh_findings(results_dir)
     for spec in sorted(REGISTRY.suites(), key=lambda s: s.name):
         suite_dir = results_dir / spec.name
         body.append(f"## Suite `{spec.name}`: {spec.question}\n\n")
@@ -387,8 +445,8 @@ def report_markdown(results_dir: Path) -> str:
                         "\n\n")
             continue
         frame, timings, run = load_suite(suite_dir)
-        tested = _tested_family(spec, frame)
-        sensitive = not (tested and failed_controls(tested))
+        findings, tested, sensitive = suite_findings(spec, frame)
+        rows += findings
         if not sensitive:
             body.append(f"**{INSENSITIVE[0].upper() + INSENSITIVE[1:]}** (failed: "
                         f"{'; '.join(t.claim.text for t in failed_controls(tested))}).\n\n")
@@ -396,8 +454,6 @@ def report_markdown(results_dir: Path) -> str:
                     f"`{run.get('profile', '?')}`, seeds "
                     f"{sorted(frame['seed'].unique().tolist())}, commit `{run.get('git_commit', '?')[:12]}`).\n\n")
         if tested:
-            rows += _control_rows(spec.name, tested)
-            rows += [(spec.name, f, sensitive) for f in spec.report_sections.findings(frame, tested)]
             controls = [t for t in tested.values() if t.claim.role == "control"]
             if controls:
                 body.append(f"### Suite `{spec.name}`: positive controls\n\n")
@@ -421,7 +477,10 @@ def report_markdown(results_dir: Path) -> str:
                   "smallest effect of interest), **inconclusive** (neither, at this number of seeds), or "
                   "**untestable here** (with why). Primary claims only: secondary claims are exploratory and stay "
                   "in each suite's `summary.md`. A suite whose positive controls fail is marked *testbed "
-                  "insensitive* on every row.\n\n", first_table(rows), "\n"]
+                  "insensitive* on every row."
+                  + (" Column *on fresh seeds*: the same profile rerun on seeds never used in development "
+                     f"(`{CONFIRMATION}/`); a verdict they do not repeat is marked so." if fresh else "")
+                  + "\n\n", first_table(rows, fresh), "\n"]
     parts += ["Generated by `python -m benchmark report` from `results/*/metrics.csv` (and each suite's run.json and "
               "timings.csv); every measured number is mean ± std over seeds with the 95% t-interval in brackets, and "
               "comparisons are paired over seeds. Each suite declares positive controls, at most "

@@ -135,7 +135,7 @@ class CellRunner:
             return cell
         earlier = self.store.remembered_run(method.name, seed, self.tracker.uri)
         if earlier is not None and self.tracker.is_finished_run(earlier):
-            self.tracker.tag_active(f"reused.{method.name}-seed{seed}", earlier)
+            self.tracker.tag_run(self.parent_id, f"reused.{method.name}-seed{seed}", earlier)
             return cell
         with self._cell_run(method, seed, self.method_cfgs.get(method.name, self.context.cfg),
                             reused_from=str(folder)) as run_id:

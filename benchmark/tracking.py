@@ -283,8 +283,10 @@ class Tracker:
         except MlflowException:
             return False
 
-    def tag_active(self, key: str, value: str) -> None:
-        self.mlflow.set_tag(key, value)
+    def tag_run(self, run_id: str | None, key: str, value: str) -> None:
+        """Tag ``run_id`` by id: a worker process has no active run, and ``mlflow.set_tag`` would open a stray one."""
+        if run_id is not None:
+            self.client.set_tag(run_id, key, value)
 
     def log_inputs(self, data: str, data_root: str | None, hashes: dict[str, str]) -> None:
         """The files the run read (``run.json``'s data hashes) as MLflow dataset inputs of the active run."""
@@ -329,7 +331,7 @@ class NoTracking:
     def is_finished_run(self, run_id) -> bool:
         return False
 
-    def tag_active(self, key, value) -> None:
+    def tag_run(self, run_id, key, value) -> None:
         pass
 
     def log_inputs(self, data, data_root, hashes) -> None:

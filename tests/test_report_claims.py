@@ -27,7 +27,7 @@ from benchmark.claims import (
     tost_paired,
 )
 from benchmark.registry import REGISTRY
-from benchmark.report import INSENSITIVE, load_suite, report_markdown, summary_markdown
+from benchmark.report import INSENSITIVE, load_suite, per_cell_timings, report_markdown, summary_markdown
 from benchmark.results import COLUMNS
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -152,6 +152,17 @@ def test_one_seed_prints_n1_not_nan():
     t = evaluate_family(frame, [Claim("c", "a − b", Arm("a", "acc", "test"), Arm("b", "acc", "test"))])["c"]
     assert t.line() == "Δ +0.250, n=1 (one seed: no test)"
     assert "nan" not in summary_markdown(REGISTRY.suite("kd"), frame.assign(suite="kd"), None, {})
+
+
+def test_per_epoch_timings_are_summed_per_cell_and_rates_averaged():
+    timings = _frame([("s", "a", 0, 1, "train", "train_seconds", 1.0), ("s", "a", 0, 2, "train", "train_seconds", 2.5),
+                      ("s", "a", 0, 1, "train", "train_images_per_second", 100.0),
+                      ("s", "a", 0, 2, "train", "train_images_per_second", 200.0),
+                      ("s", "a", 0, None, "test", "seconds_per_image", 0.01)])
+    cells = per_cell_timings(timings).set_index("metric")["value"]
+    assert cells.to_dict() == {"seconds_per_image": 0.01, "train_seconds, all epochs": 3.5,
+                               "train_images_per_second, mean over epochs": 150.0}
+    assert per_cell_timings(timings).iloc[1:]["epoch"].isna().all()
 
 
 def _render(suite_dir: Path, suite: str) -> str:
@@ -299,3 +310,21 @@ def test_perturbing_metrics_flips_the_first_table_row(tmp_path, suite, row, meth
         assert report.index("| suite | question | claim | verdict |") < report.index("## Suite")  # first screen
         verdicts[sign] = _verdict(_table_row(report, row))
     assert verdicts == {1: "reproduced", -1: "contradicted"}
+
+
+def test_a_verdict_the_fresh_seeds_do_not_repeat_is_marked_in_the_first_table(tmp_path):
+    results = _results_copy(tmp_path)
+    fresh = results / "confirmation" / "kd"
+    shutil.copytree(results / "kd", fresh)
+    row = "GLD beats logit KD"
+    _set_from(results / "kd" / "metrics.csv", "gld", "top1_last", "test", "logit_kd", lambda seed: 0.05 + 0.005 * seed)
+    _set_from(fresh / "metrics.csv", "gld", "top1_last", "test", "logit_kd", lambda seed: 0.05 + 0.005 * seed)
+    confirmed = _table_row(report_markdown(results), row)
+    assert _verdict(confirmed) == "reproduced" and "not confirmed" not in confirmed
+    assert confirmed.split(" | ")[4].startswith("reproduced: ")  # the fresh seeds' verdict and evidence
+    _set_from(fresh / "metrics.csv", "gld", "top1_last", "test", "logit_kd", lambda seed: -0.05 - 0.005 * seed)
+    report = report_markdown(results)
+    assert "(not confirmed on fresh seeds)" in _table_row(report, row)
+    assert _table_row(report, row).split(" | ")[4].startswith("contradicted: ")
+    assert _table_row(report, "| `ovd` | [controls]").split(" | ")[4] == "not rerun"
+    assert "on fresh seeds" not in report_markdown(results / "confirmation")  # no confirmation of a confirmation

@@ -29,11 +29,11 @@ class DetrTrainConfig:
     backbone at its own learning rate (``--lr_backbone``; 0 freezes it, ``train_backbone = lr_backbone > 0``) and
     one learning-rate drop by 10 (``StepLR(optimizer, lr_drop)``, stepped per epoch)."""
 
-    epochs: int = 10
+    epochs: int = 12
     batch_size: int = 32
     lr: float = 5e-4
     lr_backbone: float = 0.0
-    lr_drop: int = 8  # epochs before the drop (0: none)
+    lr_drop: int = 10  # epochs before the drop (0: none)
     weight_decay: float = 1e-4
     grad_clip: float = 0.1
     top_k: int = 30  # detections kept per image
