@@ -42,8 +42,8 @@ from tqdm.auto import tqdm
 
 from benchmark import reproducibility
 from benchmark.paths import default_cache_dir
-from benchmark.perf_common import (PerfOptions, PerfReport, detr_config, synthetic_coco, sync_device,
-                                   training_batches, training_split)
+from benchmark.perf_common import (EVALUATOR_REPEATS, PerfOptions, PerfReport, detr_config, evaluator_seconds,
+                                   synthetic_coco, sync_device, training_batches, training_split)
 from benchmark.perf_curves import CURVE_SECTIONS, cost_curves, curves_markdown
 from benchmark.perf_extras import EXTRAS, TrainingBench, run_stage
 from benchmark.perf_models import HF_DAB, HF_DETR, HF_NAMES, hf_available, training_step
@@ -51,7 +51,7 @@ from benchmark.perf_profile import ceiling_note, step_profiles, suite_time_accou
 from benchmark.perf_suites import suite_wall_times
 from benchmark.registry import REGISTRY
 from benchmark.results import atomic_write_csv, atomic_write_text, write_json
-from cvpdl.evaluation.coco_eval import STAT_NAMES, evaluate_detections
+from cvpdl.evaluation.coco_eval import STAT_NAMES
 
 # each variant's Hugging Face counterpart and the speed-up over it that is the goal (DN-DETR trains
 # five denoising groups more than HF's DAB-DETR, which has none: a lower bar)
@@ -123,18 +123,13 @@ def training_throughput(report: PerfReport, options: PerfOptions, device: torch.
     run_stage("train", report, options, TrainingBench(make_step, batches, device, steps))
 
 
-def evaluator_speed(report: PerfReport, repeats: int = 7) -> None:
+def evaluator_speed(report: PerfReport) -> None:
     gt, detections = synthetic_coco()
     stats, seconds = {}, {}
     for backend in ("pycocotools", "faster-coco-eval"):
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            stats[backend] = evaluate_detections(gt, detections, backend=backend)
-            times.append(time.perf_counter() - start)
-        seconds[backend] = min(times)
+        seconds[backend], stats[backend] = evaluator_seconds(gt, detections, backend)
         report.add("evaluator", f"{backend} seconds", seconds[backend], "s",
-                   f"{len(gt['images'])} images, {len(detections)} detections, best of {repeats}")
+                   f"{len(gt['images'])} images, {len(detections)} detections, best of {EVALUATOR_REPEATS}")
     report.add("evaluator", "speed-up over pycocotools", seconds["pycocotools"] / seconds["faster-coco-eval"], "×")
     diff = max(abs(stats["pycocotools"][k] - stats["faster-coco-eval"][k]) for k in STAT_NAMES)
     report.add("evaluator", "largest |Δ| over the 12 COCO stats", diff, "AP")
@@ -145,8 +140,8 @@ def evaluator_speed(report: PerfReport, repeats: int = 7) -> None:
 WHY_MISSED = {
     "pycocotools": "Likely cause, not measured by this run: the evaluator's inputs are built from arrays, so most "
                    "of its time is faster-coco-eval's C++ evaluate/accumulate itself; both sides are timed by wall "
-                   "clock, best of 7, so other load on the machine moves the ratio. Only the end-to-end ratio above "
-                   "is measured.",
+                   f"clock, best of {EVALUATOR_REPEATS}, so other load on the machine moves the ratio. Only the "
+                   "end-to-end ratio above is measured.",
     "matmul FLOP/s": "Likely cause, not measured by this run: the models are tiny (see the config in "
                      "run.json), so a step is many small kernels with Python-side matching and loss bookkeeping "
                      "between them. The utilisation above is the only measured figure.",
@@ -219,7 +214,9 @@ def goals(report: PerfReport) -> list[tuple[str, str, bool]]:
 HF_DAB_MISMATCH = ("HF DAB-DETR vs ours, what its config cannot match: it has no denoising queries (so `dn_dab_detr` "
                    "is compared with plain DAB-DETR), types loss weights, matching costs and the PE temperature as "
                    "ints (ours are whole numbers by default; a weight does not change the work) and fixes the focal "
-                   "gamma at 2 (ours: 2 by default). Both run our backbone with trainable BatchNorm.")
+                   "gamma at 2 (ours: 2 by default). Both run our backbone (frozen batch norm, convolutions trained as "
+                   "`--set train.lr_backbone=1e-5` trains them; the suite's default freezes it and caches its "
+                   "features, so a suite step is cheaper than these).")
 
 
 def parameter_check(report: PerfReport) -> str:
@@ -240,11 +237,15 @@ def _table(rows: pd.DataFrame) -> list[str]:
 
 def _markdown(report: PerfReport, command: str, device: torch.device, threads: int) -> str:
     frame = report.frame()
+    commit, dirty = reproducibility.git_state()
     lines = ["# Performance", "", f"Command: `{command}`", "",
              f"Device `{device}`, {threads} threads, torch {torch.__version__}, "
              f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d')}. "
-             "Every figure is from this one run; compare them as ratios. Code, versions, machine and options: "
-             "`run.json` beside this file.", "",
+             "Every figure is from this one run, except the committed default runs' wall times and time accounts "
+             "(suites and suite time tables), quoted from the run.json and timings.csv their notes name; compare "
+             f"them as ratios. Commit `{commit[:12]}`"
+             + (" with uncommitted changes (`git diff HEAD` in run.json, `git_diff`)" if dirty else " (clean tree)")
+             + "; code, versions, machine and options: `run.json` beside this file.", "",
              "## Goals", "", "| goal | measured | met |", "|---|---|---|"]
     table = goals(report)
     lines += [f"| {g} | {m} | {'yes' if ok else '**no**'} |" for g, m, ok in table]
@@ -267,6 +268,7 @@ def describe_perf_run(options: PerfOptions, device: torch.device, threads: int) 
     commit, dirty = reproducibility.git_state()
     chosen = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()}
     return {"command": "perf", "options": chosen, "git_commit": commit, "git_dirty": dirty, "device": str(device),
+            **({"git_diff": reproducibility.git_diff()} if dirty else {}),
             "threads": threads,
             **reproducibility.record(threads, "digits", None, None, extra_packages=PERF_PACKAGES)}
 

@@ -2,6 +2,7 @@
 inputs they time (the ``detr`` suite's config and training batches, a synthetic COCO evaluation)."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from benchmark import config as config_lib
 from cvpdl.data.detection_split import DetectionSplit
 from cvpdl.data.digits_world import DigitsWorldConfig, load_digits_split
 from cvpdl.detection.training import batch
+from cvpdl.evaluation.coco_eval import evaluate_detections
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,20 @@ def training_split(cfg: dict, images: int, cache_dir: Path) -> DetectionSplit:
 def training_batches(split: DetectionSplit, batch_size: int, count: int, device: torch.device) -> list:
     """The first ``count`` batches of ``split`` in order, on ``device``."""
     return [batch(split, list(range(i * batch_size, (i + 1) * batch_size)), device) for i in range(count)]
+
+
+EVALUATOR_REPEATS = 5  # every evaluator timing of a perf run is the best of this many (one rule for every ratio)
+
+
+def evaluator_seconds(gt: dict, detections: list[dict], backend: str) -> tuple[float, dict]:
+    """(best wall seconds of ``EVALUATOR_REPEATS`` evaluations with ``backend``, its stats): the one timing rule of
+    the evaluator table and the evaluator cost curve, so that their ratios at one size agree up to noise."""
+    times = []
+    for _ in range(EVALUATOR_REPEATS):
+        start = time.perf_counter()
+        stats = evaluate_detections(gt, detections, backend=backend)
+        times.append(time.perf_counter() - start)
+    return min(times), stats
 
 
 def synthetic_coco(images: int = 500, detections_per_image: int = 50, seed: int = 0) -> tuple[dict, list[dict]]:

@@ -120,6 +120,16 @@ def git_state(repo: Path = REPO_ROOT) -> tuple[str, bool]:
         return "unknown", False
 
 
+def git_diff(repo: Path = REPO_ROOT, limit: int = 200_000) -> str:
+    """The uncommitted changes of tracked code (``git diff HEAD``, ``results/`` excluded), cut at ``limit`` chars."""
+    try:
+        diff = subprocess.run(["git", "diff", "HEAD", "--", ".", ":!results"], cwd=repo, capture_output=True,
+                              text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return diff if len(diff) <= limit else diff[:limit] + f"\n… cut at {limit} characters"
+
+
 def environment(threads: int, data: str, data_root: Path | None, clip_weights: Path | None) -> dict:
     """Everything about this invocation a rerun elsewhere needs to compare against (fast: no subprocesses)."""
     from cvpdl.evaluation.coco_eval import DEFAULT_BACKEND

@@ -42,6 +42,8 @@ def test_perf_writes_its_tables_and_run_json(tmp_path, cache_dir):
     assert "## step profile" in text
     info = json.loads((tmp_path / "perf" / "run.json").read_text())
     assert info["git_commit"] == reproducibility.git_state()[0] and isinstance(info["git_dirty"], bool)
+    assert ("git_diff" in info) == info["git_dirty"]  # a dirty tree's changes travel with the numbers
+    assert ("with uncommitted changes" in text) == info["git_dirty"]
     assert info["versions"]["torch"] != "missing" and info["versions"]["transformers"] != "missing"
     assert info["options"]["steps"] == 1 and info["options"]["curves"] is False and info["device"] == "cpu"
     assert info["hardware_signature"] and info["environment"]["date"] and info["wall_seconds"] > 0
@@ -208,6 +210,11 @@ def test_ceiling_note_bounds_the_speed_up_by_the_shared_work():
     _profiled(report, "dn_dab_detr", 40.0, 30.0, 30.0, 20.0)  # DN noise: random numbers beyond HF's 10 ms
     note = ceiling_note(report, "dn_dab_detr", "hf_detr", 3.0)
     assert "50 ms of ours" in note and note.endswith("≤ 40 ms: unreachable even with all our other work at zero.")
+    assert ceiling_note(report, "detr", "hf_detr", 1.1).endswith("≤ 109 ms: the profiled step already meets it.")
+    report.add("train", "detr images/s", 90.0, "img/s")  # the train table has ours slower: flagged
+    report.add("train", "hf_detr images/s", 100.0, "img/s")
+    assert ("**The two measurements disagree**: the profile has ours faster, the train table (more steps, no "
+            "profiler, the measure of record) 0.90× HF's images/s") in ceiling_note(report, "detr", "hf_detr", 1.5)
 
 
 def test_suite_time_accounts_read_the_committed_run(tmp_path):
