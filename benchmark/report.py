@@ -216,6 +216,13 @@ def power_plan(tested: dict[str, Tested]) -> list[str]:
         if not math.isnan(t.seeds_equivalence):
             needs.append(f"equivalence within ±{t.claim.delta:g}: {_seeds_text(t.seeds_equivalence)}")
         lines.append(f"{t.claim.text}: {effect}; " + "; ".join(needs) + ".")
+    planned = [t for t in tested.values() if t.claim.role == "primary" and t.n >= 2]
+    if planned:
+        n, needed = max(t.n for t in planned), max(t.seeds_for_decision for t in planned)
+        lines.append(f"The seed plan: every primary claim decided with 80% power at these effects needs "
+                     f"{_seeds_text(needed)} (the fewer of each claim's two tests; this run: {n}); "
+                     + ("this run has them." if needed <= n else
+                        "where that is more than the profile's seeds, the claim stays inconclusive here."))
     return lines
 
 
