@@ -368,13 +368,15 @@ def anchor(heading: str) -> str:
     return "#" + kept.replace(" ", "-")
 
 
-def first_table(findings: list[tuple[str, Finding, bool]], fresh: dict[tuple[str, str], Finding] | None = None) -> str:
+def first_table(findings: list[tuple[str, Finding, bool]],
+                fresh: dict[tuple[str, str], tuple[Finding, bool]] | None = None) -> str:
     """REPORT.md's first screen: every question × claim with its verdict, linked to the section that answers it
     (``(suite, finding, testbed sensitive)``). ``fresh``: the same claims rerun on seeds never used in development
-    (``(suite, claim)`` → finding); a verdict they do not repeat is marked "not confirmed on fresh seeds"."""
+    (``(suite, claim)`` → (finding, testbed sensitive)); a verdict they do not repeat is marked "not confirmed on
+    fresh seeds"."""
     def verdict(suite: str, f: Finding, sensitive: bool) -> str:
         notes = [] if sensitive or f.verdict.startswith("untestable") else [INSENSITIVE.split(":")[0]]
-        again = (fresh or {}).get((suite, f.claim))
+        again, _ = (fresh or {}).get((suite, f.claim), (None, True))
         if again is not None and again.verdict != f.verdict and not f.verdict.startswith(("untestable", "inconcl")):
             notes.append("not confirmed on fresh seeds")
         return f"**{f.verdict}**" + (f" ({'; '.join(notes)})" if notes else "")
@@ -391,12 +393,14 @@ def first_table(findings: list[tuple[str, Finding, bool]], fresh: dict[tuple[str
     return _markdown(table.map(lambda cell: cell.replace("|", "\\|")))  # a bar inside a cell would end it
 
 
-def _fresh_cell(again: Finding | None, first: Finding) -> str:
+def _fresh_cell(again: tuple[Finding, bool] | None, first: Finding) -> str:
     if first.verdict.startswith("untestable"):
         return ""
     if again is None:
         return "not rerun"
-    return again.verdict + (f": {again.evidence}" if again.evidence else "")
+    finding, sensitive = again
+    return (finding.verdict + ("" if sensitive else f" ({INSENSITIVE.split(':')[0]})")
+            + (f": {finding.evidence}" if finding.evidence else ""))
 
 
 def _control_rows(suite: str, tested: dict[str, Tested]) -> list[tuple[str, Finding, bool]]:
@@ -425,14 +429,15 @@ def suite_findings(spec: SuiteSpec, frame: pd.DataFrame) -> tuple[list[tuple[str
             + [(spec.name, f, sensitive) for f in spec.report_sections.findings(frame, tested)], tested, sensitive)
 
 
-def fresh_findings(results_dir: Path) -> dict[tuple[str, str], Finding] | None:
-    """``(suite, claim)`` → finding of the confirmation run in ``results_dir/confirmation`` (None: there is none)."""
+def fresh_findings(results_dir: Path) -> dict[tuple[str, str], tuple[Finding, bool]] | None:
+    """``(suite, claim)`` → (finding, testbed sensitive) of the confirmation run in ``results_dir/confirmation``
+    (None: there is none)."""
     root = results_dir / CONFIRMATION
     found = {}
     for spec in REGISTRY.suites():
         if (root / spec.name / "metrics.csv").is_file() and spec.report_sections is not None:
             frame, _, _ = load_suite(root / spec.name)
-            found.update({(spec.name, f.claim): f for _, f, _ in suite_findings(spec, frame)[0]})
+            found.update({(spec.name, f.claim): (f, sensitive) for _, f, sensitive in suite_findings(spec, frame)[0]})
     return found or None
 
 

@@ -111,6 +111,21 @@ def test_runs_left_running_by_a_dead_process_are_marked_killed(tmp_path):
     assert client.get_run(alive).info.status == "RUNNING"  # a live invocation is left alone
 
 
+def test_tagging_a_run_from_a_process_without_an_active_run_opens_no_stray_run(tmp_path):
+    """A ``--jobs`` worker that finds its cell finished tags the invocation's run by id (mlflow.set_tag would
+    open a new run in the worker, which has no active one)."""
+    from benchmark.tracking import Tracker
+
+    run_suite(RunOptions(suite="flaky", seeds=[0], profile="quick", results_dir=tmp_path, cache_dir=tmp_path / "c"))
+    tracker = Tracker(tmp_path, "flaky")
+    [parent] = tracker.client.search_runs([tracker.experiment_id], "tags.role = 'invocation'")
+    before = len(tracker.client.search_runs([tracker.experiment_id]))
+    tracker.tag_run(parent.info.run_id, "reused.a-seed0", "some-run")
+    assert len(tracker.client.search_runs([tracker.experiment_id])) == before
+    assert tracker.client.get_run(parent.info.run_id).data.tags["reused.a-seed0"] == "some-run"
+    assert tracker.mlflow.active_run() is None
+
+
 def _cli(*args, env=None, **kw):
     return subprocess.Popen([sys.executable, "-m", "benchmark", *args], cwd=REPO, env={**os.environ, **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
