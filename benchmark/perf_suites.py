@@ -3,7 +3,6 @@ ovd's seconds per image) and the committed default runs' wall times."""
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -12,24 +11,20 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 
 from benchmark.perf_common import PerfOptions, PerfReport
 from benchmark.perf_profile import committed_jobs
 from benchmark.registry import REGISTRY
 
 
-# ru_maxrss is in KiB on Linux, in bytes on macOS
-RSS_BYTES = 1 if sys.platform == "darwin" else 1024
-
-
 def run_suite_process(suite: str, options: PerfOptions, scratch: Path, profile: str | None = None,
                       processes: int = 1, cache_dir: Path | None = None, jobs: int = 1) -> tuple[float, float]:
     """``python -m benchmark run --suite SUITE`` on the perf profile (or ``profile``) in a child process, into
-    ``scratch``: (wall seconds of the process, its peak resident memory in MiB). A process of its own, so that the
-    peak is the suite's (interpreter and imports included) and not this process's models. ``processes`` > 1: under
-    ``torchrun --nproc_per_node`` (then the peak is the launcher's, not the ranks'); ``jobs`` > 1: ``--jobs``
-    (then the peak is the largest one process's, the parent's or a worker's); ``--threads`` split between the ranks
-    or workers."""
+    ``scratch``: (wall seconds of the process, the largest peak resident memory of it or one of its descendants,
+    in MiB). A process of its own, so that the peak is the suite's (interpreter and imports included) and not this
+    process's models. ``processes`` > 1: under ``torchrun --nproc_per_node``; ``jobs`` > 1: ``--jobs``;
+    ``--threads`` split between the ranks or workers."""
     launcher = [sys.executable] if processes == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                         "--nproc_per_node", str(processes)]
     command = [*launcher, "-m", "benchmark", "-q", "run", "--suite", suite, "--profile",
@@ -45,17 +40,42 @@ def run_suite_process(suite: str, options: PerfOptions, scratch: Path, profile: 
     with open(log, "w") as output:
         start = time.perf_counter()
         child = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
-        if hasattr(os, "wait4"):  # the child's own rusage (RUSAGE_CHILDREN would be the max over every child)
-            _, status, usage = os.wait4(child.pid, 0)
-            child.returncode, peak = os.waitstatus_to_exitcode(status), usage.ru_maxrss * RSS_BYTES / 2 ** 20
-        else:
-            child.wait()
-            peak = float("nan")
+        peak = peak_resident_mib(child)
         seconds = time.perf_counter() - start
     if child.returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-20:])
         raise RuntimeError(f"{shlex.join(command)} exited with {child.returncode}:\n{tail}")
     return seconds, peak
+
+
+def _high_water_mib(process: psutil.Process) -> float:
+    """A process's peak resident set so far: Linux's VmHWM (since its exec, so a child does not inherit its
+    parent's, as ``ru_maxrss`` does), elsewhere its current resident set."""
+    try:
+        status = Path(f"/proc/{process.pid}/status")
+        if status.is_file():
+            line = next(line for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
+            return int(line.split()[1]) / 1024  # kB
+        return process.memory_info().rss / 2 ** 20
+    except (OSError, StopIteration, psutil.Error):
+        return 0.0  # gone between listing and reading: its last reading stands
+
+
+def peak_resident_mib(child: subprocess.Popen, interval: float = 0.1) -> float:
+    """Wait for ``child``; the largest peak resident set (MiB) of it or any of its descendants (``--jobs`` workers,
+    torchrun ranks), polled every ``interval`` seconds while they run (growth in a process's last interval is
+    missed)."""
+    peaks: dict[int, float] = {}
+    root = psutil.Process(child.pid)
+    while child.poll() is None:
+        try:
+            tree = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            tree = []
+        for process in tree:
+            peaks[process.pid] = max(peaks.get(process.pid, 0.0), _high_water_mib(process))
+        time.sleep(interval)
+    return max(peaks.values(), default=float("nan"))
 
 
 def suite_wall_times(report: PerfReport, options: PerfOptions) -> None:

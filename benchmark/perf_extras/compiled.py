@@ -47,7 +47,8 @@ def compiled_throughput(report, names: list[str], make_step, batches: list, devi
 def missed_goal_note(report, name: str) -> str:
     compiled = report.get("compiled", f"{name} compiled images/s")
     if not math.isfinite(compiled):
-        return "Compiled execution is not measured by this run (`perf --compile` measures it)."
+        return ("Compiled execution is not measured by this run (`perf --compile` measures it for "
+                + ", ".join(f"`{v}`" for v in VARIANTS) + ").")
     eager = report.get("train", f"{name} images/s")
     return (f"Tried: `torch.compile` (compiled table): {compiled:.0f} img/s, {compiled / eager:.2f}× eager, after "
             f"{report.get('compiled', f'{name} compile + first 3 steps'):.0f} s of compilation.")
