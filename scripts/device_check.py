@@ -3,7 +3,7 @@
     python scripts/device_check.py                 # --device cuda: the check itself
     python scripts/device_check.py --device cpu    # dry run with tiny settings (CI), nothing about speed
 
-Steps, each in this one process (one import of torch, so the CPU dry run stays under a minute):
+Steps, each in this one process (one import of torch):
 
 1. the quick profile of every suite, seeds 0 and 1 (the dry run: seed 0);
 2. seed 0 of every suite again, from a cache holding step 1's data but no trained model (CLIP, localizer, teacher,
@@ -38,7 +38,7 @@ EXIT_USAGE = 2
 TINY = {
     "detr": ["--methods", "dn_dab_detr", "--set=data.train_images=16", "--set=data.val_images=8",
              "--set=data.test_images=8", "--set=data.probe_images=4", "--set=train.epochs=1",
-             "--set=train.batch_size=8"],
+             "--set=train.batch_size=8", "--set=backbone.images=32", "--set=backbone.epochs=1"],
     "kd": ["--methods", "logit_kd", "--set=data.train_images=64", "--set=data.val_images=32",
            "--set=data.test_images=32", "--set=data.id_samples=32", "--set=train.epochs=1",
            "--set=teacher_train.epochs=1"],

@@ -16,7 +16,7 @@ def device_check():
     return runpy.run_path(str(SCRIPT))
 
 
-@pytest.mark.slow  # every suite, perf, detr full, tiny: 444 s of CPU time (47 min wall on a shared 2-core machine)
+@pytest.mark.slow  # every suite, perf, detr full, tiny: 152 s on a quiet 2-core machine (backbone pretraining made tiny)
 def test_dry_run_writes_every_step(device_check, tmp_path, cache_dir):
     out = tmp_path / "device_check"
     started = time.process_time()
