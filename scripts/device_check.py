@@ -160,6 +160,17 @@ class Record:
         self.data["total_seconds"] = round(time.perf_counter() - self.started, 1)
         self.write()
 
+    def attempt(self, name: str, step) -> None:
+        """Runs ``step()`` (which returns the step's details) and records it, or records its error."""
+        started = time.perf_counter()
+        try:
+            details = step()
+        except Exception as error:  # noqa: BLE001 (recorded and shown; the check goes on)
+            message = f"{type(error).__name__}: {error}".splitlines()[0]
+            print(f"device check: step {name!r} failed: {message}", file=sys.stderr)
+            details = {"outcome": f"failed: {message}", "failed": True}
+        self.step(name, time.perf_counter() - started, **details)
+
     def write(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "device_check.json").write_text(json.dumps(self.data, indent=2, default=str) + "\n")
@@ -174,17 +185,17 @@ class Record:
                  "| step | seconds | outcome |", "|---|---|---|"]
         for name, s in steps.items():
             lines.append(f"| {name} | {s['seconds']} | {s.get('outcome', '')} |")
-        if same := steps.get("same seed twice"):
+        if "suites" in (same := steps.get("same seed twice", {})):
             lines += ["", "Seed 0 run twice, the second time with every model trained anew (metrics.csv rows "
                       "compared):", "",
                       "| suite | values | bitwise equal | largest abs. difference | largest rel. difference | where |",
                       "|---|---|---|---|---|---|"]
             lines += [f"| {suite} | {c['values']} | {c['bitwise_equal']} | {c['max_abs_diff']:.3g} | "
                       f"{c['max_rel_diff']:.3g} | {c['worst']} |" for suite, c in same["suites"].items()]
-        if perf := steps.get("perf"):
+        if "rows" in (perf := steps.get("perf", {})):
             lines += ["", "perf (full tables in `perf/perf.md`):", "", "| item | value | unit |", "|---|---|---|"]
             lines += [f"| {r['item']} | {r['value']:.4g} | {r['unit']} |" for r in perf["rows"]]
-        if full := steps.get("detr full profile"):
+        if "methods" in (full := steps.get("detr full profile", {})):
             lines += ["", f"detr `full` profile, seed 0, methods {', '.join(full['methods'])} (--jobs "
                           f"{full['jobs']}): runner wall time {full['wall_seconds']} s; test AP50 "
                       + ", ".join(f"{m} {v:.3f}" for m, v in full["test_AP50"].items()) + "."]
@@ -211,57 +222,68 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="device_check_") as scratch:
         check(Path(scratch), args.cache_dir or Path(scratch) / "cache", out, record, args.device)
     print(f"→ {out / 'device_check.md'}")
-    return 0
+    return 1 if any(step.get("failed") for step in record.data["steps"].values()) else 0
 
 
 def check(scratch: Path, cache: Path, out: Path, record: Record, device: str) -> None:
+    """The four steps; a step that fails is recorded with its error and the next one still runs (a GPU lease is
+    one try), except the repeat of step 1, which needs step 1's runs."""
     import pandas as pd
 
     tiny = device == "cpu"
     common = ["--device", device, "-q"]
+    seeds = ["0"] if tiny else ["0", "1"]
+    quick_name = f"quick profile, every suite, seeds {' '.join(seeds)}"
 
     def suite_args(suite: str) -> list[str]:
         return TINY[suite] if tiny else []
 
-    started, seeds = time.perf_counter(), ["0"] if tiny else ["0", "1"]
-    for suite in SUITES:
-        benchmark("run", "--suite", suite, "--profile", "quick", "--seeds", *seeds, "--results-dir",
-                  str(scratch / "quick"), "--cache-dir", str(cache), *common, *suite_args(suite))
-    quick = {s: keep_run(scratch / "quick", s, out / "runs" / "quick") for s in SUITES}
-    walls = {s: json.loads((quick[s] / "run.json").read_text())["wall_seconds"] for s in SUITES}
-    record.step(f"quick profile, every suite, seeds {' '.join(seeds)}", time.perf_counter() - started,
-                outcome=", ".join(f"{s} {w} s" for s, w in walls.items()), wall_seconds=walls)
+    def quick() -> dict:
+        for suite in SUITES:
+            benchmark("run", "--suite", suite, "--profile", "quick", "--seeds", *seeds, "--results-dir",
+                      str(scratch / "quick"), "--cache-dir", str(cache), *common, *suite_args(suite))
+        kept = {s: keep_run(scratch / "quick", s, out / "runs" / "quick") for s in SUITES}
+        walls = {s: json.loads((kept[s] / "run.json").read_text())["wall_seconds"] for s in SUITES}
+        return {"outcome": ", ".join(f"{s} {w} s" for s, w in walls.items()), "wall_seconds": walls}
 
-    started, compared = time.perf_counter(), {}
-    data_only_cache(cache, scratch / "cache_again")
-    for suite in SUITES:
-        benchmark("run", "--suite", suite, "--profile", "quick", "--seeds", "0", "--results-dir",
-                  str(scratch / "again"), "--cache-dir", str(scratch / "cache_again"), *common, *suite_args(suite))
-        compared[suite] = compare_metrics(quick[suite], keep_run(scratch / "again", suite, out / "runs" / "again"), 0)
-    identical = all(c["bitwise_equal"] == c["values"] and not c["unmatched_rows"] for c in compared.values())
-    record.step("same seed twice", time.perf_counter() - started, suites=compared,
-                outcome="identical" if identical else "differs: largest abs. difference "
-                + f"{max(c['max_abs_diff'] for c in compared.values()):.3g} (table below)")
+    def same_seed_twice() -> dict:
+        compared = {}
+        data_only_cache(cache, scratch / "cache_again")
+        for suite in SUITES:
+            benchmark("run", "--suite", suite, "--profile", "quick", "--seeds", "0", "--results-dir",
+                      str(scratch / "again"), "--cache-dir", str(scratch / "cache_again"), *common,
+                      *suite_args(suite))
+            compared[suite] = compare_metrics(out / "runs" / "quick" / suite,
+                                              keep_run(scratch / "again", suite, out / "runs" / "again"), 0)
+        identical = all(c["bitwise_equal"] == c["values"] and not c["unmatched_rows"] for c in compared.values())
+        return {"suites": compared, "outcome": "identical" if identical else "differs: largest abs. difference "
+                + f"{max(c['max_abs_diff'] for c in compared.values()):.3g} (table below)"}
 
-    started = time.perf_counter()
-    benchmark("perf", "--device", device, "--results-dir", str(out), "--cache-dir", str(cache),
-              "--suites-profile", "none", "--no-curves", *(TINY_PERF if tiny else []), "-q")
-    rows = perf_rows(out / "perf")
-    record.step("perf", time.perf_counter() - started, rows=rows,
-                outcome="; ".join(f"{r['item']} {r['value']:.3g} {r['unit']}" for r in rows if r["unit"] == "×"))
+    def perf() -> dict:
+        benchmark("perf", "--device", device, "--results-dir", str(out), "--cache-dir", str(cache),
+                  "--suites-profile", "none", "--no-curves", *(TINY_PERF if tiny else []), "-q")
+        rows = perf_rows(out / "perf")
+        return {"rows": rows, "outcome": "; ".join(f"{r['item']} {r['value']:.3g} {r['unit']}" for r in rows
+                                                   if r["unit"] == "×")}
 
-    started = time.perf_counter()
-    jobs = 1 if tiny else FULL_DETR_JOBS
-    benchmark("run", "--suite", "detr", "--profile", "full", "--seeds", "0", "--jobs", str(jobs),
-              "--results-dir", str(scratch / "full"), "--cache-dir", str(cache), *common,
-              *suite_args("detr"))
-    folder = keep_run(scratch / "full", "detr", out / "runs" / "full")
-    info = json.loads((folder / "run.json").read_text())
-    metrics = pd.read_csv(folder / "metrics.csv")
-    ap50 = metrics[(metrics["split"] == "test") & (metrics["metric"] == "AP50")].groupby("method")["value"].mean()
-    record.step("detr full profile", time.perf_counter() - started, methods=info["methods"], jobs=jobs,
-                wall_seconds=info["wall_seconds"], test_AP50=ap50.to_dict(),
-                outcome=f"runner wall time {info['wall_seconds']} s")
+    def detr_full() -> dict:
+        jobs = 1 if tiny else FULL_DETR_JOBS
+        benchmark("run", "--suite", "detr", "--profile", "full", "--seeds", "0", "--jobs", str(jobs),
+                  "--results-dir", str(scratch / "full"), "--cache-dir", str(cache), *common, *suite_args("detr"))
+        folder = keep_run(scratch / "full", "detr", out / "runs" / "full")
+        info = json.loads((folder / "run.json").read_text())
+        metrics = pd.read_csv(folder / "metrics.csv")
+        ap50 = metrics[(metrics["split"] == "test") & (metrics["metric"] == "AP50")].groupby("method")["value"]
+        return {"methods": info["methods"], "jobs": jobs, "wall_seconds": info["wall_seconds"],
+                "test_AP50": ap50.mean().to_dict(), "outcome": f"runner wall time {info['wall_seconds']} s"}
+
+    record.attempt(quick_name, quick)
+    if record.data["steps"][quick_name].get("failed"):
+        record.step("same seed twice", 0.0, outcome="skipped: step 1 failed", failed=True)
+    else:
+        record.attempt("same seed twice", same_seed_twice)
+    record.attempt("perf", perf)
+    record.attempt("detr full profile", detr_full)
 
 
 if __name__ == "__main__":
