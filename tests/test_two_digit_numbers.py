@@ -38,3 +38,14 @@ def test_classes_are_balanced_and_generation_is_deterministic_and_cached(tmp_pat
     assert not np.array_equal(images, other[0])
     with pytest.raises(ValueError, match="unknown split"):
         load_two_digit_split(cfg, "holdout", 10, seed=0, cache_dir=None)
+
+
+def test_composed_and_cached_arrays_have_the_same_layout(tmp_path):
+    """Freshly composed numbers and the same numbers read back from the cache must reach torch with the same
+    strides: a stride-0 channel axis made the conv kernels (and kd's numbers, at 1e-6) depend on the cache."""
+    from benchmark.suites.kd import _to_tensor
+
+    composed, _ = load_two_digit_split(TwoDigitConfig(), "test", 20, seed=2, cache_dir=tmp_path)
+    cached, _ = load_two_digit_split(TwoDigitConfig(), "test", 20, seed=2, cache_dir=tmp_path)
+    assert composed.strides == cached.strides == (512, 32, 1, 1)
+    assert _to_tensor(composed).stride() == _to_tensor(cached).stride()

@@ -63,7 +63,9 @@ def compose(cfg: TwoDigitConfig, digits: np.ndarray, labels: np.ndarray, pool: n
             region = padded[i, j + dy:j + dy + side, j + place * side + dx:j + place * side + dx + side]
             np.maximum(region, patch, out=region)
     images = padded[:, j:j + side, j:j + 2 * side]
-    return (images * 255).round().astype(np.uint8)[..., None], classes.astype(np.int64)
+    # reshape, not [..., None]: a real channel stride, as the array read back from the cache has (a stride-0 axis
+    # made torch pick other conv kernels for freshly composed data than for cached data: digits at 1e-6)
+    return (images * 255).round().astype(np.uint8).reshape(*images.shape, 1), classes.astype(np.int64)
 
 
 def load_two_digit_split(cfg: TwoDigitConfig, split: str, n_images: int, seed: int, cache_dir: Path | None
