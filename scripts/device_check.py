@@ -2,6 +2,8 @@
 
     python scripts/device_check.py                 # --device cuda: the check itself
     python scripts/device_check.py --device cpu    # dry run with tiny settings (CI), nothing about speed
+    python scripts/device_check.py --steps full --full-epochs 5 --out results/perf/device_check_full
+                                                   # what is still unmeasured, when a lease is short
 
 Steps, each in this one process (one import of torch):
 
@@ -48,6 +50,7 @@ TINY = {
             "--set=eval.scatter_points=20"],
 }
 TINY_PERF = ["--steps", "2", "--profile-steps", "1"]
+STEPS = ("quick", "same", "perf", "full")
 FULL_DETR_JOBS = 3  # one worker per method, side by side on the one GPU (the dry run: one process)
 
 
@@ -57,7 +60,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "perf" / "device_check")
     parser.add_argument("--cache-dir", type=Path, help="cached data and models of step 1 (default: an empty "
                                                        "temporary folder, so that step 1 trains everything)")
+    parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS),
+                        help="the steps to run (default: all; 'same' needs 'quick'): a lease too short for the whole "
+                             "check spends its time on what is still unmeasured")
+    parser.add_argument("--full-epochs", type=int, help="train the detr full profile for this many epochs instead "
+                                                        "of its 50 (a time probe: seconds per epoch in timings.csv)")
     args = parser.parse_args(argv)
+    if "same" in args.steps and "quick" not in args.steps:
+        parser.exit(EXIT_USAGE, "error: --steps same needs quick (it repeats quick's seed 0)\n")
+    if args.full_epochs is not None and args.full_epochs < 1:
+        parser.exit(EXIT_USAGE, f"error: --full-epochs must be at least 1; got {args.full_epochs}\n")
     if args.device not in ("cuda", "cpu"):
         parser.exit(EXIT_USAGE, f"error: --device must be cuda or cpu; got {args.device!r}\n")
     return args
@@ -151,9 +163,10 @@ def perf_rows(perf_dir: Path) -> list[dict]:
 class Record:
     """Every step's outcome, written out after each step."""
 
-    def __init__(self, out: Path, device: str, name: str):
+    def __init__(self, out: Path, device: str, name: str, arguments: list[str] | None = None):
         self.out, self.started = out, time.perf_counter()
-        self.data = {"device": device, "device_name": name, "budget_seconds": BUDGET_SECONDS, "steps": {}}
+        self.data = {"device": device, "device_name": name, "arguments": arguments or ["--device", device],
+                     "budget_seconds": BUDGET_SECONDS, "steps": {}}
 
     def step(self, name: str, seconds: float, **details) -> None:
         self.data["steps"][name] = {"seconds": round(seconds, 1), **details}
@@ -180,7 +193,7 @@ class Record:
         d, steps = self.data, self.data["steps"]
         total = d.get("total_seconds", 0.0)
         lines = ["# Device check", "", f"Device: {d['device_name']}.", "",
-                 f"Command: `python scripts/device_check.py --device {d['device']}`; total {total:.1f} s "
+                 f"Command: `python scripts/device_check.py {' '.join(d['arguments'])}`; total {total:.1f} s "
                  f"(budget {BUDGET_SECONDS} s on one GPU: {'within' if total <= BUDGET_SECONDS else 'over'}).", "",
                  "| step | seconds | outcome |", "|---|---|---|"]
         for name, s in steps.items():
@@ -196,8 +209,9 @@ class Record:
             lines += ["", "perf (full tables in `perf/perf.md`):", "", "| item | value | unit |", "|---|---|---|"]
             lines += [f"| {r['item']} | {r['value']:.4g} | {r['unit']} |" for r in perf["rows"]]
         if "methods" in (full := steps.get("detr full profile", {})):
-            lines += ["", f"detr `full` profile, seed 0, methods {', '.join(full['methods'])} (--jobs "
-                          f"{full['jobs']}): runner wall time {full['wall_seconds']} s; test AP50 "
+            lines += ["", f"detr `full` profile (epochs: {full['epochs']}), seed 0, methods "
+                          f"{', '.join(full['methods'])} (--jobs {full['jobs']}): runner wall time "
+                          f"{full['wall_seconds']} s; test AP50 "
                       + ", ".join(f"{m} {v:.3f}" for m, v in full["test_AP50"].items()) + "."]
         return "\n".join(lines) + "\n"
 
@@ -218,14 +232,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {out} is not empty and holds no earlier device check: not overwritten", file=sys.stderr)
             return EXIT_USAGE
         shutil.rmtree(out)  # an earlier check's output
-    record = Record(out, args.device, device_name(args.device))
+    arguments = sys.argv[1:] if argv is None else argv
+    record = Record(out, args.device, device_name(args.device), arguments if "--device" in arguments
+                    else ["--device", args.device, *arguments])
     with tempfile.TemporaryDirectory(prefix="device_check_") as scratch:
-        check(Path(scratch), args.cache_dir or Path(scratch) / "cache", out, record, args.device)
+        check(Path(scratch), args.cache_dir or Path(scratch) / "cache", out, record, args.device, args.steps,
+              args.full_epochs)
     print(f"→ {out / 'device_check.md'}")
     return 1 if any(step.get("failed") for step in record.data["steps"].values()) else 0
 
 
-def check(scratch: Path, cache: Path, out: Path, record: Record, device: str) -> None:
+def check(scratch: Path, cache: Path, out: Path, record: Record, device: str, steps=STEPS,
+          full_epochs: int | None = None) -> None:
     """The four steps; a step that fails is recorded with its error and the next one still runs (a GPU lease is
     one try), except the repeat of step 1, which needs step 1's runs."""
     import pandas as pd
@@ -268,22 +286,28 @@ def check(scratch: Path, cache: Path, out: Path, record: Record, device: str) ->
 
     def detr_full() -> dict:
         jobs = 1 if tiny else FULL_DETR_JOBS
+        epochs = [f"--set=train.epochs={full_epochs}", "--set=train.lr_drop=0"] if full_epochs else []
         benchmark("run", "--suite", "detr", "--profile", "full", "--seeds", "0", "--jobs", str(jobs),
-                  "--results-dir", str(scratch / "full"), "--cache-dir", str(cache), *common, *suite_args("detr"))
+                  "--results-dir", str(scratch / "full"), "--cache-dir", str(cache), *common, *suite_args("detr"),
+                  *epochs)
         folder = keep_run(scratch / "full", "detr", out / "runs" / "full")
         info = json.loads((folder / "run.json").read_text())
         metrics = pd.read_csv(folder / "metrics.csv")
         ap50 = metrics[(metrics["split"] == "test") & (metrics["metric"] == "AP50")].groupby("method")["value"]
         return {"methods": info["methods"], "jobs": jobs, "wall_seconds": info["wall_seconds"],
+                "epochs": full_epochs or "the profile's",
                 "test_AP50": ap50.mean().to_dict(), "outcome": f"runner wall time {info['wall_seconds']} s"}
 
-    record.attempt(quick_name, quick)
-    if record.data["steps"][quick_name].get("failed"):
+    if "quick" in steps:
+        record.attempt(quick_name, quick)
+    if "same" in steps and record.data["steps"][quick_name].get("failed"):
         record.step("same seed twice", 0.0, outcome="skipped: step 1 failed", failed=True)
-    else:
+    elif "same" in steps:
         record.attempt("same seed twice", same_seed_twice)
-    record.attempt("perf", perf)
-    record.attempt("detr full profile", detr_full)
+    if "perf" in steps:
+        record.attempt("perf", perf)
+    if "full" in steps:
+        record.attempt("detr full profile", detr_full)
 
 
 if __name__ == "__main__":

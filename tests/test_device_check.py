@@ -112,3 +112,14 @@ def test_a_failed_step_is_recorded_and_the_check_goes_on(device_check, tmp_path)
     markdown = (tmp_path / "device_check.md").read_text()
     assert "| detr full profile |" in markdown and "| x ÷ y images/s | 2 | × |" in markdown
     assert "runner wall time" not in markdown  # no section for a step that has no result
+
+
+def test_chosen_steps_only_and_a_shorter_full_profile(device_check, tmp_path, cache_dir):
+    """A lease too short for the whole check: ``--steps full --full-epochs 1`` runs the detr full profile alone."""
+    out = tmp_path / "device_check"
+    assert device_check["main"](["--device", "cpu", "--out", str(out), "--cache-dir", str(cache_dir),
+                                 "--steps", "full", "--full-epochs", "1"]) == 0
+    record = json.loads((out / "device_check.json").read_text())
+    assert list(record["steps"]) == ["detr full profile"] and record["steps"]["detr full profile"]["epochs"] == 1
+    assert "--steps full --full-epochs 1" in (out / "device_check.md").read_text()
+    assert "(epochs: 1)" in (out / "device_check.md").read_text()
