@@ -24,6 +24,13 @@ def _join(rank: int, init: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=WORLD)
 
 
+def _leave() -> None:
+    """Both ranks past their last collective before gloo is torn down: a rank that destroys its group while the
+    other still talks to it aborts the process ("terminate called without an active exception", seen under load)."""
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def _grads(module: torch.nn.Module) -> list[torch.Tensor]:
     grads = [p.grad.clone() for p in module.parameters() if p.requires_grad]
     module.zero_grad(set_to_none=True)
@@ -62,7 +69,7 @@ def _contrastive_worker(rank: int, init: str, _tmp: str) -> None:
         for got, want in zip(_grads(model), expected):  # logit_scale included
             assert torch.allclose(got, want, atol=1e-6), (got, want)
     finally:
-        dist.destroy_process_group()
+        _leave()
 
 
 def _mean_loss_worker(rank: int, init: str, _tmp: str) -> None:
@@ -80,7 +87,7 @@ def _mean_loss_worker(rank: int, init: str, _tmp: str) -> None:
             assert torch.allclose(got, want, atol=1e-6), (got, want)
         assert torch.allclose(ddp.global_mean(loss.detach(), len(idx), 7), F.cross_entropy(model(x), y), atol=1e-6)
     finally:
-        dist.destroy_process_group()
+        _leave()
 
 
 def _regionclip_worker(rank: int, init: str, tmp: str) -> None:
@@ -121,7 +128,7 @@ def _regionclip_worker(rank: int, init: str, tmp: str) -> None:
         for got, want in zip(_grads(model), expected):
             assert torch.allclose(got, want, atol=1e-5, rtol=1e-4), (got - want).abs().max()
     finally:
-        dist.destroy_process_group()
+        _leave()
 
 
 @pytest.mark.parametrize("worker", [_contrastive_worker, _mean_loss_worker], ids=["clip_loss", "unequal_shards"])
