@@ -163,9 +163,9 @@ def perf_rows(perf_dir: Path) -> list[dict]:
 class Record:
     """Every step's outcome, written out after each step."""
 
-    def __init__(self, out: Path, device: str, name: str, arguments: list[str] | None = None):
+    def __init__(self, out: Path, device: str, name: str, arguments: list[str] = ()):
         self.out, self.started = out, time.perf_counter()
-        self.data = {"device": device, "device_name": name, "arguments": arguments or ["--device", device],
+        self.data = {"device": device, "device_name": name, "arguments": list(arguments),
                      "budget_seconds": BUDGET_SECONDS, "steps": {}}
 
     def step(self, name: str, seconds: float, **details) -> None:
@@ -193,7 +193,7 @@ class Record:
         d, steps = self.data, self.data["steps"]
         total = d.get("total_seconds", 0.0)
         lines = ["# Device check", "", f"Device: {d['device_name']}.", "",
-                 f"Command: `python scripts/device_check.py {' '.join(d['arguments'])}`; total {total:.1f} s "
+                 f"Command: `{' '.join(['python scripts/device_check.py', *d['arguments']])}`; total {total:.1f} s "
                  f"(budget {BUDGET_SECONDS} s on one GPU: {'within' if total <= BUDGET_SECONDS else 'over'}).", "",
                  "| step | seconds | outcome |", "|---|---|---|"]
         for name, s in steps.items():
@@ -232,9 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {out} is not empty and holds no earlier device check: not overwritten", file=sys.stderr)
             return EXIT_USAGE
         shutil.rmtree(out)  # an earlier check's output
-    arguments = sys.argv[1:] if argv is None else argv
-    record = Record(out, args.device, device_name(args.device), arguments if "--device" in arguments
-                    else ["--device", args.device, *arguments])
+    record = Record(out, args.device, device_name(args.device), sys.argv[1:] if argv is None else argv)
     with tempfile.TemporaryDirectory(prefix="device_check_") as scratch:
         check(Path(scratch), args.cache_dir or Path(scratch) / "cache", out, record, args.device, args.steps,
               args.full_epochs)
