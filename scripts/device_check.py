@@ -63,6 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS),
                         help="the steps to run (default: all; 'same' needs 'quick'): a lease too short for the whole "
                              "check spends its time on what is still unmeasured")
+    parser.add_argument("--suites", nargs="+", choices=SUITES, default=list(SUITES),
+                        help="the suites of steps 1 and 2 (default: all)")
     parser.add_argument("--full-epochs", type=int, help="train the detr full profile for this many epochs instead "
                                                         "of its 50 (a time probe: seconds per epoch in timings.csv)")
     args = parser.parse_args(argv)
@@ -235,13 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     record = Record(out, args.device, device_name(args.device), sys.argv[1:] if argv is None else argv)
     with tempfile.TemporaryDirectory(prefix="device_check_") as scratch:
         check(Path(scratch), args.cache_dir or Path(scratch) / "cache", out, record, args.device, args.steps,
-              args.full_epochs)
+              args.full_epochs, tuple(args.suites))
     print(f"→ {out / 'device_check.md'}")
     return 1 if any(step.get("failed") for step in record.data["steps"].values()) else 0
 
 
 def check(scratch: Path, cache: Path, out: Path, record: Record, device: str, steps=STEPS,
-          full_epochs: int | None = None) -> None:
+          full_epochs: int | None = None, suites: tuple[str, ...] = SUITES) -> None:
     """The four steps; a step that fails is recorded with its error and the next one still runs (a GPU lease is
     one try), except the repeat of step 1, which needs step 1's runs."""
     import pandas as pd
@@ -249,23 +251,23 @@ def check(scratch: Path, cache: Path, out: Path, record: Record, device: str, st
     tiny = device == "cpu"
     common = ["--device", device, "-q"]
     seeds = ["0"] if tiny else ["0", "1"]
-    quick_name = f"quick profile, every suite, seeds {' '.join(seeds)}"
+    quick_name = f"quick profile, {', '.join(suites)}, seeds {' '.join(seeds)}"
 
     def suite_args(suite: str) -> list[str]:
         return TINY[suite] if tiny else []
 
     def quick() -> dict:
-        for suite in SUITES:
+        for suite in suites:
             benchmark("run", "--suite", suite, "--profile", "quick", "--seeds", *seeds, "--results-dir",
                       str(scratch / "quick"), "--cache-dir", str(cache), *common, *suite_args(suite))
-        kept = {s: keep_run(scratch / "quick", s, out / "runs" / "quick") for s in SUITES}
-        walls = {s: json.loads((kept[s] / "run.json").read_text())["wall_seconds"] for s in SUITES}
+        kept = {s: keep_run(scratch / "quick", s, out / "runs" / "quick") for s in suites}
+        walls = {s: json.loads((kept[s] / "run.json").read_text())["wall_seconds"] for s in suites}
         return {"outcome": ", ".join(f"{s} {w} s" for s, w in walls.items()), "wall_seconds": walls}
 
     def same_seed_twice() -> dict:
         compared = {}
         data_only_cache(cache, scratch / "cache_again")
-        for suite in SUITES:
+        for suite in suites:
             benchmark("run", "--suite", suite, "--profile", "quick", "--seeds", "0", "--results-dir",
                       str(scratch / "again"), "--cache-dir", str(scratch / "cache_again"), *common,
                       *suite_args(suite))

@@ -14,7 +14,7 @@ from cvpdl.analysis.detr_dynamics import (
     positional_attention,
 )
 from cvpdl.detection.box_ops import cxcywh_to_xyxy, inverse_sigmoid
-from cvpdl.detection.criterion import LossWeights, SetCriterion
+from cvpdl.detection.criterion import LossWeights, SetCriterion, weighted_cross_entropy
 from cvpdl.detection.dab_detr import DabDetr
 from cvpdl.detection.denoising import DenoisingConfig, attention_mask, build_dn_queries, noise_boxes
 from cvpdl.detection.detr import Detr, DetrConfig
@@ -86,6 +86,20 @@ def test_criterion_hand_values():
     # GIoU = IoU − (hull − union)/hull = 1/3 − (0.06 − 0.06)/0.06 = 1/3
     assert losses["loss_giou"].item() == pytest.approx(2 * (1 - 1 / 3), abs=1e-5)
     assert losses["loss_ce"].item() == pytest.approx(0.0, abs=1e-6)  # both queries confidently right
+
+
+def test_weighted_cross_entropy_matches_torch_forward_and_backward():
+    """The CUDA path of the softmax class loss (NLLLoss has no deterministic CUDA kernel) equals torch's
+    weighted cross entropy; hand case: logits 0 over 3 classes → −log(1/3) per query, weights (1, 0.1)."""
+    weight = torch.tensor([1.0, 1.0, 0.1])
+    flat = weighted_cross_entropy(torch.zeros(1, 2, 3), torch.tensor([[0, 2]]), weight)
+    assert flat.item() == pytest.approx(math.log(3), rel=1e-6)  # (1·log 3 + 0.1·log 3) / 1.1
+    logits = torch.randn(4, 30, 3, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    target = torch.randint(0, 3, (4, 30), generator=torch.Generator().manual_seed(1))
+    ours = weighted_cross_entropy(logits, target, weight)
+    ref = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, weight=weight)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-6)
+    torch.testing.assert_close(torch.autograd.grad(ours, logits)[0], torch.autograd.grad(ref, logits)[0])
 
 
 def test_focal_class_loss_hand_values():

@@ -123,3 +123,14 @@ def test_chosen_steps_only_and_a_shorter_full_profile(device_check, tmp_path, ca
     assert list(record["steps"]) == ["detr full profile"] and record["steps"]["detr full profile"]["epochs"] == 1
     assert "--steps full --full-epochs 1" in (out / "device_check.md").read_text()
     assert "(epochs: 1)" in (out / "device_check.md").read_text()
+
+
+def test_chosen_suites_only(device_check, tmp_path, cache_dir):
+    """``--suites kd`` runs steps 1 and 2 for kd alone (the second lease went to the suites that had differed)."""
+    out = tmp_path / "device_check"
+    assert device_check["main"](["--device", "cpu", "--out", str(out), "--cache-dir", str(cache_dir),
+                                 "--steps", "quick", "same", "--suites", "kd"]) == 0
+    record = json.loads((out / "device_check.json").read_text())
+    assert list(record["steps"]) == ["quick profile, kd, seeds 0", "same seed twice"]
+    assert list(record["steps"]["same seed twice"]["suites"]) == ["kd"]
+    assert sorted(p.name for p in (out / "runs" / "quick").iterdir()) == ["kd"]

@@ -27,6 +27,14 @@ class LossWeights:
     focal_gamma: float = 2.0
 
 
+def weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``F.cross_entropy(logits.transpose(1, 2), target, weight=weight)`` (class axis last) without NLLLoss, whose
+    CUDA kernel has no deterministic mode."""
+    log_p = F.log_softmax(logits, -1).gather(-1, target[..., None]).squeeze(-1)
+    w_target = weight[target]
+    return -(log_p * w_target).sum() / w_target.sum()
+
+
 class SetCriterion:
     def __init__(self, num_classes: int, weights: LossWeights, costs: MatcherCosts):
         self.num_classes = num_classes
@@ -41,6 +49,8 @@ class SetCriterion:
             return sigmoid_focal_loss(logits, onehot, w.focal_alpha, w.focal_gamma, reduction="sum") / num_boxes
         empty = torch.ones(self.num_classes + 1, device=logits.device)
         empty[-1] = w.no_object
+        if logits.is_cuda:  # CUDA's NLLLoss reduces with atomics (nondeterministic); CPU keeps the official call
+            return weighted_cross_entropy(logits, target_classes, empty)
         return F.cross_entropy(logits.transpose(1, 2), target_classes, weight=empty)
 
     def box_losses(self, pred: torch.Tensor, gt: torch.Tensor, num_boxes: float) -> tuple[torch.Tensor, torch.Tensor]:
