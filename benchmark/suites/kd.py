@@ -237,6 +237,11 @@ GLD_DEVIATIONS = (
                    "statistics see whole images only",
               why="the official ResNet head is a single Linear after pooling, so regions need no normalisation; this "
                   "net's head has a BatchNorm1d, and batch statistics over region rows would mix two distributions"),
+    Deviation(what="logits are standardised as (z − row mean) / (row std + 1e-7) instead of z / row std (official "
+                   "`mean_var_norm`)",
+              why="the row mean cancels in the softmax; the 1e-7 keeps a constant row finite (the official division "
+                  "gives inf there) and moves the loss by about 1e-7 of its value (tested against the official "
+                  "code, forward and backward)"),
 )
 REVERSE_KD_DEVIATIONS = (
     Deviation(what="no student proxy: stage 1 mimics the stage-0 student's embedding itself (the paper's plain "
