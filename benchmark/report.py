@@ -373,12 +373,14 @@ def first_table(findings: list[tuple[str, Finding, bool]],
     """REPORT.md's first screen: every question × claim with its verdict, linked to the section that answers it
     (``(suite, finding, testbed sensitive)``). ``fresh``: the same claims rerun on seeds never used in development
     (``(suite, claim)`` → (finding, testbed sensitive)); a verdict they do not repeat is marked "not confirmed on
-    fresh seeds"."""
+    fresh seeds", an inconclusive one they decide is marked with their verdict."""
     def verdict(suite: str, f: Finding, sensitive: bool) -> str:
         notes = [] if sensitive or f.verdict.startswith("untestable") else [INSENSITIVE.split(":")[0]]
         again, _ = (fresh or {}).get((suite, f.claim), (None, True))
         if again is not None and again.verdict != f.verdict and not f.verdict.startswith(("untestable", "inconcl")):
             notes.append("not confirmed on fresh seeds")
+        elif again is not None and f.verdict.startswith("inconcl") and not again.verdict.startswith("inconcl"):
+            notes.append(f"{again.verdict} on fresh seeds")  # a larger confirmation run can decide what the pilot did not
         return f"**{f.verdict}**" + (f" ({'; '.join(notes)})" if notes else "")
 
     table = pd.DataFrame({

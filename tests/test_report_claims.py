@@ -328,3 +328,16 @@ def test_a_verdict_the_fresh_seeds_do_not_repeat_is_marked_in_the_first_table(tm
     assert _table_row(report, row).split(" | ")[4].startswith("contradicted: ")
     assert _table_row(report, "| `ovd` | [controls]").split(" | ")[4] == "not rerun"
     assert "on fresh seeds" not in report_markdown(results / "confirmation")  # no confirmation of a confirmation
+
+
+def test_an_inconclusive_verdict_the_fresh_seeds_decide_is_marked_with_theirs(tmp_path):
+    """A confirmation run sized by the pilot's power plan can decide what the 5 development seeds could not."""
+    results = _results_copy(tmp_path)
+    fresh = results / "confirmation" / "kd"
+    shutil.copytree(results / "kd", fresh)
+    row = "GLD beats logit KD"
+    _set_from(results / "kd" / "metrics.csv", "gld", "top1_last", "test", "logit_kd",
+              lambda seed: (-1) ** seed * 0.01)  # no consistent effect: inconclusive
+    _set_from(fresh / "metrics.csv", "gld", "top1_last", "test", "logit_kd", lambda seed: -0.05 - 0.005 * seed)
+    line = _table_row(report_markdown(results), row)
+    assert _verdict(line) == "inconclusive" and "(contradicted on fresh seeds)" in line
