@@ -146,6 +146,11 @@ def _merge_previous(suite_dir: Path, run_info: dict, parts: dict[str, pd.DataFra
         merged[name] = pd.concat([earlier[keep], frame], ignore_index=True)
     run_info["methods"] = REGISTRY.method_names(run_info["suite"], merged["metrics"]["method"])
     run_info["seeds"] = sorted({int(s) for s in merged["metrics"]["seed"]})
+    # command, date and wall time are this invocation's: the ones that made the merged-in cells are kept beside them
+    env = old.get("environment", {})
+    run_info["earlier_invocations"] = [*old.get("earlier_invocations", []), {
+        "command": env.get("command"), "date": env.get("date"), "seeds": old.get("seeds"),
+        "methods": old.get("methods"), "wall_seconds": old.get("wall_seconds")}]
     return merged
 
 

@@ -82,8 +82,14 @@ def test_a_diverging_cell_fails_alone_and_nothing_written_is_lost(tmp_path):
     assert len(list((tmp_path / "flaky").glob("**/cells/*/a_seed*/DONE"))) == 3
     statuses = sorted(v for (role, seed, _), v in _states(tmp_path, "flaky").items() if role == "cell")
     assert statuses == ["FAILED", "FINISHED", "FINISHED", "FINISHED"]
+    first = json.loads((tmp_path / "flaky" / "run.json").read_text())
     run_suite(RunOptions(seeds=[1, 3], **opts))  # same config and code: merged with seed 0's results
     assert sorted(pd.read_csv(tmp_path / "flaky" / "metrics.csv")["seed"]) == [0, 1, 3]
+    merged = json.loads((tmp_path / "flaky" / "run.json").read_text())
+    assert merged["seeds"] == [0, 1, 3]  # the invocation that made seed 0's cells is recorded beside this one
+    assert merged["earlier_invocations"] == [{"command": first["environment"]["command"],
+                                              "date": first["environment"]["date"], "seeds": [0],
+                                              "methods": first["methods"], "wall_seconds": first["wall_seconds"]}]
 
 
 def test_sigterm_ends_the_runs_killed(tmp_path, capsys):
