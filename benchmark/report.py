@@ -380,7 +380,8 @@ def first_table(findings: list[tuple[str, Finding, bool]],
         if again is not None and again.verdict != f.verdict and not f.verdict.startswith(("untestable", "inconcl")):
             notes.append("not confirmed on fresh seeds")
         elif again is not None and f.verdict.startswith("inconcl") and not again.verdict.startswith("inconcl"):
-            notes.append(f"{again.verdict} on fresh seeds")  # a larger confirmation run can decide what the pilot did not
+            # a confirmation run sized by the pilot's power plan can decide what the pilot could not
+            notes.append(f"{again.verdict} on fresh seeds")
         return f"**{f.verdict}**" + (f" ({'; '.join(notes)})" if notes else "")
 
     table = pd.DataFrame({
