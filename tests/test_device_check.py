@@ -26,7 +26,7 @@ def test_dry_run_writes_every_step(device_check, tmp_path, cache_dir):
     record = json.loads((out / "device_check.json").read_text())
     assert record["device"] == "cpu" and record["device_name"].startswith("CPU")
     steps = record["steps"]
-    assert list(steps) == ["quick profile, every suite, seeds 0", "same seed twice", "perf", "detr full profile"]
+    assert list(steps) == ["quick profile, detr, kd, ovd, seeds 0", "same seed twice", "perf", "detr full profile"]
     # seed 0 twice, the models trained anew the second time: on the CPU every metric is bitwise the same
     for suite, compared in steps["same seed twice"]["suites"].items():
         assert compared["values"] > 0 and compared["bitwise_equal"] == compared["values"], suite
