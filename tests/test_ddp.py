@@ -2,6 +2,8 @@
 gradient of the global batch — contrastive losses through the gradient-carrying all-gather (CLIP's, RegionCLIP's),
 per-sample mean losses with unequal shards through the shard weight. The whole suites under torchrun are tested in
 ``test_reliability`` (detr) and ``test_ddp_suites`` (kd, ovd)."""
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +27,12 @@ def _join(rank: int, init: str) -> None:
 
 
 def _leave() -> None:
-    """Both ranks past their last collective before gloo is torn down: a rank that destroys its group while the
-    other still talks to it aborts the process ("terminate called without an active exception", seen under load)."""
+    """Called in ``finally``. Both ranks pass a barrier; a rank that passed its checks then exits at once, without
+    gloo's teardown: a gloo thread that sees its peer gone first aborts the process ("terminate called without an
+    active exception", seen under load even after the barrier). A failing rank tears down and re-raises."""
     dist.barrier()
+    if sys.exc_info()[0] is None:
+        os._exit(0)
     dist.destroy_process_group()
 
 
