@@ -1,4 +1,4 @@
-"""``python -m benchmark``: list, run, evaluate, report, perf, verify.
+"""``python -m benchmark``: list, run, plan, tune, report, verify, evaluate, perf.
 
 User errors (unknown names, bad files, bad values) print one line and exit 2; nothing already written is touched.
 Exit codes: 0 done, 2 usage or bad input, 3 some cell failed or diverged (the others are kept), 130 interrupted.
@@ -16,7 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
-from benchmark import perf_extras
+from benchmark import catalog, perf_extras
 from cvpdl.errors import UserInputError
 
 EXIT_USAGE = 2
@@ -24,37 +24,71 @@ EXIT_FAILED_CELLS = 3
 EXIT_INTERRUPTED = 130
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's default in its help line, where it has one and the line does not already say it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in text or not action.option_strings:
+            return text
+        shown = " ".join(map(str, action.default)) if isinstance(action.default, list) else action.default
+        return f"{text} (default: {shown})"
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, formatter_class=_HelpFormatter, **kwargs)
+
     def error(self, message: str):  # one line, not argparse's usage block
         print(f"error: {message} (see --help)", file=sys.stderr)
         sys.exit(EXIT_USAGE)
 
 
+def _seed(text: str) -> int:
+    try:
+        return catalog.seed(text)
+    except UserInputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+DESCRIPTION = "cvpdl-bench: measure, over seeds, the claims of DETR/DAB/DN-DETR, distillation and RegionCLIP papers."
+FIRST_STEP = ("start with: python -m benchmark run --suite kd --profile quick --seeds 0  (a smoke test, about a "
+              "minute); `COMMAND --help` tells more")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m benchmark", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="python -m benchmark", description=DESCRIPTION, epilog=FIRST_STEP)
     parser.add_argument("-v", "--verbose", dest="verbosity", action="count", default=0,
                         help="more output: debug lines, MLflow/alembic messages")
     parser.add_argument("-q", "--quiet", action="store_true", help="errors and the final table only, no progress bars")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, title="commands",
+                                metavar="COMMAND")
 
     listing = sub.add_parser("list", help="suites, their methods, datasets and paper references")
     listing.add_argument("--verbose", "-v", action="store_true", help="also each method's declared deviations "
                                                                        "from the paper's official code")
 
     run = sub.add_parser("run", help="train and evaluate every (method, seed) cell of a suite")
-    run.add_argument("--suite", required=True)
-    run.add_argument("--methods", nargs="+", help="subset of the suite's methods (default: all)")
-    run.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    run.add_argument("--profile", default="default", help="quick | default | full")
+    run.add_argument("--suite", required=True, metavar="SUITE",
+                     help=f"the suite to run: {' | '.join(catalog.SUITE_NAMES)}")
+    run.add_argument("--methods", nargs="+", help="subset of the suite's methods (default: all; `list` names them)")
+    run.add_argument("--seeds", nargs="+", type=_seed, default=[0, 1, 2, 3, 4],
+                     help="distinct integers >= 0, one cell per method and seed")
+    run.add_argument("--profile", default="default", metavar="PROFILE",
+                     help="quick: a smoke test whose numbers are not results; default: the README's run; full: GPU")
+    run.add_argument("--plan", type=Path, metavar="PLAN.json",
+                     help="run exactly a pre-registered confirmation plan (`plan` writes it): its seeds, methods and "
+                          "profile, into DIR/confirmation/<suite>/")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="override one config value (repeatable); see run.json for the keys")
     run.add_argument("--config", dest="config_file", type=Path, metavar="FILE.yaml",
                      help="config values over the profile: {section: {key: value}} in YAML or JSON (a --print-config "
                           "output, run.json's config section, or run.json); --set still overrides")
     run.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
-    run.add_argument("--results-dir", type=Path, default=Path("results"))
-    run.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    run.add_argument("--data", default="digits", help="digits (embedded default) | coco | imagefolder")
+    run.add_argument("--results-dir", type=Path, default=Path("results"), help="where results/<suite>/ is written")
+    run.add_argument("--device", default="auto", metavar="{auto,cpu,cuda}", help="auto: CUDA when present")
+    run.add_argument("--data", default="digits", metavar="{digits,coco,imagefolder}",
+                     help="digits: the embedded default; coco / imagefolder need --data-root")
     run.add_argument("--data-root", type=Path, help="root of a COCO-format dataset / ImageFolder")
     run.add_argument("--clip", help="open_clip architecture of --clip-weights (e.g. RN50)")
     run.add_argument("--clip-weights", type=Path, help="local open_clip checkpoint file (nothing is downloaded)")
@@ -90,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     perf = sub.add_parser("perf", help="throughput, evaluator speed, suite wall times and memory, cost curves → "
                                        "DIR/perf/perf.md")
-    perf.add_argument("--results-dir", type=Path, default=Path("results"))
-    perf.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    perf.add_argument("--results-dir", type=Path, default=Path("results"), help="writes DIR/perf/")
+    perf.add_argument("--device", default="auto", metavar="{auto,cpu,cuda}", help="auto: CUDA when present")
     perf.add_argument("--steps", type=int, default=20, help="timed training steps per model")
     perf.add_argument("--suites-profile", default="quick", help="profile each suite is run on (in its own process) "
                                                                 "for its wall time and peak memory (none: skip)")
@@ -101,36 +135,41 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--suite-jobs", type=int, default=1, help="--jobs of those suite runs")
     perf.add_argument("--profile-steps", type=int, default=5,
                       help="profiled training steps per model: where a step's time goes, by op group")
-    perf.add_argument("--cache-dir", type=Path)
-    perf.add_argument("--threads", type=int)
+    perf.add_argument("--cache-dir", type=Path, help="cached data and models (default $CVPDL_CACHE or "
+                                                   "~/.cache/cvpdl-bench)")
+    perf.add_argument("--threads", type=int, help="torch threads per process (default: all cores)")
     for extra in perf_extras.EXTRAS.values():  # optional sections, each behind its own flag (--compile, --ddp)
         perf.add_argument(f"--{extra.name}", dest=f"extra_{extra.name}", action="store_true", help=extra.help)
 
     verify = sub.add_parser("verify", help="compare a run with the committed results/<suite> (git HEAD), metric by "
                                            "metric; exit 3 when something did not reproduce")
-    verify.add_argument("--suite", required=True)
+    verify.add_argument("--suite", required=True, metavar="SUITE",
+                     help=f"the suite to compare: {' | '.join(catalog.SUITE_NAMES)}")
     verify.add_argument("--results-dir", type=Path, help="where the run to check is (default: results), or with "
                                                          "--run where to write it (default: a new temporary folder)")
     verify.add_argument("--run", action="store_true", help="rerun the committed profile, methods, seeds and thread "
                                                            "count first")
     verify.add_argument("--methods", nargs="+", help="only these methods' cells")
-    verify.add_argument("--seeds", nargs="+", type=int, help="only these seeds' cells")
+    verify.add_argument("--seeds", nargs="+", type=_seed, help="only these seeds' cells")
     verify.add_argument("--cache-dir", type=Path, help="with --run: cached data and models")
     verify.add_argument("--threads", type=int, help="with --run: torch threads (default: the committed run's)")
 
     tune = sub.add_parser("tune", help="the same Optuna budget per method on the val split → DIR/<suite>/tuning/")
-    tune.add_argument("--suite", required=True)
+    tune.add_argument("--suite", required=True, metavar="SUITE",
+                     help=f"the suite to tune: {' | '.join(catalog.SUITE_NAMES)}")
     tune.add_argument("--methods", nargs="+", help="subset of the suite's methods (default: all)")
     tune.add_argument("--trials", type=int, default=20, help="completed trials per method (a killed study resumes)")
-    tune.add_argument("--profile", default="default", help="quick | default | full")
-    tune.add_argument("--seed", type=int, default=1000, help="seed of every trial's cell and of the TPE sampler "
+    tune.add_argument("--profile", default="default", metavar="PROFILE",
+                      help=f"the profile every trial runs: {' | '.join(catalog.PROFILES)}")
+    tune.add_argument("--seed", type=_seed, default=1000, help="seed of every trial's cell and of the TPE sampler "
                                                             "(default 1000: no final run evaluates it)")
     tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                       help="fixed overrides under every trial (e.g. a shorter schedule)")
-    tune.add_argument("--results-dir", type=Path, default=Path("results"))
-    tune.add_argument("--cache-dir", type=Path)
-    tune.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    tune.add_argument("--threads", type=int)
+    tune.add_argument("--results-dir", type=Path, default=Path("results"), help="writes DIR/<suite>/tuning/")
+    tune.add_argument("--cache-dir", type=Path, help="cached data and models (default $CVPDL_CACHE or "
+                                                   "~/.cache/cvpdl-bench)")
+    tune.add_argument("--device", default="auto", metavar="{auto,cpu,cuda}", help="auto: CUDA when present")
+    tune.add_argument("--threads", type=int, help="torch threads per process (default: all cores)")
     tune.add_argument("--timeout", type=float, help="wall seconds per method's study (the trial in flight finishes)")
     tune.add_argument("--storage", metavar="URL", help="Optuna storage shared by `tune` workers on several machines: "
                       "a journal file on a shared file system (a path) or a database URL (postgresql://…); default: "
@@ -138,45 +177,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="rebuild summary.md and figures of every written run of a suite (and "
                                            "REPORT.md), no training")
-    report.add_argument("--suite", required=True)
-    report.add_argument("--results-dir", type=Path, default=Path("results"))
+    report.add_argument("--suite", required=True, metavar="SUITE",
+                     help=f"the suite to re-render: {' | '.join(catalog.SUITE_NAMES)}")
+    report.add_argument("--results-dir", type=Path, default=Path("results"), help="where results/<suite>/ is")
     report.add_argument("--from-mlflow", action="store_true", help="rebuild metrics.csv from the tracked runs")
     for name, command in sub.choices.items():  # -v/-q also after the subcommand (list's own -v lists deviations)
         if name != "list":
-            command.add_argument("-v", "--verbose", dest="verbosity", action="count", default=argparse.SUPPRESS)
-            command.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS)
+            command.add_argument("-v", "--verbose", dest="verbosity", action="count", default=argparse.SUPPRESS,
+                                 help="more output: debug lines, MLflow/alembic messages")
+            command.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                                 help="errors and the final table only, no progress bars")
     return parser
 
 
-def suite_catalog() -> list[dict]:
-    """Suites, datasets, methods, papers and deviations as plain data. Building it imports every suite (torch,
-    open_clip: seconds), so it is cached per code version in the cache dir and read back without those imports."""
-    from benchmark.paths import REPO_ROOT, default_cache_dir, source_digest
-
-    path = default_cache_dir() / "catalog" / f"{source_digest(REPO_ROOT / 'benchmark', REPO_ROOT / 'cvpdl')}.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        pass
-    from benchmark.registry import REGISTRY
-    from benchmark.suites import SUITES
-
-    catalog = [{"name": suite.name, "question": suite.question, "dataset": suite.dataset,
-                "datasets": list(suite.datasets),
-                "methods": [{"name": m.name, "paper": m.paper, "deviations": [d.line() for d in m.deviations]}
-                            for m in REGISTRY.methods(suite.name)]}
-               for suite in REGISTRY.suites() if suite.name in SUITES]
-    try:
-        from benchmark.results import atomic_write_text
-
-        atomic_write_text(path, json.dumps(catalog, indent=1))
-    except OSError:  # an unwritable cache only costs speed
-        pass
-    return catalog
-
-
 def cmd_list(verbose: bool = False) -> None:
-    for suite in suite_catalog():
+    for suite in catalog.suite_catalog():
         print(f"{suite['name']}: {suite['question']}\n  dataset: {suite['dataset']} "
               f"(--data {' | '.join(suite['datasets'])})")
         for method in suite["methods"]:
@@ -278,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             cmd_list(args.verbose)
             return 0
+        catalog.preflight(args)  # names, seeds and keys refused before torch is imported or anything written
         import benchmark.suites  # noqa: F401  (registers every suite)
 
         if args.command == "run":

@@ -11,6 +11,7 @@ import torch
 
 from benchmark import config as config_lib
 from benchmark import distributed, reproducibility
+from benchmark.catalog import check_seeds
 from benchmark.params import load_params, study_profile
 from benchmark.registry import REGISTRY, MethodSpec, SuiteSpec
 from cvpdl.errors import UserInputError
@@ -48,6 +49,7 @@ class RunOptions:
     params: Path | None = None
     method_overrides: dict[str, list[str]] | None = None  # the same as a dict (a run.json's "params"), without a file
     allow_stale: bool = False  # use a best.json tuned on other code (refused otherwise)
+    plan: Path | None = None  # a pre-registered confirmation plan.json: its seeds, methods and profile, run once
 
     def data_options(self) -> dict:
         """The data and CLIP choices that shape results beside the config: hashed with it, written to run.json."""
@@ -79,8 +81,7 @@ def resolve(options: RunOptions) -> tuple[SuiteSpec, list[MethodSpec], dict]:
     methods = [REGISTRY.method(spec.name, name) for name in names]
     if len(set(names)) != len(names):
         raise UserInputError(f"--methods lists a method twice: {' '.join(names)}")
-    if not options.seeds or len(set(options.seeds)) != len(options.seeds):
-        raise UserInputError("--seeds must list distinct integers")
+    check_seeds(options.seeds)
     if options.jobs < 1 or (options.jobs > 1 and distributed.world_size() > 1):
         raise UserInputError(f"--jobs must be at least 1 (and 1 under torchrun), got {options.jobs}")
     if options.executor not in ("local", "submitit"):

@@ -66,6 +66,13 @@ def _value_texts(frame: pd.DataFrame, rows: pd.DataFrame) -> tuple[list[str], li
     return shown, intervals
 
 
+SMOKE = "SMOKE TEST (quick profile): these numbers are not results, only a check that every step runs"
+
+
+def is_smoke(run: dict) -> bool:
+    return run.get("profile") == "quick"
+
+
 def _tested_family(spec: SuiteSpec, frame: pd.DataFrame) -> dict[str, Tested] | None:
     hook = spec.report_sections
     return hook.tested(frame) if isinstance(hook, SuiteReport) else None
@@ -242,7 +249,8 @@ def summary_markdown(spec: SuiteSpec, frame: pd.DataFrame, timings: pd.DataFrame
     table = pd.DataFrame({"method": rows["method"], "metric": rows["metric"], "split": rows["split"],
                           "mean ± std": shown, "95% CI": intervals, "n": counts})
     seeds = sorted(frame["seed"].unique().tolist())
-    parts = [f"# Suite `{spec.name}` — summary\n\n{spec.question}\n\n",
+    parts = [f"# Suite `{spec.name}` — summary\n\n" + (f"**{SMOKE}.**\n\n" if is_smoke(run) else "")
+             + f"{spec.question}\n\n",
              f"Data {_data_line(spec, run)}.\n\n",
              f"Profile `{run.get('profile', '?')}`, seeds {seeds}, config hash `{run.get('config_hash', '?')}`, "
              f"commit `{run.get('git_commit', '?')[:12]}`{' (dirty)' if run.get('git_dirty') else ''}, "
@@ -358,7 +366,8 @@ def render_suite(suite: str, suite_dir: Path, report_dir: Path | None = None) ->
     from paper_figures import render_suite_figures
     from paper_figures.style import SuiteInputs
 
-    figures = render_suite_figures(suite, SuiteInputs(frame, read_tables(suite_dir / "tables")), suite_dir / "figures")
+    inputs = SuiteInputs(frame, read_tables(suite_dir / "tables"), smoke=is_smoke(run))
+    figures = render_suite_figures(suite, inputs, suite_dir / "figures")
     return [*written, *figures]
 
 

@@ -16,6 +16,7 @@ import os
 import random
 import re
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -32,7 +33,7 @@ from benchmark.context import RunContext
 from benchmark.paths import default_cache_dir
 from benchmark.plan import Execution, RunOptions, describe_run, pick_device, resolve, results_folder, tuned_configs
 from benchmark.registry import REGISTRY, MethodSpec, SuiteSpec
-from benchmark.report import headline_table, render_suite
+from benchmark.report import SMOKE, headline_table, is_smoke, render_suite
 from benchmark.results import locked
 from benchmark.tracking import NoTracking, Tracker
 from cvpdl.errors import NonFiniteLossError, UserInputError
@@ -63,6 +64,15 @@ def setup_torch(device: str, threads: int | None, jobs: int = 1) -> Execution:
     # CUDA RoIAlign backward has no deterministic kernel: warn there instead of failing
     torch.use_deterministic_algorithms(True, warn_only=chosen.type == "cuda")
     return Execution(chosen, threads, rank, world)
+
+
+def _bar_shape() -> dict[str, int]:
+    """tqdm draws nothing on a terminal that reports 0 × 0 (a pseudo-terminal nobody sized): 100 × 24 there."""
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError):  # not a terminal: the bar is disabled anyway
+        return {}
+    return {} if size.columns > 0 and size.lines > 0 else {"ncols": 100, "nrows": 24}
 
 
 def _check_writable(results_dir: Path) -> None:
@@ -396,7 +406,7 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
         # the bar counts the cells to train; its ETA leaves out reused cells and the shared set-up; closed (cleared)
         # before an error reaches the console
         with tqdm(total=sum(not runner.reusable(m, s) for m, s in cells), desc=f"{spec.name} cells", unit="cell",
-                  smoothing=0, leave=False) as bar:
+                  smoothing=0, leave=False, **_bar_shape()) as bar:
             for method, seed in cells:
                 reused = runner.reusable(method, seed)
                 try:
@@ -430,5 +440,22 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
     distributed.barrier()
     distributed.close()
     print(f"\n{spec.name}: {len(cells)} cells in {run_info['wall_seconds']} s → {suite_dir}")
+    if is_smoke(run_info):
+        print(SMOKE)
     print(headline_table(spec, metrics))
+    print(closing_lines(suite_dir, written, tracker, parent))
     return metrics
+
+
+def closing_lines(suite_dir: Path, written: list[Path], tracker: Tracker | NoTracking, parent_id: str | None) -> str:
+    """Where to look next: the files this run wrote and the command that opens its MLflow runs."""
+    figures = [p for p in written if p.suffix == ".png"]
+    lines = ["", "wrote:", *(f"  {p}" for p in [suite_dir / "metrics.csv", suite_dir / "run.json", *written]
+                            if p.suffix != ".png")]
+    if figures:
+        lines.append(f"  {len(figures)} figures in {figures[0].parent}/ (.png and .pdf)")
+    uri = getattr(tracker, "uri", None)
+    if uri:
+        opener = (f"mlflow ui --backend-store-uri {uri}" if not uri.startswith("http") else f"open {uri}")
+        lines.append(f"MLflow runs (invocation run {parent_id}): {opener}")
+    return "\n".join(lines)

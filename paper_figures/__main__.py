@@ -1,6 +1,7 @@
 """``python -m paper_figures [--results-dir DIR]``: redraw every figure of every suite that has results, and
 ``benchmark perf``'s figures where ``DIR/perf/perf.csv`` exists."""
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -11,10 +12,14 @@ from paper_figures.style import SuiteInputs, save
 
 
 def read_inputs(suite_dir: Path) -> SuiteInputs:
-    """A suite's ``metrics.csv`` and ``tables/*.csv`` as the harness wrote them (it validated them then)."""
+    """A suite's ``metrics.csv`` and ``tables/*.csv`` as the harness wrote them (it validated them then), and
+    whether run.json names the quick (smoke-test) profile."""
     metrics = pd.read_csv(suite_dir / "metrics.csv", dtype={"suite": str, "method": str, "split": str, "metric": str})
     metrics["epoch"] = metrics["epoch"].astype("Int64")
-    return SuiteInputs(metrics, {p.stem: pd.read_csv(p) for p in sorted((suite_dir / "tables").glob("*.csv"))})
+    run = suite_dir / "run.json"
+    smoke = run.is_file() and json.loads(run.read_text()).get("profile") == "quick"
+    return SuiteInputs(metrics, {p.stem: pd.read_csv(p) for p in sorted((suite_dir / "tables").glob("*.csv"))},
+                       smoke)
 
 
 def main() -> int:

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from cvpdl.evaluation.stats import summarize
+from paper_figures.style import MIN_SEEDS_FOR_INTERVAL
 
 
 def grouped_bars(ax, frame: pd.DataFrame, group: str, hue: str, order: list[str], hue_order: list[str],
@@ -19,8 +20,9 @@ def grouped_bars(ax, frame: pd.DataFrame, group: str, hue: str, order: list[str]
         for g in order:
             s = summarize(frame[(frame[group] == g) & (frame[hue] == h)]["value"].tolist())
             means.append(s.mean)
-            lows.append(s.mean - max(s.ci_low, bounds[0]) if s.n > 1 else 0.0)
-            highs.append(min(s.ci_high, bounds[1]) - s.mean if s.n > 1 else 0.0)
+            drawn = s.n >= MIN_SEEDS_FOR_INTERVAL
+            lows.append(s.mean - max(s.ci_low, bounds[0]) if drawn else 0.0)
+            highs.append(min(s.ci_high, bounds[1]) - s.mean if drawn else 0.0)
         x = np.arange(len(order)) + (k - (len(hue_order) - 1) / 2) * width
         ax.bar(x, means, width, label=h, color=palette[k])
         ax.errorbar(x, means, yerr=[np.nan_to_num(lows), np.nan_to_num(highs)], fmt="none", ecolor="black",

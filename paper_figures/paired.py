@@ -11,7 +11,7 @@ import pandas as pd
 import seaborn as sns
 
 from cvpdl.evaluation.stats import summarize
-from paper_figures.style import final
+from paper_figures.style import MIN_SEEDS_FOR_INTERVAL, final
 
 SEED_SPREAD = 0.24  # width over which a category's seeds are spread, so that equal values stay visible
 
@@ -28,9 +28,9 @@ def _offset(seeds: list, seed) -> float:
 
 
 def _interval(values, bounds: tuple[float, float]) -> tuple[float, float, float]:
-    """Mean and 95% t-interval over seeds, clipped to ``bounds`` (a zero-width interval for one seed)."""
+    """Mean and 95% t-interval over seeds, clipped to ``bounds`` (zero width below ``MIN_SEEDS_FOR_INTERVAL``)."""
     s = summarize(values)
-    low, high = (s.mean, s.mean) if s.n < 2 else (s.ci_low, s.ci_high)
+    low, high = (s.mean, s.mean) if s.n < MIN_SEEDS_FOR_INTERVAL else (s.ci_low, s.ci_high)
     low, high = np.clip([low, high], *bounds)
     return s.mean, float(low), float(high)
 

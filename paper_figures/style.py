@@ -23,6 +23,15 @@ class SuiteInputs:
 
     metrics: pd.DataFrame
     tables: dict[str, pd.DataFrame]
+    smoke: bool = False  # a quick-profile run: every figure says its numbers are not results
+
+
+MIN_SEEDS_FOR_INTERVAL = 3  # below this a t-interval is too wide and too unstable to draw: means only
+SMOKE_NOTE = "SMOKE TEST (quick profile): these numbers are not results"
+
+
+def mark_smoke(figure: plt.Figure) -> None:
+    figure.suptitle(SMOKE_NOTE, color="firebrick", fontsize=11, fontweight="bold", y=1.04)
 
 
 def method_order(frame: pd.DataFrame) -> list[str]:
@@ -35,11 +44,12 @@ def final(metrics: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def t_interval(values) -> tuple[float, float]:
-    """seaborn ``errorbar=``: the 95% t-interval of the mean over seeds (a zero-width band for one seed)."""
+    """seaborn ``errorbar=``: the 95% t-interval of the mean over seeds (a zero-width band below
+    ``MIN_SEEDS_FOR_INTERVAL`` seeds)."""
     from cvpdl.evaluation.stats import summarize
 
     s = summarize(list(values))
-    return (s.mean, s.mean) if s.n < 2 else (s.ci_low, s.ci_high)
+    return (s.mean, s.mean) if s.n < MIN_SEEDS_FOR_INTERVAL else (s.ci_low, s.ci_high)
 
 
 def bounded_t_interval(low: float, high: float):

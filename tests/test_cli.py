@@ -22,7 +22,7 @@ def test_list_shows_the_three_suites():
     (["run", "--suite", "ovd", "--profile", "huge"], "unknown profile 'huge'"),
     (["run", "--suite", "ovd", "--data", "coco", "--data-root", "/nonexistent"], "--data coco needs --data-root"),
     (["run", "--suite", "ovd", "--clip", "RN50", "--clip-weights", "/nonexistent.pt"], "CLIP checkpoint not found"),
-    (["run", "--suite", "detr", "--seeds", "1", "1"], "--seeds must list distinct integers"),
+    (["run", "--suite", "detr", "--seeds", "1", "1"], "--seeds lists seed 1 more than once"),
     (["run", "--suite", "kd", "--set", "train.epochs=ten"], "cannot read 'ten' as int"),
     (["run", "--suite", "ovd", "--set", "regionclip.label_pool=x"], "regionclip.label_pool must be one of"),
     (["report", "--suite", "ovd", "--results-dir", "/nonexistent"], "no results at"),

@@ -1,0 +1,116 @@
+"""What the command line can check before it imports torch: suite, method, profile and config-key names, cached per
+code version as plain data, and the pre-flight check of a command's arguments against them.
+
+Building the catalog imports every suite (torch, open_clip: seconds); it is written once per code version to the
+cache dir and read back without those imports, so a typo is refused in a fraction of a second.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from benchmark import config as config_lib
+from cvpdl.errors import UserInputError
+
+# Kept here, import-free, for --help's choices; tests check them against the registry.
+SUITE_NAMES = ("detr", "kd", "ovd")
+PROFILES = ("quick", "default", "full")
+MAX_SEED = 2**32 - 1  # numpy's seed range
+CATALOG_VERSION = 2  # bump when the catalog's shape changes
+
+
+def suite_catalog() -> list[dict]:
+    """Suites, datasets, methods, papers, deviations, profiles and every config key's default, as plain data."""
+    from benchmark.paths import REPO_ROOT, default_cache_dir, source_digest
+
+    digest = source_digest(REPO_ROOT / "benchmark", REPO_ROOT / "cvpdl")
+    path = default_cache_dir() / "catalog" / f"{digest}-v{CATALOG_VERSION}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    from benchmark.registry import REGISTRY
+    from benchmark.suites import SUITES
+
+    catalog = []
+    for suite in REGISTRY.suites():
+        if suite.name not in SUITES:
+            continue
+        sections = dict(suite.config)
+        for method in REGISTRY.methods(suite.name):
+            sections.update(method.config)
+        catalog.append({
+            "name": suite.name, "question": suite.question, "dataset": suite.dataset, "datasets": list(suite.datasets),
+            "profiles": list(suite.profiles), "defaults": config_lib.defaults(sections),
+            "methods": [{"name": m.name, "paper": m.paper, "deviations": [d.line() for d in m.deviations]}
+                        for m in REGISTRY.methods(suite.name)]})
+    try:
+        from benchmark.results import atomic_write_text
+
+        atomic_write_text(path, json.dumps(catalog, indent=1))
+    except OSError:  # an unwritable cache only costs speed
+        pass
+    return catalog
+
+
+def seed(text: str) -> int:
+    """argparse ``type=`` of a seed: an integer in numpy's seed range."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise UserInputError(f"seed {text!r} is not an integer") from None
+    if not 0 <= value <= MAX_SEED:
+        raise UserInputError(f"seed {value} is out of range: seeds are integers from 0 to {MAX_SEED}")
+    return value
+
+
+def check_seeds(seeds: list[int] | None, flag: str = "--seeds") -> None:
+    if seeds is None:
+        return
+    if not seeds:
+        raise UserInputError(f"{flag} lists no seed")
+    for value in seeds:
+        seed(str(value))
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise UserInputError(f"{flag} lists seed {', '.join(map(str, repeated))} more than once")
+
+
+def preflight(args) -> None:
+    """Refuse unknown names, bad seeds and unknown or unreadable ``--set`` keys before anything heavy is imported
+    or anything written (the full validation of values still runs when the plan is resolved)."""
+    from benchmark.registry import REGISTRY
+
+    suite_name = getattr(args, "suite", None)
+    device = getattr(args, "device", "auto")
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserInputError(f"unknown device {device!r}; choose from: auto, cpu, cuda")
+    data = getattr(args, "data", "digits")
+    if data not in ("digits", "coco", "imagefolder"):
+        raise UserInputError(f"unknown --data {data!r}; choose from: digits, coco, imagefolder")
+    check_seeds(getattr(args, "seeds", None))
+    if suite_name is None or suite_name in {s.name for s in REGISTRY.suites()}:
+        return  # a suite registered in this process (a test's own) is validated by the registry
+    if suite_name not in SUITE_NAMES:
+        raise UserInputError(f"unknown suite {suite_name!r}; choose from: {', '.join(SUITE_NAMES)}")
+    suite = next((s for s in suite_catalog() if s["name"] == suite_name), None)
+    if suite is None:  # a suite this code version does not register
+        raise UserInputError(f"unknown suite {suite_name!r}; choose from: "
+                             f"{', '.join(s['name'] for s in suite_catalog())}")
+    known = [m["name"] for m in suite["methods"]]
+    methods = getattr(args, "methods", None) or []
+    for name in methods:
+        if name not in known:
+            raise UserInputError(f"unknown method {name!r} for suite {suite_name!r}; choose from: {', '.join(known)}")
+    if len(set(methods)) != len(methods):
+        raise UserInputError(f"--methods lists a method twice: {' '.join(methods)}")
+    profile = getattr(args, "profile", None)
+    if profile is not None and profile not in suite["profiles"]:
+        raise UserInputError(f"unknown profile {profile!r}; choose from: {', '.join(suite['profiles'])}")
+    cfg = copy.deepcopy(suite["defaults"])
+    config_file = getattr(args, "config_file", None)
+    if config_file is not None:
+        config_lib.apply_file(cfg, config_lib.read_config_file(Path(config_file)), "--config")
+    for assignment in getattr(args, "overrides", None) or []:
+        config_lib.apply_override(cfg, assignment)
