@@ -11,12 +11,10 @@ import json
 from pathlib import Path
 
 from benchmark import config as config_lib
+from benchmark.config import check_seeds
+from benchmark.registry import SUITE_NAMES
 from cvpdl.errors import UserInputError
 
-# Kept here, import-free, for --help's choices; tests check them against the registry.
-SUITE_NAMES = ("detr", "kd", "ovd")
-PROFILES = ("quick", "default", "full")
-MAX_SEED = 2**32 - 1  # numpy's seed range
 CATALOG_VERSION = 2  # bump when the catalog's shape changes
 
 
@@ -52,29 +50,6 @@ def suite_catalog() -> list[dict]:
     except OSError:  # an unwritable cache only costs speed
         pass
     return catalog
-
-
-def seed(text: str) -> int:
-    """argparse ``type=`` of a seed: an integer in numpy's seed range."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise UserInputError(f"seed {text!r} is not an integer") from None
-    if not 0 <= value <= MAX_SEED:
-        raise UserInputError(f"seed {value} is out of range: seeds are integers from 0 to {MAX_SEED}")
-    return value
-
-
-def check_seeds(seeds: list[int] | None, flag: str = "--seeds") -> None:
-    if seeds is None:
-        return
-    if not seeds:
-        raise UserInputError(f"{flag} lists no seed")
-    for value in seeds:
-        seed(str(value))
-    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-    if repeated:
-        raise UserInputError(f"{flag} lists seed {', '.join(map(str, repeated))} more than once")
 
 
 def preflight(args) -> None:

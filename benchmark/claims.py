@@ -1,4 +1,10 @@
-"""The statistics of a suite's claims: summaries of the final metrics, paired comparisons, a Holm-adjusted family.
+"""The statistics of a suite's claims: summaries of the final metrics, paired comparisons, one decision per claim
+under a declared error family.
+
+A claim is one three-way decision (higher / lower, equivalent within ±δ, inconclusive) from two tests whose nulls
+are disjoint (Δ = 0 and |Δ| ≥ δ: at most one is true), so a family counts claims, not tests: Shaffer's step-down
+over all the family's tests, each step at α / (claims that still have an unrejected test). The primary family is
+every primary claim of the report (``report_family``), whether or not its suite is in the frame at hand.
 
 Suites import from here (and from ``registry`` and ``context``), never from the runner or the report internals.
 """
@@ -14,13 +20,14 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.weightstats import ttost_paired
 
-from benchmark.registry import Section
+from benchmark.registry import REGISTRY, SUITE_NAMES, Section
+from cvpdl.errors import UserInputError
 from cvpdl.evaluation.stats import PairedTest, paired_test, summarize
 
 ALPHA = 0.05  # a claim is significant when its Holm-adjusted p is below this
 TARGET_POWER = 0.8
 MAX_PRIMARY = 4  # primary claims per suite: the question's answer
-ROLES = ("control", "primary", "secondary")  # each role is its own Holm family
+ROLES = ("control", "primary", "secondary")  # each role is its own family
 # Final metrics whose NaN means "the event did not happen within the run" (right-censored at the last epoch).
 CENSORED_METRICS = frozenset({"epochs_to_target"})
 
@@ -122,27 +129,43 @@ class Arm:
     split: str
     epoch: str | None = None
 
-    def values(self, frame: pd.DataFrame) -> pd.Series:
+    def _rows(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """This arm's rows; a (seed, epoch) written twice is an error naming them, never a silent pick."""
         rows = frame[(frame["method"] == self.method) & (frame["metric"] == self.metric)
                      & (frame["split"] == self.split)]
+        rows = rows[rows["epoch"].isna()] if self.epoch is None else rows[rows["epoch"].notna()]
+        twice = rows[rows.duplicated(["seed", "epoch"], keep=False)]
+        if not twice.empty:
+            where = sorted({(int(s), None if pd.isna(e) else int(e)) for s, e in zip(twice["seed"], twice["epoch"])})
+            raise UserInputError(f"metrics.csv holds {self.method} {self.metric}[{self.split}] more than once at "
+                                 f"(seed, epoch) {', '.join(map(str, where[:5]))}{' …' if len(where) > 5 else ''}")
+        return rows
+
+    def values(self, frame: pd.DataFrame) -> pd.Series:
+        rows = self._rows(frame)
         if self.epoch is None:
-            rows = rows[rows["epoch"].isna()]
-            return rows.groupby("seed")["value"].first()
-        rows = rows[rows["epoch"].notna() & rows["value"].notna()].sort_values(["seed", "epoch"])
+            return rows.set_index("seed")["value"]
+        rows = rows[rows["value"].notna()].sort_values(["seed", "epoch"])
         picks = {"first": lambda v: v.iloc[0], "last": lambda v: v.iloc[-1], "mean": lambda v: v.mean()}
         return rows.groupby("seed")["value"].agg(picks[self.epoch])
+
+    def missing(self, frame: pd.DataFrame) -> int:
+        """NaN values this arm leaves out: per-epoch rows (trend arms) or final values (a censored arm's NaN is
+        data, "not reached", and not counted)."""
+        return int(self._rows(frame)["value"].isna().sum())
 
 
 @dataclass(frozen=True)
 class Claim:
     """One comparison a suite asserts: ``a`` against ``b`` paired by seed, or against a constant ``b`` (a level the
-    mean over seeds must reach: a positive control's floor, decided by the mean, not by a test).
+    mean over seeds must clear: a positive control's floor, by a one-sided t-test of the mean against it).
 
     ``role``: "control" (an effect everyone agrees on: the testbed must show it before its nulls mean anything),
-    "primary" (the question's answer, at most ``MAX_PRIMARY``) or "secondary" (exploratory); each role is its own
-    Holm family. ``expected``: the direction the literature reports. ``delta``: the smallest effect of interest, in
-    the metric's unit: the margin of the equivalence test (TOST). Censored claims compare epochs to an event
-    (NaN = not reached within the run) by a sign test on which side reached it first."""
+    "primary" (the question's answer, at most ``MAX_PRIMARY`` per suite) or "secondary" (exploratory); each role is
+    its own family (the primary one spans the report). ``expected``: the direction the literature reports.
+    ``delta``: the smallest effect of interest, in the metric's unit: the margin of the equivalence test (TOST).
+    Censored claims compare epochs to an event (NaN = not reached within the run) by a sign test on which side
+    reached it first."""
 
     key: str
     text: str
@@ -169,15 +192,16 @@ DIRECTIONS = ("higher", "lower", "earlier", "later")
 
 @dataclass(frozen=True)
 class Tested:
-    """A claim's tests over seeds, with Holm-adjusted p-values within its role's family (difference and
-    equivalence tests adjusted together)."""
+    """A claim's tests over seeds, with p-values adjusted within its role's family (``adjust``: one decision per
+    claim). A level claim's ``p`` is the one-sided t-test of the mean against the level, ``ci_low`` its one-sided
+    95% lower bound."""
 
     claim: Claim
     n: int
     diff: float  # mean of a - b over seeds (censored: wins - losses of a, "earlier" counting as a win)
     ci_low: float
     ci_high: float
-    p: float  # two-sided difference test; NaN where there is none (n < 2, a level, a test not used at this n)
+    p: float  # two-sided difference test (a level: one-sided); NaN where there is none (n < 2, a test not used)
     p_holm: float
     seeds_needed: float  # the difference test's seeds for 80% power at the observed effect and its Holm level
     level: float = ALPHA  # the Holm step-down level this claim's raw p must beat
@@ -188,7 +212,10 @@ class Tested:
     p_tost: float = math.nan  # paired TOST against ±delta (NaN: no delta declared)
     p_tost_holm: float = math.nan
     seeds_equivalence: float = math.nan  # the TOST's seeds for 80% power at the observed effect and its Holm level
-    min_p: float = 0.0  # the smallest p the test can reach at this n (the sign test: 2 · 0.5^n)
+    min_p: float = 0.0  # the smallest p the test can reach at this n (the sign test: 2 · 0.5^(wins + losses))
+    sd: float = math.nan  # standard deviation of a − b over seeds (what a power plan assumes)
+    missing: int = 0  # NaN values left out (per-epoch rows of trend arms, final values), both arms together
+    family_size: int = 1  # claims in this claim's family (the level a power plan faces is α / family_size)
 
     @property
     def used(self) -> bool:
@@ -201,24 +228,20 @@ class Tested:
 
     @property
     def direction(self) -> str:
-        """The verdict: "higher" / "lower" (censored: "earlier" / "later") where the Holm-adjusted difference test
-        rejects, "equivalent" where the Holm-adjusted TOST does, otherwise "inconclusive"; a level claim is
-        "reached" / "not reached" by its mean."""
+        """The verdict: "higher" / "lower" (censored: "earlier" / "later") where the adjusted difference test
+        rejects, "equivalent" where the adjusted TOST does, otherwise "inconclusive"; a level claim is "reached"
+        where its adjusted one-sided test rejects "mean ≤ level", else "not shown"."""
         if self.n == 0:
             return "not measured"
-        if self.claim.is_level:
-            return "reached" if self.diff >= 0 else "not reached"
         if self.n < 2:
             return "not testable"
         if not self.used:
             return "not used"
-        if self.significant:
-            if self.claim.censored:
-                return "earlier" if self.diff > 0 else "later"
-            return "higher" if self.diff > 0 else "lower"
-        if self.p_tost_holm < ALPHA:
-            return "equivalent"
-        return "inconclusive"
+        if self.claim.is_level:
+            return "reached" if self.significant else "not shown"
+        if self.claim.censored and self.significant:
+            return "earlier" if self.diff > 0 else "later"
+        return str(decide(self.diff, self.p_holm, self.p_tost_holm))
 
     @property
     def holds(self) -> bool:
@@ -250,10 +273,11 @@ class Tested:
         if d == "equivalent":
             return f"equivalent within ±{self.claim.delta:g}"
         if d == "not used":
-            return (f"not used: the sign test's smallest attainable p at n={self.n} is {fmt_p(self.min_p)} "
-                    f"(≥ {ALPHA:g})")
-        if d in ("reached", "not reached"):
-            return f"the mean {'reaches' if d == 'reached' else 'stays below'} {self.claim.b:g}"
+            return (f"not used: the sign test's smallest attainable p with {self.wins + self.losses} untied of "
+                    f"{self.n} seeds is {fmt_p(self.min_p)} (≥ {ALPHA:g})")
+        if d in ("reached", "not shown"):
+            return (f"the mean is above {self.claim.b:g}" if d == "reached" else
+                    f"not shown above {self.claim.b:g} (one-sided 95% bound {self.ci_low + self.claim.b:.3f})")
         if d != "inconclusive":
             return d
         seeds = self.seeds_for_decision
@@ -270,8 +294,9 @@ class Tested:
             return "not measured"
         c = self.claim
         if c.is_level:
-            return (f"mean {self.diff + c.b:.3f} [{self.ci_low + c.b:.3f}, {self.ci_high + c.b:.3f}] against the level "
-                    f"{c.b:g}, n={self.n}: {self.verdict()}")
+            return (f"mean {self.diff + c.b:.3f}, one-sided 95% lower bound {self.ci_low + c.b:.3f} against the level "
+                    f"{c.b:g}, p={fmt_p(self.p)}, Holm p={fmt_p(self.p_holm)}, n={self.n}{self._missing_text()}: "
+                    f"{self.verdict()}")
         if c.censored:
             ties = self.n - self.wins - self.losses
             text = (f"`{c.a.method}` earlier on {self.wins}, later on {self.losses}, tied on {ties} of {self.n} "
@@ -286,7 +311,11 @@ class Tested:
         if not math.isnan(self.p_tost) and self.direction in ("equivalent", "inconclusive"):
             tests += f", equivalence ±{c.delta:g}: TOST Holm p={fmt_p(self.p_tost_holm)}"
         seeds = self.seed_directions()
-        return (f"{text}, {tests + ', ' if tests else ''}n={self.n}{', ' + seeds if seeds else ''}: {self.verdict()}")
+        return (f"{text}, {tests + ', ' if tests else ''}n={self.n}{self._missing_text()}"
+                f"{', ' + seeds if seeds else ''}: {self.verdict()}")
+
+    def _missing_text(self) -> str:
+        return f" ({self.missing} NaN values left out)" if self.missing else ""
 
 
 def brief_line(t: Tested) -> str:
@@ -300,7 +329,7 @@ def brief_line(t: Tested) -> str:
             f"{t.verdict()}")
 
 
-def _ttest_power(effect: float, nobs: np.ndarray, alpha: float) -> np.ndarray:
+def ttest_power(effect: float, nobs: np.ndarray, alpha: float) -> np.ndarray:
     """Power of the two-sided paired t-test at Cohen's d ``effect``: P(T > c) + P(T < −c), T noncentral t with
     n − 1 degrees of freedom and noncentrality d √n. Both tails as upper tails (P(T < −c) = P(T' > c) with the
     noncentrality negated): scipy's ``nct.cdf`` far in a tail returns NaN for many n (so does statsmodels'
@@ -310,7 +339,7 @@ def _ttest_power(effect: float, nobs: np.ndarray, alpha: float) -> np.ndarray:
     return stats.nct.sf(crit, df, nc) + stats.nct.sf(crit, df, -nc)
 
 
-def _tost_power(mean: float, sd: float, delta: float, nobs: np.ndarray, alpha: float) -> np.ndarray:
+def tost_power(mean: float, sd: float, delta: float, nobs: np.ndarray, alpha: float) -> np.ndarray:
     """A lower bound of the paired TOST's power at true mean ``mean`` and sd ``sd``: each one-sided test at
     ``alpha`` rejects with P(T₊ > c) and P(T₋ < −c), and both do with at least their sum − 1."""
     df, se = nobs - 1, sd / np.sqrt(nobs)
@@ -341,7 +370,7 @@ def _ttest_seeds_needed(diffs: np.ndarray, alpha: float) -> float:
         return math.inf
     if sd == 0:  # identical non-zero differences: any two seeds give p = 0
         return 2.0
-    return _smallest_n(lambda nobs: _ttest_power(mean / sd, nobs, alpha))
+    return _smallest_n(lambda nobs: ttest_power(mean / sd, nobs, alpha))
 
 
 def _tost_seeds_needed(diffs: np.ndarray, delta: float, alpha: float) -> float:
@@ -351,7 +380,7 @@ def _tost_seeds_needed(diffs: np.ndarray, delta: float, alpha: float) -> float:
         return math.inf
     if sd == 0:
         return 2.0
-    return _smallest_n(lambda nobs: _tost_power(mean, sd, delta, nobs, alpha))
+    return _smallest_n(lambda nobs: tost_power(mean, sd, delta, nobs, alpha))
 
 
 def _sign_test_seeds_needed(wins: int, losses: int, n: int, alpha: float) -> float:
@@ -386,7 +415,8 @@ def _test(frame: pd.DataFrame, claim: Claim) -> tuple[dict, Callable | None, Cal
             return math.inf if pd.isna(v) else float(v)
         t = [(time(a[s]), time(b[s])) for s in seeds]
         wins, losses = sum(x < y for x, y in t), sum(x > y for x, y in t)
-        min_p = 2 * 0.5 ** len(seeds) if seeds else 1.0  # every seed won: the sign test's smallest two-sided p
+        # ties carry no sign: the smallest two-sided p is reached when every untied seed goes one way
+        min_p = min(1.0, 2 * 0.5 ** (wins + losses))
         p = float(stats.binomtest(wins, wins + losses, 0.5).pvalue) if wins + losses else 1.0
         p = p if len(seeds) >= 2 and min_p < ALPHA else math.nan
         needed = (lambda alpha: _sign_test_seeds_needed(wins, losses, len(seeds), alpha)) if seeds else None
@@ -399,16 +429,29 @@ def _test(frame: pd.DataFrame, claim: Claim) -> tuple[dict, Callable | None, Cal
     x, y = np.array([v for v, _ in pairs], dtype=float), np.array([v for _, v in pairs], dtype=float)
     t = paired_test(x.tolist(), y.tolist())
     diffs = x - y
-    out = {"n": t.n, "diff": t.mean_diff, "ci_low": t.ci_low, "ci_high": t.ci_high,
-           "p": math.nan if claim.is_level else t.p_value,
+    out = {"n": t.n, "diff": t.mean_diff, "ci_low": t.ci_low, "ci_high": t.ci_high, "p": t.p_value,
+           "sd": float(np.std(diffs, ddof=1)) if len(diffs) > 1 else math.nan,
            "higher_seeds": int((diffs > 0).sum()), "lower_seeds": int((diffs < 0).sum())}
-    if claim.is_level or len(diffs) < 2:
+    if claim.is_level:  # H0: mean ≤ level, one-sided; its 95% lower bound is the interval a reader checks
+        if len(diffs) >= 2:
+            out["p"] = _one_sided_p(diffs)
+            out["ci_low"] = float(diffs.mean() - stats.t.ppf(1 - ALPHA, len(diffs) - 1)
+                                  * diffs.std(ddof=1) / math.sqrt(len(diffs)))
+        return out, None, None
+    if len(diffs) < 2:
         return out, None, None
     equivalence = None
     if claim.delta is not None:
         out["p_tost"] = tost_paired(x, y, claim.delta)
         equivalence = lambda alpha: _tost_seeds_needed(diffs, claim.delta, alpha)  # noqa: E731
     return out, (lambda alpha: _ttest_seeds_needed(diffs, alpha)), equivalence
+
+
+def _one_sided_p(diffs: np.ndarray) -> float:
+    """p of the one-sided t-test that the mean of ``diffs`` is above 0 (no spread: 0 or 1)."""
+    if np.std(diffs) == 0:
+        return 0.0 if diffs.mean() > 0 else 1.0
+    return float(stats.ttest_1samp(diffs, 0.0, alternative="greater").pvalue)
 
 
 def holm(p_values: list[float]) -> list[float]:
@@ -422,19 +465,94 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
-def holm_levels(p_values: list[float]) -> list[float]:
-    """The level each raw p faces in Holm's step-down, α / (hypotheses not yet rejected before it): the power target
-    that matters. A NaN p (no test at this n) faces the family's strictest level, α / (its size + 1)."""
-    finite = sorted((p, i) for i, p in enumerate(p_values) if not pd.isna(p))
-    levels = [ALPHA / (len(finite) + 1)] * len(p_values)
-    for rank, (_, i) in enumerate(finite):
-        levels[i] = ALPHA / (len(finite) - rank)
-    return levels
+def adjust_many(p: np.ndarray, owner: np.ndarray, family_size: int) -> np.ndarray:
+    """Shaffer's step-down (1986) for one decision per claim, over many replicates at once: ``p`` (replicates ×
+    tests; NaN: no test, never rejected), ``owner`` the claim of each test. The test at step k is held to α / t_k,
+    t_k the claims of the family that still have an unrejected test: a claim's tests have disjoint nulls (Δ = 0,
+    |Δ| ≥ δ), so at most one of them is true, and a claim whose every test was rejected holds no true null. Returns
+    the adjusted p-values (a test rejects where its adjusted p is below α)."""
+    p = np.atleast_2d(np.asarray(p, dtype=float))
+    owner = np.asarray(owner)
+    size = max(family_size, len(np.unique(owner)))
+    tests_of = np.bincount(owner)[owner]  # per test: how many tests its claim has
+    order = np.argsort(np.where(np.isnan(p), np.inf, p), axis=1, kind="stable")
+    seen = np.zeros((p.shape[0], owner.max() + 1), dtype=int)
+    closed = np.zeros(p.shape[0], dtype=int)
+    running = np.zeros(p.shape[0])
+    adjusted = np.full(p.shape, np.nan)
+    rows = np.arange(p.shape[0])
+    for step in range(p.shape[1]):
+        test = order[:, step]
+        value = p[rows, test]
+        finite = ~np.isnan(value)
+        running = np.where(finite, np.maximum(running, np.minimum(1.0, (size - closed) * value)), running)
+        adjusted[rows, test] = np.where(finite, running, np.nan)
+        claim = owner[test]
+        seen[rows, claim] += finite
+        closed += finite & (seen[rows, claim] == tests_of[test])
+    return adjusted
 
 
-def evaluate_family(frame: pd.DataFrame, claims: list[Claim]) -> dict[str, Tested]:
-    """Test every claim of a suite over seeds. Each role (controls, primary, secondary) is one Holm family: the
-    difference tests and the equivalence tests of its claims adjusted together."""
+def adjust(p_by_claim: list[list[float]], family_size: int | None = None) -> list[list[float]]:
+    """``adjust_many`` for one family: each claim's p-values (NaN: no test) → their adjusted p-values;
+    ``family_size``: the claims of the declared family, at least those given (the others count as never rejected)."""
+    owner = np.array([i for i, ps in enumerate(p_by_claim) for _ in ps], dtype=int)
+    if owner.size == 0:
+        return [[] for _ in p_by_claim]
+    flat = adjust_many(np.array([[p for ps in p_by_claim for p in ps]]), owner, family_size or 0)[0].tolist()
+    out, start = [], 0
+    for ps in p_by_claim:
+        out.append([float(x) for x in flat[start:start + len(ps)]])
+        start += len(ps)
+    return out
+
+
+def decide(diff, p_difference, p_equivalence):
+    """The three-way decision from adjusted p-values (arrays or scalars): "higher" / "lower" where the difference
+    test rejects, "equivalent" where the TOST does, else "inconclusive"."""
+    diff, p_difference, p_equivalence = np.broadcast_arrays(*map(np.asarray, (diff, p_difference, p_equivalence)))
+    return np.where(p_difference < ALPHA, np.where(diff > 0, "higher", "lower"),
+                    np.where(p_equivalence < ALPHA, "equivalent", "inconclusive"))
+
+
+def planned_seeds(diff, sd, delta: float | None, level: float, cap: int) -> np.ndarray:
+    """The fewest seeds in [2, ``cap``] at which the difference test or the TOST within ±``delta`` reaches the
+    target power at true mean ``diff`` and sd ``sd`` (arrays), at ``level``; inf where ``cap`` seeds do not. Power
+    grows with n for both, so a vectorised bisection finds it."""
+    diff, sd = np.broadcast_arrays(np.abs(np.asarray(diff, dtype=float)), np.asarray(sd, dtype=float))
+
+    def powered(n: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ok = np.where(sd > 0, ttest_power(diff / sd, n, level) >= TARGET_POWER, diff > 0)
+            if delta is not None:
+                ok |= np.where(sd > 0, tost_power(diff, sd, delta, n, level) >= TARGET_POWER, diff < delta)
+        return ok
+
+    lo, hi = np.full(diff.shape, 2), np.full(diff.shape, cap)
+    reachable = powered(hi.astype(float))
+    while np.any(lo < hi):
+        mid = (lo + hi) // 2
+        ok = powered(mid.astype(float))
+        hi, lo = np.where(ok, mid, hi), np.where(ok, lo, np.minimum(mid + 1, hi))
+    return np.where(reachable, lo, np.inf)
+
+
+def report_family() -> list[str]:
+    """``suite:key`` of every primary claim the report decides (its suites with all their methods): the error
+    family of the primary claims, declared in each confirmation plan."""
+    keys = []
+    for name in SUITE_NAMES:
+        hook = next((s.report_sections for s in REGISTRY.suites() if s.name == name), None)
+        if isinstance(hook, SuiteReport):
+            everything = pd.DataFrame({"method": REGISTRY.method_names(name), "metric": "chance_top1"})
+            keys += [f"{name}:{c.key}" for c in hook.family(everything) if c.role == "primary"]
+    return keys
+
+
+def evaluate_family(frame: pd.DataFrame, claims: list[Claim], primary_family: int | None = None) -> dict[str, Tested]:
+    """Test every claim of a suite over seeds, one decision per claim (``adjust``) within its role: the controls
+    together, the secondary claims together, and the primary claims within a family of ``primary_family`` claims
+    (default: this suite's)."""
     if len({c.key for c in claims}) != len(claims):
         raise ValueError("claim keys must be unique within a family")
     if sum(c.role == "primary" for c in claims) > MAX_PRIMARY:
@@ -443,20 +561,22 @@ def evaluate_family(frame: pd.DataFrame, claims: list[Claim]) -> dict[str, Teste
     out = {}
     for role in ROLES:
         members = [i for i, c in enumerate(claims) if c.role == role]
-        # hypotheses of the family: (claim index, "p" or "p_tost")
-        hypotheses = [(i, key) for key in ("p", "p_tost") for i in members
-                      if key == "p" or claims[i].delta is not None]
-        p_values = [raw[i][0].get(key, math.nan) for i, key in hypotheses]
-        adjusted = dict(zip(hypotheses, holm(p_values)))
-        levels = dict(zip(hypotheses, holm_levels(p_values)))
-        for i in members:
+        size = max(len(members), primary_family or 0) if role == "primary" else len(members)
+        p_by_claim = [[raw[i][0].get("p", math.nan)] + ([raw[i][0].get("p_tost", math.nan)]
+                                                         if claims[i].delta is not None and not claims[i].is_level
+                                                         else []) for i in members]
+        adjusted = adjust(p_by_claim, size)
+        level = ALPHA / max(size, 1)  # the first step's level: what a plan powers each test for
+        for i, p_adjusted in zip(members, adjusted):
             r, needed, equivalence = raw[i]
-            level, tost_level = levels[(i, "p")], levels.get((i, "p_tost"), math.nan)
+            missing = claims[i].a.missing(frame) + (0 if claims[i].is_level else claims[i].b.missing(frame))
+            if claims[i].censored:
+                missing = 0  # NaN is "not reached": data, not a gap
             out[claims[i].key] = Tested(
-                claims[i], p_holm=adjusted[(i, "p")], p_tost_holm=adjusted.get((i, "p_tost"), math.nan),
+                claims[i], p_holm=p_adjusted[0], p_tost_holm=p_adjusted[1] if len(p_adjusted) > 1 else math.nan,
                 seeds_needed=needed(level) if needed is not None else math.nan,
-                seeds_equivalence=equivalence(tost_level) if equivalence is not None else math.nan,
-                level=level, **r)
+                seeds_equivalence=equivalence(level) if equivalence is not None else math.nan,
+                level=level, missing=missing, family_size=size, **r)
     return {c.key: out[c.key] for c in claims}
 
 
@@ -468,6 +588,7 @@ class Finding:
     claim: str  # what the paper claims, in a few words
     verdict: str  # reproduced / contradicted / equivalent within ±δ / inconclusive / untestable here (why)
     evidence: str = ""  # the numbers behind the verdict
+    tested: Tested | None = None  # the test behind it (the first table quotes its Δ, interval and n)
 
 
 def paper_verdict(t: Tested | None) -> str:
@@ -475,8 +596,8 @@ def paper_verdict(t: Tested | None) -> str:
     if t is None or t.n == 0:
         return "untestable here: not measured in this run"
     d = t.direction
-    if d in ("reached", "not reached"):
-        return "reproduced" if d == "reached" else "contradicted"
+    if d in ("reached", "not shown"):
+        return "reproduced" if d == "reached" else "inconclusive (not shown above the level)"
     if d == t.claim.expected:
         return "reproduced"
     if d in DIRECTIONS:
@@ -489,7 +610,7 @@ def paper_verdict(t: Tested | None) -> str:
 def finding(question: str, claim: str, t: Tested | None, extra: str = "") -> Finding:
     """A row of the first table from one tested claim: its verdict against the paper and its numbers."""
     evidence = "" if t is None else f"{t.claim.text}: {brief_line(t)}"
-    return Finding(question, claim, paper_verdict(t), evidence + (f"; {extra}" if extra else ""))
+    return Finding(question, claim, paper_verdict(t), evidence + (f"; {extra}" if extra else ""), t)
 
 
 @dataclass(frozen=True)
@@ -503,7 +624,9 @@ class SuiteReport:
     findings: Callable[[pd.DataFrame, dict[str, Tested]], list[Finding]]
 
     def tested(self, frame: pd.DataFrame) -> dict[str, Tested]:
-        return evaluate_family(frame, self.family(frame))
+        """Decided within the report's primary family when this is one of the report's suites."""
+        ours = any(s.report_sections is self for s in REGISTRY.suites())
+        return evaluate_family(frame, self.family(frame), len(report_family()) if ours else None)
 
     def __call__(self, frame: pd.DataFrame, timings: pd.DataFrame | None) -> list[Section]:
         return self.sections(frame, timings, self.tested(frame))
@@ -526,11 +649,11 @@ def claims_table(tested: dict[str, Tested], role: str) -> pd.DataFrame:
                       else f"mean {fmt_value(t.diff + t.claim.b)} vs {t.claim.b:g}" if t.claim.is_level
                       else fmt_value(t.diff) for t in rows],
         "95% CI of Δ": ["sign test" if t.claim.censored
-                        else f"of the mean: [{fmt_value(t.ci_low + t.claim.b)}, {fmt_value(t.ci_high + t.claim.b)}]"
+                        else f"one-sided lower bound of the mean: {fmt_value(t.ci_low + t.claim.b)}"
                         if t.claim.is_level else f"[{fmt_value(t.ci_low)}, {fmt_value(t.ci_high)}]" for t in rows],
-        "p": ["a level: no test" if t.claim.is_level else fmt_p(t.p) if t.used
+        "p": [f"{fmt_p(t.p)} (one-sided)" if t.claim.is_level else fmt_p(t.p) if t.used
               else f"not used (smallest attainable {fmt_p(t.min_p)})" for t in rows],
-        "Holm p": ["" if t.claim.is_level else fmt_p(t.p_holm) for t in rows],
+        "Holm p": [fmt_p(t.p_holm) for t in rows],
         "δ: TOST Holm p": ["" if math.isnan(t.p_tost) else f"±{t.claim.delta:g}: {fmt_p(t.p_tost_holm)}"
                            for t in rows],
         "n": [t.n for t in rows],

@@ -17,6 +17,8 @@ import threading
 from pathlib import Path
 
 from benchmark import catalog, perf_extras
+from benchmark.config import seed
+from benchmark.registry import PROFILES, SUITE_NAMES
 from cvpdl.errors import UserInputError
 
 EXIT_USAGE = 2
@@ -46,7 +48,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _seed(text: str) -> int:
     try:
-        return catalog.seed(text)
+        return seed(text)
     except UserInputError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 
@@ -70,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train and evaluate every (method, seed) cell of a suite")
     run.add_argument("--suite", required=True, metavar="SUITE",
-                     help=f"the suite to run: {' | '.join(catalog.SUITE_NAMES)}")
+                     help=f"the suite to run: {' | '.join(SUITE_NAMES)}")
     run.add_argument("--methods", nargs="+", help="subset of the suite's methods (default: all; `list` names them)")
     run.add_argument("--seeds", nargs="+", type=_seed, default=[0, 1, 2, 3, 4],
                      help="distinct integers >= 0, one cell per method and seed")
@@ -117,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue interrupted cells from their last per-epoch "
                                                            "checkpoint (finished cells are always reused)")
 
+    plan = sub.add_parser("plan", help="pre-register a suite's confirmation from its development pilot (seeds 0-4) → "
+                                       "DIR/confirmation/<suite>/plan.json; `run --plan` runs it once")
+    plan.add_argument("--suite", required=True, metavar="SUITE",
+                      help=f"the suite to plan: {' | '.join(SUITE_NAMES)}")
+    plan.add_argument("--results-dir", type=Path, default=Path("results"), help="where the pilot results/<suite>/ is")
+    plan.add_argument("--force", action="store_true", help="replace a plan whose confirmation has not started")
+
     evaluate = sub.add_parser("evaluate", help="the common COCO evaluator on a ground truth and detections")
     evaluate.add_argument("--gt", type=Path, required=True, help="COCO ground-truth JSON")
     evaluate.add_argument("--dt", type=Path, required=True, help="COCO results JSON (list of detections)")
@@ -144,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", help="compare a run with the committed results/<suite> (git HEAD), metric by "
                                            "metric; exit 3 when something did not reproduce")
     verify.add_argument("--suite", required=True, metavar="SUITE",
-                     help=f"the suite to compare: {' | '.join(catalog.SUITE_NAMES)}")
+                     help=f"the suite to compare: {' | '.join(SUITE_NAMES)}")
     verify.add_argument("--results-dir", type=Path, help="where the run to check is (default: results), or with "
                                                          "--run where to write it (default: a new temporary folder)")
     verify.add_argument("--run", action="store_true", help="rerun the committed profile, methods, seeds and thread "
@@ -156,11 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     tune = sub.add_parser("tune", help="the same Optuna budget per method on the val split → DIR/<suite>/tuning/")
     tune.add_argument("--suite", required=True, metavar="SUITE",
-                     help=f"the suite to tune: {' | '.join(catalog.SUITE_NAMES)}")
+                     help=f"the suite to tune: {' | '.join(SUITE_NAMES)}")
     tune.add_argument("--methods", nargs="+", help="subset of the suite's methods (default: all)")
     tune.add_argument("--trials", type=int, default=20, help="completed trials per method (a killed study resumes)")
     tune.add_argument("--profile", default="default", metavar="PROFILE",
-                      help=f"the profile every trial runs: {' | '.join(catalog.PROFILES)}")
+                      help=f"the profile every trial runs: {' | '.join(PROFILES)}")
     tune.add_argument("--seed", type=_seed, default=1000, help="seed of every trial's cell and of the TPE sampler "
                                                             "(default 1000: no final run evaluates it)")
     tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -178,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="rebuild summary.md and figures of every written run of a suite (and "
                                            "REPORT.md), no training")
     report.add_argument("--suite", required=True, metavar="SUITE",
-                     help=f"the suite to re-render: {' | '.join(catalog.SUITE_NAMES)}")
+                     help=f"the suite to re-render: {' | '.join(SUITE_NAMES)}")
     report.add_argument("--results-dir", type=Path, default=Path("results"), help="where results/<suite>/ is")
     report.add_argument("--from-mlflow", action="store_true", help="rebuild metrics.csv from the tracked runs")
     for name, command in sub.choices.items():  # -v/-q also after the subcommand (list's own -v lists deviations)
@@ -246,14 +255,29 @@ def cmd_evaluate(args) -> None:
     print(json.dumps(stats, indent=2))
 
 
+def cmd_plan(args) -> None:
+    from benchmark.confirmation import write_plan
+
+    path = write_plan(args.suite, args.results_dir, args.force)
+    plan = json.loads(path.read_text())
+    print(f"{path}: {plan['n']} seeds ({plan['seeds'][0]}-{plan['seeds'][-1]}, none used before), one look, family of "
+          f"{plan['family_size']} primary claims at α={plan['alpha']:g} (each test at "
+          f"≈{plan['alpha'] / plan['family_size']:.2g})")
+    for claim in plan["claims"]:
+        needs = claim["seeds_needed"]
+        print(f"  {claim['text']}: pilot Δ {claim['pilot']['diff']:+.4f}; needs "
+              f"{'∞' if needs is None else f'{needs:.0f}'} seeds; power at {plan['n']}: {claim['power_at_n']}")
+    print(f"run it once: python -m benchmark run --suite {args.suite} --plan {path}  (commit the plan first)")
+
+
 def cmd_print_config(options) -> None:
     """The resolved config as YAML that ``--config`` reads back (same config hash with the same --data options)."""
     import yaml
 
     from benchmark import config as config_lib
-    from benchmark.plan import resolve
+    from benchmark.plan import apply_plan, resolve
 
-    _, _, cfg = resolve(options)
+    _, _, cfg = resolve(apply_plan(options))
     print(f"# suite {options.suite}, profile {options.profile}; config_hash "
           f"{config_lib.config_hash({'cfg': cfg, **options.data_options()})} with --data {options.data}")
     print(yaml.safe_dump(cfg, sort_keys=False), end="")
@@ -302,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
             print_config = args.__dict__.pop("print_config")
             options = RunOptions(**{k: v for k, v in vars(args).items() if k != "command"})
             cmd_print_config(options) if print_config else run_suite(options)
+        elif args.command == "plan":
+            cmd_plan(args)
         elif args.command == "evaluate":
             cmd_evaluate(args)
         elif args.command == "report":

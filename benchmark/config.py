@@ -26,6 +26,32 @@ POSITIVE = ("*.lr", "*temperature")
 FRACTION = ("*_iou", "*_frac", "*fractions", "*threshold", "*.label_flip", "*alpha", "*.proposal_nms", "*target_ap*")
 
 
+MAX_SEED = 2**32 - 1  # numpy's seed range
+
+
+def seed(text: str) -> int:
+    """argparse ``type=`` of a seed: an integer in numpy's seed range."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise UserInputError(f"seed {text!r} is not an integer") from None
+    if not 0 <= value <= MAX_SEED:
+        raise UserInputError(f"seed {value} is out of range: seeds are integers from 0 to {MAX_SEED}")
+    return value
+
+
+def check_seeds(seeds: list[int] | None, flag: str = "--seeds") -> None:
+    if seeds is None:
+        return
+    if not seeds:
+        raise UserInputError(f"{flag} lists no seed")
+    for value in seeds:
+        seed(str(value))
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise UserInputError(f"{flag} lists seed {', '.join(map(str, repeated))} more than once")
+
+
 def defaults(sections: dict[str, type]) -> dict[str, dict[str, Any]]:
     return {name: json.loads(json.dumps(dataclasses.asdict(cls()))) for name, cls in sections.items()}
 

@@ -11,7 +11,8 @@ import torch
 
 from benchmark import config as config_lib
 from benchmark import distributed, reproducibility
-from benchmark.catalog import check_seeds
+from benchmark.config import check_seeds
+from benchmark.confirmation import CONFIRMATION, check_seed_roles, load_plan
 from benchmark.params import load_params, study_profile
 from benchmark.registry import REGISTRY, MethodSpec, SuiteSpec
 from cvpdl.errors import UserInputError
@@ -65,6 +66,25 @@ def pick_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise UserInputError(f"unknown device {name!r}; choose from: auto, cpu, cuda")
     return torch.device(name)
+
+
+def apply_plan(options: RunOptions) -> RunOptions:
+    """``run --plan``: the plan's seeds, methods and profile into ``DIR/confirmation/<suite>/`` (DIR the folder
+    holding ``confirmation/``), its seeds checked against every other use; any other choice of those is refused.
+    Without a plan: the seeds checked against the suite's committed plan, which reserves them."""
+    if options.plan is None:
+        check_seed_roles(Path(options.results_dir), options.suite, options.seeds, "development")
+        return options
+    plan = load_plan(options.plan, options.suite)
+    path = Path(options.plan).resolve()
+    if path.parent.name != options.suite or path.parent.parent.name != CONFIRMATION:
+        raise UserInputError(f"--plan {options.plan}: a plan lives at DIR/{CONFIRMATION}/{options.suite}/plan.json")
+    if options.overrides or options.config_file or options.params not in (None, Path("none")) or options.methods:
+        raise UserInputError("--plan fixes the config, methods and seeds: drop --set, --config, --params and --methods")
+    root = path.parent.parent.parent
+    check_seed_roles(root, options.suite, plan["seeds"], "confirmation")
+    return replace(options, seeds=list(plan["seeds"]), methods=list(plan["methods"]), profile=plan["profile"],
+                   results_dir=path.parent.parent, params=Path("none"))
 
 
 def resolve(options: RunOptions) -> tuple[SuiteSpec, list[MethodSpec], dict]:
@@ -166,7 +186,8 @@ def describe_run(options: RunOptions, spec: SuiteSpec, methods: list[MethodSpec]
     cfg_hash = run_config_hash(options, cfg, params)
     commit, dirty = reproducibility.git_state()
     run_info = {"suite": spec.name, "profile": options.profile, "methods": [m.name for m in methods],
-                "seeds": options.seeds, "config": cfg, "config_hash": cfg_hash, "params": params, **data_options,
+                "seeds": options.seeds, "plan": str(options.plan) if options.plan else None, "config": cfg,
+                "config_hash": cfg_hash, "params": params, **data_options,
                 "git_commit": commit, "git_dirty": dirty, "device": str(ex.device), "threads": ex.threads,
                 "world_size": ex.world, "jobs": options.jobs, "executor": options.executor,
                 # versions, date, command, CPU/ISA, OS, torch build, evaluator, data hashes; the signature decides

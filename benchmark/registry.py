@@ -101,6 +101,12 @@ class SuiteSpec:
     floors: tuple[Floor, ...] = ()  # levels below which a method (a baseline above all) is flagged in the report
 
 
+# The report's suites and every suite's profiles, import-free for --help and the checks made before torch is
+# imported; tests check them against the registry.
+SUITE_NAMES = ("detr", "kd", "ovd")
+PROFILES = ("quick", "default", "full")
+
+
 class Registry:
     def __init__(self):
         self._suites: dict[str, SuiteSpec] = {}

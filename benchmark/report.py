@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -33,12 +35,14 @@ from benchmark.claims import (
     summary_row,
     summary_rows,
 )
+from benchmark.confirmation import CONFIRMATION, plan_mismatch
 from benchmark.params import staleness
 from benchmark.registry import REGISTRY, SuiteSpec
 from benchmark.results import atomic_write_text, read_metrics, read_tables
 from cvpdl.errors import UserInputError
 
-INSENSITIVE = "testbed insensitive: the verdicts below cannot be read as the methods' effects"
+INSENSITIVE = ("testbed insensitive: a positive control is not shown, so the verdicts below cannot be read as the "
+               "methods' effects")
 
 
 def _markdown(frame: pd.DataFrame) -> str:
@@ -197,17 +201,20 @@ def tuning_lines(suite_dir: Path, frame: pd.DataFrame, run: dict) -> list[str]:
     return lines
 
 
-CONTROLS_NOTE = ("A comparison holds when its paired t-test over seeds is significant (Holm over the controls) in the "
-                 "expected direction; a level holds when the mean over seeds reaches it. If one fails, the report "
+CONTROLS_NOTE = ("A comparison holds when its paired t-test over seeds rejects in the expected direction; a level "
+                 "holds when its one-sided t-test rejects \"mean ≤ level\" (the one-sided 95% lower bound clears it); "
+                 "the controls are one family (Shaffer's step-down over claims). If one is not shown, the report "
                  "opens with \"" + INSENSITIVE + "\".\n\n")
 VERDICTS_NOTE = (f"Verdicts: higher / lower where the two-sided paired t-test rejects; equivalent within ±δ where the "
                  f"paired TOST against the declared smallest effect of interest δ rejects (statsmodels "
-                 f"`ttost_paired`); otherwise inconclusive. Both tests of every claim of the family are Holm-adjusted "
-                 f"together at α = {ALPHA:g}. \"seeds a > b\" counts the seeds on which the first arm is higher, "
+                 f"`ttost_paired`); otherwise inconclusive. The two tests of a claim have disjoint nulls, so a claim "
+                 f"is one decision and the family counts claims: every primary claim of the report, held to α = "
+                 f"{ALPHA:g} by Shaffer's step-down (each test at α / the claims still open; \"Holm p\" is that "
+                 f"adjusted p). \"seeds a > b\" counts the seeds on which the first arm is higher, "
                  f"significant or not. A test whose smallest attainable p at the run's n is ≥ {ALPHA:g} (a two-sided "
                  f"sign test on 5 seeds: 0.0625) is not used at that n.\n\n")
-POWER_NOTE = ("Seeds planned by power (80%, at the observed effect and the level Holm's step-down holds each test "
-              "to here, α / (tests not yet rejected before it); the difference test's power from the noncentral t, "
+POWER_NOTE = ("Seeds planned by power (80%, at the observed effect and the first step's level of the family, "
+              "α / its claims, as `plan` uses; the difference test's power from the noncentral t, "
               "the TOST's from the lower bound P(T₊ > t) + P(T₋ < −t) − 1):\n\n")
 
 
@@ -377,42 +384,71 @@ def anchor(heading: str) -> str:
     return "#" + kept.replace(" ", "-")
 
 
-def first_table(findings: list[tuple[str, Finding, bool]],
-                fresh: dict[tuple[str, str], tuple[Finding, bool]] | None = None) -> str:
-    """REPORT.md's first screen: every question × claim with its verdict, linked to the section that answers it
-    (``(suite, finding, testbed sensitive)``). ``fresh``: the same claims rerun on seeds never used in development
-    (``(suite, claim)`` → (finding, testbed sensitive)); a verdict they do not repeat is marked "not confirmed on
-    fresh seeds", an inconclusive one they decide is marked with their verdict."""
-    def verdict(suite: str, f: Finding, sensitive: bool) -> str:
-        notes = [] if sensitive or f.verdict.startswith("untestable") else [INSENSITIVE.split(":")[0]]
-        again, _ = (fresh or {}).get((suite, f.claim), (None, True))
-        if again is not None and again.verdict != f.verdict and not f.verdict.startswith(("untestable", "inconcl")):
-            notes.append("not confirmed on fresh seeds")
-        elif again is not None and f.verdict.startswith("inconcl") and not again.verdict.startswith("inconcl"):
-            # a confirmation run sized by the pilot's power plan can decide what the pilot could not
-            notes.append(f"{again.verdict} on fresh seeds")
-        return f"**{f.verdict}**" + (f" ({'; '.join(notes)})" if notes else "")
-
-    table = pd.DataFrame({
-        "suite": [f"`{suite}`" for suite, _, _ in findings],
-        "question": [f"[{f.question.split('. ')[0] if '. ' in f.question else 'controls'}]({anchor(f.question)})"
-                     for _, f, _ in findings],
-        "claim": [f.claim for _, f, _ in findings],
-        "verdict": [verdict(*row) for row in findings],
-        "evidence": [f.evidence for _, f, _ in findings]})
-    if fresh is not None:
-        table.insert(4, "on fresh seeds", [_fresh_cell(fresh.get((suite, f.claim)), f) for suite, f, _ in findings])
-    return _markdown(table.map(lambda cell: cell.replace("|", "\\|")))  # a bar inside a cell would end it
+def short_id(suite: str, question: str) -> str:
+    """A question's short anchor in REPORT.md: ``kd-b2`` for "B2. ...", ``kd-controls`` for a suite's controls."""
+    label = question.split(". ")[0] if ". " in question else "controls"
+    return f"{suite}-{label.lower()}"
 
 
-def _fresh_cell(again: tuple[Finding, bool] | None, first: Finding) -> str:
-    if first.verdict.startswith("untestable"):
-        return ""
-    if again is None:
-        return "not rerun"
-    finding, sensitive = again
-    return (finding.verdict + ("" if sensitive else f" ({INSENSITIVE.split(':')[0]})")
-            + (f": {finding.evidence}" if finding.evidence else ""))
+STAGED = Path("exploratory") / "staged-confirmation"  # the reruns grown look by look before plans existed
+SOURCES = {"confirmation": "confirmation", "staged": "staged†", "development": "development"}
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """The rows one source gives REPORT.md: (suite, claim) → (finding, testbed sensitive), or why none."""
+
+    rows: dict[tuple[str, str], tuple[Finding, bool]]
+    notes: dict[str, str]  # suite → one line: a plan not run yet, or a confirmation that is not its plan's
+
+
+def source_findings(root: Path, plans: Path | None = None) -> Evidence:
+    """The findings of every suite's run under ``root`` (``root/<suite>/metrics.csv``). ``plans``: where the
+    suites' plan.json files are; a run is then used only where it is exactly its plan (seeds, methods, config)."""
+    rows, notes = {}, {}
+    for spec in REGISTRY.suites():
+        folder = root / spec.name
+        plan_file = (plans or root) / spec.name / "plan.json"
+        if plans is not None and not plan_file.is_file():
+            continue
+        if not (folder / "metrics.csv").is_file() or spec.report_sections is None:
+            if plans is not None:
+                plan = json.loads(plan_file.read_text())
+                notes[spec.name] = f"planned ({plan['n']} seeds, {plan['seeds'][0]}-{plan['seeds'][-1]}), not run yet"
+            continue
+        frame, _, run = load_suite(folder)
+        if plans is not None:
+            mismatch = plan_mismatch(json.loads(plan_file.read_text()), frame, run)
+            if mismatch is not None:
+                notes[spec.name] = f"not decided from: it is not its plan ({mismatch})"
+                continue
+        rows.update({(spec.name, f.claim): (f, sensitive) for _, f, sensitive in suite_findings(spec, frame)[0]})
+    return Evidence(rows, notes)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")  # a bar inside a cell would end it
+
+
+def first_table(findings: list[tuple[str, Finding, bool]], sources: dict[str, Evidence]) -> str:
+    """REPORT.md's first screen: one row per claim (controls first), the verdict of the strongest source that
+    decided it (the planned confirmation, else the staged reruns, else the development pilot), Δ [95% CI], n."""
+    lines = ["| Q | claim | verdict | Δ [95% CI] | n | from |", "|---|---|---|---|---|---|"]
+    for suite, dev, dev_sensitive in findings:
+        source, (f, sensitive) = next(((name, evidence.rows[(suite, dev.claim)])
+                                       for name, evidence in sources.items() if (suite, dev.claim) in evidence.rows),
+                                      ("development", (dev, dev_sensitive)))
+        t = f.tested
+        verdict = f"**{f.verdict}**" + ("" if sensitive or f.verdict.startswith("untestable")
+                                         else f" ({INSENSITIVE.split(':')[0]})")
+        label = f.question.split(". ")[0] if ". " in f.question else "controls"
+        interval = (f"{t.diff:+.3f} [{t.ci_low:+.3f}, {t.ci_high:+.3f}]" if t is not None and t.n >= 2
+                    and not t.claim.censored and not t.claim.is_level and label != "controls" else "")
+        n = str(t.n) if t is not None else ""
+        untested = f.verdict.startswith("untestable")
+        lines.append(f"| [{label}](#{short_id(suite, f.question)}) | {_cell(f.claim)} | {_cell(verdict)} | "
+                     f"{interval} | {n} | {'' if untested else SOURCES[source]} |")
+    return "\n".join(lines) + "\n"
 
 
 def _control_rows(suite: str, tested: dict[str, Tested]) -> list[tuple[str, Finding, bool]]:
@@ -421,12 +457,10 @@ def _control_rows(suite: str, tested: dict[str, Tested]) -> list[tuple[str, Find
         return []
     failed = failed_controls(tested)
     heading = f"Suite `{suite}`: positive controls"
-    return [(suite, Finding(heading, "Positive controls (" + "; ".join(t.claim.text for t in controls) + ")",
-                            "hold" if not failed else f"{len(failed)} of {len(controls)} fail: {INSENSITIVE}",
-                            "; ".join(f"{t.claim.text}: {brief_line(t)}" for t in (failed or controls))), True)]
-
-
-CONFIRMATION = "confirmation"  # results_dir/confirmation/<suite>/: the same profile rerun on fresh seeds
+    verdict = "hold" if not failed else f"{len(failed)} of {len(controls)} not shown"
+    return [(suite, Finding(heading, f"`{suite}` positive controls ({len(controls)} test{'s' * (len(controls) > 1)})", verdict,
+                            "; ".join(f"{t.claim.text}: {brief_line(t)}" for t in (failed or controls)),
+                            min(controls, key=lambda t: t.n)), True)]
 
 
 def suite_findings(spec: SuiteSpec, frame: pd.DataFrame) -> tuple[list[tuple[str, Finding, bool]],
@@ -441,26 +475,16 @@ def suite_findings(spec: SuiteSpec, frame: pd.DataFrame) -> tuple[list[tuple[str
             + [(spec.name, f, sensitive) for f in spec.report_sections.findings(frame, tested)], tested, sensitive)
 
 
-def fresh_findings(results_dir: Path) -> dict[tuple[str, str], tuple[Finding, bool]] | None:
-    """``(suite, claim)`` → (finding, testbed sensitive) of the confirmation run in ``results_dir/confirmation``
-    (None: there is none)."""
-    root = results_dir / CONFIRMATION
-    found = {}
-    for spec in REGISTRY.suites():
-        if (root / spec.name / "metrics.csv").is_file() and spec.report_sections is not None:
-            frame, _, _ = load_suite(root / spec.name)
-            found.update({(spec.name, f.claim): (f, sensitive) for _, f, sensitive in suite_findings(spec, frame)[0]})
-    return found or None
-
-
 def report_markdown(results_dir: Path) -> str:
-    """``REPORT.md``: one table of every question's verdicts first (with the fresh-seed confirmation run's, where
-    ``results_dir/confirmation`` holds one), then per suite its positive controls, each course question with the
-    literature's answer, what was measured, the figures with their captions, and the limitations of every run."""
+    """``REPORT.md``: a first screen with one row per claim and its headline verdict (the planned confirmation's
+    where it ran, else the staged reruns', else the development pilot's), then per suite its positive controls,
+    each course question with the literature's answer, what was measured, every source's verdict, the figures
+    with their captions, and the limitations of every run."""
     from paper_figures import CAPTIONS
 
+    sources = {"confirmation": source_findings(results_dir / CONFIRMATION, plans=results_dir / CONFIRMATION),
+               "staged": source_findings(results_dir / STAGED)}
     rows, body, limits = [], [], []
-    fresh = fresh_findings(results_dir)
     for spec in sorted(REGISTRY.suites(), key=lambda s: s.name):
         suite_dir = results_dir / spec.name
         body.append(f"## Suite `{spec.name}`: {spec.question}\n\n")
@@ -472,22 +496,27 @@ def report_markdown(results_dir: Path) -> str:
         findings, tested, sensitive = suite_findings(spec, frame)
         rows += findings
         if not sensitive:
-            body.append(f"**{INSENSITIVE[0].upper() + INSENSITIVE[1:]}** (failed: "
+            body.append(f"**{INSENSITIVE[0].upper() + INSENSITIVE[1:]}** (not shown: "
                         f"{'; '.join(t.claim.text for t in failed_controls(tested))}).\n\n")
-        body.append(f"Results: `{spec.name}/summary.md` (data {_data_line(spec, run)}, profile "
+        body.append(f"Development pilot: `{spec.name}/summary.md` (data {_data_line(spec, run)}, profile "
                     f"`{run.get('profile', '?')}`, seeds "
-                    f"{sorted(frame['seed'].unique().tolist())}, commit `{run.get('git_commit', '?')[:12]}`).\n\n")
+                    f"{sorted(frame['seed'].unique().tolist())}, commit `{run.get('git_commit', '?')[:12]}`).")
+        notes = sources["confirmation"].notes.get(spec.name)
+        body.append(f" Planned confirmation (`{CONFIRMATION}/{spec.name}/plan.json`): {notes}.\n\n" if notes
+                    else "\n\n")
         if tested:
             controls = [t for t in tested.values() if t.claim.role == "control"]
             if controls:
-                body.append(f"### Suite `{spec.name}`: positive controls\n\n")
-                body += [f"- {t.claim.text}: {t.line()} — **{'holds' if t.holds else 'fails'}**.\n" for t in controls]
+                body.append(f'<a id="{spec.name}-controls"></a>\n\n### Suite `{spec.name}`: positive controls\n\n')
+                body += [f"- {t.claim.text}: {t.line()} — **{'holds' if t.holds else 'not shown'}**.\n"
+                         for t in controls]
                 body.append("\n")
         for section in spec.report_sections(frame, timings):
-            body.append(f"### {section.heading}\n\n**The literature (not measured here).** {section.literature}"
-                        "\n\n**Measured.**\n\n")
+            body.append(f'<a id="{short_id(spec.name, section.heading)}"></a>\n\n### {section.heading}\n\n'
+                        f"**The literature (not measured here).** {section.literature}\n\n**Measured.**\n\n")
             body += [f"- {line}\n" for line in section.measured]
             body.append(f"\n**Agreement with the paper.** {section.verdict}\n\n" if section.verdict else "\n")
+            body += _verdicts_by_source(spec.name, section.heading, findings, sources)
             for name in section.figures:
                 caption = CAPTIONS.get(spec.name, {}).get(name, "")
                 body.append(f"![{name}]({spec.name}/figures/{name}.png)\n\n*Figure `{name}`.* {caption}\n\n")
@@ -496,25 +525,48 @@ def report_markdown(results_dir: Path) -> str:
             f"- {line}\n" for line in limitations(spec, frame, run, tested)) + "\n")
     parts = ["# cvpdl-bench — report\n\n"]
     if rows:
-        parts += ["Every question of the suites, claim by claim: **reproduced** (significant in the paper's "
-                  "direction), **contradicted** (significant the other way), **equivalent** (within the declared "
-                  "smallest effect of interest), **inconclusive** (neither, at this number of seeds), or "
-                  "**untestable here** (with why). Primary claims only: secondary claims are exploratory and stay "
-                  "in each suite's `summary.md`. A suite whose positive controls fail is marked *testbed "
-                  "insensitive* on every row."
-                  + (" Column *on fresh seeds*: the same profile rerun on seeds never used in development "
-                     f"(`{CONFIRMATION}/`, its seed count in the column's n); a verdict they do not repeat is marked "
-                     "so, and an inconclusive one they decide is marked with their verdict. It was grown in stages "
-                     "to the seed counts the power plan asked for (docs/reproducing.md lists the stages), and its p "
-                     "values are not corrected for those interim looks." if fresh else "")
-                  + "\n\n", first_table(rows, fresh), "\n"]
-    parts += ["Generated by `python -m benchmark report` from `results/*/metrics.csv` (and each suite's run.json and "
-              "timings.csv); every measured number is mean ± std over seeds with the 95% t-interval in brackets, and "
-              "comparisons are paired over seeds. Each suite declares positive controls, at most "
-              f"{MAX_PRIMARY} primary claims and secondary claims; each group is Holm-adjusted on its own, and a "
-              f"verdict is significant only when the adjusted p is below {ALPHA:g}. Paragraphs headed **The "
-              "literature** state what the papers report and were not measured here. Each suite's `summary.md` has "
-              "the full tables and the seeds each primary claim needs.\n\n", *body]
+        parts += [INTRO, first_table(rows, sources), "\n", _wrapped(STAGED_NOTE)]
+    parts += [_wrapped(GENERATED), *body]
     if limits:
         parts += ["## Limitations\n\n", "Generated from each run's run.json and metrics.csv.\n\n", *limits]
     return "".join(parts)
+
+
+def _wrapped(paragraph: str) -> str:
+    """A paragraph in lines of at most 120 characters (markdown joins them)."""
+    return textwrap.fill(paragraph.strip(), 120, break_on_hyphens=False, break_long_words=False) + "\n\n"
+
+
+def _verdicts_by_source(suite: str, heading: str, findings: list[tuple[str, Finding, bool]],
+                        sources: dict[str, Evidence]) -> list[str]:
+    """Under each question: every claim's verdict from each source that has one, with its evidence."""
+    lines = []
+    for _, dev, _ in (row for row in findings if row[1].question == heading and row[1].tested is not None):
+        lines.append(f"*{dev.claim}*\n\n")
+        for name, evidence in sources.items():
+            if (suite, dev.claim) in evidence.rows:
+                f, _ = evidence.rows[(suite, dev.claim)]
+                lines.append(f"- {SOURCES[name]}: **{f.verdict}** — {f.evidence}\n")
+        lines.append(f"- development (seeds 0-4): **{dev.verdict}** — {dev.evidence}\n\n")
+    return lines
+
+
+INTRO = ("Each claim of the course questions, decided once: reproduced, contradicted, equivalent (±δ), inconclusive "
+         "or untestable here.\n"
+         "*from*: the planned confirmation where it ran, else the staged reruns†, else the 5-seed development "
+         "pilot.\n"
+         "Primary claims form one error family (α = 0.05, Shaffer's step-down over claims); each row links to its "
+         "evidence.\n\n")
+STAGED_NOTE = ("† Staged reruns (`exploratory/staged-confirmation/`): fresh seeds 100-142, grown look by look to "
+               "sizes computed from earlier looks, so their error rate is not controlled (a simulation puts it at "
+               "1.7-3.4 × α); exploratory evidence, not a confirmation. The planned confirmations "
+               "(`confirmation/<suite>/plan.json`) replace them once run.\n\n")
+GENERATED = ("Generated by `python -m benchmark report` from `results/*/metrics.csv` (and each suite's run.json and "
+             "timings.csv); every measured number is mean ± std over seeds with the 95% t-interval in brackets, and "
+             "comparisons are paired over seeds. Each suite declares positive controls (tested: a level by its "
+             f"one-sided lower bound, a comparison by its test), at most {MAX_PRIMARY} primary claims and secondary "
+             "claims. A claim is one decision (difference test or TOST); controls, the report's primary claims and "
+             "each suite's secondary claims are three families, each held to α by Shaffer's step-down over its "
+             f"claims, and a verdict is significant only when its adjusted p is below {ALPHA:g}. Paragraphs headed "
+             "**The literature** state what the papers report and were not measured here. Each suite's "
+             "`summary.md` has the full tables and the seeds each primary claim needs.\n\n")

@@ -31,7 +31,9 @@ from benchmark import distributed
 from benchmark.cells import CellStore, FinishedCell, cell_keys, stack, write_suite_files
 from benchmark.context import RunContext
 from benchmark.paths import default_cache_dir
-from benchmark.plan import Execution, RunOptions, describe_run, pick_device, resolve, results_folder, tuned_configs
+from benchmark.confirmation import load_plan
+from benchmark.plan import (Execution, RunOptions, apply_plan, describe_run, pick_device, resolve, results_folder,
+                            run_config_hash, tuned_configs)
 from benchmark.registry import REGISTRY, MethodSpec, SuiteSpec
 from benchmark.report import SMOKE, headline_table, is_smoke, render_suite
 from benchmark.results import locked
@@ -244,6 +246,13 @@ class Invocation:
 def open_invocation(options: RunOptions) -> Invocation:
     """Resolve and validate everything, set up torch, the cell store, the tracker and the cell runner."""
     spec, methods, cfg = resolve(options)
+    if options.plan is not None:
+        plan = load_plan(options.plan, spec.name)
+        cfg_hash = run_config_hash(options, cfg, {})
+        if cfg_hash != plan["config_hash"]:
+            raise UserInputError(f"--plan {options.plan}: this code resolves the plan's profile to config hash "
+                                 f"{cfg_hash[:8]}, not the plan's {plan['config_hash'][:8]} (the config changed since "
+                                 "the pilot: plan again from a new pilot)")
     params, method_cfgs = tuned_configs(options, methods)
     ex = setup_torch(options.device, options.threads, options.jobs)
     run_info, tags = describe_run(options, spec, methods, cfg, params, ex)
@@ -377,6 +386,7 @@ def _train_as_jobs(options: RunOptions, cells: list[tuple[MethodSpec, int]], par
 
 
 def run_suite(options: RunOptions) -> pd.DataFrame:
+    options = apply_plan(options)
     invocation = open_invocation(options)
     spec, methods, cfg, run_info, tags = (invocation.spec, invocation.methods, invocation.cfg, invocation.run_info,
                                           invocation.tags)

@@ -28,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.params import TUNING_SEED, assignment, study_provenance
+from benchmark.confirmation import check_seed_roles
 from benchmark.registry import REGISTRY, MethodSpec, SearchParam, SuiteSpec
 from benchmark.results import atomic_write_csv, atomic_write_text, locked
 from cvpdl.errors import UserInputError
@@ -111,6 +112,7 @@ def _resolve(options: TuneOptions) -> tuple[SuiteSpec, list[MethodSpec]]:
         raise UserInputError(f"--trials must be at least 1, got {options.trials}")
     if options.profile not in spec.profiles:
         raise UserInputError(f"unknown profile {options.profile!r}; choose from: {', '.join(spec.profiles)}")
+    check_seed_roles(Path(options.results_dir), spec.name, [options.seed], "tuning")
     return spec, methods
 
 

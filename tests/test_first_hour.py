@@ -11,6 +11,7 @@ import pytest
 
 from benchmark import catalog
 from benchmark.cli import build_parser
+from benchmark.registry import PROFILES, SUITE_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,9 +64,9 @@ def test_static_names_match_the_registry():
     import benchmark.suites
     from benchmark.registry import REGISTRY
 
-    assert catalog.SUITE_NAMES == benchmark.suites.SUITES
-    for name in catalog.SUITE_NAMES:
-        assert tuple(REGISTRY.suite(name).profiles) == catalog.PROFILES
+    assert SUITE_NAMES == benchmark.suites.SUITES
+    for name in SUITE_NAMES:
+        assert tuple(REGISTRY.suite(name).profiles) == PROFILES
 
 
 def test_every_subcommand_and_option_has_help():

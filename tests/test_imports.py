@@ -26,13 +26,13 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                       "benchmark.registry", "benchmark.config", "benchmark.reproducibility", "benchmark.params",
                       "benchmark.context")),
     ("claims and cache", ("benchmark.claims", "benchmark.cache")),
-    ("the runner's parts", ("benchmark.plan", "benchmark.cells", "benchmark.tracking", "benchmark.report",
+    ("the runner's parts", ("benchmark.confirmation", "benchmark.plan", "benchmark.cells", "benchmark.tracking", "benchmark.report",
                             "benchmark.suites", "benchmark.suites.*")),
     ("runner", ("benchmark.runner",)),
     ("commands", ("benchmark.tune", "benchmark.verify", "benchmark.perf", "benchmark.perf_common",
                   "benchmark.perf_models", "benchmark.perf_suites", "benchmark.perf_curves", "benchmark.perf_profile",
                   "benchmark.perf_extras", "benchmark.perf_extras.*")),
-    ("command line", ("benchmark.cli", "benchmark.__main__")),
+    ("command line", ("benchmark.catalog", "benchmark.cli", "benchmark.__main__")),
 ]
 
 

@@ -1,4 +1,5 @@
 """Claims, multiplicity, power, censoring and n=1 formatting of the generated reports (golden values by hand)."""
+import json
 import math
 import re
 import shutil
@@ -17,7 +18,7 @@ from benchmark.claims import (
     Claim,
     _sign_test_seeds_needed,
     _tost_seeds_needed,
-    _ttest_power,
+    ttest_power,
     _ttest_seeds_needed,
     describe,
     describe_censored,
@@ -73,7 +74,7 @@ def _power_by_integration(d: float, n: int, alpha: float) -> float:
 def test_power_search_is_robust_where_the_noncentral_t_cdf_is_nan():
     d = REVIEW_DIFFS.mean() / REVIEW_DIFFS.std(ddof=1)
     alpha = 0.05 / 15
-    power = _ttest_power(d, np.arange(2, 10_001), alpha)
+    power = ttest_power(d, np.arange(2, 10_001), alpha)
     assert not np.isnan(power).any()
     for n in (5, 6):  # 0.576 at 5, 0.830 at 6: six seeds, not eight
         assert power[n - 2] == pytest.approx(_power_by_integration(d, n, alpha), abs=1e-6)
@@ -90,12 +91,13 @@ def test_tost_golden_values():
     assert tost_paired(a, b, 0.01) == pytest.approx(0.887298, abs=1e-6)
     assert _tost_seeds_needed(np.array([0.01, 0.02, 0.03]), 0.05, 0.05) == 3
     assert math.isinf(_tost_seeds_needed(np.array([0.05, 0.06, 0.07]), 0.05, 0.05))  # the effect is outside ±δ
-    # one primary claim: its t-test p 0.0742 and its TOST p 0.0175, Holm-adjusted together → 0.0742, 0.0351
+    # one primary claim: its t-test p 0.0742 and its TOST p 0.0175 are one decision (disjoint nulls), so a family of
+    # one claim leaves both as they are
     frame = _frame([("s", m, seed, None, "test", "acc", v) for m, values in (("a", a), ("b", b))
                     for seed, v in enumerate(values)])
     t = evaluate_family(frame, [Claim("c", "a − b", Arm("a", "acc", "test"), Arm("b", "acc", "test"),
                                       role="primary", expected="higher", delta=0.05)])["c"]
-    assert t.p_holm == pytest.approx(0.07418, abs=1e-4) and t.p_tost_holm == pytest.approx(0.035099, abs=1e-5)
+    assert t.p_holm == pytest.approx(0.07418, abs=1e-4) and t.p_tost_holm == pytest.approx(0.017549, abs=1e-5)
     assert t.direction == "equivalent" and t.verdict() == "equivalent within ±0.05"
     assert (t.higher_seeds, t.lower_seeds) == (3, 0)
 
@@ -124,9 +126,9 @@ def test_censored_metric_is_reported_and_compared_as_censored():
     claim = Claim("t", "a vs b", Arm("a", "epochs_to_target", "test"), Arm("b", "epochs_to_target", "test"), True)
     t = evaluate_family(frame, [claim])["t"]
     assert (t.wins, t.losses, t.n) == (1, 0, 2)
-    # two seeds: the sign test's smallest attainable p is 2 · 0.5² = 0.5, so it is not used
-    assert t.min_p == 0.5 and math.isnan(t.p) and t.direction == "not used"
-    assert "smallest attainable p at n=2 is 0.5" in t.verdict()
+    # one untied seed of two: the sign test's smallest attainable p is 2 · 0.5¹ = 1, so it is not used
+    assert t.min_p == 1.0 and math.isnan(t.p) and t.direction == "not used"
+    assert "smallest attainable p with 1 untied of 2 seeds is 1" in t.verdict()
 
 
 def test_sign_test_is_used_from_six_seeds():
@@ -270,11 +272,15 @@ def _suite_part(report: str, suite: str) -> str:
 
 
 def _table_row(report: str, claim: str) -> str:
-    return _line(report, next(line for line in report.splitlines() if line.startswith("| `") and claim in line))
+    return _line(report, next(line for line in report.splitlines() if line.startswith("| [") and claim in line))
 
 
 def _verdict(row: str) -> str:
-    return row.split(" | ")[3].strip("*").split("**")[0]
+    return row.split(" | ")[2].strip("*").split("**")[0]
+
+
+def _source(row: str) -> str:
+    return row.split(" | ")[5].strip(" |")
 
 
 @pytest.mark.parametrize("suite, method, metric, split, source, effect", [
@@ -293,7 +299,7 @@ def test_a_failed_control_opens_the_suite_report_with_the_insensitivity_warning(
     part = _suite_part(fails, suite)
     assert part.split("\n\n")[1].startswith(banner)  # right under the suite's heading
     assert _render(results / suite, suite).split("\n\n")[2].startswith(banner)  # under the title and question
-    assert "fail" in _verdict(_table_row(fails, f"| `{suite}` | [controls]"))
+    assert "not shown" in _verdict(_table_row(fails, f"`{suite}` positive controls"))
 
 
 @pytest.mark.parametrize("suite, row, method, metric, split, source", [
@@ -307,37 +313,56 @@ def test_perturbing_metrics_flips_the_first_table_row(tmp_path, suite, row, meth
     for sign in (1, -1):  # a clear, seed-consistent effect each way
         _set_from(path, method, metric, split, source, lambda seed: sign * (0.05 + 0.005 * seed))
         report = report_markdown(results)
-        assert report.index("| suite | question | claim | verdict |") < report.index("## Suite")  # first screen
+        assert report.index("| Q | claim | verdict | Δ [95% CI] | n | from |") < report.index("## Suite")  # first screen
         verdicts[sign] = _verdict(_table_row(report, row))
     assert verdicts == {1: "reproduced", -1: "contradicted"}
 
 
-def test_a_verdict_the_fresh_seeds_do_not_repeat_is_marked_in_the_first_table(tmp_path):
+def _plan_for(folder: Path) -> dict:
+    """A plan whose seeds, methods, profile and config are exactly those of the run in ``folder``."""
+    run = json.loads((folder / "run.json").read_text())
+    return {"suite": run["suite"], "seeds": run["seeds"], "n": len(run["seeds"]), "methods": run["methods"],
+            "profile": run["profile"], "config_hash": run["config_hash"]}
+
+
+def test_the_headline_is_the_planned_confirmation_only_where_it_is_exactly_its_plan(tmp_path):
     results = _results_copy(tmp_path)
     fresh = results / "confirmation" / "kd"
     shutil.copytree(results / "kd", fresh)
+    (fresh / "plan.json").write_text(json.dumps(_plan_for(fresh)))
     row = "GLD beats logit KD"
-    _set_from(results / "kd" / "metrics.csv", "gld", "top1_last", "test", "logit_kd", lambda seed: 0.05 + 0.005 * seed)
-    _set_from(fresh / "metrics.csv", "gld", "top1_last", "test", "logit_kd", lambda seed: 0.05 + 0.005 * seed)
-    confirmed = _table_row(report_markdown(results), row)
-    assert _verdict(confirmed) == "reproduced" and "not confirmed" not in confirmed
-    assert confirmed.split(" | ")[4].startswith("reproduced: ")  # the fresh seeds' verdict and evidence
+    _set_from(results / "kd" / "metrics.csv", "gld", "top1_last", "test", "logit_kd", lambda seed: (-1) ** seed * 0.01)
     _set_from(fresh / "metrics.csv", "gld", "top1_last", "test", "logit_kd", lambda seed: -0.05 - 0.005 * seed)
     report = report_markdown(results)
-    assert "(not confirmed on fresh seeds)" in _table_row(report, row)
-    assert _table_row(report, row).split(" | ")[4].startswith("contradicted: ")
-    assert _table_row(report, "| `ovd` | [controls]").split(" | ")[4] == "not rerun"
-    assert "on fresh seeds" not in report_markdown(results / "confirmation")  # no confirmation of a confirmation
+    line = _table_row(report, row)
+    assert _verdict(line) == "contradicted" and _source(line) == "confirmation"
+    section = report[report.index('<a id="kd-b2">'):]
+    assert "- confirmation: **contradicted**" in section and "- development (seeds 0-4): **inconclusive**" in section
+    frame = pd.read_csv(fresh / "metrics.csv")
+    frame[frame["seed"] != 4].to_csv(fresh / "metrics.csv", index=False)  # a seed short of its plan
+    report = report_markdown(results)
+    assert _source(_table_row(report, row)) == "development"
+    assert "not decided from: it is not its plan (`student_baseline` has 4 of the plan's 5 seeds" in report
 
 
-def test_an_inconclusive_verdict_the_fresh_seeds_decide_is_marked_with_theirs(tmp_path):
-    """A confirmation run sized by the pilot's power plan can decide what the 5 development seeds could not."""
+def test_staged_reruns_head_a_row_only_without_a_confirmation_and_are_marked(tmp_path):
     results = _results_copy(tmp_path)
-    fresh = results / "confirmation" / "kd"
-    shutil.copytree(results / "kd", fresh)
-    row = "GLD beats logit KD"
-    _set_from(results / "kd" / "metrics.csv", "gld", "top1_last", "test", "logit_kd",
-              lambda seed: (-1) ** seed * 0.01)  # no consistent effect: inconclusive
-    _set_from(fresh / "metrics.csv", "gld", "top1_last", "test", "logit_kd", lambda seed: -0.05 - 0.005 * seed)
-    line = _table_row(report_markdown(results), row)
-    assert _verdict(line) == "inconclusive" and "(contradicted on fresh seeds)" in line
+    staged = results / "exploratory" / "staged-confirmation" / "kd"
+    shutil.copytree(results / "kd", staged)
+    _set_from(staged / "metrics.csv", "gld", "top1_last", "test", "logit_kd", lambda seed: 0.05 + 0.005 * seed)
+    report = report_markdown(results)
+    line = _table_row(report, "GLD beats logit KD")
+    assert _verdict(line) == "reproduced" and _source(line) == "staged†"
+    assert "† Staged reruns" in report
+
+
+def test_the_first_screen_reads_in_one_screen():
+    """Introduction of at most 3 lines, claims of at most 80 characters, table rows of at most 200."""
+    report = (RESULTS / "REPORT.md").read_text()
+    head = report[:report.index("| Q | claim |")].strip().splitlines()
+    assert head[0] == "# cvpdl-bench — report" and len([line for line in head[1:] if line.strip()]) <= 3
+    rows = [line for line in report.splitlines() if line.startswith("| [")]
+    assert len(rows) >= 20
+    for row in rows:
+        assert len(row) <= 200, row
+        assert len(row.split(" | ")[1]) <= 80, row

@@ -139,15 +139,15 @@ def findings(frame: pd.DataFrame, tested: dict[str, Tested]) -> list[Finding]:
     return [
         finding(A1, "Decoder cross-attention becomes sparser over training (Sun et al. 2021), DETR",
                 tested.get("trend:cross_attn_neg_entropy:detr")),
-        finding(A1, "DAB-DETR's anchor queries give a more focused positional attention than DETR's learned "
-                    "queries (lower entropy)", tested.get("pos_entropy:dab_vs_detr")),
+        finding(A1, "DAB's anchor queries focus positional attention more than DETR's (lower entropy)",
+                tested.get("pos_entropy:dab_vs_detr")),
         finding(A2, "DN-DETR's denoising lowers matching instability (vs DAB-DETR)",
                 tested.get("instability:dn_vs_dab")),
         finding(A2, "DN-DETR converges faster than DAB-DETR (area under the val AP50 curve)",
                 tested.get("AP50_auc:dn_dab_detr:dab_detr")),
         Finding(A1, "Sparsity keeps rising through long schedules (Sun et al. train 500 epochs)",
                 f"untestable here: the runs last {int(epochs) if pd.notna(epochs) else '?'} epochs"),
-        Finding(A2, "DAB-DETR's ablation with anchor centres random and fixed (official `--random_refpoints_xy`)",
+        Finding(A2, "DAB-DETR with anchor centres random and fixed (official `--random_refpoints_xy`)",
                 "untestable here: the harness has no switch that fixes the anchors"),
     ]
 

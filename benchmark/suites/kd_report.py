@@ -166,11 +166,11 @@ def findings(frame: pd.DataFrame, tested: dict[str, Tested]) -> list[Finding]:
     """REPORT.md's first table: each distiller against the baseline that isolates its idea, with what it costs
     against the student alone."""
     two_nn = tested.get("premise:id")
-    premise = Finding(B3, "The teacher's features have a lower intrinsic dimension than the student's (premise)",
+    premise = Finding(B3, "Teacher features have a lower intrinsic dimension than the student's (premise)",
                       premise_verdict(tested),
                       "" if two_nn is None else "; ".join(f"{t.claim.text}: {t.line()}" for key in
                                                           ("premise:id", "premise:id_mle")
-                                                          if (t := tested.get(key)) is not None))
+                                                          if (t := tested.get(key)) is not None), two_nn)
     return [
         finding(B1, "Feature distillation (FitNet) improves the student trained alone", tested.get("fitnet:student")),
         finding(B2, "GLD beats logit KD", tested.get("gld:logit_kd"), _vs_student(tested, "gld")),
