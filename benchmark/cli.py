@@ -126,6 +126,24 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--results-dir", type=Path, default=Path("results"), help="where the pilot results/<suite>/ is")
     plan.add_argument("--force", action="store_true", help="replace a plan whose confirmation has not started")
 
+    sensitivity = sub.add_parser("sensitivity", help="each primary claim across the knob that may drive it (the "
+                                                     "suite's declared sweeps), on the development seeds → "
+                                                     "DIR/<suite>/sensitivity.csv")
+    sensitivity.add_argument("--suite", required=True, metavar="SUITE",
+                             help=f"the suite to sweep: {' | '.join(SUITE_NAMES)}")
+    sensitivity.add_argument("--seeds", nargs="+", type=_seed, default=[0, 1, 2, 3, 4],
+                             help="the development seeds (never a plan's)")
+    sensitivity.add_argument("--profile", default="default", metavar="PROFILE",
+                             help=f"the profile of every run: {' | '.join(PROFILES)}")
+    sensitivity.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                             help="fixed overrides under every value (repeatable)")
+    sensitivity.add_argument("--results-dir", type=Path, default=Path("results"), help="where results/<suite>/ is")
+    sensitivity.add_argument("--cache-dir", type=Path, help="cached data and models (default $CVPDL_CACHE or "
+                                                            "~/.cache/cvpdl-bench)")
+    sensitivity.add_argument("--device", default="auto", metavar="{auto,cpu,cuda}", help="auto: CUDA when present")
+    sensitivity.add_argument("--threads", type=int, help="torch threads per process (default: all cores)")
+    sensitivity.add_argument("--jobs", type=int, default=1, help="train cells in N worker processes side by side")
+
     evaluate = sub.add_parser("evaluate", help="the common COCO evaluator on a ground truth and detections")
     evaluate.add_argument("--gt", type=Path, required=True, help="COCO ground-truth JSON")
     evaluate.add_argument("--dt", type=Path, required=True, help="COCO results JSON (list of detections)")
@@ -328,6 +346,14 @@ def main(argv: list[str] | None = None) -> int:
             cmd_print_config(options) if print_config else run_suite(options)
         elif args.command == "plan":
             cmd_plan(args)
+        elif args.command == "sensitivity":
+            from benchmark.runner import RunOptions
+            from benchmark.sensitivity import run_sensitivity
+
+            table = run_sensitivity(RunOptions(**{k: v for k, v in vars(args).items() if k != "command"},
+                                               params=Path("none")))
+            print(table[["text", "knob", "value", "n", "diff", "ci_low", "ci_high", "p", "direction"]].to_string(
+                index=False, float_format=lambda x: f"{x:.4g}"))
         elif args.command == "evaluate":
             cmd_evaluate(args)
         elif args.command == "report":

@@ -54,6 +54,18 @@ class Floor:
 
 
 @dataclass(frozen=True)
+class Sweep:
+    """A knob that may drive a primary claim: ``benchmark sensitivity`` reruns ``methods`` at each value (on the
+    development seeds) and measures the claim's Δ at each. ``values`` include the default."""
+
+    claim: str  # key of the claim it probes
+    knob: str  # "section.key"
+    values: tuple
+    methods: tuple[str, ...]  # the methods whose cells the knob changes
+    why: str = ""  # why this knob (the literature's reason, or what a review measured)
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     name: str
     suite: str
@@ -99,6 +111,7 @@ class SuiteSpec:
     # (metric, split) that ``benchmark tune`` maximises: a validation number, never test (last epoch if per-epoch)
     tuning_objective: tuple[str, str] | None = None
     floors: tuple[Floor, ...] = ()  # levels below which a method (a baseline above all) is flagged in the report
+    sweeps: tuple[Sweep, ...] = ()  # the knobs that may drive its primary claims (``benchmark sensitivity``)
 
 
 # The report's suites and every suite's profiles, import-free for --help and the checks made before torch is

@@ -38,6 +38,7 @@ from benchmark.claims import (
 from benchmark.confirmation import CONFIRMATION, plan_mismatch
 from benchmark.params import staleness
 from benchmark.registry import REGISTRY, SuiteSpec
+from benchmark.robustness import depends_on, read_sensitivity, sensitivity_lines
 from benchmark.results import atomic_write_text, read_metrics, read_tables
 from cvpdl.errors import UserInputError
 
@@ -279,6 +280,10 @@ def summary_markdown(spec: SuiteSpec, frame: pd.DataFrame, timings: pd.DataFrame
     if tested:
         parts += ["## Secondary claims (exploratory: their own Holm family, never in the headline)\n\n",
                   _markdown(claims_table(tested, "secondary")), "\n"]
+    swept = sensitivity_lines(read_sensitivity(suite_dir, run)) if suite_dir is not None else []
+    if swept:
+        parts += ["## Sensitivity (exploratory: each primary claim across the knob that may drive it, same seeds, "
+                  "each value's test unadjusted; `sensitivity.csv`)\n\n", *[f"- {line}\n" for line in swept], "\n"]
     parts += ["## Final metrics (mean ± std over seeds, 95% t-interval)\n\n", _markdown(table), "\n"]
     if suite_dir is not None:
         parts += ["## Tuning (the same budget for every method, on val)\n\n",
@@ -373,7 +378,11 @@ def render_suite(suite: str, suite_dir: Path, report_dir: Path | None = None) ->
     from paper_figures import render_suite_figures
     from paper_figures.style import SuiteInputs
 
-    inputs = SuiteInputs(frame, read_tables(suite_dir / "tables"), smoke=is_smoke(run))
+    tables = read_tables(suite_dir / "tables")
+    swept = read_sensitivity(suite_dir, run)
+    if swept is not None:
+        tables["sensitivity"] = swept
+    inputs = SuiteInputs(frame, tables, smoke=is_smoke(run))
     figures = render_suite_figures(suite, inputs, suite_dir / "figures")
     return [*written, *figures]
 
@@ -430,17 +439,22 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")  # a bar inside a cell would end it
 
 
-def first_table(findings: list[tuple[str, Finding, bool]], sources: dict[str, Evidence]) -> str:
+def first_table(findings: list[tuple[str, Finding, bool]], sources: dict[str, Evidence],
+                sweeps: dict[str, pd.DataFrame | None] | None = None) -> str:
     """REPORT.md's first screen: one row per claim (controls first), the verdict of the strongest source that
-    decided it (the planned confirmation, else the staged reruns, else the development pilot), Δ [95% CI], n."""
+    decided it (the planned confirmation, else the staged reruns, else the development pilot), Δ [95% CI], n.
+    ``sweeps``: each suite's sensitivity table; a decided verdict that a swept value of a knob reverses becomes
+    "depends on <knob>" (the decided verdict beside it)."""
     lines = ["| Q | claim | verdict | Δ [95% CI] | n | from |", "|---|---|---|---|---|---|"]
     for suite, dev, dev_sensitive in findings:
         source, (f, sensitive) = next(((name, evidence.rows[(suite, dev.claim)])
                                        for name, evidence in sources.items() if (suite, dev.claim) in evidence.rows),
                                       ("development", (dev, dev_sensitive)))
         t = f.tested
-        verdict = f"**{f.verdict}**" + ("" if sensitive or f.verdict.startswith("untestable")
-                                         else f" ({INSENSITIVE.split(':')[0]})")
+        knobs = depends_on((sweeps or {}).get(suite), t.claim.key, t.direction) if t is not None else []
+        verdict = (f"**depends on {', '.join(knobs)}** ({f.verdict} at the defaults)" if knobs
+                   else f"**{f.verdict}**")
+        verdict += "" if sensitive or f.verdict.startswith("untestable") else f" ({INSENSITIVE.split(':')[0]})"
         label = f.question.split(". ")[0] if ". " in f.question else "controls"
         interval = (f"{t.diff:+.3f} [{t.ci_low:+.3f}, {t.ci_high:+.3f}]" if t is not None and t.n >= 2
                     and not t.claim.censored and not t.claim.is_level and label != "controls" else "")
@@ -484,7 +498,7 @@ def report_markdown(results_dir: Path) -> str:
 
     sources = {"confirmation": source_findings(results_dir / CONFIRMATION, plans=results_dir / CONFIRMATION),
                "staged": source_findings(results_dir / STAGED)}
-    rows, body, limits = [], [], []
+    rows, body, limits, sweeps = [], [], [], {}
     for spec in sorted(REGISTRY.suites(), key=lambda s: s.name):
         suite_dir = results_dir / spec.name
         body.append(f"## Suite `{spec.name}`: {spec.question}\n\n")
@@ -495,6 +509,7 @@ def report_markdown(results_dir: Path) -> str:
         frame, timings, run = load_suite(suite_dir)
         findings, tested, sensitive = suite_findings(spec, frame)
         rows += findings
+        sweeps[spec.name] = read_sensitivity(suite_dir, run)
         if not sensitive:
             body.append(f"**{INSENSITIVE[0].upper() + INSENSITIVE[1:]}** (not shown: "
                         f"{'; '.join(t.claim.text for t in failed_controls(tested))}).\n\n")
@@ -517,15 +532,21 @@ def report_markdown(results_dir: Path) -> str:
             body += [f"- {line}\n" for line in section.measured]
             body.append(f"\n**Agreement with the paper.** {section.verdict}\n\n" if section.verdict else "\n")
             body += _verdicts_by_source(spec.name, section.heading, findings, sources)
+            body += [f"- sensitivity (development seeds): {line}\n" for line in sensitivity_lines(sweeps[spec.name])
+                     if any(f.question == section.heading and f.tested is not None and line.startswith(
+                         f.tested.claim.text) for _, f, _ in findings)]
             for name in section.figures:
                 caption = CAPTIONS.get(spec.name, {}).get(name, "")
                 body.append(f"![{name}]({spec.name}/figures/{name}.png)\n\n*Figure `{name}`.* {caption}\n\n")
+        if sweeps[spec.name] is not None:
+            body.append(f"### Sensitivity\n\n![sensitivity]({spec.name}/figures/sensitivity.png)\n\n*Figure "
+                        f"`sensitivity`.* {CAPTIONS.get(spec.name, {}).get('sensitivity', '')}\n\n")
         body += ["### Tuning\n\n", *[f"- {line}\n" for line in tuning_lines(suite_dir, frame, run)], "\n"]
         limits.append(f"### `{spec.name}`\n\n" + "".join(
             f"- {line}\n" for line in limitations(spec, frame, run, tested)) + "\n")
     parts = ["# cvpdl-bench — report\n\n"]
     if rows:
-        parts += [INTRO, first_table(rows, sources), "\n", _wrapped(STAGED_NOTE)]
+        parts += [INTRO, first_table(rows, sources, sweeps), "\n", _wrapped(STAGED_NOTE)]
     parts += [_wrapped(GENERATED), *body]
     if limits:
         parts += ["## Limitations\n\n", "Generated from each run's run.json and metrics.csv.\n\n", *limits]
@@ -551,8 +572,8 @@ def _verdicts_by_source(suite: str, heading: str, findings: list[tuple[str, Find
     return lines
 
 
-INTRO = ("Each claim of the course questions, decided once: reproduced, contradicted, equivalent (±δ), inconclusive "
-         "or untestable here.\n"
+INTRO = ("Each claim of the course questions, decided once: reproduced, contradicted, equivalent (±δ), inconclusive, "
+         "untestable here, or depends on <knob> (a swept setting reverses it).\n"
          "*from*: the planned confirmation where it ran, else the staged reruns†, else the 5-seed development "
          "pilot.\n"
          "Primary claims form one error family (α = 0.05, Shaffer's step-down over claims); each row links to its "

@@ -24,7 +24,7 @@ import torch
 from benchmark.cache import cache_key, cached_state
 from benchmark.config import section_config
 from benchmark.context import CellResult, RunContext
-from benchmark.registry import REGISTRY, Floor, Deviation, MethodSpec, SearchParam, SuiteSpec
+from benchmark.registry import REGISTRY, Floor, Deviation, MethodSpec, SearchParam, SuiteSpec, Sweep
 from benchmark.suites.kd_report import report_sections
 from cvpdl.analysis.intrinsic_dimension import intrinsic_dimension
 from cvpdl.checkpoint import Checkpoint
@@ -205,6 +205,15 @@ REGISTRY.register_suite(SuiteSpec(
     report_sections=report_sections,
     tuning_objective=("top1", "val"),
     floors=(Floor("top1_last", "test", ("chance_top1", "test")),),
+    sweeps=(
+        Sweep("fitnet:student", "fitnet.hint_weight", (1.0, 10.0, 100.0), ("fitnet",),
+              "mdistiller's CIFAR-100 weight 100 makes the hint term 90-99% of the loss of this 34k-parameter "
+              "student (REVIEW.md)"),
+        Sweep("reverse:fitnet", "fitnet.hint_weight", (1.0, 10.0, 100.0), ("fitnet",),
+              "the comparison is against FitNet, whose hint weight drives its own claim"),
+        Sweep("gld:logit_kd", "gld.beta", (50.0, 500.0), ("gld",),
+              "β 500 is the official weight of the relation term for CIFAR-100 ResNets"),
+    ),
 ))
 
 

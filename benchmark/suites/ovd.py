@@ -19,7 +19,7 @@ import torch
 from benchmark.cache import cache_key, cached_state
 from benchmark.config import section_config
 from benchmark.context import CellResult, RunContext
-from benchmark.registry import REGISTRY, Floor, Deviation, MethodSpec, SearchParam, SuiteSpec
+from benchmark.registry import REGISTRY, Floor, Deviation, MethodSpec, SearchParam, SuiteSpec, Sweep
 from benchmark.suites.ovd_report import report_sections
 from cvpdl.checkpoint import Checkpoint
 from cvpdl.data.coco import OV_COCO_NOVEL, load_coco_splits, resolve_splits
@@ -235,6 +235,12 @@ SUITE = REGISTRY.register_suite(SuiteSpec(
     report_sections=report_sections,
     tuning_objective=("zs_top1", "val"),
     floors=(Floor("zs_top1", "all", ("chance_top1", "all")),),  # a region classifier at chance is no baseline
+    # RegionCLIP's matching temperature: the official 0.01 is set for OpenAI CLIP's logit scale (1/100); 0.07 is
+    # open_clip's initial temperature, the scale this tiny CLIP starts from
+    sweeps=tuple(Sweep(f"regionclip:clip_roi:{metric}:{split}", "regionclip.temperature", (0.01, 0.07), ("regionclip",),
+                       "the official CLSS_TEMP 0.01 matches OpenAI CLIP's logit scale, not this CLIP's")
+                 for metric, split in (("zs_top1", "novel"), ("zs_top1", "base"), ("AP50", "novel"),
+                                       ("AP50", "base"))),
 ))
 
 REGISTRY.register_method(MethodSpec(

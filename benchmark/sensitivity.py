@@ -1,0 +1,88 @@
+"""``python -m benchmark sensitivity --suite S``: each primary claim's Δ across the values of the knob that may
+drive it (the suite's declared ``sweeps``), on the development seeds.
+
+The suite's run at the profile (its cells reused where they exist) is the default; each other value of a knob
+reruns only the methods it changes, and the claim is tested with those methods' rows swapped in. The table
+(``sensitivity.csv`` beside ``metrics.csv``) feeds a figure, a line per claim in ``summary.md`` and, in REPORT.md,
+"depends on <knob>" wherever a swept value decides the claim the other way. Exploratory: each value's test is its
+own (unadjusted) and on the seeds the testbed was developed on.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark.claims import Tested, evaluate_family
+from benchmark.config import resolve as resolve_config
+from benchmark.registry import REGISTRY, SuiteSpec, Sweep
+from benchmark.results import atomic_write_csv
+from benchmark.robustness import COLUMNS
+from cvpdl.errors import UserInputError
+
+def default_value(spec: SuiteSpec, knob: str, profile: str):
+    sections = dict(spec.config)
+    for method in REGISTRY.methods(spec.name):
+        sections.update(method.config)
+    section, key = knob.split(".", 1)
+    return resolve_config(sections, spec.profiles[profile], [])[section][key]
+
+
+def swept_frame(base: pd.DataFrame, swept: pd.DataFrame, sweep: Sweep, seeds: list[int]) -> pd.DataFrame:
+    """The base run with the rows of the swept methods replaced by those of the run at another value."""
+    keep = base[~base["method"].isin(sweep.methods) & base["seed"].isin(seeds)]
+    return pd.concat([keep, swept[swept["method"].isin(sweep.methods) & swept["seed"].isin(seeds)]],
+                     ignore_index=True)
+
+
+def tested_claim(spec: SuiteSpec, frame: pd.DataFrame, key: str) -> Tested:
+    """One claim alone (a family of one: the unadjusted test) on ``frame``."""
+    claim = next((c for c in spec.report_sections.family(frame) if c.key == key), None)
+    if claim is None:
+        raise UserInputError(f"suite {spec.name!r} declares no claim {key!r} for the methods in this run")
+    return evaluate_family(frame, [replace(claim, role="secondary")])[key]
+
+
+def run_sensitivity(options) -> pd.DataFrame:
+    """``options``: the ``RunOptions`` of the suite's default run (suite, seeds, profile, results dir, device ...);
+    each sweep value is that run with ``--set knob=value`` and only the swept methods."""
+    from benchmark.runner import run_suite
+
+    spec = REGISTRY.suite(options.suite)
+    if not spec.sweeps:
+        raise UserInputError(f"suite {spec.name!r} declares no sweeps")
+    base = run_suite(replace(options, methods=None))
+    base_dir = _base_folder(options)
+    config_hash = json.loads((base_dir / "run.json").read_text())["config_hash"]
+    rows, runs = [], {}
+    for sweep in spec.sweeps:
+        default = default_value(spec, sweep.knob, options.profile)
+        for value in sweep.values:
+            if value == default:
+                frame = base
+            else:
+                if (sweep.knob, value, sweep.methods) not in runs:
+                    runs[(sweep.knob, value, sweep.methods)] = run_suite(replace(
+                        options, methods=list(sweep.methods), overrides=[*options.overrides, f"{sweep.knob}={value}"]))
+                frame = swept_frame(base, runs[(sweep.knob, value, sweep.methods)], sweep, options.seeds)
+            t = tested_claim(spec, frame[frame["seed"].isin(options.seeds)], sweep.claim)
+            rows.append({"claim": sweep.claim, "text": t.claim.text, "knob": sweep.knob, "value": value,
+                         "default": value == default, "n": t.n, "diff": t.diff, "ci_low": t.ci_low,
+                         "ci_high": t.ci_high, "p": t.p, "direction": t.direction, "config_hash": config_hash})
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    atomic_write_csv(base_dir / "sensitivity.csv", table)
+    from benchmark.report import render_suite
+
+    render_suite(spec.name, base_dir, Path(options.results_dir) if base_dir.parent == Path(options.results_dir)
+                 else None)
+    return table
+
+
+def _base_folder(options) -> Path:
+    from benchmark.plan import resolve, results_folder, run_config_hash, tuned_configs
+
+    spec, methods, cfg = resolve(options)
+    params, _ = tuned_configs(options, methods)
+    return results_folder(options, methods, run_config_hash(options, cfg, params))
