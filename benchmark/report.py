@@ -247,6 +247,21 @@ def _seeds_text(x: float) -> str:
     return "never (the observed effect gives it no power)" if math.isinf(x) else f"{x:.0f} seeds"
 
 
+def loss_share_lines(frame: pd.DataFrame) -> list[str]:
+    """Per method: each weighted loss term's share of the total at the first and the last epoch, mean over seeds
+    (``loss_share_<term>`` rows): which term drives training, the first thing a reversal's diagnosis asks."""
+    shares = frame[frame["epoch"].notna() & frame["metric"].str.startswith("loss_share_")]
+    lines = []
+    for method, rows in shares.groupby("method", sort=False):
+        first, last = rows["epoch"].min(), rows["epoch"].max()
+        means = rows[rows["epoch"].isin([first, last])].groupby(["metric", "epoch"])["value"].mean()
+        terms = dict.fromkeys(rows["metric"])
+        lines.append(f"`{method}` ({rows['seed'].nunique()} seeds): " + ", ".join(
+            f"{term.removeprefix('loss_share_')} {means[(term, first)]:.0%} → {means[(term, last)]:.0%}"
+            for term in terms) + f" (epoch {first} → {last})")
+    return lines
+
+
 def summary_markdown(spec: SuiteSpec, frame: pd.DataFrame, timings: pd.DataFrame | None, run: dict,
                      suite_dir: Path | None = None) -> str:
     rows = summary_rows(frame)
@@ -280,6 +295,10 @@ def summary_markdown(spec: SuiteSpec, frame: pd.DataFrame, timings: pd.DataFrame
     if tested:
         parts += ["## Secondary claims (exploratory: their own Holm family, never in the headline)\n\n",
                   _markdown(claims_table(tested, "secondary")), "\n"]
+    shares = loss_share_lines(frame)
+    if shares:
+        parts += ["## Loss terms (each weighted term's share of the total training loss, first → last epoch, mean "
+                  "over seeds; `loss_share_<term>` in metrics.csv)\n\n", *[f"- {line}\n" for line in shares], "\n"]
     swept = sensitivity_lines(read_sensitivity(suite_dir, run)) if suite_dir is not None else []
     if swept:
         parts += ["## Sensitivity (exploratory: each primary claim across the knob that may drive it, same seeds, "
@@ -538,6 +557,10 @@ def report_markdown(results_dir: Path) -> str:
             for name in section.figures:
                 caption = CAPTIONS.get(spec.name, {}).get(name, "")
                 body.append(f"![{name}]({spec.name}/figures/{name}.png)\n\n*Figure `{name}`.* {caption}\n\n")
+        shares = loss_share_lines(frame)
+        if shares:
+            body += ["### Loss terms (diagnosis: which term drives each method's training)\n\n",
+                     *[f"- {line}\n" for line in shares], "\n"]
         if sweeps[spec.name] is not None:
             body.append(f"### Sensitivity\n\n![sensitivity]({spec.name}/figures/sensitivity.png)\n\n*Figure "
                         f"`sensitivity`.* {CAPTIONS.get(spec.name, {}).get('sensitivity', '')}\n\n")

@@ -147,6 +147,11 @@ def train(distiller: nn.Module, data: ClassificationData, cfg: TrainConfig, gene
             history.per_epoch.setdefault("top1", []).append(top1(distiller.student, data.x_val, data.y_val))
         for name, value in sums.items():
             history.per_epoch.setdefault(name, []).append(value)
+        if len(sums) > 1:  # each weighted term's share of the epoch's mean total loss: which term drives training
+            total_mean = sum(sums.values())
+            for name, value in sums.items():
+                history.per_epoch.setdefault(f"loss_share_{name.removeprefix('loss_')}", []).append(
+                    value / total_mean if total_mean else float("nan"))
         if evaluate:
             history.test_top1.append(top1(distiller.student, data.x_test, data.y_test))
         on_epoch(desc, epoch, cfg.epochs, {f"{'val' if name == 'top1' else 'train'}/{name}": values[-1]
