@@ -89,7 +89,9 @@ def test_quick_run_under_a_terminal_shows_the_cells_bar_and_ends_with_where_to_l
     process = subprocess.Popen(
         [sys.executable, "-m", "benchmark", "run", "--suite", "kd", "--profile", "quick", "--seeds", "0",
          "--methods", "student_baseline", "logit_kd", "--results-dir", str(results), "--cache-dir", str(cache_dir)],
-        stdin=slave, stdout=slave, stderr=slave, cwd=REPO, close_fds=True)
+        stdin=slave, stdout=slave, stderr=slave, cwd=REPO, close_fds=True,
+        # in-process CLI tests set TQDM_DISABLE (their stderr is no terminal): a user's shell has none
+        env={k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"})
     os.close(slave)
     chunks = []
     while True:

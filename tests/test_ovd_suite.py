@@ -49,6 +49,20 @@ def test_quick_run_writes_every_output(quick_run):
     assert set(cache.values()) <= {"trained", "loaded"}
 
 
+def test_regionclip_cells_carry_their_pseudo_label_diagnostics(quick_run):
+    metrics = pd.read_csv(suite_folder(quick_run, "ovd") / "metrics.csv")
+    finals = metrics[metrics["epoch"].isna() & (metrics["method"] == "regionclip") & (metrics["split"] == "train")]
+    values = finals.groupby("metric")["value"].apply(list)
+    for metric in ("pseudo_label_accuracy", "pseudo_label_kept", "regions_on_objects", "student_teacher_agreement",
+                   "agreement_chance", "region_loss_over_ln_k"):
+        assert len(values[metric]) == 2, metric  # one per seed
+    for metric in ("pseudo_label_kept", "regions_on_objects", "student_teacher_agreement", "agreement_chance"):
+        assert all(0.0 <= v <= 1.0 for v in values[metric]), metric
+    assert all(0.0 < v <= 1.0 for v in values["agreement_chance"])
+    assert "Pseudo-labels on `regionclip`'s pretraining regions" in (suite_folder(quick_run, "ovd")
+                                                                     / "summary.md").read_text()
+
+
 def test_tiny_clip_beats_chance_clearly_on_quick(quick_run):
     metrics = pd.read_csv(suite_folder(quick_run, "ovd") / "metrics.csv")
     clip = metrics[(metrics["metric"] == "clip_zs_top1_image") & (metrics["split"] == "all")]["value"]

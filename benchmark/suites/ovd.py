@@ -179,6 +179,9 @@ def run_cell(run: RunContext, shared: OvdShared, method: MethodSpec, seed: int, 
     train_seconds, started = time.perf_counter() - started, time.perf_counter()
     records = [{"epoch": epoch + 1, "split": "train", "metric": name, "value": value}
                for name, values in history.items() for epoch, value in enumerate(values)]
+    # RegionCLIP's pseudo-label diagnostics (its own positive control: the student learned its teacher's labels)
+    records += [{"epoch": None, "split": "train", "metric": name, "value": value}
+                for name, value in getattr(classifier, "diagnostics", {}).items()]
     result = evaluate_ovd(classifier, shared.context, test, single or _single_objects(test),
                           propose(shared.localizer, test), section_config(run.cfg, "eval", OvdEvalConfig), generator)
     records += [{"epoch": None, "split": s, "metric": m, "value": v} for s, m, v in result.metrics]

@@ -47,6 +47,13 @@ def claims(frame: pd.DataFrame) -> list[Claim]:
         out.append(Claim("roi:crop", "`clip_roi` − `clip_crop` top-1 on ground-truth boxes",
                          Arm("clip_roi", "zs_top1", "all"), Arm("clip_crop", "zs_top1", "all"), role="control",
                          expected="higher", delta=DELTA))
+    if "regionclip" in methods and not frame[frame["metric"] == "student_teacher_agreement"].empty:
+        # RegionCLIP's own control: pretraining taught the student its teacher's pseudo-labels (else its rows test
+        # a pretraining that did not happen)
+        out.append(Claim("regionclip:learned", "`regionclip` student's agreement with its teacher's pseudo-labels − "
+                         "chance (its pretraining regions)", Arm("regionclip", "student_teacher_agreement", "train"),
+                         Arm("regionclip", "agreement_chance", "train"), role="control", expected="higher",
+                         delta=DELTA))
     if "regionclip" in methods:
         out += [Claim(f"regionclip:{b}:{metric}:{split}", f"`regionclip` − `{b}` {metric} on {split} classes",
                       Arm("regionclip", metric, split), Arm(b, metric, split),
@@ -170,6 +177,15 @@ def _crop_section(rows: pd.DataFrame, methods: set[str], timings: pd.DataFrame |
 def _regionclip_section(rows: pd.DataFrame, tested: dict[str, Tested]) -> Section:
     measured = [f"{t.claim.text}: {t.line()} ({t.claim.role})." for key, t in tested.items()
                 if key.startswith("regionclip:clip_")]
+    if summary_row(rows, "regionclip", "pseudo_label_accuracy", "train") is not None:
+        measured.append("Pseudo-labels on `regionclip`'s pretraining regions (its first 256 images): accuracy on "
+                        "regions overlapping a box at IoU ≥ 0.5 "
+                        f"{describe(rows, 'regionclip', 'pseudo_label_accuracy', 'train')}; kept by the filter "
+                        f"{describe(rows, 'regionclip', 'pseudo_label_kept', 'train')}; regions on an object "
+                        f"{describe(rows, 'regionclip', 'regions_on_objects', 'train')}; last-epoch region–concept "
+                        f"loss over ln K {describe(rows, 'regionclip', 'region_loss_over_ln_k', 'train')}"
+                        + (f"; the student learned them: {t.line()}" if (t := tested.get("regionclip:learned"))
+                           is not None else "") + ".")
     if (t := tested.get("regionclip:image")) is not None:
         measured.append(f"Whole-image alignment after region pretraining: `regionclip` on whole single-digit images "
                         f"{describe(rows, 'regionclip', 'zs_top1_image', 'all')} vs its teacher "

@@ -135,6 +135,7 @@ class RegionClip(ClipRoi):
         self.cfg = cfg
         self.concept_vocabulary = read_concept_list(cfg.concept_list) if cfg.concept_list else None
         self.student: ClipEncoder | None = None
+        self.diagnostics: dict[str, float] = {}  # of the pseudo-labels, set by ``fit`` (``diagnose``)
 
     def encoder(self, ctx: OvdContext) -> ClipEncoder:
         return self.student or ctx.clip
@@ -273,4 +274,52 @@ class RegionClip(ClipRoi):
             checkpoint.save(stateful, generator, epoch=epoch, history=history)
         for p in model.parameters():
             p.requires_grad_(False)
+        self.diagnostics = self.diagnose(ctx, images, captions, pool, concepts, concept_emb, history)
         return history
+
+    DIAGNOSTIC_IMAGES = 256
+
+    @torch.no_grad()
+    def diagnose(self, ctx: OvdContext, images: np.ndarray, captions: list[str], pool: list[np.ndarray],
+                 concepts: list[str], concept_emb: torch.Tensor, history: dict[str, list[float]]) -> dict[str, float]:
+        """What the pseudo-labels are worth, on regions drawn as pretraining draws them (the first
+        ``DIAGNOSTIC_IMAGES`` images; a generator of its own, so training and evaluation draw as before):
+        ``pseudo_label_accuracy`` (of the regions that overlap a ground-truth box at IoU ≥ 0.5, the share whose
+        pseudo-label is that box's class), ``pseudo_label_kept`` (the share the confidence filter keeps),
+        ``regions_on_objects`` (the share that overlap a box at all), ``student_teacher_agreement`` (the trained
+        student's label, within the same allowed concepts, equals the teacher's on kept regions) beside
+        ``agreement_chance`` (its chance level: one over each region's allowed concepts), and the last epoch's
+        region–concept loss over ln K (K concepts: the loss of a uniform guess)."""
+        from torchvision.ops import box_iou
+
+        n = min(self.DIAGNOSTIC_IMAGES, len(images))
+        regions = sample_regions(pool[:n], self.cfg.regions_per_image, torch.Generator().manual_seed(0))
+        allowed = self._allowed(captions[:n], regions, concepts)
+        teacher_emb = self._teacher_embeddings(ctx, images[:n], regions).to(self.student.device)
+        allowed = None if allowed is None else allowed.to(self.student.device)
+        _, labels, keep = pseudo_label(teacher_emb, concept_emb, self.cfg.teacher_temperature,
+                                       self.cfg.keep_threshold, allowed)
+        student_emb = self.student_embeddings(images[:n], regions)[0].to(self.student.device)
+        _, student_labels, _ = pseudo_label(student_emb, concept_emb, self.cfg.temperature, 0.0, allowed)
+        truth = []  # per region: the class name of the box it overlaps at IoU ≥ 0.5, or None
+        for i, boxes in enumerate(regions):
+            gt_boxes, gt_classes = ctx.train.target(i)
+            if len(gt_boxes) == 0 or len(boxes) == 0:
+                truth += [None] * len(boxes)
+                continue
+            iou = box_iou(torch.as_tensor(boxes, dtype=torch.float32), torch.as_tensor(gt_boxes, dtype=torch.float32))
+            best, which = iou.max(dim=1)
+            truth += [ctx.class_names[int(gt_classes[j])] if b >= 0.5 else None for b, j in zip(best, which)]
+        on_object = [k for k, name in enumerate(truth) if name is not None]
+        choices = (torch.full((len(labels),), float(len(concepts))) if allowed is None else
+                   (allowed | ~allowed.any(dim=1, keepdim=True)).sum(dim=1).float().cpu())
+        return {
+            "pseudo_label_accuracy": float(np.mean([concepts[int(labels[k])] == truth[k] for k in on_object]))
+            if on_object else float("nan"),
+            "pseudo_label_kept": float(keep.float().mean()),
+            "regions_on_objects": len(on_object) / max(1, len(truth)),
+            "student_teacher_agreement": float((student_labels == labels)[keep].float().mean()),
+            "agreement_chance": float((1.0 / choices)[keep.cpu()].mean()),
+            "region_loss_over_ln_k": history["loss_region"][-1] / float(np.log(len(concepts)))
+            if history["loss_region"] else float("nan"),
+        }

@@ -1,0 +1,53 @@
+"""Sensitivity of the primary claims to the knob that may drive them, and the loss-term shares a diagnosis reads:
+golden values of the tables' readers, and a quick sweep end to end."""
+import pandas as pd
+import pytest
+
+from benchmark.report import loss_share_lines
+from benchmark.robustness import COLUMNS, depends_on, sensitivity_lines
+from benchmark.suites import kd  # noqa: F401  (registers the suite)
+
+
+def _table(directions: list[str], values=(1.0, 10.0, 100.0)) -> pd.DataFrame:
+    rows = [{"claim": "fitnet:student", "text": "`fitnet` − `student_baseline`", "knob": "fitnet.hint_weight",
+             "value": v, "default": v == 100.0, "n": 5, "diff": d, "ci_low": d - 0.01, "ci_high": d + 0.01, "p": 0.01,
+             "direction": direction, "config_hash": "h"}
+            for v, direction, d in zip(values, directions, (0.001, 0.01, -0.02))]
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def test_a_knob_that_reverses_a_decided_verdict_is_named():
+    assert depends_on(_table(["inconclusive", "higher", "lower"]), "fitnet:student") == ["fitnet.hint_weight"]
+    # the headline (e.g. the staged reruns' "lower") against one swept value's "higher"
+    assert depends_on(_table(["inconclusive", "higher", "inconclusive"]), "fitnet:student", "lower") == \
+        ["fitnet.hint_weight"]
+    assert depends_on(_table(["inconclusive", "inconclusive", "lower"]), "fitnet:student", "lower") == []
+    assert depends_on(None, "fitnet:student") == []
+    line = sensitivity_lines(_table(["inconclusive", "higher", "lower"]))[0]
+    assert line.startswith("`fitnet` − `student_baseline`, n=5: fitnet.hint_weight=1: Δ +0.0010 [-0.0090, +0.0110]")
+    assert "fitnet.hint_weight=100 (default): Δ -0.0200" in line and line.endswith("**depends on fitnet.hint_weight**")
+
+
+def test_loss_shares_are_quoted_first_and_last_epoch():
+    rows = [("kd", "fitnet", seed, epoch, "train", f"loss_share_{term}", share)
+            for seed in (0, 1) for epoch, (ce, hint) in ((1, (0.1, 0.9)), (2, (0.3, 0.7)))
+            for term, share in (("ce", ce), ("hint", hint))]
+    frame = pd.DataFrame(rows, columns=["suite", "method", "seed", "epoch", "split", "metric", "value"])
+    assert loss_share_lines(frame) == ["`fitnet` (2 seeds): ce 10% → 30%, hint 90% → 70% (epoch 1 → 2)"]
+
+
+def test_quick_sweep_writes_its_table_summary_and_figure(tmp_path, cache_dir, cli):
+    results = tmp_path / "results"
+    code, out, _ = cli("sensitivity", "--suite", "kd", "--profile", "quick", "--seeds", "0", "1", "--results-dir",
+                       str(results), "--cache-dir", str(cache_dir))
+    assert code == 0, out
+    folder = next(p.parent for p in (results / "kd").glob("*/sensitivity.csv"))
+    table = pd.read_csv(folder / "sensitivity.csv")
+    assert list(table.columns) == COLUMNS
+    assert set(zip(table["claim"], table["value"])) == {
+        ("fitnet:student", 1.0), ("fitnet:student", 10.0), ("fitnet:student", 100.0), ("reverse:fitnet", 1.0),
+        ("reverse:fitnet", 10.0), ("reverse:fitnet", 100.0), ("gld:logit_kd", 50.0), ("gld:logit_kd", 500.0)}
+    assert table.loc[table["value"] == 100.0, "default"].all() and (table["n"] == 2).all()
+    assert "## Sensitivity" in (folder / "summary.md").read_text()
+    assert (folder / "figures" / "sensitivity.png").is_file()
+    assert "## Loss terms" in (folder / "summary.md").read_text()
