@@ -58,6 +58,14 @@ FIRST_STEP = ("start with: python -m benchmark run --suite kd --profile quick --
               "minute); `COMMAND --help` tells more")
 
 
+def _add_machine_options(parser: argparse.ArgumentParser) -> None:
+    """Where a command that trains computes: cache, device, threads."""
+    parser.add_argument("--cache-dir", type=Path, help="cached data and models (default $CVPDL_CACHE or "
+                                                       "~/.cache/cvpdl-bench)")
+    parser.add_argument("--device", default="auto", metavar="{auto,cpu,cuda}", help="auto: CUDA when present")
+    parser.add_argument("--threads", type=int, help="torch threads per process (default: all cores)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m benchmark", description=DESCRIPTION, epilog=FIRST_STEP)
     parser.add_argument("-v", "--verbose", dest="verbosity", action="count", default=0,
@@ -138,10 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     sensitivity.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                              help="fixed overrides under every value (repeatable)")
     sensitivity.add_argument("--results-dir", type=Path, default=Path("results"), help="where results/<suite>/ is")
-    sensitivity.add_argument("--cache-dir", type=Path, help="cached data and models (default $CVPDL_CACHE or "
-                                                            "~/.cache/cvpdl-bench)")
-    sensitivity.add_argument("--device", default="auto", metavar="{auto,cpu,cuda}", help="auto: CUDA when present")
-    sensitivity.add_argument("--threads", type=int, help="torch threads per process (default: all cores)")
+    _add_machine_options(sensitivity)
     sensitivity.add_argument("--jobs", type=int, default=1, help="train cells in N worker processes side by side")
 
     evaluate = sub.add_parser("evaluate", help="the common COCO evaluator on a ground truth and detections")
@@ -193,10 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                       help="fixed overrides under every trial (e.g. a shorter schedule)")
     tune.add_argument("--results-dir", type=Path, default=Path("results"), help="writes DIR/<suite>/tuning/")
-    tune.add_argument("--cache-dir", type=Path, help="cached data and models (default $CVPDL_CACHE or "
-                                                   "~/.cache/cvpdl-bench)")
-    tune.add_argument("--device", default="auto", metavar="{auto,cpu,cuda}", help="auto: CUDA when present")
-    tune.add_argument("--threads", type=int, help="torch threads per process (default: all cores)")
+    _add_machine_options(tune)
     tune.add_argument("--timeout", type=float, help="wall seconds per method's study (the trial in flight finishes)")
     tune.add_argument("--storage", metavar="URL", help="Optuna storage shared by `tune` workers on several machines: "
                       "a journal file on a shared file system (a path) or a database URL (postgresql://…); default: "
