@@ -89,3 +89,28 @@ def preflight(args) -> None:
         config_lib.apply_file(cfg, config_lib.read_config_file(Path(config_file)), "--config")
     for assignment in getattr(args, "overrides", None) or []:
         config_lib.apply_override(cfg, assignment)
+
+
+def dry_run(args) -> str:
+    """What ``run`` would do, from the catalog and the committed run alone (no torch, nothing written): its cells,
+    seeds and a wall time scaled from the suite's committed run of the same profile (cell-seconds per cell × cells /
+    jobs), which this machine may not match."""
+    suite = next(s for s in suite_catalog() if s["name"] == args.suite)
+    seeds = list(args.seeds)
+    if args.plan is not None:
+        seeds = json.loads(Path(args.plan).read_text())["seeds"]
+    methods = args.methods or [m["name"] for m in suite["methods"]]
+    lines = [f"{args.suite}, profile {args.profile}: {len(methods) * len(seeds)} cells = {len(methods)} methods × "
+             f"{len(seeds)} seeds, each trained alone in its process (--jobs {args.jobs})",
+             f"  methods: {' '.join(methods)}", f"  seeds: {' '.join(map(str, seeds))}"]
+    committed = Path(args.results_dir) / args.suite / "run.json"
+    run = json.loads(committed.read_text()) if committed.is_file() else {}
+    if run.get("profile") != args.profile or not run.get("wall_seconds"):
+        return "\n".join([*lines, f"  time: no recorded run of this profile in {committed.parent}: no estimate"])
+    cells = len(run["methods"]) * len(run["seeds"])
+    per_cell = (run["wall_seconds"] - run.get("prepare_seconds", 0.0)) * run.get("jobs", 1) / cells
+    estimate = per_cell * len(methods) * len(seeds) / args.jobs + run.get("prepare_seconds", 0.0)
+    return "\n".join([*lines, f"  time: ≈{estimate / 60:.1f} min (the committed run: {run['wall_seconds']:.0f} s for "
+                               f"{cells} cells at --jobs {run.get('jobs', 1)}, {run.get('threads')} thread(s) each, "
+                               f"shared set-up {run.get('prepare_seconds', 0.0):.0f} s; finished cells are reused and "
+                               "cost nothing)"])

@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="config values over the profile: {section: {key: value}} in YAML or JSON (a --print-config "
                           "output, run.json's config section, or run.json); --set still overrides")
     run.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    run.add_argument("--dry-run", action="store_true", help="print the cells, seeds and an estimated wall time, "
+                                                            "train nothing, write nothing")
     run.add_argument("--results-dir", type=Path, default=Path("results"), help="where results/<suite>/ is written")
     run.add_argument("--device", default="auto", metavar="{auto,cpu,cuda}", help="auto: CUDA when present")
     run.add_argument("--data", default="digits", metavar="{digits,coco,imagefolder}",
@@ -338,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
             cmd_list(args.verbose)
             return 0
         catalog.preflight(args)  # names, seeds and keys refused before torch is imported or anything written
+        if args.command == "run" and args.__dict__.pop("dry_run"):
+            print(catalog.dry_run(args))
+            return 0
         import benchmark.suites  # noqa: F401  (registers every suite)
 
         if args.command == "run":

@@ -120,3 +120,20 @@ def test_figures_draw_no_interval_below_three_seeds():
     assert t_interval([0.1, 0.3]) == (0.2, 0.2)
     low, high = t_interval([0.1, 0.2, 0.3])
     assert low < 0.2 < high
+
+
+def test_dry_run_prints_cells_and_time_and_writes_nothing(tmp_path, warm_catalog):
+    results = tmp_path / "results"
+    (results / "kd").mkdir(parents=True)
+    committed = REPO / "results" / "kd" / "run.json"
+    (results / "kd" / "run.json").write_text(committed.read_text())
+    probe = ("import sys, runpy; sys.argv = ['benchmark', *sys.argv[1:]]\n"
+             "try:\n    runpy.run_module('benchmark', run_name='__main__')\n"
+             "finally:\n    assert 'torch' not in sys.modules, 'torch was imported'\n")
+    out = subprocess.run([sys.executable, "-c", probe, "run", "--suite", "kd", "--seeds", "0", "1", "--methods",
+                          "gld", "fitnet", "--dry-run", "--jobs", "2", "--results-dir", str(results)],
+                         capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert "4 cells = 2 methods × 2 seeds" in out.stdout and "seeds: 0 1" in out.stdout
+    assert "time: ≈" in out.stdout and "the committed run: 381 s for 25 cells" in out.stdout
+    assert sorted(p.name for p in results.rglob("*")) == ["kd", "run.json"]
