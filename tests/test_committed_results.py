@@ -36,13 +36,15 @@ def test_report_over_the_committed_results_reproduces_every_committed_report(tmp
         "cells", "logs", "mlartifacts", "mlflow.db*", "digits-*", "coco-*", "imagefolder-*"))
     summaries = sorted(results.glob("*/summary.md"))
     assert {p.parent.name for p in summaries} == {"detr", "kd", "ovd"}
-    confirmations = sorted(results.glob("confirmation/*/summary.md"))  # the fresh-seed reruns, first: REPORT.md
-    for summary in [*confirmations, *summaries]:                        # quotes them
+    # the fresh-seed reruns first (planned and staged): REPORT.md quotes them
+    confirmations = sorted([*results.glob("confirmation/*/summary.md"),
+                            *results.glob("exploratory/staged-confirmation/*/summary.md")])
+    for summary in [*confirmations, *summaries]:
         done = subprocess.run([sys.executable, "-m", "benchmark", "-q", "report", "--suite", summary.parent.name,
                                "--results-dir", str(copy / summary.parent.parent.relative_to(results))],
                               capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
-    reports = [results / "REPORT.md"] + ([results / "confirmation" / "REPORT.md"] if confirmations else [])
+    reports = [results / "REPORT.md"] + sorted({p.parent.parent / "REPORT.md" for p in confirmations})
     stale = [str(p.relative_to(results)) for p in [*confirmations, *summaries, *reports]
              if (copy / p.relative_to(results)).read_bytes() != p.read_bytes()]
     assert not stale, f"stale committed reports: {stale}; regenerate them with `python -m benchmark report`"
