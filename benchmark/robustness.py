@@ -35,13 +35,14 @@ def sensitivity_lines(table: pd.DataFrame | None) -> list[str]:
 
 
 def depends_on(table: pd.DataFrame | None, claim: str, headline: str | None = None) -> list[str]:
-    """The knobs at one of whose values the claim is decided the other way from another value, or from the
-    ``headline`` direction the report gives it (each value's test unadjusted)."""
+    """The knobs at one of whose other values the claim is decided (higher or lower, its test unadjusted) otherwise
+    than at the default: than the ``headline`` direction the report gives it, or the default value's own."""
     if table is None:
         return []
     knobs = []
     for knob, rows in table[table["claim"] == claim].groupby("knob", sort=False):
-        decided = {d for d in [*rows["direction"], headline] if d in ("higher", "lower")}
-        if len(decided) > 1:
+        reference = headline or next(iter(rows.loc[rows["default"], "direction"]), None)
+        swept = {d for d in rows.loc[~rows["default"], "direction"] if d in ("higher", "lower")}
+        if swept - {reference}:
             knobs.append(knob)
     return knobs

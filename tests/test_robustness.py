@@ -21,7 +21,12 @@ def test_a_knob_that_reverses_a_decided_verdict_is_named():
     # the headline (e.g. the staged reruns' "lower") against one swept value's "higher"
     assert depends_on(_table(["inconclusive", "higher", "inconclusive"]), "fitnet:student", "lower") == \
         ["fitnet.hint_weight"]
-    assert depends_on(_table(["inconclusive", "inconclusive", "lower"]), "fitnet:student", "lower") == []
+    # an inconclusive headline that a swept value decides
+    assert depends_on(_table(["lower", "inconclusive", "inconclusive"]), "fitnet:student", "inconclusive") == \
+        ["fitnet.hint_weight"]
+    # no other value decides it otherwise: robust over the sweep
+    assert depends_on(_table(["inconclusive", "lower", "lower"]), "fitnet:student", "lower") == []
+    assert depends_on(_table(["inconclusive", "inconclusive", "lower"]), "fitnet:student") == []
     assert depends_on(None, "fitnet:student") == []
     line = sensitivity_lines(_table(["inconclusive", "higher", "lower"]))[0]
     assert line.startswith("`fitnet` − `student_baseline`, n=5: fitnet.hint_weight=1: Δ +0.0010 [-0.0090, +0.0110]")
