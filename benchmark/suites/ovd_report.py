@@ -177,6 +177,9 @@ def _crop_section(rows: pd.DataFrame, methods: set[str], timings: pd.DataFrame |
 def _regionclip_section(rows: pd.DataFrame, tested: dict[str, Tested]) -> Section:
     measured = [f"{t.claim.text}: {t.line()} ({t.claim.role})." for key, t in tested.items()
                 if key.startswith("regionclip:clip_")]
+    measured.append("Scope: one tiny CLIP and one localizer, trained once from their own config seeds and cached, "
+                    "serve every seed; a seed resamples RegionCLIP's pretraining, the evaluation canvases and "
+                    "region draws, not the teacher, so these intervals are conditional on that one teacher.")
     if summary_row(rows, "regionclip", "pseudo_label_accuracy", "train") is not None:
         measured.append("Pseudo-labels on `regionclip`'s pretraining regions (its first 256 images): accuracy on "
                         "regions overlapping a box at IoU ≥ 0.5 "
