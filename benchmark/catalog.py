@@ -15,7 +15,7 @@ from benchmark.config import check_seeds
 from benchmark.registry import SUITE_NAMES
 from cvpdl.errors import UserInputError
 
-CATALOG_VERSION = 2  # bump when the catalog's shape changes
+CATALOG_VERSION = 3  # bump when the catalog's shape changes
 
 
 def suite_catalog() -> list[dict]:
@@ -41,6 +41,7 @@ def suite_catalog() -> list[dict]:
         catalog.append({
             "name": suite.name, "question": suite.question, "dataset": suite.dataset, "datasets": list(suite.datasets),
             "profiles": list(suite.profiles), "defaults": config_lib.defaults(sections),
+            "choices": config_lib.choices(sections),
             "methods": [{"name": m.name, "paper": m.paper, "deviations": [d.line() for d in m.deviations]}
                         for m in REGISTRY.methods(suite.name)]})
     try:
@@ -89,6 +90,11 @@ def preflight(args) -> None:
         config_lib.apply_file(cfg, config_lib.read_config_file(Path(config_file)), "--config")
     for assignment in getattr(args, "overrides", None) or []:
         config_lib.apply_override(cfg, assignment)
+        section, key = assignment.split("=", 1)[0].split(".", 1)
+        allowed = suite["choices"].get(section, {}).get(key)
+        if allowed is not None and cfg[section][key] not in allowed:
+            raise UserInputError(f"{section}.{key} must be one of {', '.join(map(str, allowed))}, got "
+                                 f"{cfg[section][key]!r}")
 
 
 def dry_run(args) -> str:

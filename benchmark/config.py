@@ -52,6 +52,17 @@ def check_seeds(seeds: list[int] | None, flag: str = "--seeds") -> None:
         raise UserInputError(f"{flag} lists seed {', '.join(map(str, repeated))} more than once")
 
 
+def choices(sections: dict[str, type]) -> dict[str, dict[str, list]]:
+    """The fields typed ``Literal[...]``: section → key → the values they allow (for checks made without the
+    dataclasses, e.g. before torch is imported)."""
+    found: dict[str, dict[str, list]] = {}
+    for name, cls in sections.items():
+        for key, hint in typing.get_type_hints(cls).items():
+            if typing.get_origin(hint) is typing.Literal:
+                found.setdefault(name, {})[key] = list(typing.get_args(hint))
+    return found
+
+
 def defaults(sections: dict[str, type]) -> dict[str, dict[str, Any]]:
     return {name: json.loads(json.dumps(dataclasses.asdict(cls()))) for name, cls in sections.items()}
 

@@ -55,6 +55,21 @@ def test_bad_run_arguments_are_refused_before_anything_is_imported_or_written(ar
     assert not results.exists()
 
 
+@pytest.mark.parametrize("suite, assignment, message", [
+    ("detr", "dab.activation=swishy", "dab.activation must be one of relu, prelu, got 'swishy'"),
+    ("ovd", "data.clip_corpus=web", "data.clip_corpus must be one of multiscale, train, got 'web'"),
+    ("kd", "fitnet.hint_stage=9", "fitnet.hint_stage=9: the nets have 3 and 3 stages"),
+])
+def test_constrained_values_are_refused_before_any_folder_is_created(suite, assignment, message, tmp_path, cli):
+    """Choices (``Literal`` fields, also checked before torch is imported) and constraints across sections (FitNet's
+    hint stage against both nets) are checked when the config is resolved, not inside a cell."""
+    results = tmp_path / "results"
+    code, _, err = cli("run", "--suite", suite, "--profile", "quick", "--seeds", "0", "--set", assignment,
+                       "--results-dir", str(results))
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not results.exists()
+
+
 def test_unknown_suite_is_refused_by_every_subcommand_that_takes_one(cli):
     for command in ("run", "tune", "report", "verify", "plan"):
         code, _, err = cli(command, "--suite", "kdd")

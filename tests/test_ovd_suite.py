@@ -121,7 +121,7 @@ def test_malformed_metrics_csv_is_one_clear_error(tmp_path, capsys):
     assert "columns must be" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("field, value", [("clip_corpus", "web"), ("clip_large_scale", (0.8, 0.5)),
+@pytest.mark.parametrize("field, value", [("clip_large_scale", (0.8, 0.5)),
                                           ("clip_digit_scale", (0.0, 0.5)), ("clip_large_fraction", 1.5)])
 def test_bad_clip_corpus_option_is_one_clear_error(field, value):
     from benchmark.suites.ovd import OvdDataConfig, _check_clip_corpus

@@ -226,6 +226,7 @@ def _build_distiller(distiller: type[Distiller], name: str, config: type | None,
                     ) -> Callable[..., KDFit]:
     """A kd method object: ``distiller.fit`` with the method's config section read (and checked) from ``cfg``;
     ``run_cell`` calls it with (make_student, teacher, data, train config, generator, checkpoint)."""
+    distiller.check_config(cfg)
     return functools.partial(distiller.fit, section_config(cfg, name, config) if config else None)
 
 

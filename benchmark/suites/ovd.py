@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from typing import Literal
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,7 @@ class OvdDataConfig:
     coco_novel_classes: tuple[str, ...] = OV_COCO_NOVEL  # the open-vocabulary novel categories (names)
     # the tiny CLIP's own corpus (digits world): "multiscale" canvases from the training pool, like web images with
     # objects at many scales and positions, or "train" (the localizer's training canvases, digit_size only)
-    clip_corpus: str = "multiscale"
+    clip_corpus: Literal["multiscale", "train"] = "multiscale"
     clip_digit_scale: tuple[float, float] = (0.15, 0.6)  # digit side / canvas side, 1–max_digits digits
     clip_large_scale: tuple[float, float] = (0.6, 1.0)  # ... on the canvases holding one large digit
     clip_large_fraction: float = 0.25  # share of the corpus with one large digit
@@ -112,8 +113,6 @@ def _clip_corpus(run: RunContext, train: DetectionSplit) -> tuple[np.ndarray, li
 
 
 def _check_clip_corpus(data: OvdDataConfig) -> None:
-    if data.clip_corpus not in ("multiscale", "train"):
-        raise UserInputError(f"data.clip_corpus must be multiscale or train; got {data.clip_corpus!r}")
     for name in ("clip_digit_scale", "clip_large_scale"):
         low, high = getattr(data, name)
         if not 0 < low <= high <= 1:

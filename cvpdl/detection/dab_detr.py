@@ -25,7 +25,8 @@ from cvpdl.detection.denoising import DenoisingConfig, attention_mask, build_dn_
 from cvpdl.detection.detr import DetrConfig, DetrEncoder
 from cvpdl.detection.parts import DetectorParts
 from cvpdl.detection.position_encoding import sine_embed
-from cvpdl.detection.transformer import MLP, ConditionalDecoderLayer, activation, check_dropout, xavier_init
+from cvpdl.detection.transformer import (MLP, Activation, ConditionalDecoderLayer, activation, check_dropout,
+                                         xavier_init)
 from cvpdl.errors import UserInputError
 
 
@@ -34,7 +35,7 @@ class DabOptions:
     """DAB/DN-DETR's own settings, official defaults (``main.py`` of both repositories)."""
 
     dropout: float = 0.0
-    activation: str = "prelu"  # ``transformer_activation``
+    activation: Activation = "prelu"  # ``transformer_activation``
     pe_temperature: float = 20.0  # ``pe_temperatureH`` / ``pe_temperatureW`` of the image PE
     matcher_cost_class: float = 2.0  # ``set_cost_class``
 

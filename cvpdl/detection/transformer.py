@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,6 +18,7 @@ from torch import nn
 from cvpdl.errors import UserInputError
 
 ACTIVATIONS = {"relu": nn.ReLU, "prelu": nn.PReLU}  # DETR: ReLU; DAB/DN-DETR: PReLU (``transformer_activation``)
+Activation = Literal["relu", "prelu"]  # the names of ACTIVATIONS, as a config field's type (checked when resolved)
 
 
 def activation(name: str) -> nn.Module:

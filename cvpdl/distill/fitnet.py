@@ -29,6 +29,14 @@ def conv_regressor(in_channels: int, out_channels: int, relu: bool) -> nn.Sequen
 class FitNet(Distiller):
     cfg: FitNetConfig
 
+    @classmethod
+    def check_config(cls, cfg: dict) -> None:
+        stages = len(cfg["student"]["widths"]), len(cfg["teacher"]["widths"])
+        hint = cfg["fitnet"]["hint_stage"]
+        if stages[0] != stages[1] or not -stages[0] <= hint < stages[0]:
+            raise UserInputError(f"fitnet.hint_stage={hint}: the nets have {stages[0]} and {stages[1]} stages (the "
+                                 "hint needs the same stage in both)")
+
     def __init__(self, student, teacher, cfg: FitNetConfig):
         super().__init__(student, teacher, cfg)
         stages = len(student.stages)
