@@ -51,6 +51,9 @@ class RunOptions:
     method_overrides: dict[str, list[str]] | None = None  # the same as a dict (a run.json's "params"), without a file
     allow_stale: bool = False  # use a best.json tuned on other code (refused otherwise)
     plan: Path | None = None  # a pre-registered confirmation plan.json: its seeds, methods and profile, run once
+    # the (commit, dirty) the invocation started at, handed to its --jobs workers and submitit jobs: a commit made
+    # while they run must not give their cells another key than the parent looks them up by
+    code_state: tuple[str, bool] | None = None
 
     def data_options(self) -> dict:
         """The data and CLIP choices that shape results beside the config: hashed with it, written to run.json."""
@@ -166,6 +169,8 @@ def results_folder(options: RunOptions, methods: list[MethodSpec], cfg_hash: str
     """``DIR/<suite>/`` for the suite's default run (digits, default profile, the default or tuned config however
     it was spelled); ``DIR/<suite>/<data>-<profile>-<hash>/`` for any other, so no run overwrites the default
     results (those committed under ``results/``)."""
+    if options.plan is not None:  # a planned confirmation: beside its plan, whatever its profile
+        return Path(options.plan).resolve().parent
     suite_dir = Path(options.results_dir) / options.suite
     profiles = REGISTRY.suite(options.suite).profiles
     default = replace(options, data="digits", data_root=None, clip=None, clip_weights=None, overrides=[],
@@ -184,7 +189,7 @@ def describe_run(options: RunOptions, spec: SuiteSpec, methods: list[MethodSpec]
     of every run of this invocation."""
     data_options = options.data_options()
     cfg_hash = run_config_hash(options, cfg, params)
-    commit, dirty = reproducibility.git_state()
+    commit, dirty = options.code_state or reproducibility.git_state()
     run_info = {"suite": spec.name, "profile": options.profile, "methods": [m.name for m in methods],
                 "seeds": options.seeds, "plan": str(options.plan) if options.plan else None, "config": cfg,
                 "config_hash": cfg_hash, "params": params, **data_options,

@@ -388,6 +388,8 @@ def _train_as_jobs(options: RunOptions, cells: list[tuple[MethodSpec, int]], par
 def run_suite(options: RunOptions) -> pd.DataFrame:
     options = apply_plan(options)
     invocation = open_invocation(options)
+    # workers and jobs key their cells by the code this invocation started at, not by a commit made meanwhile
+    options = replace(options, code_state=(invocation.run_info["git_commit"], invocation.run_info["git_dirty"]))
     spec, methods, cfg, run_info, tags = (invocation.spec, invocation.methods, invocation.cfg, invocation.run_info,
                                           invocation.tags)
     results_dir, suite_dir, tracker, runner, ex = (invocation.results_dir, invocation.suite_dir, invocation.tracker,
