@@ -43,7 +43,9 @@ def used_seeds(results_dir: Path, suite: str, besides: Path | None = None) -> se
     folder left out): no confirmation may reuse one."""
     seeds: set[int] = set()
     for path in Path(results_dir).rglob("metrics.csv"):
-        if besides is not None and path.parent == Path(besides):
+        if besides is not None and Path(besides) in path.parents:  # its metrics.csv and its cells' own
+            continue
+        if {"mlartifacts", "mlruns"} & set(path.parts):  # MLflow's copies of results files, wherever they came from
             continue
         frame = pd.read_csv(path, usecols=["suite", "seed"])
         seeds |= set(frame.loc[frame["suite"] == suite, "seed"].astype(int))

@@ -491,7 +491,7 @@ def _control_rows(suite: str, tested: dict[str, Tested]) -> list[tuple[str, Find
     failed = failed_controls(tested)
     heading = f"Suite `{suite}`: positive controls"
     verdict = "hold" if not failed else f"{len(failed)} of {len(controls)} not shown"
-    return [(suite, Finding(heading, f"`{suite}` positive controls ({len(controls)} test{'s' * (len(controls) > 1)})", verdict,
+    return [(suite, Finding(heading, f"`{suite}` positive controls", verdict,
                             "; ".join(f"{t.claim.text}: {brief_line(t)}" for t in (failed or controls)),
                             min(controls, key=lambda t: t.n)), True)]
 

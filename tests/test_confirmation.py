@@ -160,3 +160,26 @@ def test_a_confirmation_is_decided_from_only_when_it_is_its_plan():
     assert plan_mismatch(plan, frame, run) is None
     assert "1 missing (first 4)" in plan_mismatch(plan, frame[frame["seed"] != 4], run)
     assert "not the plan's" in plan_mismatch({**plan, "config_hash": "0" * 16}, frame, run)
+
+
+@pytest.mark.slow
+def test_a_plan_runs_once_into_its_folder_and_the_report_decides_from_it(tmp_path, cache_dir, cli):
+    """Pilot (quick, seeds 0-4) → plan (cut to 2 seeds here, for time) → run --plan → the first table's kd rows
+    come from the confirmation; a second run of the plan trains nothing."""
+    results = tmp_path / "results"
+    assert cli("run", "--suite", "kd", "--profile", "quick", "--seeds", "0", "1", "2", "3", "4", "--results-dir",
+               str(results), "--cache-dir", str(cache_dir))[0] == 0
+    pilot = next((results / "kd").glob("digits-quick-*"))
+    for name in ("metrics.csv", "run.json"):
+        shutil.copy(pilot / name, results / "kd" / name)  # the quick run as the suite's development pilot
+    assert cli("plan", "--suite", "kd", "--results-dir", str(results))[0] == 0
+    plan_file = results / "confirmation" / "kd" / "plan.json"
+    plan = json.loads(plan_file.read_text())
+    plan_file.write_text(json.dumps({**plan, "seeds": plan["seeds"][:2], "n": 2}))
+    assert cli("run", "--suite", "kd", "--plan", str(plan_file), "--cache-dir", str(cache_dir))[0] == 0
+    frame = pd.read_csv(plan_file.parent / "metrics.csv")
+    assert sorted(frame["seed"].unique()) == plan["seeds"][:2]
+    from benchmark.report import report_markdown
+
+    rows = [line for line in report_markdown(results).splitlines() if line.startswith("| [B")]
+    assert rows and all(line.rstrip(" |").endswith("confirmation") for line in rows if "untestable" not in line)
