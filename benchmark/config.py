@@ -166,6 +166,8 @@ def _adapter(cls: type):
 
 
 def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(hint)))
     return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 

@@ -471,7 +471,7 @@ def first_table(findings: list[tuple[str, Finding, bool]], sources: dict[str, Ev
                                       ("development", (dev, dev_sensitive)))
         t = f.tested
         knobs = depends_on((sweeps or {}).get(suite), t.claim.key, t.direction) if t is not None else []
-        verdict = (f"**depends on {', '.join(knobs)}** ({f.verdict} at the defaults)" if knobs
+        verdict = (f"**depends on {', '.join(knobs)}** (defaults: {f.verdict})" if knobs
                    else f"**{f.verdict}**")
         verdict += "" if sensitive or f.verdict.startswith("untestable") else f" ({INSENSITIVE.split(':')[0]})"
         label = f.question.split(". ")[0] if ". " in f.question else "controls"

@@ -1,7 +1,6 @@
 """Sensitivity of the primary claims to the knob that may drive them, and the loss-term shares a diagnosis reads:
 golden values of the tables' readers, and a quick sweep end to end."""
 import pandas as pd
-import pytest
 
 from benchmark.report import loss_share_lines
 from benchmark.robustness import COLUMNS, depends_on, sensitivity_lines

@@ -238,7 +238,7 @@ def findings(frame: pd.DataFrame, tested: dict[str, Tested]) -> list[Finding]:
         _iou_finding(frame),
         finding(C2B, "Crops of ground-truth boxes classify worse than whole images", tested.get("crop:image")),
         finding(C2B, "Pooling regions from the whole-image feature map (RoIAlign) beats crops", tested.get("roi:crop")),
-        *[finding(C2C, f"RegionCLIP beats CLIP on regions: {metric} on {split} classes (vs RoIAlign CLIP)",
+        *[finding(C2C, f"RegionCLIP beats RoIAlign CLIP: {metric} on {split} classes",
                   tested.get(f"regionclip:clip_roi:{metric}:{split}"), cost if i == 0 else "")
           for i, (metric, split) in enumerate(REGION_METRICS)],
         Finding(C2C, "Gains from pretraining on CC3M captions transfer to COCO/LVIS detection",
