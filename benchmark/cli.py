@@ -58,6 +58,12 @@ FIRST_STEP = ("start with: python -m benchmark run --suite kd --profile quick --
               "minute); `COMMAND --help` tells more")
 
 
+def _add_suite_argument(parser: argparse.ArgumentParser, verb: str) -> None:
+    """``--suite`` (checked against the catalog, so that a suite a test registers is accepted too)."""
+    parser.add_argument("--suite", required=True, metavar="SUITE",
+                        help=f"the suite to {verb}: {' | '.join(SUITE_NAMES)}")
+
+
 def _add_machine_options(parser: argparse.ArgumentParser) -> None:
     """Where a command that trains computes: cache, device, threads."""
     parser.add_argument("--cache-dir", type=Path, help="cached data and models (default $CVPDL_CACHE or "
@@ -79,8 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                        "from the paper's official code")
 
     run = sub.add_parser("run", help="train and evaluate every (method, seed) cell of a suite")
-    run.add_argument("--suite", required=True, metavar="SUITE",
-                     help=f"the suite to run: {' | '.join(SUITE_NAMES)}")
+    _add_suite_argument(run, "run")
     run.add_argument("--methods", nargs="+", help="subset of the suite's methods (default: all; `list` names them)")
     run.add_argument("--seeds", nargs="+", type=_seed, default=[0, 1, 2, 3, 4],
                      help="distinct integers >= 0, one cell per method and seed")
@@ -131,16 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="pre-register a suite's confirmation from its development pilot (seeds 0-4) → "
                                        "DIR/confirmation/<suite>/plan.json; `run --plan` runs it once")
-    plan.add_argument("--suite", required=True, metavar="SUITE",
-                      help=f"the suite to plan: {' | '.join(SUITE_NAMES)}")
+    _add_suite_argument(plan, "plan")
     plan.add_argument("--results-dir", type=Path, default=Path("results"), help="where the pilot results/<suite>/ is")
     plan.add_argument("--force", action="store_true", help="replace a plan whose confirmation has not started")
 
     sensitivity = sub.add_parser("sensitivity", help="each primary claim across the knob that may drive it (the "
                                                      "suite's declared sweeps), on the development seeds → "
                                                      "DIR/<suite>/sensitivity.csv")
-    sensitivity.add_argument("--suite", required=True, metavar="SUITE",
-                             help=f"the suite to sweep: {' | '.join(SUITE_NAMES)}")
+    _add_suite_argument(sensitivity, "sweep")
     sensitivity.add_argument("--seeds", nargs="+", type=_seed, default=[0, 1, 2, 3, 4],
                              help="the development seeds (never a plan's)")
     sensitivity.add_argument("--profile", default="default", metavar="PROFILE",
@@ -177,8 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = sub.add_parser("verify", help="compare a run with the committed results/<suite> (git HEAD), metric by "
                                            "metric; exit 3 when something did not reproduce")
-    verify.add_argument("--suite", required=True, metavar="SUITE",
-                     help=f"the suite to compare: {' | '.join(SUITE_NAMES)}")
+    _add_suite_argument(verify, "compare")
     verify.add_argument("--results-dir", type=Path, help="where the run to check is (default: results), or with "
                                                          "--run where to write it (default: a new temporary folder)")
     verify.add_argument("--run", action="store_true", help="rerun the committed profile, methods, seeds and thread "
@@ -189,8 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--threads", type=int, help="with --run: torch threads (default: the committed run's)")
 
     tune = sub.add_parser("tune", help="the same Optuna budget per method on the val split → DIR/<suite>/tuning/")
-    tune.add_argument("--suite", required=True, metavar="SUITE",
-                     help=f"the suite to tune: {' | '.join(SUITE_NAMES)}")
+    _add_suite_argument(tune, "tune")
     tune.add_argument("--methods", nargs="+", help="subset of the suite's methods (default: all)")
     tune.add_argument("--trials", type=int, default=20, help="completed trials per method (a killed study resumes)")
     tune.add_argument("--profile", default="default", metavar="PROFILE",
@@ -208,8 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="rebuild summary.md and figures of every written run of a suite (and "
                                            "REPORT.md), no training")
-    report.add_argument("--suite", required=True, metavar="SUITE",
-                     help=f"the suite to re-render: {' | '.join(SUITE_NAMES)}")
+    _add_suite_argument(report, "re-render")
     report.add_argument("--results-dir", type=Path, default=Path("results"), help="where results/<suite>/ is")
     report.add_argument("--from-mlflow", action="store_true", help="rebuild metrics.csv from the tracked runs")
     for name, command in sub.choices.items():  # -v/-q also after the subcommand (list's own -v lists deviations)

@@ -62,7 +62,6 @@ class Sweep:
     knob: str  # "section.key"
     values: tuple
     methods: tuple[str, ...]  # the methods whose cells the knob changes
-    why: str = ""  # why this knob (the literature's reason, or what a review measured)
 
 
 @dataclass(frozen=True)

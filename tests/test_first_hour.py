@@ -154,3 +154,11 @@ def test_dry_run_prints_cells_and_time_and_writes_nothing(tmp_path, warm_catalog
     wall = json.loads(committed.read_text())["wall_seconds"]
     assert "time: ≈" in out.stdout and f"the committed run: {wall:.0f} s for 25 cells" in out.stdout
     assert sorted(p.name for p in results.rglob("*")) == ["kd", "run.json"]
+
+
+def test_the_activation_choices_are_the_activations():
+    import typing
+
+    from cvpdl.detection.transformer import ACTIVATIONS, Activation
+
+    assert set(typing.get_args(Activation)) == set(ACTIVATIONS)

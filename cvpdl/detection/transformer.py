@@ -8,7 +8,6 @@ from torch's global generator, which the runner seeds per cell and the checkpoin
 from __future__ import annotations
 
 import math
-
 from typing import Literal
 
 import torch

@@ -26,23 +26,22 @@ def conv_regressor(in_channels: int, out_channels: int, relu: bool) -> nn.Sequen
     return nn.Sequential(*layers, nn.ReLU()) if relu else nn.Sequential(*layers)
 
 
+def _check_hint_stage(hint: int, student_stages: int, teacher_stages: int) -> None:
+    if student_stages != teacher_stages or not -student_stages <= hint < student_stages:
+        raise UserInputError(f"fitnet.hint_stage={hint}: the nets have {student_stages} and {teacher_stages} stages "
+                             "(the hint needs the same stage in both)")
+
+
 class FitNet(Distiller):
     cfg: FitNetConfig
 
     @classmethod
     def check_config(cls, cfg: dict) -> None:
-        stages = len(cfg["student"]["widths"]), len(cfg["teacher"]["widths"])
-        hint = cfg["fitnet"]["hint_stage"]
-        if stages[0] != stages[1] or not -stages[0] <= hint < stages[0]:
-            raise UserInputError(f"fitnet.hint_stage={hint}: the nets have {stages[0]} and {stages[1]} stages (the "
-                                 "hint needs the same stage in both)")
+        _check_hint_stage(cfg["fitnet"]["hint_stage"], len(cfg["student"]["widths"]), len(cfg["teacher"]["widths"]))
 
     def __init__(self, student, teacher, cfg: FitNetConfig):
         super().__init__(student, teacher, cfg)
-        stages = len(student.stages)
-        if not -stages <= cfg.hint_stage < stages or len(teacher.stages) != stages:
-            raise UserInputError(f"fitnet.hint_stage={cfg.hint_stage}: the nets have {stages} and "
-                                 f"{len(teacher.stages)} stages (the hint needs the same stage in both)")
+        _check_hint_stage(cfg.hint_stage, len(student.stages), len(teacher.stages))
         self.regressor = conv_regressor(student.stage_channels[cfg.hint_stage], teacher.stage_channels[cfg.hint_stage],
                                         relu=cfg.regressor_relu)
 
