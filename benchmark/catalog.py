@@ -7,7 +7,6 @@ cache dir and read back without those imports, so a typo is refused in a fractio
 from __future__ import annotations
 
 import copy
-import functools
 import json
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from cvpdl.errors import UserInputError
 CATALOG_VERSION = 3  # bump when the catalog's shape changes
 
 
-@functools.lru_cache(maxsize=1)  # hashing the sources is the cost: once per process
 def suite_catalog() -> list[dict]:
     """Suites, datasets, methods, papers, deviations, profiles and every config key's default, as plain data."""
     from benchmark.paths import REPO_ROOT, default_cache_dir, source_digest
