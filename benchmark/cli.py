@@ -196,8 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--trials", type=int, default=20, help="completed trials per method (a killed study resumes)")
     tune.add_argument("--profile", default="default", metavar="PROFILE",
                       help=f"the profile every trial runs: {' | '.join(PROFILES)}")
-    tune.add_argument("--seed", type=_seed, default=1000, help="seed of every trial's cell and of the TPE sampler "
-                                                            "(default 1000: no final run evaluates it)")
+    tune.add_argument("--seeds", nargs="+", type=_seed, default=[1000, 1001],
+                      help="seeds of every trial (the objective is their mean); the first seeds the TPE sampler "
+                           "(default 1000 1001: no final run evaluates them)")
     tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                       help="fixed overrides under every trial (e.g. a shorter schedule)")
     tune.add_argument("--results-dir", type=Path, default=Path("results"), help="writes DIR/<suite>/tuning/")

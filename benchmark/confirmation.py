@@ -20,6 +20,7 @@ import pandas as pd
 from scipy import stats
 
 from benchmark import reproducibility
+from benchmark.params import tuning_seeds
 from benchmark.claims import (ALPHA, TARGET_POWER, SuiteReport, Tested, adjust_many, decide, planned_seeds,
                               report_family, tost_power, ttest_power)
 from benchmark.registry import REGISTRY
@@ -50,9 +51,8 @@ def used_seeds(results_dir: Path, suite: str, besides: Path | None = None) -> se
         frame = pd.read_csv(path, usecols=["suite", "seed"])
         seeds |= set(frame.loc[frame["suite"] == suite, "seed"].astype(int))
     for path in Path(results_dir).rglob("best.json"):  # tuning studies' seeds
-        seed = json.loads(path.read_text()).get("provenance", {}).get("seed")
-        if path.parent.parent.name == suite and seed is not None:
-            seeds.add(int(seed))
+        if path.parent.parent.name == suite:
+            seeds |= set(tuning_seeds(json.loads(path.read_text())))
     return seeds
 
 

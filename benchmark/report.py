@@ -37,7 +37,7 @@ from benchmark.claims import (
     summary_rows,
 )
 from benchmark.confirmation import CONFIRMATION, plan_mismatch
-from benchmark.params import staleness
+from benchmark.params import staleness, tuning_seeds
 from benchmark.registry import REGISTRY, SuiteSpec
 from benchmark.robustness import depends_on, read_sensitivity, sensitivity_lines
 from benchmark.results import atomic_write_text, read_metrics, read_tables
@@ -174,13 +174,14 @@ def tuning_lines(suite_dir: Path, frame: pd.DataFrame, run: dict) -> list[str]:
     best = json.loads(path.read_text())
     metric, split = best["objective"]
     used = run.get("params") or {}
-    lines = [f"Study: `tuning/` ({best['profile']} profile, objective {metric}[{split}] on the tuning seed, "
+    lines = [f"Study: `tuning/` ({best['profile']} profile, objective {metric}[{split}] on the tuning seeds, "
              f"{best['trials_per_method']} trials counted per method with a search space, trial 0 = the defaults). "
              + ("This run used the tuned values." if used else "This run did **not** use them (no `--params`).")]
     provenance, stale = best.get("provenance"), staleness(best)
     if provenance:
         lines.append(f"Study provenance: commit `{str(provenance['commit'])[:12]}`"
-                     f"{' (dirty tree)' if provenance.get('dirty') else ''}, tuning seed {provenance['seed']}, "
+                     f"{' (dirty tree)' if provenance.get('dirty') else ''}, tuning seeds "
+                     f"{' '.join(map(str, tuning_seeds(best)))}, "
                      f"{provenance['threads']} threads on {provenance['host']}, "
                      f"{provenance['study_seconds'] / 3600:.2f} h of trial time, written {provenance['written']}.")
     if stale:

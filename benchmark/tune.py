@@ -1,11 +1,11 @@
 """``python -m benchmark tune``: the same tuning budget for every method, on the validation split only.
 
 Each method gets ``trials`` Optuna trials (seeded TPE) over the search space declared on its method spec; a trial
-is one ordinary cell (``run_suite`` on one method and the tuning seed, the trial's values as ``--set`` overrides),
+is ordinary cells (``run_suite`` on one method and the tuning seeds, the trial's values as ``--set`` overrides),
 so it is cached, resumable and tracked in MLflow like any other cell. The objective is the suite's declared
-``tuning_objective`` (a val metric; its last epoch when it is per-epoch). The suite's headline numbers (test
-among them) of each trial are recorded beside it, so the report can say what tuning did on test; they never
-take part in choosing.
+``tuning_objective`` (a val metric; its last epoch when it is per-epoch), averaged over the tuning seeds. The
+suite's headline numbers (test among them) of each trial are recorded beside it, so the report can say what tuning
+did on test; they never take part in choosing.
 
 The studies live in ``DIR/<suite>/tuning/optuna.db`` (SQLite): a killed ``tune`` resumes where it stopped and
 several workers on this machine may share it. ``--storage`` names another Optuna storage (a journal file on a shared
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.params import TUNING_SEED, assignment, study_provenance
+from benchmark.params import TUNING_SEEDS, assignment, study_provenance
 from benchmark.confirmation import check_seed_roles
 from benchmark.registry import REGISTRY, MethodSpec, SearchParam, SuiteSpec
 from benchmark.results import atomic_write_csv, atomic_write_text, locked
@@ -40,7 +40,8 @@ class TuneOptions:
     methods: list[str] | None = None
     trials: int = 20
     profile: str = "default"
-    seed: int = TUNING_SEED  # the seed of every trial's cell and of the sampler: one no final run evaluates
+    # every trial's cells (its objective is their mean; the first seeds the sampler): seeds no final run evaluates
+    seeds: list[int] = field(default_factory=lambda: list(TUNING_SEEDS))
     overrides: list[str] = field(default_factory=list)
     results_dir: Path = Path("results")
     cache_dir: Path | None = None
@@ -63,18 +64,19 @@ def final_value(metrics: pd.DataFrame, method: str, seed: int, metric: str, spli
     return float(final["value"].mean())
 
 
-def objective_value(metrics: pd.DataFrame, method: str, seed: int, metric: str, split: str) -> float:
-    """The trial's objective from its own cell's rows; a non-finite value scores as the worst."""
-    value = final_value(metrics, method, seed, metric, split)
+def objective_value(metrics: pd.DataFrame, method: str, seeds: list[int], metric: str, split: str) -> float:
+    """The trial's objective, the mean over its own cells' rows; a non-finite value scores as the worst."""
+    value = sum(final_value(metrics, method, seed, metric, split) for seed in seeds) / len(seeds)
     return value if math.isfinite(value) else float("-inf")
 
 
-def headline_values(spec: SuiteSpec, metrics: pd.DataFrame, method: str, seed: int) -> dict[str, float]:
-    """The suite's headline numbers of one trial's cell, as ``metric[split]`` → value (reported, never optimised)."""
+def headline_values(spec: SuiteSpec, metrics: pd.DataFrame, method: str, seeds: list[int]) -> dict[str, float]:
+    """The suite's headline numbers of one trial (mean over its cells), as ``metric[split]`` → value (reported,
+    never optimised)."""
     values = {}
     for metric, split in spec.headline:
         try:
-            value = final_value(metrics, method, seed, metric, split)
+            value = sum(final_value(metrics, method, seed, metric, split) for seed in seeds) / len(seeds)
         except UserInputError:  # a headline this method does not produce
             continue
         values[f"{metric}[{split}]"] = value if math.isfinite(value) else None  # censored: not reached
@@ -112,7 +114,7 @@ def _resolve(options: TuneOptions) -> tuple[SuiteSpec, list[MethodSpec]]:
         raise UserInputError(f"--trials must be at least 1, got {options.trials}")
     if options.profile not in spec.profiles:
         raise UserInputError(f"unknown profile {options.profile!r}; choose from: {', '.join(spec.profiles)}")
-    check_seed_roles(Path(options.results_dir), spec.name, [options.seed], "tuning")
+    check_seed_roles(Path(options.results_dir), spec.name, list(options.seeds), "tuning")
     return spec, methods
 
 
@@ -159,9 +161,9 @@ def tune_suite(options: TuneOptions) -> pd.DataFrame:
     storage, lock = open_storage(options.storage, tuning_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # workers sharing a storage would draw the same random start-up trials from one seed: each seeds its sampler
-    # from --seed, its host and its process (the interleaving of workers' trials is not reproducible anyway)
-    sampler_seed = options.seed if options.storage is None else \
-        zlib.crc32(f"{options.seed}:{socket.gethostname()}:{os.getpid()}".encode())
+    # from its first seed, its host and its process (the interleaving of workers' trials is not reproducible anyway)
+    sampler_seed = options.seeds[0] if options.storage is None else \
+        zlib.crc32(f"{options.seeds[0]}:{socket.gethostname()}:{os.getpid()}".encode())
 
     for method in methods:
         study = optuna.create_study(study_name=study_name(spec.name, method.name, options.profile), storage=storage,
@@ -180,7 +182,8 @@ def tune_suite(options: TuneOptions) -> pd.DataFrame:
 
         def objective(trial, method=method):
             values = {p.key: _suggest(trial, p) for p in method.search_space}
-            run = RunOptions(suite=spec.name, methods=[method.name], seeds=[options.seed], profile=options.profile,
+            run = RunOptions(suite=spec.name, methods=[method.name], seeds=list(options.seeds),
+                             profile=options.profile,
                              overrides=[*options.overrides, *(assignment(k, v) for k, v in values.items())],
                              results_dir=tuning_dir / "trials", cache_dir=options.cache_dir, device=options.device,
                              threads=options.threads, resume=True)
@@ -188,8 +191,8 @@ def tune_suite(options: TuneOptions) -> pd.DataFrame:
                 table = run_suite(run)
             except CellsFailedError:  # a diverged trial is a bad configuration, not the end of the study
                 return float("-inf")
-            trial.set_user_attr("headline", headline_values(spec, table, method.name, options.seed))
-            return objective_value(table, method.name, options.seed, metric, split)
+            trial.set_user_attr("headline", headline_values(spec, table, method.name, options.seeds))
+            return objective_value(table, method.name, options.seeds, metric, split)
 
         done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
         # a method without a search space still runs once: its untuned value is part of the table
@@ -210,7 +213,7 @@ def write_outputs(spec: SuiteSpec, storage, options: TuneOptions, tuning_dir: Pa
     included). Equal budget: each method's best is taken over its first k completed trials, k the smallest number
     of completed trials of any method with a search space and at most ``--trials``, so a method that got more
     trials (a faster worker, or workers that finished together past the budget) has no advantage. best.json also
-    records the study's provenance (code, seed, threads, host, trial time), which ``run --params`` checks."""
+    records the study's provenance (code, seeds, threads, host, trial time), which ``run --params`` checks."""
     import optuna
 
     names = set(optuna.get_all_study_names(storage))
@@ -240,7 +243,8 @@ def write_outputs(spec: SuiteSpec, storage, options: TuneOptions, tuning_dir: Pa
     seconds = sum(t.duration.total_seconds() for _, study in studies.values() for t in study.trials if t.duration)
     payload = {"suite": spec.name, "profile": profile, "objective": list(spec.tuning_objective),
                "trials_per_method": budget, "methods": best,
-               "provenance": study_provenance(options.seed, options.threads or os.cpu_count(), seconds)}  # run's default
+               # threads: run's default when none given
+               "provenance": study_provenance(options.seeds, options.threads or os.cpu_count(), seconds)}
     if figures:
         for name, (method, _) in studies.items():
             if name in best and method.search_space:

@@ -145,7 +145,7 @@ def test_a_plan_takes_new_seeds_and_every_seed_keeps_one_role(tmp_path, cli):
     first = json.loads(plan_file.read_text())["seeds"][0]
     code, _, err = cli("run", "--suite", "kd", "--seeds", str(first), "--results-dir", str(results))
     assert code == 2 and "reserved by the confirmation plan" in err
-    code, _, err = cli("tune", "--suite", "kd", "--seed", str(first), "--results-dir", str(results))
+    code, _, err = cli("tune", "--suite", "kd", "--seeds", str(first), "--results-dir", str(results))
     assert code == 2 and "reserved by the confirmation plan" in err
     code, _, err = cli("run", "--suite", "kd", "--plan", str(plan_file), "--set", "train.lr=0.1")
     assert code == 2 and "--plan fixes the config" in err

@@ -23,15 +23,16 @@ from tests.conftest import suite_folder
 def test_objective_is_the_last_epoch_or_the_final_row():
     rows = pd.DataFrame({"method": "m", "seed": 0, "epoch": [1, 2, 2, None], "split": ["val", "val", "val", "test"],
                          "metric": ["top1"] * 4, "value": [0.1, 0.4, 0.6, 0.9]})
-    assert objective_value(rows, "m", 0, "top1", "val") == pytest.approx(0.5)  # epoch 2's rows, never test
+    assert objective_value(rows, "m", [0], "top1", "val") == pytest.approx(0.5)  # epoch 2's rows, never test
     final = pd.concat([rows, pd.DataFrame({"method": "m", "seed": 0, "epoch": [None], "split": ["val"],
                                            "metric": ["top1"], "value": [0.7]})])
-    assert objective_value(final, "m", 0, "top1", "val") == pytest.approx(0.7)
+    assert objective_value(final, "m", [0], "top1", "val") == pytest.approx(0.7)
     # the merged table holds other methods' and seeds' cells: they never enter this trial's value
     others = pd.concat([final, final.assign(method="other", value=5.0), final.assign(seed=1, value=7.0)])
-    assert objective_value(others, "m", 0, "top1", "val") == pytest.approx(0.7)
+    assert objective_value(others, "m", [0], "top1", "val") == pytest.approx(0.7)
+    assert objective_value(others, "m", [0, 1], "top1", "val") == pytest.approx((0.7 + 7.0) / 2)  # a trial's seeds
     with pytest.raises(UserInputError, match="missing"):
-        objective_value(rows, "m", 0, "AP", "val")
+        objective_value(rows, "m", [0], "AP", "val")
 
 
 OFFSET = {"fixed": 1.0, "tunable": 0.0}

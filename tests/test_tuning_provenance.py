@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from benchmark.params import TUNING_SEED, load_params, staleness, study_provenance, training_code_digest
+from benchmark.params import TUNING_SEEDS, load_params, staleness, study_provenance, training_code_digest
 from cvpdl.errors import UserInputError
 
 
@@ -20,15 +20,15 @@ def _best(tmp_path, provenance):
 
 
 def test_provenance_records_the_code_and_the_study():
-    provenance = study_provenance(seed=TUNING_SEED, threads=2, seconds=3600.04)
+    provenance = study_provenance(seeds=TUNING_SEEDS, threads=2, seconds=3600.04)
     assert provenance["code_digest"] == training_code_digest() and len(provenance["commit"]) >= 7
-    assert (provenance["seed"], provenance["threads"], provenance["study_seconds"]) == (1000, 2, 3600.0)
+    assert (provenance["seeds"], provenance["threads"], provenance["study_seconds"]) == ([1000, 1001], 2, 3600.0)
     assert provenance["host"] and provenance["written"]
     assert staleness({"provenance": provenance}) is None
 
 
 def test_values_from_other_code_are_refused_unless_allowed(tmp_path):
-    fresh = study_provenance(seed=TUNING_SEED, threads=2, seconds=1.0)
+    fresh = study_provenance(seeds=TUNING_SEEDS, threads=2, seconds=1.0)
     assert load_params(_best(tmp_path, fresh), "knob") == {"tunable": ["knob.x=0.3"]}
     stale = {**fresh, "code_digest": "0" * 16, "commit": "a4fd8ac0ffee"}
     with pytest.raises(UserInputError, match=r"tuned on other training code \(commit a4fd8ac0ffee\).*--allow-stale"):
@@ -39,27 +39,34 @@ def test_values_from_other_code_are_refused_unless_allowed(tmp_path):
 
 
 def test_values_tuned_on_an_evaluation_seed_are_refused(tmp_path):
-    path = _best(tmp_path, study_provenance(seed=3, threads=1, seconds=1.0))
+    path = _best(tmp_path, study_provenance(seeds=[1000, 3], threads=1, seconds=1.0))
     with pytest.raises(UserInputError, match="tuned on seed 3, which this run evaluates too"):
         load_params(path, "knob", seeds=(0, 1, 2, 3, 4))
     assert load_params(path, "knob", seeds=(5, 6))
 
 
-def test_the_default_tuning_seed_is_no_evaluation_seed():
+def test_a_study_before_several_seeds_records_its_one_seed():
+    from benchmark.params import tuning_seeds
+
+    assert tuning_seeds({"provenance": {"seed": 7}}) == [7] and tuning_seeds({}) == []
+
+
+def test_the_default_tuning_seeds_are_no_evaluation_seeds():
     from benchmark.cli import build_parser
     from benchmark.tune import TuneOptions
 
-    assert TuneOptions(suite="kd").seed == TUNING_SEED not in range(5)
-    assert build_parser().parse_args(["tune", "--suite", "kd"]).seed == TUNING_SEED
+    assert TuneOptions(suite="kd").seeds == list(TUNING_SEEDS)
+    assert not set(TUNING_SEEDS) & {*range(5), *range(100, 143), *range(200, 264)}  # development, staged, planned
+    assert build_parser().parse_args(["tune", "--suite", "kd"]).seeds == list(TUNING_SEEDS)
 
 
 def test_report_names_the_provenance_and_says_when_values_predate_the_code(tmp_path):
     from benchmark.report import tuning_lines
 
     (tmp_path / "tuning").mkdir()
-    stale = {**study_provenance(seed=TUNING_SEED, threads=2, seconds=7200.0), "code_digest": "0" * 16}
+    stale = {**study_provenance(seeds=TUNING_SEEDS, threads=2, seconds=7200.0), "code_digest": "0" * 16}
     _best(tmp_path / "tuning", stale)
     lines = tuning_lines(tmp_path, pd.DataFrame(), {})
-    assert any(line.startswith("Study provenance: commit") and "tuning seed 1000, 2 threads" in line
+    assert any(line.startswith("Study provenance: commit") and "tuning seeds 1000 1001, 2 threads" in line
                and "2.00 h of trial time" in line for line in lines)
     assert any("predate the current training code" in line for line in lines)

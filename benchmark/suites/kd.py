@@ -215,9 +215,10 @@ REGISTRY.register_suite(SuiteSpec(
 ))
 
 
-# one tuning space for every method: the student's learning rate (around mdistiller's 0.05), plus each method's own
-# loss knobs; the baseline gets no knob the distillers lack
-LR = SearchParam("train.lr", 0.0125, 0.2, log=True)
+# one tuning space for every method: the student's learning rate and weight decay (around mdistiller's 0.05 and
+# 5e-4), plus each method's own loss knobs; the baseline gets no knob the distillers lack
+OPTIMIZER_SPACE = (SearchParam("train.lr", 0.0125, 0.2, log=True),
+                   SearchParam("train.weight_decay", 5e-5, 5e-3, log=True))
 
 
 def _build_distiller(distiller: type[Distiller], name: str, config: type | None, cfg: dict
@@ -232,11 +233,12 @@ def register_distiller(distiller: type[Distiller], name: str, paper: str, config
                        deviations: tuple[Deviation, ...] = (), search_space: tuple[SearchParam, ...] = ()
                        ) -> MethodSpec:
     """Register a kd method: its ``Distiller`` subclass, the dataclass of its config section (named after the method,
-    so ``--set <name>.<key>=…`` reaches it), its paper, declared deviations and tuning ranges (the learning rate is
-    always tuned)."""
+    so ``--set <name>.<key>=…`` reaches it), its paper, declared deviations and tuning ranges (the learning rate
+    and weight decay are always tuned)."""
     return REGISTRY.register_method(MethodSpec(
         name=name, suite="kd", paper=paper, build=functools.partial(_build_distiller, distiller, name, config),
-        config={name: config} if config else {}, deviations=deviations, search_space=(LR, *search_space)))
+        config={name: config} if config else {}, deviations=deviations,
+        search_space=(*OPTIMIZER_SPACE, *search_space)))
 
 
 GLD_DEVIATIONS = (

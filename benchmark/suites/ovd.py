@@ -259,6 +259,7 @@ REGISTRY.register_method(MethodSpec(
     build=lambda cfg: RegionClip(section_config(cfg, "regionclip", RegionClipConfig)),
     config={"regionclip": RegionClipConfig},
     search_space=(SearchParam("regionclip.lr", 3e-5, 1e-3, log=True),
+                  SearchParam("regionclip.weight_decay", 1e-6, 1e-2, log=True),
                   SearchParam("regionclip.temperature", 0.005, 0.1, log=True),
                   SearchParam("regionclip.keep_threshold", 0.05, 0.5)),
     deviations=(
