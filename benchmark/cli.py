@@ -127,8 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "(default: DIR/submitit)")
     run.add_argument("--force", action="store_true", help="recompute cells that finished before")
     run.add_argument("--params", type=Path, help="best.json of `benchmark tune`: each method runs with its tuned "
-                                                 "values (--set still wins); default: DIR/<suite>/tuning/best.json "
-                                                 "when it exists for this profile; `none`: the defaults")
+                                                 "values (--set still wins); `tuned`: DIR/<suite>/tuning/best.json "
+                                                 "(the tuned regime, written to DIR/tuned/<suite>/); default: the "
+                                                 "papers' settings")
     run.add_argument("--allow-stale", action="store_true", help="use a best.json tuned on other training code "
                                                                 "(refused otherwise; run.json records its provenance)")
     run.add_argument("--resume", action="store_true", help="continue interrupted cells from their last per-epoch "

@@ -19,6 +19,8 @@ TRAINING_CODE = (REPO_ROOT / "cvpdl", REPO_ROOT / "benchmark" / "suites")
 # sees a cell it is judged on; two seeds per trial, because one seed's noise (kd top-1: sd ~0.01) is as large as the
 # differences tuned for.
 TUNING_SEEDS = (1000, 1001)
+# `run --params tuned`: the suite's own study; its default run then lives in DIR/tuned/<suite>/ (the tuned regime)
+TUNED = "tuned"
 
 
 def assignment(key: str, value) -> str:

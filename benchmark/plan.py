@@ -13,7 +13,7 @@ from benchmark import config as config_lib
 from benchmark import distributed, reproducibility
 from benchmark.config import check_seeds
 from benchmark.confirmation import CONFIRMATION, check_seed_roles, load_plan
-from benchmark.params import load_params, study_profile
+from benchmark.params import TUNED, load_params, study_profile
 from benchmark.registry import REGISTRY, MethodSpec, SuiteSpec
 from cvpdl.errors import UserInputError
 
@@ -45,8 +45,8 @@ class RunOptions:
     # --jobs workers get their parent's, with which it prepared them, and load them instead of training them again
     prepare_threads: int | None = None
     config_file: Path | None = None  # YAML/JSON {section: {key: value}} over the profile; overrides still win
-    # best.json of `benchmark tune`: each method's tuned values (--set still wins). None: the suite's own study,
-    # DIR/<suite>/tuning/best.json, when it exists and was tuned on this profile (digits data); "none": the defaults
+    # best.json of `benchmark tune`: each method's tuned values (--set still wins). "tuned": the suite's own study,
+    # DIR/<suite>/tuning/best.json; None or "none": the defaults (the papers' settings: one of the two regimes)
     params: Path | None = None
     method_overrides: dict[str, list[str]] | None = None  # the same as a dict (a run.json's "params"), without a file
     allow_stale: bool = False  # use a best.json tuned on other code (refused otherwise)
@@ -134,11 +134,8 @@ def resolve(options: RunOptions) -> tuple[SuiteSpec, list[MethodSpec], dict]:
 def tuned_configs(options: RunOptions, methods: list[MethodSpec]) -> tuple[dict[str, list[str]], dict[str, dict]]:
     """``--params best.json``: per method, its tuned ``section.key=value`` list and the config it runs with (the
     tuned values over the profile and config file; ``--set`` still wins). Methods absent from the file run as is."""
-    path = options.params
-    if path is None:
-        own = Path(options.results_dir) / options.suite / "tuning" / "best.json"
-        path = own if options.data == "digits" and study_profile(own) == options.profile else None
-    elif str(path) == "none":
+    path = own_study(options) if str(options.params) == TUNED else options.params
+    if str(path) == "none":
         path = None
     if path is None and not options.method_overrides:
         return {}, {}
@@ -165,21 +162,33 @@ def run_config_hash(options: RunOptions, cfg: dict, params: dict[str, list[str]]
     return config_lib.config_hash({"cfg": cfg, **options.data_options(), **({"params": params} if params else {})})
 
 
+def own_study(options: RunOptions) -> Path:
+    """The suite's own tuning study, which ``--params tuned`` names."""
+    path = Path(options.results_dir) / options.suite / "tuning" / "best.json"
+    if not path.is_file():
+        raise UserInputError(f"--params tuned: no study at {path}; run `python -m benchmark tune --suite "
+                             f"{options.suite}` first")
+    return path
+
+
 def results_folder(options: RunOptions, methods: list[MethodSpec], cfg_hash: str) -> Path:
-    """``DIR/<suite>/`` for the suite's default run (digits, default profile, the default or tuned config however
-    it was spelled); ``DIR/<suite>/<data>-<profile>-<hash>/`` for any other, so no run overwrites the default
-    results (those committed under ``results/``)."""
+    """The two regimes' folders: ``DIR/<suite>/`` for the suite's default run (digits, default profile, the papers'
+    settings however spelled) and ``DIR/tuned/<suite>/`` for the same run with the suite's own study's values;
+    ``DIR/<suite>/<data>-<profile>-<hash>/`` for any other, so no run overwrites the committed ones."""
     if options.plan is not None:  # a planned confirmation: beside its plan, whatever its profile
         return Path(options.plan).resolve().parent
     suite_dir = Path(options.results_dir) / options.suite
     profiles = REGISTRY.suite(options.suite).profiles
     default = replace(options, data="digits", data_root=None, clip=None, clip_weights=None, overrides=[],
-                      config_file=None, params=None, allow_stale=True,  # only compared, never run
+                      config_file=None, params=None, method_overrides=None, allow_stale=True,  # compared, never run
                       profile="default" if "default" in profiles else next(iter(profiles)))
     _, _, default_cfg = resolve(default)
-    default_params, _ = tuned_configs(default, methods)
-    if cfg_hash == run_config_hash(default, default_cfg, default_params):
+    if cfg_hash == run_config_hash(default, default_cfg, {}):
         return suite_dir
+    if study_profile(suite_dir / "tuning" / "best.json") == default.profile:
+        tuned = replace(default, params=Path(TUNED))
+        if cfg_hash == run_config_hash(tuned, default_cfg, tuned_configs(tuned, methods)[0]):
+            return Path(options.results_dir) / TUNED / options.suite
     return suite_dir / f"{options.data}-{options.profile}-{cfg_hash[:8]}"
 
 

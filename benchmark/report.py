@@ -17,6 +17,7 @@ import pandas as pd
 from benchmark.claims import (
     report_family,
     ALPHA,
+    Arm,
     CENSORED_METRICS,
     MAX_PRIMARY,
     brief_line,
@@ -37,7 +38,7 @@ from benchmark.claims import (
     summary_rows,
 )
 from benchmark.confirmation import CONFIRMATION, plan_mismatch
-from benchmark.params import staleness, tuning_seeds
+from benchmark.params import TUNED, staleness, tuning_seeds
 from benchmark.registry import REGISTRY, SuiteSpec
 from benchmark.robustness import depends_on, read_sensitivity, sensitivity_lines
 from benchmark.results import atomic_write_text, read_metrics, read_tables
@@ -166,9 +167,9 @@ def _reached(x: float | None) -> str:
 
 
 def tuning_lines(suite_dir: Path, frame: pd.DataFrame, run: dict) -> list[str]:
-    """What the equal tuning budget did, from ``tuning/best.json`` (val objective, seed 0 of the study) and whether
-    this run used it (run.json ``params``); test numbers of the tuned methods come from this run's metrics."""
-    path = suite_dir / "tuning" / "best.json"
+    """What the equal tuning budget did, from the suite's ``tuning/best.json`` (val objective, mean over the study's
+    tuning seeds) and whether this run used it (run.json ``params``)."""
+    path = study_path(suite_dir)
     if not path.is_file():
         return ["No tuning study: every method ran with its default values."]
     best = json.loads(path.read_text())
@@ -199,9 +200,27 @@ def tuning_lines(suite_dir: Path, frame: pd.DataFrame, run: dict) -> list[str]:
                      + (f" (test, same seed: {', '.join(on_test)})" if on_test else "")
                      + (f"; {values}" if values else "")
                      + ("" if name in used or not entry["params"] else " (not applied in this run)"))
-    lines.append("The default configuration was not rerun on the final seeds: default → tuned is measured on the "
-                 "study's one seed (test numbers of its trials are recorded, never used to choose).")
+    lines.append("Default → tuned above is measured on the study's tuning seeds (test numbers of its trials are "
+                 "recorded, never used to choose); both regimes run on the development seeds: the papers' settings "
+                 f"in `{suite_dir.name}/`, the tuned values in `{TUNED}/{suite_dir.name}/`.")
     return lines
+
+
+def study_path(suite_dir: Path) -> Path:
+    """The suite's tuning study, seen from either regime's folder (``DIR/<suite>`` or ``DIR/tuned/<suite>``)."""
+    root = suite_dir.parent.parent if suite_dir.parent.name == TUNED else suite_dir.parent
+    return root / suite_dir.name / "tuning" / "best.json"
+
+
+def top_knob(suite_dir: Path, methods: set[str]) -> str | None:
+    """The knob that mattered most in the tuning studies of ``methods`` (largest fANOVA importance in best.json)."""
+    path = study_path(suite_dir)
+    if not path.is_file():
+        return None
+    entries = json.loads(path.read_text())["methods"]
+    weights = [(share, knob) for name in methods for knob, share in entries.get(name, {}).get("importance",
+                                                                                              {}).items()]
+    return max(weights)[1] if weights else None
 
 
 CONTROLS_NOTE = ("A comparison holds when its paired t-test over seeds rejects in the expected direction; a level "
@@ -463,11 +482,14 @@ def _cell(text: str) -> str:
 
 
 def first_table(findings: list[tuple[str, Finding, bool]], sources: dict[str, Evidence],
-                sweeps: dict[str, pd.DataFrame | None] | None = None) -> str:
+                sweeps: dict[str, pd.DataFrame | None] | None = None,
+                tuned: dict[tuple[str, str], tuple[Finding, str | None]] | None = None) -> str:
     """REPORT.md's first screen: one row per claim (controls first), the verdict of the strongest source that
     decided it (the planned confirmation, else the staged reruns, else the development pilot), Δ [95% CI], n.
     ``sweeps``: each suite's sensitivity table; a decided verdict that a swept value of a knob reverses becomes
-    "depends on <knob>" (the decided verdict beside it)."""
+    "depends on <knob>" (the decided verdict beside it). ``tuned``: (suite, claim) → the claim's finding in the
+    tuned regime on the development seeds and the knob its tuning studies found most important: the verdict is
+    "robust" where the two regimes' development verdicts agree, else it depends on that knob."""
     lines = ["| Q | claim | verdict | Δ [95% CI] | n | from |", "|---|---|---|---|---|---|"]
     for suite, dev, dev_sensitive in findings:
         source, (f, sensitive) = next(((name, evidence.rows[(suite, dev.claim)])
@@ -475,8 +497,12 @@ def first_table(findings: list[tuple[str, Finding, bool]], sources: dict[str, Ev
                                       ("development", (dev, dev_sensitive)))
         t = f.tested
         knobs = depends_on((sweeps or {}).get(suite), t.claim.key, t.direction) if t is not None else []
-        verdict = (f"**depends on {', '.join(knobs)}** (defaults: {f.verdict})" if knobs
-                   else f"**{f.verdict}**")
+        regime, knob = (tuned or {}).get((suite, dev.claim), (None, None))
+        if regime is not None and regime.verdict != dev.verdict:
+            knobs = list(dict.fromkeys([*knobs, knob or "hyperparameters"]))
+        tuned_text = f"; tuned: {regime.verdict}" if regime is not None else ""
+        verdict = (f"**depends on {', '.join(knobs)}** (defaults: {f.verdict}{tuned_text})" if knobs
+                   else f"**{f.verdict}**" + (", robust to tuning" if regime is not None else ""))
         verdict += "" if sensitive or f.verdict.startswith("untestable") else f" ({INSENSITIVE.split(':')[0]})"
         label = f.question.split(". ")[0] if ". " in f.question else "controls"
         interval = (f"{t.diff:+.3f} [{t.ci_low:+.3f}, {t.ci_high:+.3f}]" if t is not None and t.n >= 2
@@ -521,6 +547,7 @@ def report_markdown(results_dir: Path) -> str:
 
     sources = {"confirmation": source_findings(results_dir / CONFIRMATION, plans=results_dir / CONFIRMATION),
                "staged": source_findings(results_dir / STAGED)}
+    tuned = source_findings(results_dir / TUNED)
     rows, body, limits, sweeps = [], [], [], {}
     for spec in sorted(REGISTRY.suites(), key=lambda s: s.name):
         suite_dir = results_dir / spec.name
@@ -539,6 +566,9 @@ def report_markdown(results_dir: Path) -> str:
         body.append(f"Development pilot: `{spec.name}/summary.md` (data {_data_line(spec, run)}, profile "
                     f"`{run.get('profile', '?')}`, seeds "
                     f"{sorted(frame['seed'].unique().tolist())}, commit `{run.get('git_commit', '?')[:12]}`).")
+        if (results_dir / TUNED / spec.name / "metrics.csv").is_file():
+            body.append(f" Tuned regime (the suite's tuning study's values, same seeds): "
+                        f"`{TUNED}/{spec.name}/summary.md`.")
         notes = sources["confirmation"].notes.get(spec.name)
         body.append(f" Planned confirmation (`{CONFIRMATION}/{spec.name}/plan.json`): {notes}.\n\n" if notes
                     else "\n\n")
@@ -554,7 +584,7 @@ def report_markdown(results_dir: Path) -> str:
                         f"**The literature (not measured here).** {section.literature}\n\n**Measured.**\n\n")
             body += [f"- {line}\n" for line in section.measured]
             body.append(f"\n**Agreement with the paper.** {section.verdict}\n\n" if section.verdict else "\n")
-            body += _verdicts_by_source(spec.name, section.heading, findings, sources)
+            body += _verdicts_by_source(spec.name, section.heading, findings, sources, tuned)
             body += [f"- sensitivity (development seeds): {line}\n" for line in sensitivity_lines(sweeps[spec.name])
                      if any(f.question == section.heading and f.tested is not None and line.startswith(
                          f.tested.claim.text) for _, f, _ in findings)]
@@ -574,7 +604,12 @@ def report_markdown(results_dir: Path) -> str:
     parts = ["# cvpdl-bench — report\n\n"]
     if rows:
         staged = sources["staged"].seeds
-        parts += [INTRO.format(family=len(report_family()), alpha=ALPHA), first_table(rows, sources, sweeps), "\n",
+        regimes = {key: (f, top_knob(results_dir / key[0], {arm.method for arm in (f.tested.claim.a,
+                                                                                   f.tested.claim.b)
+                                                           if isinstance(arm, Arm)}))
+                   for key, (f, _) in tuned.rows.items() if f.tested is not None}
+        parts += [INTRO.format(family=len(report_family()), alpha=ALPHA), first_table(rows, sources, sweeps, regimes),
+                  "\n",
                   _wrapped(STAGED_NOTE.format(seeds=f"{min(staged)}-{max(staged)}")) if staged else ""]
     parts += [_wrapped(GENERATED), *body]
     if limits:
@@ -588,8 +623,9 @@ def _wrapped(paragraph: str) -> str:
 
 
 def _verdicts_by_source(suite: str, heading: str, findings: list[tuple[str, Finding, bool]],
-                        sources: dict[str, Evidence]) -> list[str]:
-    """Under each question: every claim's verdict from each source that has one, with its evidence."""
+                        sources: dict[str, Evidence], tuned: Evidence) -> list[str]:
+    """Under each question: every claim's verdict from each source that has one, with its evidence, and the tuned
+    regime's on the development seeds."""
     lines = []
     for _, dev, _ in (row for row in findings if row[1].question == heading and row[1].tested is not None):
         lines.append(f"*{dev.claim}*\n\n")
@@ -597,12 +633,17 @@ def _verdicts_by_source(suite: str, heading: str, findings: list[tuple[str, Find
             if (suite, dev.claim) in evidence.rows:
                 f, _ = evidence.rows[(suite, dev.claim)]
                 lines.append(f"- {SOURCES[name]}: **{f.verdict}** — {f.evidence}\n")
-        lines.append(f"- development (seeds 0-4): **{dev.verdict}** — {dev.evidence}\n\n")
+        lines.append(f"- development (seeds 0-4): **{dev.verdict}** — {dev.evidence}\n")
+        if (suite, dev.claim) in tuned.rows:
+            f, _ = tuned.rows[(suite, dev.claim)]
+            lines.append(f"- tuned values (`{TUNED}/{suite}/`, seeds 0-4): **{f.verdict}** — {f.evidence}\n")
+        lines.append("\n")
     return lines
 
 
 INTRO = ("Each claim of the course questions, decided once: reproduced, contradicted, equivalent (±δ), inconclusive, "
-         "untestable here, or depends on <knob> (a swept setting reverses it).\n"
+         "untestable here, or depends on <knob> (a swept setting, or tuning at equal budget, changes it; robust to "
+         "tuning: the tuned values give the same development verdict).\n"
          "*from*: the planned confirmation where it ran, else the staged reruns†, else the development pilot.\n"
          "Primary claims form one error family ({family} claims, α = {alpha:g}, Shaffer's step-down over claims); "
          "each row links to its evidence.\n\n")

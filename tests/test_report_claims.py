@@ -368,3 +368,28 @@ def test_the_first_screen_reads_in_one_screen():
     for row in rows:
         assert len(row) <= 200, row
         assert len(row.split(" | ")[1]) <= 80, row
+
+
+def test_the_tuned_regime_marks_a_verdict_robust_or_dependent_on_the_knob_tuning_found(tmp_path):
+    results = _results_copy(tmp_path)
+    tuned = results / "tuned" / "kd"
+    shutil.copytree(results / "kd", tuned, ignore=shutil.ignore_patterns("tuning"))
+    row = "GLD beats logit KD"
+    for folder in (results / "kd", tuned):  # the same clear effect in both regimes
+        _set_from(folder / "metrics.csv", "gld", "top1_last", "test", "logit_kd", lambda seed: -0.05 - 0.005 * seed)
+    line = _table_row(report_markdown(results), row)
+    assert _verdict(line) == "contradicted" and "robust to tuning" in line
+    _set_from(tuned / "metrics.csv", "gld", "top1_last", "test", "logit_kd", lambda seed: 0.05 + 0.005 * seed)
+    (results / "kd" / "tuning").mkdir(exist_ok=True)
+    (results / "kd" / "tuning" / "best.json").write_text(json.dumps({
+        "suite": "kd", "profile": "default", "objective": ["top1", "val"], "trials_per_method": 2, "methods": {
+            "gld": {"value": 0.5, "default_value": 0.4, "params": {"gld.beta": 50.0}, "trials": 2,
+                    "importance": {"gld.beta": 0.7, "train.lr": 0.3}},
+            "logit_kd": {"value": 0.5, "default_value": 0.5, "params": {"train.lr": 0.05}, "trials": 2,
+                         "importance": {"train.lr": 0.6, "logit_kd.temperature": 0.4}},
+            "fitnet": {"value": 0.5, "params": {}, "trials": 2, "importance": {"fitnet.hint_weight": 0.99}}}}))
+    report = report_markdown(results)
+    line = _table_row(report, row)  # the most important knob of the claim's own two methods' studies
+    assert _verdict(line) == "depends on gld.beta" and "(defaults: contradicted; tuned: reproduced)" in line
+    assert "- tuned values (`tuned/kd/`, seeds 0-4): **reproduced**" in report
+    assert len(line) <= 200

@@ -95,13 +95,20 @@ def test_tune_gives_each_method_its_budget_and_run_reads_best_json(tmp_path):
     assert fixed["value"] == pytest.approx(-0.36 - 1)  # its own cell, though trial 0 of both is the same config
     with pytest.raises(UserInputError, match="suite"):
         load_params(tmp_path / "knob" / "tuning" / "best.json", "detr")
-    # without --params, `run` uses the suite's own study in its results dir (same profile); "none" the defaults
+    # two regimes: `--params tuned` runs the suite's own study into DIR/tuned/<suite>/; without --params (or with
+    # "none") the papers' settings, into DIR/<suite>/, though the study exists
     own = run_suite(RunOptions(suite="knob", seeds=[0], profile="quick", results_dir=tmp_path,
-                               cache_dir=tmp_path / "c"))
+                               cache_dir=tmp_path / "c", params=Path("tuned")))
     assert own.set_index(["method", "split"]).loc[("tunable", "test"), "value"] == pytest.approx(10 - (x - 0.3) ** 2)
-    plain = run_suite(RunOptions(suite="knob", seeds=[0], profile="quick", results_dir=tmp_path,
-                                 cache_dir=tmp_path / "c", params=Path("none")))
-    assert plain.set_index(["method", "split"]).loc[("tunable", "test"), "value"] == pytest.approx(10 - 0.36)
+    assert (tmp_path / "tuned" / "knob" / "metrics.csv").is_file()
+    for params in (None, Path("none")):
+        plain = run_suite(RunOptions(suite="knob", seeds=[0], profile="quick", results_dir=tmp_path,
+                                     cache_dir=tmp_path / "c", params=params))
+        assert plain.set_index(["method", "split"]).loc[("tunable", "test"), "value"] == pytest.approx(10 - 0.36)
+    assert pd.read_csv(tmp_path / "knob" / "metrics.csv")["value"].max() == pytest.approx(10 - 0.36)
+    with pytest.raises(UserInputError, match="no study"):
+        run_suite(RunOptions(suite="knob", seeds=[0], profile="quick", results_dir=tmp_path / "elsewhere",
+                             cache_dir=tmp_path / "c", params=Path("tuned")))
 
 
 @pytest.mark.parametrize("storage", ["journal", "sqlite"])

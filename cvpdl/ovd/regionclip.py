@@ -48,7 +48,6 @@ class RegionClipConfig:
     images: int = 1500  # training images used (from the start of the training split)
     batch_size: int = 32
     lr: float = 1e-4
-    weight_decay: float = 1e-4  # official SOLVER.WEIGHT_DECAY
     grad_clip_norm: float = 5.0  # official SOLVER.CLIP_GRADIENTS (norm, 5.0)
     proposal_pool: int = 18  # localizer proposals kept per image (NMS below, no score threshold)
     proposal_nms: float = 0.5  # official OFFLINE_RPN_NMS_THRESH
@@ -238,7 +237,7 @@ class RegionClip(ClipRoi):
 
         params = self.init_student(ctx)
         model = self.student.model
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
         steps = max(1, n // cfg.batch_size)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps)
         history: dict[str, list[float]] = {"loss_region": [], "loss_image": [], "loss_distill": []}
