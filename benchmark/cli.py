@@ -16,7 +16,8 @@ import sys
 import threading
 from pathlib import Path
 
-from benchmark import catalog, perf_extras
+from benchmark import catalog
+from benchmark.perf import extras as perf_extras
 from benchmark.config import seed
 from benchmark.registry import PROFILES, SUITE_NAMES
 from cvpdl.errors import UserInputError
@@ -376,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return verify(**{k: v for k, v in vars(args).items() if k != "command"})
         elif args.command == "perf":
-            from benchmark.perf import PerfOptions, run_perf
+            from benchmark.perf.command import PerfOptions, run_perf
 
             for flag in ("steps", "profile_steps", "suite_jobs"):
                 if getattr(args, flag) < 1:

@@ -26,12 +26,15 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                       "benchmark.registry", "benchmark.config", "benchmark.reproducibility", "benchmark.params",
                       "benchmark.context")),
     ("claims and cache", ("benchmark.claims", "benchmark.cache", "benchmark.robustness")),
-    ("the runner's parts", ("benchmark.confirmation", "benchmark.plan", "benchmark.cells", "benchmark.tracking", "benchmark.report",
-                            "benchmark.suites", "benchmark.suites.*")),
+    ("the runner's parts", ("benchmark.confirmation", "benchmark.plan", "benchmark.cells", "benchmark.tracking",
+                            "benchmark.report", "benchmark.suites", "benchmark.suites.*")),
     ("runner", ("benchmark.runner",)),
-    ("commands", ("benchmark.sensitivity", "benchmark.tune", "benchmark.verify", "benchmark.perf", "benchmark.perf_common",
-                  "benchmark.perf_models", "benchmark.perf_suites", "benchmark.perf_curves", "benchmark.perf_profile",
-                  "benchmark.perf_extras", "benchmark.perf_extras.*")),
+    # the performance package, one-way inside: its parts, then the command that assembles them
+    ("perf base", ("benchmark.perf", "benchmark.perf.common")),
+    ("perf models", ("benchmark.perf.models",)),
+    ("perf measurements", ("benchmark.perf.suites", "benchmark.perf.curves", "benchmark.perf.profile")),
+    ("perf extras", ("benchmark.perf.extras", "benchmark.perf.extras.*")),
+    ("commands", ("benchmark.sensitivity", "benchmark.tune", "benchmark.verify", "benchmark.perf.command")),
     ("command line", ("benchmark.catalog", "benchmark.cli", "benchmark.__main__")),
 ]
 

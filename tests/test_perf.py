@@ -13,12 +13,12 @@ import torch
 import benchmark.suites  # noqa: F401  (registers the suites goals and curves iterate over)
 from benchmark import reproducibility
 from benchmark.cli import main
-from benchmark.perf import goals, write_figures
-from benchmark.perf_common import CurveSettings, PerfOptions, PerfReport
-from benchmark.perf_profile import OP_GROUPS, OTHER
-from benchmark.perf_curves import (EPOCH, EVALUATOR, QUERIES, cost_curves, curves_markdown, loglog_slope,
+from benchmark.perf.command import goals, write_figures
+from benchmark.perf.common import CurveSettings, PerfOptions, PerfReport
+from benchmark.perf.profile import OP_GROUPS, OTHER
+from benchmark.perf.curves import (EPOCH, EVALUATOR, QUERIES, cost_curves, curves_markdown, loglog_slope,
                                    tune_trials_per_hour)
-from benchmark.perf_models import HF_DAB, training_step
+from benchmark.perf.models import HF_DAB, training_step
 from tests.test_detr_units import tiny_detector_batch
 
 
@@ -150,8 +150,8 @@ def test_ddp_speedup_times_every_suite_with_one_and_two_processes(tmp_path, monk
     """``perf --ddp``: per suite, the quick profile with 1 process and with 2 under torchrun (the runs stubbed here;
     the real 2-process runs are the torchrun tests of test_reliability), each with the cached data but no cached
     model, and the ratio of their wall times as a perf.csv row of its own."""
-    from benchmark import perf_suites
-    from benchmark.perf_extras.ddp import ddp_speedups
+    from benchmark.perf import suites as perf_suites
+    from benchmark.perf.extras.ddp import ddp_speedups
     from benchmark.registry import REGISTRY
 
     calls = []
@@ -177,7 +177,7 @@ def test_ddp_speedup_times_every_suite_with_one_and_two_processes(tmp_path, monk
 
 
 def test_op_groups_sort_the_ops_of_a_training_step():
-    from benchmark.perf_profile import op_group
+    from benchmark.perf.profile import op_group
 
     assert op_group("aten::mkldnn_convolution") == op_group("aten::convolution_backward") \
         == op_group("aten::native_batch_norm_backward") == "backbone convolution + batch norm"
@@ -188,7 +188,7 @@ def test_op_groups_sort_the_ops_of_a_training_step():
 
 
 def _profiled(report, model, backbone, random, matmul, other):
-    from benchmark.perf_profile import SECTION
+    from benchmark.perf.profile import SECTION
 
     for group, ms in zip([*OP_GROUPS, OTHER], (backbone, random, matmul, other)):
         report.add(SECTION, f"{model}: {group}", ms, "ms/step", model=model, group=group)
@@ -196,7 +196,7 @@ def _profiled(report, model, backbone, random, matmul, other):
 
 
 def test_ceiling_note_bounds_the_speed_up_by_the_shared_work():
-    from benchmark.perf_profile import ceiling_note
+    from benchmark.perf.profile import ceiling_note
 
     report = PerfReport()
     assert ceiling_note(report, "detr", "hf_detr", 1.5) is None  # no profile: no measured account
@@ -218,7 +218,7 @@ def test_ceiling_note_bounds_the_speed_up_by_the_shared_work():
 
 
 def test_suite_time_accounts_read_the_committed_run(tmp_path):
-    from benchmark.perf_profile import committed_jobs, suite_time_accounts, suite_time_note
+    from benchmark.perf.profile import committed_jobs, suite_time_accounts, suite_time_note
 
     folder = tmp_path / "kd"
     folder.mkdir()
@@ -242,7 +242,7 @@ def test_suite_runs_share_one_results_folder_and_report_process_time(tmp_path, m
     """The perf-profile suite runs (stubbed): one command per suite into one results folder, as a user runs them;
     the runner's clock, the whole command's and the peak memory per suite, ovd's seconds per image, and the
     committed default run's wall time with its --jobs."""
-    from benchmark import perf_suites
+    from benchmark.perf import suites as perf_suites
     from benchmark.registry import REGISTRY
 
     folders = []
@@ -281,10 +281,10 @@ def test_suite_runs_share_one_results_folder_and_report_process_time(tmp_path, m
 
 
 def test_optional_sections_run_only_when_their_flag_asks(monkeypatch):
-    """The plug-in point of ``benchmark.perf_extras``: a registered section gets its own ``perf`` flag and runs at its
+    """The plug-in point of ``benchmark.perf.extras``: a registered section gets its own ``perf`` flag and runs at its
     stage only when ``PerfOptions.extras`` names it; ``--compile`` and ``--ddp`` are two such sections."""
-    from benchmark import perf, perf_extras
-    from benchmark.perf_extras import base
+    from benchmark.perf import command as perf, extras as perf_extras
+    from benchmark.perf.extras import base
 
     ran = []
     toy = base.PerfExtra("toy", help="a toy section", stage="suites",
@@ -308,7 +308,7 @@ def test_a_suite_process_peak_memory_is_its_own_not_its_parents():
     import subprocess
     import sys
 
-    from benchmark.perf_suites import peak_resident_mib
+    from benchmark.perf.suites import peak_resident_mib
 
     held = bytearray(600 * 2 ** 20)
     held[::4096] = b"x" * len(held[::4096])  # touched: resident

@@ -7,7 +7,7 @@ import math
 import tempfile
 import time
 
-from benchmark.perf_extras.base import PerfExtra, register
+from benchmark.perf.extras.base import PerfExtra, register
 
 # detr alone: compiling all three had not finished after 15 minutes on 2 cores (not profiled; likely inductor's
 # C++ builds, and recompiles where DN-DETR's query count follows each batch's targets)

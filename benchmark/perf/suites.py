@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import psutil
 
-from benchmark.perf_common import PerfOptions, PerfReport
-from benchmark.perf_profile import committed_jobs
+from benchmark.perf.common import PerfOptions, PerfReport
+from benchmark.perf.profile import committed_jobs
 from benchmark.registry import REGISTRY
 
 

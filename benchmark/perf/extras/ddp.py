@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from benchmark.paths import default_cache_dir
-from benchmark.perf_extras.base import PerfExtra, register
+from benchmark.perf.extras.base import PerfExtra, register
 from benchmark.registry import REGISTRY
 
 # cache folders of trained models (retrained in each timed run); the data folders beside them are reused
@@ -22,7 +22,7 @@ def ddp_speedups(report, options, processes: int = 2) -> None:
     both: every DDP training loop is timed."""
     from tqdm.auto import tqdm
 
-    from benchmark.perf_suites import run_suite_process
+    from benchmark.perf.suites import run_suite_process
 
     cache = Path(options.cache_dir or default_cache_dir()).resolve()
     for spec in tqdm(REGISTRY.suites(), desc="2-process speed-up", unit="suite"):

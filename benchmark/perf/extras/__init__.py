@@ -2,7 +2,7 @@
 (``perf --compile``, ``perf --ddp``). A section is a module here that registers a ``PerfExtra`` (``base``); ``perf``
 adds its flag, runs it at its stage when asked and adds its note under a missed goal. Sections import torch inside
 their functions, so that ``perf --help`` stays fast."""
-from benchmark.perf_extras import compiled, ddp  # noqa: F401  (each registers its section)
-from benchmark.perf_extras.base import EXTRAS, PerfExtra, TrainingBench, run_stage
+from benchmark.perf.extras import compiled, ddp  # noqa: F401  (each registers its section)
+from benchmark.perf.extras.base import EXTRAS, PerfExtra, TrainingBench, run_stage
 
 __all__ = ["EXTRAS", "PerfExtra", "TrainingBench", "run_stage"]

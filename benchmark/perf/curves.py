@@ -24,9 +24,9 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmark import config as config_lib
-from benchmark.perf_common import (EVALUATOR_REPEATS, CurveSettings, PerfOptions, PerfReport, detr_config,
+from benchmark.perf.common import (EVALUATOR_REPEATS, CurveSettings, PerfOptions, PerfReport, detr_config,
                                    evaluator_seconds, synthetic_coco, sync_device, training_batches, training_split)
-from benchmark.perf_models import training_step
+from benchmark.perf.models import training_step
 from benchmark.registry import REGISTRY
 from cvpdl.data.detection_split import DetectionSplit
 from cvpdl.detection.training import DetrTrainConfig, train_epoch

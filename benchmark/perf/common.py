@@ -19,7 +19,7 @@ from cvpdl.evaluation.coco_eval import evaluate_detections
 
 @dataclass(frozen=True)
 class CurveSettings:
-    """The sizes the cost curves (``benchmark.perf_curves``) are measured at; the defaults should keep them to
+    """The sizes the cost curves (``benchmark.perf.curves``) are measured at; the defaults should keep them to
     about a minute on 2 free CPU cores (estimated from 1-thread timings of one variant on a busy machine)."""
 
     epoch_images: tuple[int, ...] = (256, 512, 1024, 2048)  # training images per timed epoch
@@ -39,9 +39,9 @@ class PerfOptions:
     suite_jobs: int = 1  # --jobs of those runs
     cache_dir: Path | None = None
     threads: int | None = None
-    curves: bool = True  # the cost curves of benchmark.perf_curves
-    profile_steps: int = 5  # profiled training steps per model (benchmark.perf_profile), after 2 warm-up steps
-    extras: tuple[str, ...] = ()  # optional sections of benchmark.perf_extras to run too (e.g. "compile", "ddp")
+    curves: bool = True  # the cost curves of benchmark.perf.curves
+    profile_steps: int = 5  # profiled training steps per model (benchmark.perf.profile), after 2 warm-up steps
+    extras: tuple[str, ...] = ()  # optional sections of benchmark.perf.extras to run too (e.g. "compile", "ddp")
     curve_settings: CurveSettings = field(default_factory=CurveSettings)
 
 

@@ -10,15 +10,15 @@
 - wall time and peak memory of every suite on the ``quick`` profile (run here, each in its own process) and wall
   time on ``default`` (read from the committed ``results/<suite>/run.json``), and ``ovd`` seconds per image of
   region classification per method;
-- cost curves (``benchmark.perf_curves``, ``--no-curves`` skips them): seconds per epoch vs training images,
+- cost curves (``benchmark.perf.curves``, ``--no-curves`` skips them): seconds per epoch vs training images,
   per step vs queries, evaluator seconds vs detections, each with its log-log slope, and ``tune`` trials per hour
   from the committed studies;
-- where the time goes (``benchmark.perf_profile``): each model's training step by op group, and the committed
+- where the time goes (``benchmark.perf.profile``): each model's training step by op group, and the committed
   suites' wall time by part;
-- the optional sections of ``benchmark.perf_extras``, each behind its own flag (``--compile``, ``--ddp``).
+- the optional sections of ``benchmark.perf.extras``, each behind its own flag (``--compile``, ``--ddp``).
 
-Parts: ``perf_common`` (options, report, inputs), ``perf_models`` (the timed models), ``perf_suites`` (suite runs),
-``perf_curves``, ``perf_profile``, ``perf_extras``.
+Parts (``benchmark.perf``): ``common`` (options, report, inputs), ``models`` (the timed models), ``suites`` (suite
+runs), ``curves``, ``profile``, ``extras``; this module, the command, imports them and nothing imports it.
 
 Writes ``DIR/perf/perf.csv`` (one row per figure), ``DIR/perf/perf.md`` (tables, goals, the command),
 ``DIR/perf/run.json`` (code, versions, machine, options: as a suite's) and the figures ``cost_curves.png`` and
@@ -42,13 +42,13 @@ from tqdm.auto import tqdm
 
 from benchmark import reproducibility
 from benchmark.paths import default_cache_dir
-from benchmark.perf_common import (EVALUATOR_REPEATS, PerfOptions, PerfReport, detr_config, evaluator_seconds,
+from benchmark.perf.common import (EVALUATOR_REPEATS, PerfOptions, PerfReport, detr_config, evaluator_seconds,
                                    synthetic_coco, sync_device, training_batches, training_split)
-from benchmark.perf_curves import CURVE_SECTIONS, cost_curves, curves_markdown
-from benchmark.perf_extras import EXTRAS, TrainingBench, run_stage
-from benchmark.perf_models import HF_DAB, HF_DETR, HF_NAMES, hf_available, training_step
-from benchmark.perf_profile import ceiling_note, step_profiles, suite_time_accounts, suite_time_note
-from benchmark.perf_suites import suite_wall_times
+from benchmark.perf.curves import CURVE_SECTIONS, cost_curves, curves_markdown
+from benchmark.perf.extras import EXTRAS, TrainingBench, run_stage
+from benchmark.perf.models import HF_DAB, HF_DETR, HF_NAMES, hf_available, training_step
+from benchmark.perf.profile import ceiling_note, step_profiles, suite_time_accounts, suite_time_note
+from benchmark.perf.suites import suite_wall_times
 from benchmark.registry import REGISTRY
 from benchmark.results import atomic_write_csv, atomic_write_text, write_json
 from cvpdl.evaluation.coco_eval import STAT_NAMES
@@ -81,7 +81,7 @@ def matmul_flops_per_second(device: torch.device, n: int | None = None, repeats:
 def training_throughput(report: PerfReport, options: PerfOptions, device: torch.device, cache_dir: Path,
                         peak: float) -> None:
     """Images/s, FLOPs and utilisation of every detr variant and counterpart; then their step profiles
-    (``benchmark.perf_profile``) and the ``"train"``-stage sections of ``benchmark.perf_extras`` asked for."""
+    (``benchmark.perf.profile``) and the ``"train"``-stage sections of ``benchmark.perf.extras`` asked for."""
     cfg, steps = detr_config(), options.steps
     batch_size = cfg["train"]["batch_size"]
     count = max(steps + 4, options.profile_steps + 2)
