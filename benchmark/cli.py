@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--executor", choices=["local", "submitit"], default="local",
                      help="submitit: each cell to train becomes a job (a SLURM job array; submitit's local executor "
                           "where there is no SLURM), gathered into this results dir as a local run (docs/clusters.md)")
+    run.add_argument("--submitit-cluster", choices=["auto", "slurm", "local"], default="auto",
+                     help="--executor submitit: where the jobs run (auto: SLURM where `srun` is on PATH, else "
+                          "processes on this machine)")
     run.add_argument("--slurm-partition", help="--executor submitit: the partition of the cells' jobs")
     run.add_argument("--slurm-time", type=int, default=240, metavar="MINUTES",
                      help="--executor submitit: each cell's job time limit (a timed-out job is requeued from its "

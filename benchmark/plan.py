@@ -41,6 +41,8 @@ class RunOptions:
     slurm_time: int = 240  # minutes per cell's job
     gpus_per_cell: int = 0
     submitit_folder: Path | None = None  # the jobs' pickles and logs (None: DIR/submitit)
+    # where submitit runs the jobs: auto = SLURM where `srun` is on PATH, else processes on this machine (local)
+    submitit_cluster: str = "auto"
     # torch threads of the shared set-up (None: the run's). Cached artefacts are keyed by the thread count, so
     # --jobs workers get their parent's, with which it prepared them, and load them instead of training them again
     prepare_threads: int | None = None

@@ -361,7 +361,8 @@ def _train_as_jobs(options: RunOptions, cells: list[tuple[MethodSpec, int]], par
     import submitit
 
     folder = Path(options.submitit_folder or Path(options.results_dir) / "submitit")
-    executor = submitit.AutoExecutor(folder=folder)
+    executor = submitit.AutoExecutor(folder=folder,
+                                     cluster=None if options.submitit_cluster == "auto" else options.submitit_cluster)
     executor.update_parameters(
         name=f"cvpdl-{options.suite}", timeout_min=options.slurm_time, nodes=1, tasks_per_node=1,
         gpus_per_node=options.gpus_per_cell, **({"cpus_per_task": options.threads} if options.threads else {}),

@@ -121,7 +121,8 @@ def test_cells_as_submitit_jobs_give_the_numbers_of_one_process(tmp_path, cache_
     args = ["run", "--suite", "detr", "--profile", "quick", "--methods", "detr", "--seeds", "0", "1", "--set",
             "train.epochs=1", "--threads", "1", "--cache-dir", str(cache_dir)]
     assert main([*args, "--results-dir", str(tmp_path / "one")]) == 0
-    assert main([*args, "--executor", "submitit", "--slurm-time", "20", "--results-dir", str(tmp_path / "jobs")]) == 0
+    jobs = ["--executor", "submitit", "--submitit-cluster", "local", "--slurm-time", "20"]
+    assert main([*args, *jobs, "--results-dir", str(tmp_path / "jobs")]) == 0
     assert (suite_folder(tmp_path / "one", "detr") / "metrics.csv").read_bytes() == \
         (suite_folder(tmp_path / "jobs", "detr") / "metrics.csv").read_bytes()
     parent, cells = _cells_of(tmp_path / "jobs")  # each job's cell: a run nested under the invocation's
@@ -150,7 +151,8 @@ def test_a_killed_job_is_one_line_per_cell_and_resume_continues_its_checkpoint(t
             "--seeds", "0", "--set", "train.epochs=3", "--threads", "1", "--cache-dir", str(cache_dir)]
     repo = Path(__file__).resolve().parent.parent
     subprocess.run([*args, "--results-dir", str(tmp_path / "one")], cwd=repo, check=True, capture_output=True)
-    jobs = [*args, "--executor", "submitit", "--slurm-time", "20", "--results-dir", str(tmp_path / "jobs")]
+    jobs = [*args, "--executor", "submitit", "--submitit-cluster", "local", "--slurm-time", "20",
+            "--results-dir", str(tmp_path / "jobs")]
     parent = subprocess.Popen(jobs, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not list((tmp_path / "jobs").glob("detr/*/cells/*/*/checkpoints/detr.pt")):  # after an epoch
