@@ -20,7 +20,7 @@ import pandas as pd
 from scipy import stats
 
 from benchmark import reproducibility
-from benchmark.params import tuning_seeds
+from benchmark.params import TUNED, tuning_seeds
 from benchmark.claims import (ALPHA, TARGET_POWER, SuiteReport, Tested, adjust_many, decide, planned_seeds,
                               report_family, tost_power, ttest_power)
 from benchmark.registry import REGISTRY
@@ -35,13 +35,21 @@ PROCEDURE = ("one look at the planned n; each claim one decision (difference tes
              "step-down over the family's claims at α")
 
 
-def plan_path(results_dir: Path, suite: str) -> Path:
-    return Path(results_dir) / CONFIRMATION / suite / "plan.json"
+def plan_path(results_dir: Path, suite: str, tuned: bool = False) -> Path:
+    """``DIR/confirmation/<suite>/plan.json``; the tuned regime's: ``DIR/tuned/confirmation/<suite>/plan.json``
+    (``DIR/tuned/`` mirrors ``DIR/`` for the tuned values)."""
+    return Path(results_dir) / (TUNED if tuned else "") / CONFIRMATION / suite / "plan.json"
+
+
+def plans(results_dir: Path, suite: str) -> dict[Path, list[int]]:
+    """Every plan of ``suite`` under ``results_dir`` (both regimes) → the seeds it reserves."""
+    return {path: json.loads(path.read_text())["seeds"] for path in sorted(Path(results_dir).rglob("plan.json"))
+            if path.parent.name == suite and path.parent.parent.name == CONFIRMATION}
 
 
 def used_seeds(results_dir: Path, suite: str, besides: Path | None = None) -> set[int]:
-    """Every seed of ``suite`` anywhere under ``results_dir`` (development, tuning, staged reruns; ``besides``: a
-    folder left out): no confirmation may reuse one."""
+    """Every seed of ``suite`` anywhere under ``results_dir`` (development, tuning, staged reruns, and the seeds
+    other plans reserve; ``besides``: a folder left out): no confirmation may reuse one."""
     seeds: set[int] = set()
     for path in Path(results_dir).rglob("metrics.csv"):
         if besides is not None and Path(besides) in path.parents:  # its metrics.csv and its cells' own
@@ -53,6 +61,9 @@ def used_seeds(results_dir: Path, suite: str, besides: Path | None = None) -> se
     for path in Path(results_dir).rglob("best.json"):  # tuning studies' seeds
         if path.parent.parent.name == suite:
             seeds |= set(tuning_seeds(json.loads(path.read_text())))
+    for path, reserved in plans(results_dir, suite).items():
+        if besides is None or Path(besides) not in (path.parent, *path.parents):
+            seeds |= set(reserved)
     return seeds
 
 
@@ -67,12 +78,16 @@ def _power(t: Tested, n: int) -> float:
     return max(difference, float(tost_power(abs(t.diff), t.sd, t.claim.delta, nobs, level)[0]))
 
 
-def build_plan(suite: str, results_dir: Path) -> dict:
-    """The plan of ``suite``'s confirmation from its development pilot (``results_dir/<suite>``, seeds 0-4 only)."""
+def build_plan(suite: str, results_dir: Path, tuned: bool = False) -> dict:
+    """The plan of ``suite``'s confirmation from its development pilot (``results_dir/<suite>``, or
+    ``results_dir/tuned/<suite>`` for the tuned regime, whose values the plan then fixes; seeds 0-4 only)."""
     spec = REGISTRY.suite(suite)
     if not isinstance(spec.report_sections, SuiteReport):
         raise UserInputError(f"suite {suite!r} declares no claims: nothing to plan")
-    pilot_dir = Path(results_dir) / suite
+    pilot_dir = Path(results_dir) / (TUNED if tuned else "") / suite
+    if not (pilot_dir / "metrics.csv").is_file():
+        raise UserInputError(f"{pilot_dir}: no development pilot to plan from (run the suite on seeds 0-4"
+                             + (" with --params tuned" if tuned else "") + " first)")
     frame = read_metrics(pilot_dir / "metrics.csv")
     run = json.loads((pilot_dir / "run.json").read_text())
     pilot = frame[frame["seed"].isin(PILOT_SEEDS)]
@@ -95,7 +110,7 @@ def build_plan(suite: str, results_dir: Path) -> dict:
     for c, t in zip(claims, primaries):
         c["power_at_n"] = round(_power(t, n), 3) if t.n >= 2 else None
         c["underpowered"] = c["seeds_needed"] is None or c["seeds_needed"] > n
-    taken = used_seeds(results_dir, suite)
+    taken = used_seeds(results_dir, suite, besides=plan_path(results_dir, suite, tuned).parent)
     seeds = []
     candidate = FIRST_NEW_SEED
     while len(seeds) < n:
@@ -108,6 +123,7 @@ def build_plan(suite: str, results_dir: Path) -> dict:
         "pilot": {"folder": str(pilot_dir), "seeds": list(PILOT_SEEDS), "config_hash": run["config_hash"],
                   "metrics_sha256": hashlib.sha256((pilot_dir / "metrics.csv").read_bytes()).hexdigest()},
         "profile": run["profile"], "methods": run["methods"], "config_hash": run["config_hash"],
+        "regime": TUNED if tuned else "papers", "params": run.get("params") or {},
         "alpha": ALPHA, "power_target": TARGET_POWER, "family": family, "family_size": len(family),
         "procedure": PROCEDURE, "seed_cap": SEED_CAP,
         "looks": [{"n": n, "boundary": f"adjusted p < {ALPHA:g} (one look: the whole α)"}],
@@ -126,15 +142,15 @@ def _finite(x: float) -> float | None:
     return None if math.isnan(x) or math.isinf(x) else float(x)
 
 
-def write_plan(suite: str, results_dir: Path, force: bool = False) -> Path:
+def write_plan(suite: str, results_dir: Path, force: bool = False, tuned: bool = False) -> Path:
     """Write the plan once: a plan is never rewritten after its confirmation started (``force`` to replace an
     unrun plan)."""
-    path = plan_path(results_dir, suite)
+    path = plan_path(results_dir, suite, tuned)
     if path.exists() and not force:
         raise UserInputError(f"{path} exists: a plan is written once (--force replaces it, only before its run)")
     if (path.parent / "metrics.csv").exists():
         raise UserInputError(f"{path.parent} holds a confirmation already: its plan cannot change")
-    plan = build_plan(suite, results_dir)
+    plan = build_plan(suite, results_dir, tuned)
     write_json(path, plan)
     return path
 
@@ -168,16 +184,20 @@ def plan_mismatch(plan: dict, frame: pd.DataFrame, run: dict) -> str | None:
     return None
 
 
-def check_seed_roles(results_dir: Path, suite: str, seeds: list[int], role: str) -> None:
+def check_seed_roles(results_dir: Path, suite: str, seeds: list[int], role: str,
+                     plan_folder: Path | None = None) -> None:
     """A seed is development, tuning or confirmation, never two: refuse ``seeds`` of ``role`` that another role
-    holds (the plan's seeds for development and tuning runs; every used seed for a plan's run)."""
-    path = plan_path(results_dir, suite)
+    holds (the plans' seeds for development and tuning runs; every used or otherwise reserved seed for the run of
+    the plan in ``plan_folder``)."""
     if role == "confirmation":
-        clash = sorted(set(seeds) & used_seeds(Path(results_dir), suite, besides=path.parent))
+        clash = sorted(set(seeds) & used_seeds(Path(results_dir), suite, besides=plan_folder))
+        where = "development or tuning runs or another plan"
     else:
-        clash = sorted(set(seeds) & set(json.loads(path.read_text())["seeds"])) if path.is_file() else []
+        reserved = plans(results_dir, suite)
+        clash = sorted(set(seeds) & {s for planned in reserved.values() for s in planned})
+        where = "the confirmation plan " + ", ".join(str(path) for path, planned in reserved.items()
+                                                     if set(clash) & set(planned))
     if clash:
-        where = "the confirmation plan " + str(path) if role != "confirmation" else "development or tuning runs"
         raise UserInputError(f"seed {clash[0]}{f' (and {len(clash) - 1} more)' if len(clash) > 1 else ''} is "
                              f"reserved by {where}: development, tuning and confirmation seeds never overlap")
 

@@ -83,13 +83,16 @@ def apply_plan(options: RunOptions) -> RunOptions:
     plan = load_plan(options.plan, options.suite)
     path = Path(options.plan).resolve()
     if path.parent.name != options.suite or path.parent.parent.name != CONFIRMATION:
-        raise UserInputError(f"--plan {options.plan}: a plan lives at DIR/{CONFIRMATION}/{options.suite}/plan.json")
+        raise UserInputError(f"--plan {options.plan}: a plan lives at DIR/{CONFIRMATION}/{options.suite}/plan.json "
+                             f"(the tuned regime's at DIR/{TUNED}/{CONFIRMATION}/{options.suite}/plan.json)")
     if options.overrides or options.config_file or options.params not in (None, Path("none")) or options.methods:
         raise UserInputError("--plan fixes the config, methods and seeds: drop --set, --config, --params and --methods")
     root = path.parent.parent.parent
-    check_seed_roles(root, options.suite, plan["seeds"], "confirmation")
+    root = root.parent if root.name == TUNED else root  # seeds are checked against both regimes' results
+    check_seed_roles(root, options.suite, plan["seeds"], "confirmation", plan_folder=path.parent)
+    # the tuned regime's values as the plan fixed them (not whatever best.json holds by the time it runs)
     return replace(options, seeds=list(plan["seeds"]), methods=list(plan["methods"]), profile=plan["profile"],
-                   results_dir=path.parent.parent, params=Path("none"))
+                   results_dir=path.parent.parent, params=Path("none"), method_overrides=plan.get("params") or None)
 
 
 def resolve(options: RunOptions) -> tuple[SuiteSpec, list[MethodSpec], dict]:

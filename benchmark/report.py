@@ -481,28 +481,88 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")  # a bar inside a cell would end it
 
 
+@dataclass(frozen=True)
+class Regimes:
+    """One claim in both regimes, at the strongest source both have (the planned confirmations, else the
+    development seeds), and the knob the claim's tuning studies found most important."""
+
+    papers: Finding
+    tuned: Finding
+    source: str
+    knob: str | None
+
+    @property
+    def agree(self) -> bool:
+        return self.papers.verdict == self.tuned.verdict
+
+
+def regime_pairs(results_dir: Path, rows: list[tuple[str, Finding, bool]], sources: dict[str, Evidence],
+                 tuned: dict[str, Evidence]) -> dict[tuple[str, str], Regimes]:
+    """(suite, claim) → its two regimes, for every claim the tuned regime decided."""
+    pairs = {}
+    for suite, dev, _ in rows:
+        key = (suite, dev.claim)
+        papers = {"confirmation": sources["confirmation"].rows.get(key, (None,))[0], "development": dev}
+        source = next((name for name in ("confirmation", "development")
+                       if papers[name] is not None and key in tuned[name].rows), None)
+        if source is None or dev.tested is None:
+            continue
+        claim = dev.tested.claim
+        methods = {arm.method for arm in (claim.a, claim.b) if isinstance(arm, Arm)}
+        pairs[key] = Regimes(papers[source], tuned[source].rows[key][0], source,
+                             top_knob(results_dir / suite, methods))
+    return pairs
+
+
+def headline(suite: str, dev: Finding, dev_sensitive: bool, sources: dict[str, Evidence]
+             ) -> tuple[str, Finding, bool]:
+    """A claim's headline at the papers' settings: the strongest source that decided it (the planned confirmation,
+    else the staged reruns, else the development pilot), its finding and whether its testbed is sensitive."""
+    return next(((name, *evidence.rows[(suite, dev.claim)]) for name, evidence in sources.items()
+                 if (suite, dev.claim) in evidence.rows), ("development", dev, dev_sensitive))
+
+
+def diagnosis_lines(frame: pd.DataFrame, f: Finding, pair: Regimes | None) -> list[str]:
+    """Under a claim the papers' settings contradict: the experiment that tells "the method is worse here" from "a
+    setting carried over from the paper hurts here" (every method tuned at equal budget), and which loss term
+    drives each of its methods."""
+    claim = f.tested.claim
+    methods = [arm.method for arm in (claim.a, claim.b) if isinstance(arm, Arm)]
+    if pair is None:
+        reading = ("not measured yet: tune every method at equal budget (`benchmark tune`) and run "
+                   "`--params tuned`; until then the reversal may be a carried-over setting's")
+    elif pair.tuned.verdict == f.verdict:
+        reading = (f"tuned at equal budget, still **{pair.tuned.verdict}** ({pair.source}): tuning does not undo it, "
+                   "so it is this testbed's finding about the method, not a carried-over setting's")
+    else:
+        reading = (f"tuned at equal budget: **{pair.tuned.verdict}** ({pair.source}): the reversal depends on a "
+                   f"setting carried over from the paper; the knob that mattered most in the tuning studies: "
+                   f"`{pair.knob or 'not recorded'}`")
+    shares = [line for line in loss_share_lines(frame[frame["method"].isin(methods)])]
+    return [f"diagnosis of *{f.claim}* (contradicted at the papers' settings): {reading}.",
+            *(f"loss terms: {line}" for line in shares)]
+
+
 def first_table(findings: list[tuple[str, Finding, bool]], sources: dict[str, Evidence],
                 sweeps: dict[str, pd.DataFrame | None] | None = None,
-                tuned: dict[tuple[str, str], tuple[Finding, str | None]] | None = None) -> str:
+                tuned: dict[tuple[str, str], Regimes] | None = None) -> str:
     """REPORT.md's first screen: one row per claim (controls first), the verdict of the strongest source that
     decided it (the planned confirmation, else the staged reruns, else the development pilot), Δ [95% CI], n.
     ``sweeps``: each suite's sensitivity table; a decided verdict that a swept value of a knob reverses becomes
-    "depends on <knob>" (the decided verdict beside it). ``tuned``: (suite, claim) → the claim's finding in the
-    tuned regime on the development seeds and the knob its tuning studies found most important: the verdict is
-    "robust" where the two regimes' development verdicts agree, else it depends on that knob."""
+    "depends on <knob>" (the decided verdict beside it). ``tuned``: (suite, claim) → both regimes' findings at the
+    strongest source both have: the verdict is "robust to tuning" where they agree, else it depends on the knob
+    the claim's tuning studies found most important."""
     lines = ["| Q | claim | verdict | Δ [95% CI] | n | from |", "|---|---|---|---|---|---|"]
     for suite, dev, dev_sensitive in findings:
-        source, (f, sensitive) = next(((name, evidence.rows[(suite, dev.claim)])
-                                       for name, evidence in sources.items() if (suite, dev.claim) in evidence.rows),
-                                      ("development", (dev, dev_sensitive)))
+        source, f, sensitive = headline(suite, dev, dev_sensitive, sources)
         t = f.tested
         knobs = depends_on((sweeps or {}).get(suite), t.claim.key, t.direction) if t is not None else []
-        regime, knob = (tuned or {}).get((suite, dev.claim), (None, None))
-        if regime is not None and regime.verdict != dev.verdict:
-            knobs = list(dict.fromkeys([*knobs, knob or "hyperparameters"]))
-        tuned_text = f"; tuned: {regime.verdict}" if regime is not None else ""
+        pair = (tuned or {}).get((suite, dev.claim))
+        if pair is not None and not pair.agree:
+            knobs = list(dict.fromkeys([*knobs, pair.knob or "hyperparameters"]))
+        tuned_text = f"; tuned: {pair.tuned.verdict}" if pair is not None else ""
         verdict = (f"**depends on {', '.join(knobs)}** (defaults: {f.verdict}{tuned_text})" if knobs
-                   else f"**{f.verdict}**" + (", robust to tuning" if regime is not None else ""))
+                   else f"**{f.verdict}**" + (", robust to tuning" if pair is not None else ""))
         verdict += "" if sensitive or f.verdict.startswith("untestable") else f" ({INSENSITIVE.split(':')[0]})"
         label = f.question.split(". ")[0] if ". " in f.question else "controls"
         interval = (f"{t.diff:+.3f} [{t.ci_low:+.3f}, {t.ci_high:+.3f}]" if t is not None and t.n >= 2
@@ -547,7 +607,9 @@ def report_markdown(results_dir: Path) -> str:
 
     sources = {"confirmation": source_findings(results_dir / CONFIRMATION, plans=results_dir / CONFIRMATION),
                "staged": source_findings(results_dir / STAGED)}
-    tuned = source_findings(results_dir / TUNED)
+    tuned = {"confirmation": source_findings(results_dir / TUNED / CONFIRMATION,
+                                             plans=results_dir / TUNED / CONFIRMATION),
+             "development": source_findings(results_dir / TUNED)}
     rows, body, limits, sweeps = [], [], [], {}
     for spec in sorted(REGISTRY.suites(), key=lambda s: s.name):
         suite_dir = results_dir / spec.name
@@ -585,6 +647,11 @@ def report_markdown(results_dir: Path) -> str:
             body += [f"- {line}\n" for line in section.measured]
             body.append(f"\n**Agreement with the paper.** {section.verdict}\n\n" if section.verdict else "\n")
             body += _verdicts_by_source(spec.name, section.heading, findings, sources, tuned)
+            for suite, dev, sensitive in findings:
+                _, f, _ = headline(suite, dev, sensitive, sources)
+                if dev.question == section.heading and f.verdict == "contradicted" and f.tested is not None:
+                    pair = regime_pairs(results_dir, [(suite, dev, sensitive)], sources, tuned).get((suite, dev.claim))
+                    body += [f"- {line}\n" for line in diagnosis_lines(frame, f, pair)]
             body += [f"- sensitivity (development seeds): {line}\n" for line in sensitivity_lines(sweeps[spec.name])
                      if any(f.question == section.heading and f.tested is not None and line.startswith(
                          f.tested.claim.text) for _, f, _ in findings)]
@@ -604,10 +671,7 @@ def report_markdown(results_dir: Path) -> str:
     parts = ["# cvpdl-bench — report\n\n"]
     if rows:
         staged = sources["staged"].seeds
-        regimes = {key: (f, top_knob(results_dir / key[0], {arm.method for arm in (f.tested.claim.a,
-                                                                                   f.tested.claim.b)
-                                                           if isinstance(arm, Arm)}))
-                   for key, (f, _) in tuned.rows.items() if f.tested is not None}
+        regimes = regime_pairs(results_dir, rows, sources, tuned)
         parts += [INTRO.format(family=len(report_family()), alpha=ALPHA), first_table(rows, sources, sweeps, regimes),
                   "\n",
                   _wrapped(STAGED_NOTE.format(seeds=f"{min(staged)}-{max(staged)}")) if staged else ""]
@@ -623,7 +687,7 @@ def _wrapped(paragraph: str) -> str:
 
 
 def _verdicts_by_source(suite: str, heading: str, findings: list[tuple[str, Finding, bool]],
-                        sources: dict[str, Evidence], tuned: Evidence) -> list[str]:
+                        sources: dict[str, Evidence], tuned: dict[str, Evidence]) -> list[str]:
     """Under each question: every claim's verdict from each source that has one, with its evidence, and the tuned
     regime's on the development seeds."""
     lines = []
@@ -634,16 +698,19 @@ def _verdicts_by_source(suite: str, heading: str, findings: list[tuple[str, Find
                 f, _ = evidence.rows[(suite, dev.claim)]
                 lines.append(f"- {SOURCES[name]}: **{f.verdict}** — {f.evidence}\n")
         lines.append(f"- development (seeds 0-4): **{dev.verdict}** — {dev.evidence}\n")
-        if (suite, dev.claim) in tuned.rows:
-            f, _ = tuned.rows[(suite, dev.claim)]
-            lines.append(f"- tuned values (`{TUNED}/{suite}/`, seeds 0-4): **{f.verdict}** — {f.evidence}\n")
+        for name, evidence in tuned.items():
+            if (suite, dev.claim) in evidence.rows:
+                f, _ = evidence.rows[(suite, dev.claim)]
+                where = f"{TUNED}/{CONFIRMATION}/{suite}/" if name == "confirmation" else f"{TUNED}/{suite}/, seeds 0-4"
+                lines.append(f"- tuned values, {name} (`{where}`): **{f.verdict}** — {f.evidence}\n")
         lines.append("\n")
     return lines
 
 
 INTRO = ("Each claim of the course questions, decided once: reproduced, contradicted, equivalent (±δ), inconclusive, "
          "untestable here, or depends on <knob> (a swept setting, or tuning at equal budget, changes it; robust to "
-         "tuning: the tuned values give the same development verdict).\n"
+         "tuning: the tuned values give the same verdict, on the development seeds unless both regimes ran a "
+         "confirmation).\n"
          "*from*: the planned confirmation where it ran, else the staged reruns†, else the development pilot.\n"
          "Primary claims form one error family ({family} claims, α = {alpha:g}, Shaffer's step-down over claims); "
          "each row links to its evidence.\n\n")

@@ -10,6 +10,7 @@ files are then left as they were. Otherwise the cells are merged into the suite'
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -100,15 +101,18 @@ class CellRunner:
         self.prepare_threads: int | None = None
         self.prepare_cache: dict[str, str] = {}  # each cached artefact of the set-up: "trained" here or "loaded"
         self.parent_id: str | None = None  # the invocation's MLflow run (set once it is open)
-        self.trained_by_workers: set[tuple[str, int]] = set()  # this invocation's cells that --jobs workers trained
+        self.trained_now: set[tuple[str, int]] = set()  # this invocation's cells, trained by its executor
+        self.fresh: dict[tuple[str, int], FinishedCell] = {}  # of those, the ones trained in this process
 
     def reusable(self, method: MethodSpec, seed: int) -> bool:
-        """Finished before (and not ``force``d), or just now by this invocation's ``--jobs`` workers."""
+        """Finished before (and not ``force``d), or just now by this invocation's executor."""
         return self.store.is_finished(method.name, seed) and (
-            not self.options.force or (method.name, seed) in self.trained_by_workers)
+            not self.options.force or (method.name, seed) in self.trained_now)
 
     def run(self, method: MethodSpec, seed: int) -> FinishedCell:
         """One cell: reused when it finished before (unless ``force``), else trained in its nested MLflow run."""
+        if (method.name, seed) in self.fresh:  # trained by this process for this invocation a moment ago
+            return self.fresh.pop((method.name, seed))
         # one invocation trains a cell at a time; another one waiting here then finds it finished
         with self.store.lock(method.name, seed) if self.ex.world == 1 else contextlib.nullcontext():
             if distributed.agree(self.reusable(method, seed)):
@@ -141,9 +145,9 @@ class CellRunner:
         trained it) when that run is in this tracking store; otherwise logged once as a new run tagged
         ``reused_from`` (e.g. cells trained while tracking elsewhere), which later invocations then reference."""
         cell, folder = self.store.load(method.name, seed), self.store.folder(method.name, seed)
-        if (method.name, seed) not in self.trained_by_workers:
+        if (method.name, seed) not in self.trained_now:
             log.info(f"[{method.name} seed {seed}] finished before: reusing {folder}")
-        if (method.name, seed) in self.trained_by_workers:  # already a nested run of this invocation
+        if (method.name, seed) in self.trained_now:  # already a nested run of this invocation
             return cell
         earlier = self.store.remembered_run(method.name, seed, self.tracker.uri)
         if earlier is not None and self.tracker.is_finished_run(earlier):
@@ -248,7 +252,7 @@ def open_invocation(options: RunOptions) -> Invocation:
     spec, methods, cfg = resolve(options)
     if options.plan is not None:
         plan = load_plan(options.plan, spec.name)
-        cfg_hash = run_config_hash(options, cfg, {})
+        cfg_hash = run_config_hash(options, cfg, tuned_configs(options, methods)[0])
         if cfg_hash != plan["config_hash"]:
             raise UserInputError(f"--plan {options.plan}: this code resolves the plan's profile to config hash "
                                  f"{cfg_hash[:8]}, not the plan's {plan['config_hash'][:8]} (the config changed since "
@@ -269,14 +273,17 @@ def open_invocation(options: RunOptions) -> Invocation:
     return Invocation(spec, methods, cfg, run_info, tags, results_dir, suite_dir, tracker, runner, ex)
 
 
-def _train_cell(runner: CellRunner, name: str, seed: int) -> str | None:
+def _train_cell(runner: CellRunner, name: str, seed: int, keep: bool = False) -> str | None:
     """Train one cell into the cell store, in a run nested under the invocation's; a divergence is returned as the
-    cell's failure line (the other cells go on)."""
+    cell's failure line (the other cells go on). ``keep``: the cell stays in the runner's memory for ``run_suite`` to
+    gather (in its own process: no reload, and no rank of a torchrun reads a cell rank 0 is still writing)."""
     try:
-        runner.run(REGISTRY.method(runner.spec.name, name), seed)
+        cell = runner.run(REGISTRY.method(runner.spec.name, name), seed)
     except NonFiniteLossError as err:
         log.warning(f"[{name} seed {seed}] FAILED: {err}")
         return f"{name} seed {seed}: {err}"
+    if keep:
+        runner.fresh[(name, seed)] = cell
     return None
 
 
@@ -294,6 +301,31 @@ def _open_cell_worker(options: RunOptions, parent_id: str | None, log_level: int
     return runner
 
 
+class CellExecutor(contextlib.AbstractContextManager):
+    """Where an invocation's cells are trained: ``submit(method, seed)`` → a future of the cell's failure line (None
+    when it finished). Every executor trains into the invocation's cell store, from which ``run_suite`` gathers the
+    cells, so the three give the same numbers (tested). Used as a context manager: the futures are complete once
+    its block has ended."""
+
+    def submit(self, method: MethodSpec, seed: int) -> concurrent.futures.Future:
+        raise NotImplementedError
+
+    def __exit__(self, *exc) -> None:  # nothing to wait for or release unless the executor says so
+        return None
+
+
+class InProcess(CellExecutor):
+    """``--executor local --jobs 1`` (and every torchrun rank together): each cell trained here, when submitted."""
+
+    def __init__(self, runner: CellRunner):
+        self.runner = runner
+
+    def submit(self, method: MethodSpec, seed: int) -> concurrent.futures.Future:
+        future = concurrent.futures.Future()
+        future.set_result(_train_cell(self.runner, method.name, seed, keep=True))
+        return future
+
+
 _worker_runner: CellRunner | None = None  # a --jobs worker's, opened at its first cell and kept for the next ones
 
 
@@ -305,30 +337,31 @@ def _worker_cell(options: RunOptions, parent_id: str | None, log_level: int, log
     return _train_cell(_worker_runner, name, seed)
 
 
-def _train_in_workers(options: RunOptions, cells: list[tuple[MethodSpec, int]], threads: int, prepare_threads: int,
-                      parent_id: str | None, log_path: Path | None) -> list[str]:
+class WorkerPool(CellExecutor):
     """``--jobs N``: N spawned processes of ``threads`` threads each (small models use two single-threaded processes
     better than one two-threaded one) take the cells from one queue, each the next as soon as it finished one, so a
     long cell does not leave the cells dealt behind it waiting. Each cell is seeded by the runner as in one process,
     so the cells' numbers are those of ``--jobs 1 --threads <threads>``; the shared set-up they load from the cache,
     where not cached already, is trained beforehand by the parent on all the cores (or ``--threads``), as ``--jobs
     1`` trains it (run.json: ``prepare_threads``)."""
-    import concurrent.futures
-    import multiprocessing
 
-    if not cells:
-        return []
-    worker = replace(options, jobs=1, threads=threads, prepare_threads=prepare_threads)
-    saved = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"  # workers print plain lines; their bars would garble each other
-    try:
-        with concurrent.futures.ProcessPoolExecutor(
-                min(options.jobs, len(cells)), mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(_worker_cell, worker, parent_id, log.getEffectiveLevel(), log_path, m.name, s)
-                       for m, s in cells]
-            return [failure for future in futures if (failure := future.result()) is not None]
-    finally:
-        os.environ.pop("TQDM_DISABLE") if saved is None else os.environ.__setitem__("TQDM_DISABLE", saved)
+    def __init__(self, options: RunOptions, runner: CellRunner, log_path: Path | None):
+        import multiprocessing
+
+        runner.ensure_prepared()  # here, on all the cores: else one worker trains it on its share while others wait
+        self.worker = replace(options, jobs=1, threads=runner.ex.threads, prepare_threads=runner.prepare_threads)
+        self.args = (runner.parent_id, log.getEffectiveLevel(), log_path)
+        self.saved = os.environ.get("TQDM_DISABLE")
+        os.environ["TQDM_DISABLE"] = "1"  # workers print plain lines; their bars would garble each other
+        self.pool = concurrent.futures.ProcessPoolExecutor(options.jobs,
+                                                           mp_context=multiprocessing.get_context("spawn"))
+
+    def submit(self, method: MethodSpec, seed: int) -> concurrent.futures.Future:
+        return self.pool.submit(_worker_cell, self.worker, *self.args, method.name, seed)
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown()
+        os.environ.pop("TQDM_DISABLE") if self.saved is None else os.environ.__setitem__("TQDM_DISABLE", self.saved)
 
 
 class CellJob:
@@ -353,37 +386,61 @@ class CellJob:
                                          self.log_path), name, seed)
 
 
-def _train_as_jobs(options: RunOptions, cells: list[tuple[MethodSpec, int]], parent_id: str | None,
-                   log_path: Path | None) -> list[str]:
-    """``--executor submitit``: each cell a job (one SLURM job array; submitit's local executor where there is no
-    SLURM), waited for here. A job that failed (not a diverged cell: that is its own failure line) is one failure
-    line naming the cell, the job and its log, so no cell is lost silently."""
-    import submitit
+class SubmititJobs(CellExecutor):
+    """``--executor submitit``: each cell a job (one SLURM job array per invocation; submitit's local executor with
+    ``--submitit-cluster local``), submitted when the block ends and waited for by one thread per job. A job that
+    failed (not a diverged cell: that is its own failure line) is one failure line naming the cell, the job and its
+    log, so no cell is lost silently."""
 
-    folder = Path(options.submitit_folder or Path(options.results_dir) / "submitit")
-    executor = submitit.AutoExecutor(folder=folder,
-                                     cluster=None if options.submitit_cluster == "auto" else options.submitit_cluster)
-    executor.update_parameters(
-        name=f"cvpdl-{options.suite}", timeout_min=options.slurm_time, nodes=1, tasks_per_node=1,
-        gpus_per_node=options.gpus_per_cell, **({"cpus_per_task": options.threads} if options.threads else {}),
-        **({"slurm_partition": options.slurm_partition} if options.slurm_partition else {}))
-    job = CellJob(replace(options, executor="local", jobs=1), parent_id, log.getEffectiveLevel(), log_path)
-    with executor.batch():
-        jobs = [executor.submit(job, m.name, s) for m, s in cells]
-    log.info(f"{options.suite}: {len(jobs)} cells submitted as {executor.cluster} jobs "
-             f"({', '.join(j.job_id for j in jobs)}); their logs: {folder}")
-    failures = []
-    for (method, seed), submitted in zip(cells, jobs):
+    def __init__(self, options: RunOptions, parent_id: str | None, log_path: Path | None):
+        import submitit
+
+        self.folder = Path(options.submitit_folder or Path(options.results_dir) / "submitit")
+        self.executor = submitit.AutoExecutor(
+            folder=self.folder, cluster=None if options.submitit_cluster == "auto" else options.submitit_cluster)
+        self.executor.update_parameters(
+            name=f"cvpdl-{options.suite}", timeout_min=options.slurm_time, nodes=1, tasks_per_node=1,
+            gpus_per_node=options.gpus_per_cell, **({"cpus_per_task": options.threads} if options.threads else {}),
+            **({"slurm_partition": options.slurm_partition} if options.slurm_partition else {}))
+        self.job = CellJob(replace(options, executor="local", jobs=1), parent_id, log.getEffectiveLevel(), log_path)
+        self.suite = options.suite
+        self.submitted: list[tuple[str, int, object, concurrent.futures.Future]] = []
+        self.batch = self.executor.batch()
+        self.batch.__enter__()
+        self.waiters = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="submitit-wait")
+
+    def submit(self, method: MethodSpec, seed: int) -> concurrent.futures.Future:
+        future = concurrent.futures.Future()
+        self.submitted.append((method.name, seed, self.executor.submit(self.job, method.name, seed), future))
+        return future
+
+    @staticmethod
+    def _wait(name: str, seed: int, job, future: concurrent.futures.Future) -> None:
         try:
-            failure = submitted.result()
+            future.set_result(job.result())
         except Exception as err:  # submitit's Failed/UncompletedJobError: what the job raised, or how it ended
             reason = next((line for line in reversed(str(err).splitlines()) if line.strip()), type(err).__name__)
-            failure = (f"{method.name} seed {seed}: job {submitted.job_id} failed ({reason.strip()[:300]}; "
-                       f"log: {submitted.paths.stderr})")
-            log.warning(f"[{method.name} seed {seed}] FAILED: {failure}")
-        if failure is not None:
-            failures.append(failure)
-    return failures
+            failure = f"{name} seed {seed}: job {job.job_id} failed ({reason.strip()[:300]}; log: {job.paths.stderr})"
+            log.warning(f"[{name} seed {seed}] FAILED: {failure}")
+            future.set_result(failure)
+
+    def __exit__(self, *exc) -> None:
+        self.batch.__exit__(*exc)  # one job array, submitted here
+        if self.submitted:
+            log.info(f"{self.suite}: {len(self.submitted)} cells submitted as {self.executor.cluster} jobs "
+                     f"({', '.join(job.job_id for _, _, job, _ in self.submitted)}); their logs: {self.folder}")
+        for entry in self.submitted:
+            self.waiters.submit(self._wait, *entry)
+        self.waiters.shutdown(wait=True)
+
+
+def cell_executor(options: RunOptions, runner: CellRunner, log_path: Path | None) -> CellExecutor:
+    """The executor the options ask for."""
+    if options.executor == "submitit":  # the jobs prepare the shared set-up (cached: the first one trains it)
+        return SubmititJobs(options, runner.parent_id, log_path)
+    if options.jobs > 1:
+        return WorkerPool(options, runner, log_path)
+    return InProcess(runner)
 
 
 def run_suite(options: RunOptions) -> pd.DataFrame:
@@ -402,35 +459,27 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
             _log_file(results_dir, name, ex.rank) as log_path:
         runner.parent_id = parent
         tracker.log_inputs(options.data, run_info["data_root"], run_info["environment"]["data_sha256"])
-        if options.jobs > 1 or options.executor == "submitit":
-            to_train = [(m, s) for m, s in cells if not runner.reusable(m, s)]
-            if options.executor == "submitit":  # the jobs prepare the shared set-up (cached: the first one trains it)
-                failures = _train_as_jobs(options, to_train, parent, log_path) if to_train else []
-            else:
-                if to_train:
-                    # the shared set-up (data, CLIP, localizer) once, here, on all the cores, before the workers load
-                    # it from the cache: otherwise one worker trains it on its share of the cores while the others
-                    # wait
-                    runner.ensure_prepared()
-                failures = _train_in_workers(options, to_train, ex.threads, runner.prepare_threads, parent, log_path)
-            runner.trained_by_workers = {(m.name, s) for m, s in to_train}
-            failed = {f.split(":")[0] for f in failures}
-            cells = [(m, s) for m, s in cells if f"{m.name} seed {s}" not in failed]
-        # the bar counts the cells to train; its ETA leaves out reused cells and the shared set-up; closed (cleared)
-        # before an error reaches the console
-        with tqdm(total=sum(not runner.reusable(m, s) for m, s in cells), desc=f"{spec.name} cells", unit="cell",
-                  smoothing=0, leave=False, **_bar_shape()) as bar:
-            for method, seed in cells:
-                reused = runner.reusable(method, seed)
-                try:
-                    finished.append(runner.run(method, seed))
-                except NonFiniteLossError as err:  # this cell diverged: it ends FAILED, the others go on
-                    failures.append(f"{method.name} seed {seed}: {err}")
-                    log.warning(f"[{method.name} seed {seed}] FAILED: {err}")
-                if not reused:
-                    if bar.n == 0 and runner.prepare_seconds and not bar.disable:  # a disabled bar has no clock
-                        bar.start_t += runner.prepare_seconds
-                    bar.update()
+        # every executor trains into the cell store; the cells are then gathered from it, in order. The bar counts
+        # the cells to train; its ETA leaves out reused cells and the shared set-up; closed (cleared) before an
+        # error reaches the console
+        to_train = [(m, s) for m, s in cells if not runner.reusable(m, s)]
+        with tqdm(total=len(to_train), desc=f"{spec.name} cells", unit="cell", smoothing=0, leave=False,
+                  **_bar_shape()) as bar:
+            def done(_):
+                if bar.n == 0 and runner.prepare_seconds and not bar.disable:  # a disabled bar has no clock
+                    bar.start_t += runner.prepare_seconds
+                bar.update()
+
+            futures = []
+            if to_train:
+                with cell_executor(options, runner, log_path) as executor:
+                    for method, seed in to_train:
+                        futures.append(executor.submit(method, seed))
+                        futures[-1].add_done_callback(done)
+            failures = [failure for future in futures if (failure := future.result()) is not None]
+        runner.trained_now = {(m.name, s) for m, s in to_train}
+        failed = {f.split(":")[0] for f in failures}
+        finished = [runner.run(m, s) for m, s in cells if f"{m.name} seed {s}" not in failed]
         if failures:
             raise CellsFailedError(f"{len(failures)} of {len(options.seeds) * len(methods)} cells failed "
                                    f"({'; '.join(failures)}); the finished ones are kept under "

@@ -10,8 +10,9 @@ Steps, each in this one process (one import of torch):
 1. the quick profile of every suite, seeds 0 and 1 (the dry run: seed 0);
 2. seed 0 of every suite again, from a cache holding step 1's data but no trained model (CLIP, localizer, teacher,
    backbone trained anew): the metrics are compared with step 1's, identical or the largest difference stated;
-3. ``perf`` (training images/s of the project's detectors vs their Hugging Face counterparts, the evaluator vs
-   pycocotools), without suite runs or cost curves;
+3. ``perf --population`` (training images/s of the project's detectors vs their Hugging Face counterparts, detr
+   trained as populations of 1, 8 and 32 vmapped members, the evaluator vs pycocotools), without suite runs or
+   cost curves;
 4. the ``full`` profile of ``detr``, every method, seed 0, with its wall time.
 
 ``OUT`` (default ``results/perf/device_check/``) receives ``device_check.md`` and ``device_check.json`` (rewritten
@@ -154,7 +155,7 @@ def perf_rows(perf_dir: Path) -> list[dict]:
 
     frame = pd.read_csv(perf_dir / "perf.csv")
     rows = [{"item": r.item, "value": r.value, "unit": r.unit} for r in frame.itertuples()
-            if r.section in ("machine", "evaluator") or (r.section == "train" and r.unit == "img/s")]
+            if r.section in ("machine", "evaluator", "population") or (r.section == "train" and r.unit == "img/s")]
     speed = {r["item"].removesuffix(" images/s"): r["value"] for r in rows if r["unit"] == "img/s"}
     for ours, theirs in (("detr", "hf_detr"), ("dab_detr", "hf_dab_detr"), ("dn_dab_detr", "hf_dab_detr")):
         if ours in speed and theirs in speed:
@@ -279,7 +280,8 @@ def check(scratch: Path, cache: Path, out: Path, record: Record, device: str, st
 
     def perf() -> dict:
         benchmark("perf", "--device", device, "--results-dir", str(out), "--cache-dir", str(cache),
-                  "--suites-profile", "none", "--no-curves", *(TINY_PERF if tiny else []), "-q")
+                  "--suites-profile", "none", "--no-curves", "--population", *(TINY_PERF if tiny else []),
+                  "-q")
         rows = perf_rows(out / "perf")
         return {"rows": rows, "outcome": "; ".join(f"{r['item']} {r['value']:.3g} {r['unit']}" for r in rows
                                                    if r["unit"] == "×")}

@@ -152,6 +152,32 @@ def test_a_plan_takes_new_seeds_and_every_seed_keeps_one_role(tmp_path, cli):
     assert not (results / "confirmation" / "kd" / "metrics.csv").exists()
 
 
+def test_the_tuned_regime_plans_its_own_seeds_and_fixes_its_values(tmp_path, cli):
+    from benchmark.plan import RunOptions, apply_plan
+
+    results = _pilot_results(tmp_path)
+    assert cli("plan", "--suite", "kd", "--tuned", "--results-dir", str(results))[0] == 2  # no tuned pilot yet
+    tuned = results / "tuned" / "kd"
+    shutil.copytree(results / "kd", tuned)
+    run = json.loads((tuned / "run.json").read_text())
+    (tuned / "run.json").write_text(json.dumps({**run, "params": {"fitnet": ["fitnet.hint_weight=10.0"]}}))
+    assert cli("plan", "--suite", "kd", "--results-dir", str(results))[0] == 0
+    code, out, _ = cli("plan", "--suite", "kd", "--tuned", "--results-dir", str(results))
+    assert code == 0 and "tuned/confirmation/kd/plan.json" in out
+    papers = json.loads((results / "confirmation" / "kd" / "plan.json").read_text())
+    plan_file = results / "tuned" / "confirmation" / "kd" / "plan.json"
+    plan = json.loads(plan_file.read_text())
+    assert plan["regime"] == "tuned" and plan["params"] == {"fitnet": ["fitnet.hint_weight=10.0"]}
+    assert set(plan["seeds"]).isdisjoint(papers["seeds"])  # each regime's confirmation on seeds of its own
+    assert plan["seeds"][0] == papers["seeds"][-1] + 1
+    options = apply_plan(RunOptions(suite="kd", plan=plan_file))
+    assert options.method_overrides == plan["params"] and options.seeds == plan["seeds"]
+    assert options.results_dir == results.resolve() / "tuned" / "confirmation"
+    # a development run may not take a seed either plan reserves
+    code, _, err = cli("run", "--suite", "kd", "--seeds", str(plan["seeds"][0]), "--results-dir", str(results))
+    assert code == 2 and "tuned/confirmation/kd/plan.json" in err
+
+
 def test_a_confirmation_is_decided_from_only_when_it_is_its_plan():
     run = json.loads((RESULTS / "kd" / "run.json").read_text())
     frame = pd.read_csv(RESULTS / "kd" / "metrics.csv")

@@ -318,3 +318,29 @@ def test_a_suite_process_peak_memory_is_its_own_not_its_parents():
     peak = peak_resident_mib(subprocess.Popen([sys.executable, "-c", code]))
     assert 250 <= peak < 450  # the grandchild's 250 MiB and an interpreter, not the parent's 600
     del held
+
+
+def test_a_population_section_times_vmapped_members_and_their_gradients_match_one_alone(monkeypatch, cache_dir):
+    """``perf --population`` on tiny batches: a row per population size, the goal rows, and member 0's gradient in
+    a population equal to the same member's alone up to float32 summation order."""
+    import torch
+
+    from benchmark.perf.common import detr_config, training_batches, training_split
+    from benchmark.perf.extras import population
+    from benchmark.perf.extras.base import TrainingBench
+
+    monkeypatch.setitem(population.SIZES, "cpu", (1, 2))
+    cfg = detr_config()
+    split = training_split(cfg, 12, cache_dir)
+    batches = training_batches(split, 4, 3, torch.device("cpu"))
+    report = PerfReport()
+    report.add("train", "detr images/s", 100.0, "img/s")
+    population.population_throughput(report, PerfOptions(), TrainingBench(None, batches, torch.device("cpu"), 4,
+                                                                          len(split.cat_ids)))
+    rows = {r["item"]: r["value"] for r in report.rows if r["section"] == "population"}
+    assert {"detr population of 1 images/s", "detr population of 2 images/s"} <= set(rows)
+    assert all(v > 0 for k, v in rows.items() if k.endswith("images/s"))
+    assert rows["detr member vs alone: largest |Δ gradient| / largest |gradient|"] < 1e-5
+    goals = population.population_goals(report)
+    assert goals and goals[0][0].startswith("detr: the best population size")
+    assert population.population_goals(PerfReport()) == []  # no population timed: no goal row

@@ -391,5 +391,5 @@ def test_the_tuned_regime_marks_a_verdict_robust_or_dependent_on_the_knob_tuning
     report = report_markdown(results)
     line = _table_row(report, row)  # the most important knob of the claim's own two methods' studies
     assert _verdict(line) == "depends on gld.beta" and "(defaults: contradicted; tuned: reproduced)" in line
-    assert "- tuned values (`tuned/kd/`, seeds 0-4): **reproduced**" in report
+    assert "- tuned values, development (`tuned/kd/, seeds 0-4`): **reproduced**" in report
     assert len(line) <= 200

@@ -15,7 +15,8 @@
   from the committed studies;
 - where the time goes (``benchmark.perf.profile``): each model's training step by op group, and the committed
   suites' wall time by part;
-- the optional sections of ``benchmark.perf.extras``, each behind its own flag (``--compile``, ``--ddp``).
+- the optional sections of ``benchmark.perf.extras``, each behind its own flag (``--compile``, ``--ddp``,
+  ``--population``).
 
 Parts (``benchmark.perf``): ``common`` (options, report, inputs), ``models`` (the timed models), ``suites`` (suite
 runs), ``curves``, ``profile``, ``extras``; this module, the command, imports them and nothing imports it.
@@ -46,6 +47,7 @@ from benchmark.perf.common import (EVALUATOR_REPEATS, PerfOptions, PerfReport, d
                                    synthetic_coco, sync_device, training_batches, training_split)
 from benchmark.perf.curves import CURVE_SECTIONS, cost_curves, curves_markdown
 from benchmark.perf.extras import EXTRAS, TrainingBench, run_stage
+from benchmark.perf.extras.population import population_goals
 from benchmark.perf.models import HF_DAB, HF_DETR, HF_NAMES, hf_available, training_step
 from benchmark.perf.profile import ceiling_note, step_profiles, suite_time_accounts, suite_time_note
 from benchmark.perf.suites import suite_wall_times
@@ -120,7 +122,7 @@ def training_throughput(report: PerfReport, options: PerfOptions, device: torch.
     def make_step(name, compiled=False):
         return training_step(name, cfg, num_classes, device, compiled)
     step_profiles(report, names, make_step, batches[:options.profile_steps + 2], device)
-    run_stage("train", report, options, TrainingBench(make_step, batches, device, steps))
+    run_stage("train", report, options, TrainingBench(make_step, batches, device, steps, num_classes))
 
 
 def evaluator_speed(report: PerfReport) -> None:
@@ -185,6 +187,7 @@ def goals(report: PerfReport) -> list[tuple[str, str, bool]]:
     diff = report.get("evaluator", "largest |Δ| over the 12 COCO stats")
     out.append(("evaluator ≥ 10× pycocotools, identical stats", f"{speedup:.1f}×, largest |Δ| {diff:.1e}",
                 bool(speedup >= 10 and diff < 1e-9)))
+    out += population_goals(report)
     for name in REGISTRY.method_names("detr"):
         share = report.get("train", f"{name} utilisation of matmul peak")
         out.append((f"{name} ≥ 30% of measured matmul FLOP/s", f"{100 * share:.1f}%", bool(share >= 0.3)))

@@ -14,6 +14,7 @@ class TrainingBench:
     batches: list  # (images, targets) on the device, the same the throughput was timed on
     device: Any  # torch.device
     steps: int  # timed steps per model
+    num_classes: int  # of the detection split the batches come from
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,148 @@
+"""``perf --population``: does training P seeds of a method as one batched model beat one member at a time?
+
+PyTorch's model-ensembling recipe, on the ``detr`` suite's own model and criterion: the members' parameters stacked
+(``torch.func.stack_module_state``), one ``vmap``-ed forward over them (each member its own initialisation; one
+batch shared by all, see below), the set criterion with its Hungarian matching per (member, image) on the vmapped
+outputs, one backward, AdamW on the stacked tensors (element-wise, so each member's update is its own). Rows: images/s of the
+population (all members together) against one member trained alone in the same process (the train table), peak
+memory per member on a GPU, and how far member 0's gradient is from the same member's alone (the numerical price
+of batching: floating-point sums in another order).
+
+Only plain ``detr``, and one batch for every member: DAB-DETR and DN-DETR draw their denoising noise from an
+explicit ``torch.Generator``, which ``vmap`` cannot split per member, and the model's ``images.contiguous(
+memory_format=torch.channels_last)`` is not implemented under ``vmap`` for a batched input (each member its own
+batch). Population training proper must give each member its own generator and drop that call first; a step
+costs the same whichever images a member sees. The section measures; nothing here trains a suite."""
+from __future__ import annotations
+
+import copy
+import time
+
+from benchmark.perf.extras.base import PerfExtra, register
+
+SIZES = {"cpu": (1, 4, 8), "cuda": (1, 8, 32)}  # members per population timed on each device type
+MODEL = "detr"
+
+
+def members(cfg: dict, num_classes: int, count: int, device) -> list:
+    """``count`` independently initialised (seeds 0, 1, …) model parts of ``MODEL``, as the suite builds them."""
+    import torch
+
+    from benchmark.registry import REGISTRY
+
+    build = REGISTRY.method("detr", MODEL).build(cfg)
+    parts = []
+    for seed in range(count):
+        torch.manual_seed(seed)
+        parts.append(build(num_classes))
+        parts[-1].model.to(device).train()
+    return parts
+
+
+def population_step(parts: list):
+    """(one AdamW step of every member on its own (images, targets) batch, the stacked parameters)."""
+    import torch
+    from torch.func import functional_call, stack_module_state, vmap
+
+    models, criterion = [p.model for p in parts], parts[0].criterion
+    params, buffers = stack_module_state(models)
+    params = {name: value.detach().requires_grad_() for name, value in params.items()}
+    base = copy.deepcopy(models[0]).to("meta")
+    tensors = ("logits", "boxes")  # the outputs vmap returns; the rest (no tensors) are the same for every member
+
+    def forward(member_params, member_buffers, images):
+        outputs = functional_call(base, (member_params, member_buffers), (images,))
+        return {key: outputs[key] for key in tensors}
+
+    batched = vmap(forward, in_dims=(0, 0, None), randomness="different")  # each member its own dropout masks
+    optimizer = torch.optim.AdamW(list(params.values()), lr=1e-4)
+
+    constant = {}  # the outputs that are no tensors (e.g. the feature grid), the same for every member
+
+    def step(images: torch.Tensor, targets: list[dict]) -> None:
+        """One batch, the same for every member."""
+        if not constant:
+            with torch.no_grad():
+                constant.update({k: v for k, v in models[0](images[:1]).items() if k not in tensors})
+        outputs = batched(params, buffers, images)
+        loss = 0.0
+        for member in range(len(models)):
+            own = {key: [layer[member] for layer in outputs[key]] for key in tensors}
+            loss = loss + sum(criterion({**own, **constant}, targets)[0].values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step, params
+
+
+def population_throughput(report, options, bench) -> None:
+    import torch
+
+    from benchmark.perf.common import detr_config, sync_device
+
+    cfg, device = detr_config(), bench.device
+    num_classes = bench.num_classes
+    batch_size = len(bench.batches[0][1])
+    steps = max(2, bench.steps // 2)
+    alone = report.get("train", f"{MODEL} images/s")
+    for size in SIZES["cuda" if device.type == "cuda" else "cpu"]:
+        step, _ = population_step(members(cfg, num_classes, size, device))
+        step(*bench.batches[0])  # warm-up
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        sync_device(device)
+        start = time.perf_counter()
+        for images, targets in bench.batches[1:1 + steps]:
+            step(images, targets)
+        sync_device(device)
+        rate = size * steps * batch_size / (time.perf_counter() - start)
+        report.add("population", f"{MODEL} population of {size} images/s", rate, "img/s",
+                   f"all members together; {rate / alone:.2f}× one member alone (train table), batch {batch_size} "
+                   f"per member, {steps} steps")
+        if device.type == "cuda":
+            report.add("population", f"{MODEL} population of {size} peak memory per member",
+                       torch.cuda.max_memory_allocated(device) / size / 2 ** 20, "MiB")
+    report.add("population", f"{MODEL} member vs alone: largest |Δ gradient| / largest |gradient|",
+               one_step_drift(cfg, num_classes, bench.batches, device), "fraction",
+               "member 0 of a population of 2 vs the same member alone, same batch, no dropout")
+
+
+def one_step_drift(cfg: dict, num_classes: int, batches: list, device) -> float:
+    """Member 0's gradients in a population of 2 against the same member (seed 0, same batch) alone: the largest
+    absolute difference over the largest absolute gradient. Without dropout (eval mode; the backbone's norm is
+    frozen), so only the order of floating-point sums differs."""
+    [alone] = members(cfg, num_classes, 1, device)
+    alone.model.eval()
+    images, targets = batches[0]
+    sum(alone.criterion(alone.model(images), targets)[0].values()).backward()
+    parts = members(cfg, num_classes, 2, device)
+    for part in parts:
+        part.model.eval()
+    step, params = population_step(parts)
+    step(images, targets)
+    grads = {name: param.grad for name, param in alone.model.named_parameters() if param.grad is not None}
+    largest = max(float(g.abs().max()) for g in grads.values())
+    return max(float((params[name].grad[0] - g).abs().max()) for name, g in grads.items()) / largest
+
+
+def population_goals(report) -> list[tuple[str, str, bool]]:
+    """(goal, measured, met) where this run timed populations: the best population size is never slower than one
+    member alone (on a CPU, P = 1 may be that size), and on a GPU 32 members ≥ 15× one member's images/s."""
+    rates = {int(r["item"].split(" of ")[1].split()[0]): r["value"] for r in report.rows
+             if r["section"] == "population" and r["item"].endswith("images/s")}
+    if not rates:
+        return []
+    alone = report.get("train", f"{MODEL} images/s")
+    best = max(rates, key=rates.get)
+    goals = [(f"{MODEL}: the best population size is not slower than one member alone",
+              f"P = {best}: {rates[best] / alone:.2f}×", bool(rates[best] >= alone))]
+    if 32 in rates:
+        goals.append((f"{MODEL}: 32 members ≥ 15× one member's images/s (GPU)", f"{rates[32] / alone:.2f}×",
+                      bool(rates[32] >= 15 * alone)))
+    return goals
+
+
+register(PerfExtra(
+    "population", help="also time the detr model trained as a population (P seeds as one vmapped model) against "
+                       "one member alone, and one step's drift (off by default)", stage="train",
+    run=population_throughput))
