@@ -197,10 +197,63 @@ def results_folder(options: RunOptions, methods: list[MethodSpec], cfg_hash: str
     return suite_dir / f"{options.data}-{options.profile}-{cfg_hash[:8]}"
 
 
+@dataclass(frozen=True)
+class ResolvedRun:
+    """Everything an invocation decides before anything trains, built once by the invocation (``resolve_run``):
+    its ``--jobs`` workers and submitit jobs receive it and never resolve the config again."""
+
+    options: RunOptions  # with the plan applied and the code state the invocation started at
+    cfg: dict  # the resolved config (every method's, before its tuned values)
+    methods: tuple[str, ...]
+    params: dict[str, list[str]]  # per tuned method, its values as applied
+    method_cfgs: dict[str, dict]  # per tuned method, the config it trains with
+    run_info: dict  # run.json
+    suite_dir: Path  # where the run writes
+    cell_keys: dict[str, str]  # per method, the key of its cells
+
+    @property
+    def spec(self) -> SuiteSpec:
+        return REGISTRY.suite(self.options.suite)
+
+    def method_specs(self) -> list[MethodSpec]:
+        return [REGISTRY.method(self.options.suite, name) for name in self.methods]
+
+
+def resolve_run(options: RunOptions, ex: Execution) -> ResolvedRun:
+    """Resolve and validate everything once: the config, the plan it must match, tuned values, run.json, the
+    results folder and the cells' keys."""
+    from benchmark.cells import cell_keys
+
+    spec, methods, cfg = resolve(options)
+    params, method_cfgs = tuned_configs(options, methods)
+    if options.plan is not None:
+        plan = load_plan(options.plan, spec.name)
+        cfg_hash = run_config_hash(options, cfg, params)
+        if cfg_hash != plan["config_hash"]:
+            raise UserInputError(f"--plan {options.plan}: this code resolves the plan's profile to config hash "
+                                 f"{cfg_hash[:8]}, not the plan's {plan['config_hash'][:8]} (the config changed since "
+                                 "the pilot: plan again from a new pilot)")
+    run_info = describe_run(options, spec, methods, cfg, params, ex)
+    options = replace(options, code_state=(run_info["git_commit"], run_info["git_dirty"]))
+    suite_dir = results_folder(options, methods, run_info["config_hash"])
+    keys = cell_keys(methods, run_info["config_hash"], method_cfgs, options.data_options(), run_info["git_commit"],
+                     ex.world)
+    return ResolvedRun(options, cfg, tuple(m.name for m in methods), params, method_cfgs, run_info, suite_dir, keys)
+
+
+def run_tags(resolved: ResolvedRun, ex: Execution) -> dict[str, str]:
+    """The MLflow tags of every run this process opens for the invocation (its own host, pid, device, threads)."""
+    info, options = resolved.run_info, resolved.options
+    return {"config_hash": info["config_hash"], "git_commit": info["git_commit"], "git_dirty": str(info["git_dirty"]),
+            "device": str(ex.device), "torch": torch.__version__, "threads": str(ex.threads),
+            "profile": options.profile, "host": socket.gethostname(), "pid": str(os.getpid()),  # stale RUNNING runs
+            # what the run read: data, its root, CLIP weights (run.json holds their hashes too)
+            **{k: str(v) for k, v in options.data_options().items() if v is not None}}
+
+
 def describe_run(options: RunOptions, spec: SuiteSpec, methods: list[MethodSpec], cfg: dict,
-                 params: dict[str, list[str]], ex: Execution) -> tuple[dict, dict[str, str]]:
-    """``run.json`` (config, its hash, code, machine: what a rerun elsewhere compares against) and the MLflow tags
-    of every run of this invocation."""
+                 params: dict[str, list[str]], ex: Execution) -> dict:
+    """``run.json``: config, its hash, code, machine: what a rerun elsewhere compares against."""
     data_options = options.data_options()
     cfg_hash = run_config_hash(options, cfg, params)
     commit, dirty = options.code_state or reproducibility.git_state()
@@ -212,9 +265,4 @@ def describe_run(options: RunOptions, spec: SuiteSpec, methods: list[MethodSpec]
                 # versions, date, command, CPU/ISA, OS, torch build, evaluator, data hashes; the signature decides
                 # whether `verify` expects identical numbers or numbers within tolerances
                 **reproducibility.record(ex.threads, options.data, options.data_root, options.clip_weights)}
-    tags = {"config_hash": cfg_hash, "git_commit": commit, "git_dirty": str(dirty), "device": str(ex.device),
-            "torch": torch.__version__, "threads": str(ex.threads), "profile": options.profile,
-            "host": socket.gethostname(), "pid": str(os.getpid()),  # host + pid: stale RUNNING runs are found
-            # what the run read: data, its root, CLIP weights (run.json holds their hashes too)
-            **{k: str(v) for k, v in options.data_options().items() if v is not None}}
-    return run_info, tags
+    return run_info

@@ -29,12 +29,10 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmark import distributed
-from benchmark.cells import CellStore, FinishedCell, cell_keys, stack, write_suite_files
+from benchmark.cells import CellStore, FinishedCell, stack, write_suite_files
 from benchmark.context import RunContext
 from benchmark.paths import default_cache_dir
-from benchmark.confirmation import load_plan
-from benchmark.plan import (Execution, RunOptions, apply_plan, describe_run, pick_device, resolve, results_folder,
-                            run_config_hash, tuned_configs)
+from benchmark.plan import Execution, ResolvedRun, RunOptions, apply_plan, pick_device, resolve_run, run_tags
 from benchmark.registry import REGISTRY, MethodSpec, SuiteSpec
 from benchmark.report import SMOKE, headline_table, is_smoke, render_suite
 from benchmark.results import locked
@@ -233,44 +231,33 @@ def _log_file(results_dir: Path, name: str, rank: int):
 
 @dataclass
 class Invocation:
-    """What one invocation (or one of its ``--jobs`` workers) runs cells with."""
+    """What one invocation (or one of its ``--jobs`` workers, or a submitit job) runs cells with."""
 
-    spec: SuiteSpec
-    methods: list[MethodSpec]
-    cfg: dict
-    run_info: dict
+    resolved: ResolvedRun
     tags: dict[str, str]
-    results_dir: Path
-    suite_dir: Path
     tracker: Tracker | NoTracking
     runner: CellRunner
     ex: Execution
 
 
 def open_invocation(options: RunOptions) -> Invocation:
-    """Resolve and validate everything, set up torch, the cell store, the tracker and the cell runner."""
-    spec, methods, cfg = resolve(options)
-    if options.plan is not None:
-        plan = load_plan(options.plan, spec.name)
-        cfg_hash = run_config_hash(options, cfg, tuned_configs(options, methods)[0])
-        if cfg_hash != plan["config_hash"]:
-            raise UserInputError(f"--plan {options.plan}: this code resolves the plan's profile to config hash "
-                                 f"{cfg_hash[:8]}, not the plan's {plan['config_hash'][:8]} (the config changed since "
-                                 "the pilot: plan again from a new pilot)")
-    params, method_cfgs = tuned_configs(options, methods)
+    """Set up torch, resolve and validate everything once (``resolve_run``), then open the invocation on it."""
     ex = setup_torch(options.device, options.threads, options.jobs)
-    run_info, tags = describe_run(options, spec, methods, cfg, params, ex)
-    results_dir = Path(options.results_dir)
+    return open_resolved(resolve_run(options, ex), ex)
+
+
+def open_resolved(resolved: ResolvedRun, ex: Execution) -> Invocation:
+    """The cell store, the tracker and the cell runner of a resolved run, in this process (no resolving)."""
+    results_dir = Path(resolved.options.results_dir)
     _check_writable(results_dir)
-    suite_dir = results_folder(options, methods, run_info["config_hash"])
-    tags["results_folder"] = str(suite_dir.relative_to(results_dir))
-    store = CellStore(suite_dir, cell_keys(methods, run_info["config_hash"], method_cfgs, options.data_options(),
-                                           run_info["git_commit"], ex.world))
+    tags = {**run_tags(resolved, ex), "results_folder": str(resolved.suite_dir.relative_to(results_dir))}
+    spec, options = resolved.spec, resolved.options
     tracker = Tracker(results_dir, spec.name) if ex.rank == 0 else NoTracking()
-    context = RunContext(spec.name, cfg, ex.device, Path(options.cache_dir or default_cache_dir()), options.data,
-                         options.data_root, options.clip, options.clip_weights)
-    runner = CellRunner(spec, context, store, tracker, tags, params, method_cfgs, options, ex)
-    return Invocation(spec, methods, cfg, run_info, tags, results_dir, suite_dir, tracker, runner, ex)
+    context = RunContext(spec.name, resolved.cfg, ex.device, Path(options.cache_dir or default_cache_dir()),
+                         options.data, options.data_root, options.clip, options.clip_weights)
+    runner = CellRunner(spec, context, CellStore(resolved.suite_dir, resolved.cell_keys), tracker, tags,
+                        resolved.params, resolved.method_cfgs, options, ex)
+    return Invocation(resolved, tags, tracker, runner, ex)
 
 
 def _train_cell(runner: CellRunner, name: str, seed: int, keep: bool = False) -> str | None:
@@ -287,8 +274,10 @@ def _train_cell(runner: CellRunner, name: str, seed: int, keep: bool = False) ->
     return None
 
 
-def _open_cell_worker(options: RunOptions, parent_id: str | None, log_level: int, log_path: Path | None) -> CellRunner:
-    """What a process that trains cells for another one (a ``--jobs`` worker, a submitit job) runs them with."""
+def _open_cell_worker(resolved: ResolvedRun, parent_id: str | None, log_level: int,
+                      log_path: Path | None) -> CellRunner:
+    """What a process that trains cells for another one (a ``--jobs`` worker, a submitit job) runs them with: the
+    invocation's resolved run, received, not resolved again."""
     import benchmark.suites  # noqa: F401  (a new process registers the suites anew)
 
     log.setLevel(log_level)
@@ -296,7 +285,8 @@ def _open_cell_worker(options: RunOptions, parent_id: str | None, log_level: int
     log.addHandler(logging.StreamHandler())
     if log_path is not None:
         log.addHandler(logging.FileHandler(log_path))  # appends beside the parent's lines
-    runner = open_invocation(options).runner
+    options = resolved.options
+    runner = open_resolved(resolved, setup_torch(options.device, options.threads, options.jobs)).runner
     runner.parent_id = parent_id
     return runner
 
@@ -329,11 +319,11 @@ class InProcess(CellExecutor):
 _worker_runner: CellRunner | None = None  # a --jobs worker's, opened at its first cell and kept for the next ones
 
 
-def _worker_cell(options: RunOptions, parent_id: str | None, log_level: int, log_path: Path | None, name: str,
+def _worker_cell(resolved: ResolvedRun, parent_id: str | None, log_level: int, log_path: Path | None, name: str,
                  seed: int) -> str | None:
     global _worker_runner
     if _worker_runner is None:
-        _worker_runner = _open_cell_worker(options, parent_id, log_level, log_path)
+        _worker_runner = _open_cell_worker(resolved, parent_id, log_level, log_path)
     return _train_cell(_worker_runner, name, seed)
 
 
@@ -345,11 +335,13 @@ class WorkerPool(CellExecutor):
     where not cached already, is trained beforehand by the parent on all the cores (or ``--threads``), as ``--jobs
     1`` trains it (run.json: ``prepare_threads``)."""
 
-    def __init__(self, options: RunOptions, runner: CellRunner, log_path: Path | None):
+    def __init__(self, resolved: ResolvedRun, runner: CellRunner, log_path: Path | None):
         import multiprocessing
 
         runner.ensure_prepared()  # here, on all the cores: else one worker trains it on its share while others wait
-        self.worker = replace(options, jobs=1, threads=runner.ex.threads, prepare_threads=runner.prepare_threads)
+        options = resolved.options
+        self.worker = replace(resolved, options=replace(options, jobs=1, threads=runner.ex.threads,
+                                                        prepare_threads=runner.prepare_threads))
         self.args = (runner.parent_id, log.getEffectiveLevel(), log_path)
         self.saved = os.environ.get("TQDM_DISABLE")
         os.environ["TQDM_DISABLE"] = "1"  # workers print plain lines; their bars would garble each other
@@ -369,21 +361,21 @@ class CellJob:
     shared results dir like a ``--jobs`` worker. Pre-empted or timed out, submitit calls ``checkpoint`` and requeues
     the job, which then resumes the cell from its last per-epoch checkpoint."""
 
-    def __init__(self, options: RunOptions, parent_id: str | None, log_level: int, log_path: Path | None):
-        self.options, self.parent_id, self.log_level, self.log_path = options, parent_id, log_level, log_path
+    def __init__(self, resolved: ResolvedRun, parent_id: str | None, log_level: int, log_path: Path | None):
+        self.resolved, self.parent_id, self.log_level, self.log_path = resolved, parent_id, log_level, log_path
 
     def __call__(self, name: str, seed: int) -> str | None:
         os.environ["TQDM_DISABLE"] = "1"  # the job's log gets plain lines
-        options = self.options
-        if options.threads is None and hasattr(os, "sched_getaffinity"):  # the CPUs SLURM gave the job, not the node's
-            options = replace(options, threads=len(os.sched_getaffinity(0)))
-        return _train_cell(_open_cell_worker(options, self.parent_id, self.log_level, self.log_path), name, seed)
+        resolved = self.resolved
+        if resolved.options.threads is None and hasattr(os, "sched_getaffinity"):  # the CPUs SLURM gave the job
+            resolved = replace(resolved, options=replace(resolved.options, threads=len(os.sched_getaffinity(0))))
+        return _train_cell(_open_cell_worker(resolved, self.parent_id, self.log_level, self.log_path), name, seed)
 
     def checkpoint(self, name: str, seed: int):
         from submitit.helpers import DelayedSubmission
 
-        return DelayedSubmission(CellJob(replace(self.options, resume=True), self.parent_id, self.log_level,
-                                         self.log_path), name, seed)
+        resumed = replace(self.resolved, options=replace(self.resolved.options, resume=True))
+        return DelayedSubmission(CellJob(resumed, self.parent_id, self.log_level, self.log_path), name, seed)
 
 
 class SubmititJobs(CellExecutor):
@@ -392,9 +384,10 @@ class SubmititJobs(CellExecutor):
     failed (not a diverged cell: that is its own failure line) is one failure line naming the cell, the job and its
     log, so no cell is lost silently."""
 
-    def __init__(self, options: RunOptions, parent_id: str | None, log_path: Path | None):
+    def __init__(self, resolved: ResolvedRun, parent_id: str | None, log_path: Path | None):
         import submitit
 
+        options = resolved.options
         self.folder = Path(options.submitit_folder or Path(options.results_dir) / "submitit")
         self.executor = submitit.AutoExecutor(
             folder=self.folder, cluster=None if options.submitit_cluster == "auto" else options.submitit_cluster)
@@ -402,7 +395,8 @@ class SubmititJobs(CellExecutor):
             name=f"cvpdl-{options.suite}", timeout_min=options.slurm_time, nodes=1, tasks_per_node=1,
             gpus_per_node=options.gpus_per_cell, **({"cpus_per_task": options.threads} if options.threads else {}),
             **({"slurm_partition": options.slurm_partition} if options.slurm_partition else {}))
-        self.job = CellJob(replace(options, executor="local", jobs=1), parent_id, log.getEffectiveLevel(), log_path)
+        self.job = CellJob(replace(resolved, options=replace(options, executor="local", jobs=1)), parent_id,
+                           log.getEffectiveLevel(), log_path)
         self.suite = options.suite
         self.submitted: list[tuple[str, int, object, concurrent.futures.Future]] = []
         self.batch = self.executor.batch()
@@ -434,24 +428,23 @@ class SubmititJobs(CellExecutor):
         self.waiters.shutdown(wait=True)
 
 
-def cell_executor(options: RunOptions, runner: CellRunner, log_path: Path | None) -> CellExecutor:
-    """The executor the options ask for."""
-    if options.executor == "submitit":  # the jobs prepare the shared set-up (cached: the first one trains it)
-        return SubmititJobs(options, runner.parent_id, log_path)
-    if options.jobs > 1:
-        return WorkerPool(options, runner, log_path)
+def cell_executor(resolved: ResolvedRun, runner: CellRunner, log_path: Path | None) -> CellExecutor:
+    """The executor the run's options ask for."""
+    if resolved.options.executor == "submitit":  # the jobs prepare the shared set-up (cached: the first one trains it)
+        return SubmititJobs(resolved, runner.parent_id, log_path)
+    if resolved.options.jobs > 1:
+        return WorkerPool(resolved, runner, log_path)
     return InProcess(runner)
 
 
 def run_suite(options: RunOptions) -> pd.DataFrame:
-    options = apply_plan(options)
-    invocation = open_invocation(options)
-    # workers and jobs key their cells by the code this invocation started at, not by a commit made meanwhile
-    options = replace(options, code_state=(invocation.run_info["git_commit"], invocation.run_info["git_dirty"]))
-    spec, methods, cfg, run_info, tags = (invocation.spec, invocation.methods, invocation.cfg, invocation.run_info,
-                                          invocation.tags)
-    results_dir, suite_dir, tracker, runner, ex = (invocation.results_dir, invocation.suite_dir, invocation.tracker,
-                                                   invocation.runner, invocation.ex)
+    invocation = open_invocation(apply_plan(options))
+    # workers and jobs receive the resolved run, keyed by the code this invocation started at
+    resolved = invocation.resolved
+    options, spec, methods, cfg, run_info, suite_dir = (resolved.options, resolved.spec, resolved.method_specs(),
+                                                        resolved.cfg, resolved.run_info, resolved.suite_dir)
+    results_dir, tags, tracker, runner, ex = (Path(options.results_dir), invocation.tags, invocation.tracker,
+                                              invocation.runner, invocation.ex)
     cells = [(m, s) for m in methods for s in options.seeds]
     started, finished, failures = time.time(), [], []
     name = f"{spec.name}-{options.profile}-{options.data}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -472,7 +465,7 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
 
             futures = []
             if to_train:
-                with cell_executor(options, runner, log_path) as executor:
+                with cell_executor(resolved, runner, log_path) as executor:
                     for method, seed in to_train:
                         futures.append(executor.submit(method, seed))
                         futures[-1].add_done_callback(done)

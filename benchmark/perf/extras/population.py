@@ -1,18 +1,18 @@
 """``perf --population``: does training P seeds of a method as one batched model beat one member at a time?
 
 PyTorch's model-ensembling recipe, on the ``detr`` suite's own model and criterion: the members' parameters stacked
-(``torch.func.stack_module_state``), one ``vmap``-ed forward over them (each member its own initialisation; one
-batch shared by all, see below), the set criterion with its Hungarian matching per (member, image) on the vmapped
-outputs, one backward, AdamW on the stacked tensors (element-wise, so each member's update is its own). Rows: images/s of the
-population (all members together) against one member trained alone in the same process (the train table), peak
-memory per member on a GPU, and how far member 0's gradient is from the same member's alone (the numerical price
-of batching: floating-point sums in another order).
+(``torch.func.stack_module_state``), one ``vmap``-ed forward over them (each member its own initialisation; one batch
+shared by all, see below), the set criterion with its Hungarian matching per (member, image) on the vmapped outputs, one
+backward, AdamW on the stacked tensors (element-wise, so each member's update is its own). Rows: images/s of the
+population (all members together) against one member trained alone in the same process (the train table), peak memory
+per member on a GPU, and how far member 0's gradient is from the same member's alone (the numerical price of batching:
+floating-point sums in another order).
 
-Only plain ``detr``, and one batch for every member: DAB-DETR and DN-DETR draw their denoising noise from an
-explicit ``torch.Generator``, which ``vmap`` cannot split per member, and the model's ``images.contiguous(
-memory_format=torch.channels_last)`` is not implemented under ``vmap`` for a batched input (each member its own
-batch). Population training proper must give each member its own generator and drop that call first; a step
-costs the same whichever images a member sees. The section measures; nothing here trains a suite."""
+Only plain ``detr``, and one batch for every member: DAB-DETR and DN-DETR draw their denoising noise from an explicit
+``torch.Generator``, which ``vmap`` cannot split per member, and the model's channels-last ``images.contiguous(...)`` is
+not implemented under ``vmap`` for a batched input (each member its own batch). Population training proper must give
+each member its own generator and drop that call first; a step costs the same whichever images a member sees. The
+section measures; nothing here trains a suite."""
 from __future__ import annotations
 
 import copy
