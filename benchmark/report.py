@@ -490,10 +490,21 @@ class Regimes:
     tuned: Finding
     source: str
     knob: str | None
+    tuned_sensitive: bool  # the tuned regime's positive controls hold
 
     @property
     def agree(self) -> bool:
         return self.papers.verdict == self.tuned.verdict
+
+    @property
+    def robust(self) -> bool:
+        """Both regimes decide the claim the same way: two inconclusive verdicts agree on nothing."""
+        return self.agree and self.tuned.verdict != "inconclusive"
+
+    def tuned_text(self) -> str:
+        """The tuned regime's verdict, marked where its testbed cannot support a null (its controls fail)."""
+        null = self.tuned.verdict == "inconclusive" or self.tuned.verdict.startswith("equivalent")
+        return self.tuned.verdict + (", insensitive" if null and not self.tuned_sensitive else "")
 
 
 def regime_pairs(results_dir: Path, rows: list[tuple[str, Finding, bool]], sources: dict[str, Evidence],
@@ -509,8 +520,8 @@ def regime_pairs(results_dir: Path, rows: list[tuple[str, Finding, bool]], sourc
             continue
         claim = dev.tested.claim
         methods = {arm.method for arm in (claim.a, claim.b) if isinstance(arm, Arm)}
-        pairs[key] = Regimes(papers[source], tuned[source].rows[key][0], source,
-                             top_knob(results_dir / suite, methods))
+        finding, sensitive = tuned[source].rows[key]
+        pairs[key] = Regimes(papers[source], finding, source, top_knob(results_dir / suite, methods), sensitive)
     return pairs
 
 
@@ -557,14 +568,18 @@ def first_table(findings: list[tuple[str, Finding, bool]], sources: dict[str, Ev
         source, f, sensitive = headline(suite, dev, dev_sensitive, sources)
         t = f.tested
         knobs = depends_on((sweeps or {}).get(suite), t.claim.key, t.direction) if t is not None else []
-        pair = (tuned or {}).get((suite, dev.claim))
-        if pair is not None and not pair.agree:
-            knobs = list(dict.fromkeys([*knobs, pair.knob or "hyperparameters"]))
-        tuned_text = f"; tuned: {pair.tuned.verdict}" if pair is not None else ""
-        verdict = (f"**depends on {', '.join(knobs)}** (defaults: {f.verdict}{tuned_text})" if knobs
-                   else f"**{f.verdict}**" + (", robust to tuning" if pair is not None else ""))
-        verdict += "" if sensitive or f.verdict.startswith("untestable") else f" ({INSENSITIVE.split(':')[0]})"
         label = f.question.split(". ")[0] if ". " in f.question else "controls"
+        pair = (tuned or {}).get((suite, dev.claim))
+        if pair is not None and not pair.agree and label != "controls":
+            knobs = list(dict.fromkeys([*knobs, pair.knob or "hyperparameters"]))
+        tuned_text = f"; tuned: {pair.tuned_text()}" if pair is not None else ""
+        if knobs:
+            verdict = f"**depends on {', '.join(knobs)}** (defaults: {f.verdict}{tuned_text})"
+        elif pair is not None and pair.robust and label != "controls":
+            verdict = f"**{f.verdict}**, robust to tuning"
+        else:
+            verdict = f"**{f.verdict}**" + (f" ({tuned_text.removeprefix('; ')})" if pair is not None else "")
+        verdict += "" if sensitive or f.verdict.startswith("untestable") else f" ({INSENSITIVE.split(':')[0]})"
         interval = (f"{t.diff:+.3f} [{t.ci_low:+.3f}, {t.ci_high:+.3f}]" if t is not None and t.n >= 2
                     and not t.claim.censored and not t.claim.is_level and label != "controls" else "")
         n = str(t.n) if t is not None else ""
@@ -709,7 +724,7 @@ def _verdicts_by_source(suite: str, heading: str, findings: list[tuple[str, Find
 
 INTRO = ("Each claim of the course questions, decided once: reproduced, contradicted, equivalent (±δ), inconclusive, "
          "untestable here, or depends on <knob> (a swept setting, or tuning at equal budget, changes it; robust to "
-         "tuning: the tuned values give the same verdict, on the development seeds unless both regimes ran a "
+         "tuning: the tuned values decide it the same way, on the development seeds unless both regimes ran a "
          "confirmation).\n"
          "*from*: the planned confirmation where it ran, else the staged reruns†, else the development pilot.\n"
          "Primary claims form one error family ({family} claims, α = {alpha:g}, Shaffer's step-down over claims); "

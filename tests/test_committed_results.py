@@ -36,9 +36,10 @@ def test_report_over_the_committed_results_reproduces_every_committed_report(tmp
         "cells", "logs", "mlartifacts", "mlflow.db*", "digits-*", "coco-*", "imagefolder-*"))
     summaries = sorted(results.glob("*/summary.md"))
     assert {p.parent.name for p in summaries} == {"detr", "kd", "ovd"}
-    # the fresh-seed reruns first (planned and staged): REPORT.md quotes them
+    # the fresh-seed reruns (planned and staged) and the tuned regime first: REPORT.md quotes them
     confirmations = sorted([*results.glob("confirmation/*/summary.md"),
-                            *results.glob("exploratory/staged-confirmation/*/summary.md")])
+                            *results.glob("exploratory/staged-confirmation/*/summary.md"),
+                            *results.glob("tuned/*/summary.md"), *results.glob("tuned/confirmation/*/summary.md")])
     for summary in [*confirmations, *summaries]:
         done = subprocess.run([sys.executable, "-m", "benchmark", "-q", "report", "--suite", summary.parent.name,
                                "--results-dir", str(copy / summary.parent.parent.relative_to(results))],

@@ -379,6 +379,11 @@ def test_the_tuned_regime_marks_a_verdict_robust_or_dependent_on_the_knob_tuning
         _set_from(folder / "metrics.csv", "gld", "top1_last", "test", "logit_kd", lambda seed: -0.05 - 0.005 * seed)
     line = _table_row(report_markdown(results), row)
     assert _verdict(line) == "contradicted" and "robust to tuning" in line
+    for folder in (results / "kd", tuned):  # no effect in either: two inconclusive verdicts agree on nothing
+        _set_from(folder / "metrics.csv", "gld", "top1_last", "test", "logit_kd", lambda seed: (-1) ** seed * 0.01)
+    line = _table_row(report_markdown(results), row)
+    assert "robust" not in line and "(tuned: inconclusive)" in line
+    _set_from(results / "kd" / "metrics.csv", "gld", "top1_last", "test", "logit_kd", lambda seed: -0.05 - 0.005 * seed)
     _set_from(tuned / "metrics.csv", "gld", "top1_last", "test", "logit_kd", lambda seed: 0.05 + 0.005 * seed)
     (results / "kd" / "tuning").mkdir(exist_ok=True)
     (results / "kd" / "tuning" / "best.json").write_text(json.dumps({
