@@ -493,18 +493,26 @@ class Regimes:
     tuned_sensitive: bool  # the tuned regime's positive controls hold
 
     @property
-    def agree(self) -> bool:
-        return self.papers.verdict == self.tuned.verdict
+    def decided(self) -> bool:
+        """Both regimes decided the claim (an inconclusive verdict, e.g. of 5 development seeds, says nothing)."""
+        return "inconclusive" not in (self.papers.verdict, self.tuned.verdict)
 
     @property
     def robust(self) -> bool:
-        """Both regimes decide the claim the same way: two inconclusive verdicts agree on nothing."""
-        return self.agree and self.tuned.verdict != "inconclusive"
+        return self.decided and self.papers.verdict == self.tuned.verdict
+
+    @property
+    def conflict(self) -> bool:
+        return self.decided and self.papers.verdict != self.tuned.verdict
 
     def tuned_text(self) -> str:
         """The tuned regime's verdict, marked where its testbed cannot support a null (its controls fail)."""
         null = self.tuned.verdict == "inconclusive" or self.tuned.verdict.startswith("equivalent")
-        return self.tuned.verdict + (", insensitive" if null and not self.tuned_sensitive else "")
+        return _short(self.tuned.verdict) + ("‡" if null and not self.tuned_sensitive else "")
+
+
+def _short(verdict: str) -> str:
+    return verdict.replace("equivalent within ", "equivalent ")  # the first screen's width; the margin stays
 
 
 def regime_pairs(results_dir: Path, rows: list[tuple[str, Finding, bool]], sources: dict[str, Evidence],
@@ -535,20 +543,29 @@ def headline(suite: str, dev: Finding, dev_sensitive: bool, sources: dict[str, E
 
 def diagnosis_lines(frame: pd.DataFrame, f: Finding, pair: Regimes | None) -> list[str]:
     """Under a claim the papers' settings contradict: the experiment that tells "the method is worse here" from "a
-    setting carried over from the paper hurts here" (every method tuned at equal budget), and which loss term
-    drives each of its methods."""
+    setting carried over from the paper hurts here" (every method tuned at equal budget, on the same seeds), and
+    which loss term drives each of its methods."""
     claim = f.tested.claim
     methods = [arm.method for arm in (claim.a, claim.b) if isinstance(arm, Arm)]
     if pair is None:
         reading = ("not measured yet: tune every method at equal budget (`benchmark tune`) and run "
                    "`--params tuned`; until then the reversal may be a carried-over setting's")
-    elif pair.tuned.verdict == f.verdict:
-        reading = (f"tuned at equal budget, still **{pair.tuned.verdict}** ({pair.source}): tuning does not undo it, "
-                   "so it is this testbed's finding about the method, not a carried-over setting's")
     else:
-        reading = (f"tuned at equal budget: **{pair.tuned.verdict}** ({pair.source}): the reversal depends on a "
-                   f"setting carried over from the paper; the knob that mattered most in the tuning studies: "
-                   f"`{pair.knob or 'not recorded'}`")
+        papers, tuned = pair.papers.tested, pair.tuned.tested
+        moved = (f"Δ {tuned.diff:+.3f} [{tuned.ci_low:+.3f}, {tuned.ci_high:+.3f}] tuned against "
+                 f"{papers.diff:+.3f} [{papers.ci_low:+.3f}, {papers.ci_high:+.3f}] at the papers' settings, "
+                 f"{pair.source} seeds (n={tuned.n})")
+        knob = f"the knob that mattered most in the tuning studies: `{pair.knob or 'not recorded'}`"
+        if pair.robust:
+            reading = (f"tuned at equal budget, still **{pair.tuned.verdict}** ({moved}): tuning does not undo it, "
+                       "so it is this testbed's finding about the method, not a carried-over setting's")
+        elif pair.conflict:
+            reading = (f"tuned at equal budget: **{pair.tuned.verdict}** ({moved}): a setting carried over from the "
+                       f"paper drives the reversal; {knob}")
+        else:
+            reading = (f"tuned at equal budget: **{pair.tuned.verdict}**{'' if pair.tuned_sensitive else '‡'} "
+                       f"({moved}); which of the two it is needs more seeds of both regimes (the tuned regime's "
+                       f"plan: `plan --tuned`); {knob}")
     shares = [line for line in loss_share_lines(frame[frame["method"].isin(methods)])]
     return [f"diagnosis of *{f.claim}* (contradicted at the papers' settings): {reading}.",
             *(f"loss terms: {line}" for line in shares)]
@@ -561,8 +578,8 @@ def first_table(findings: list[tuple[str, Finding, bool]], sources: dict[str, Ev
     decided it (the planned confirmation, else the staged reruns, else the development pilot), Δ [95% CI], n.
     ``sweeps``: each suite's sensitivity table; a decided verdict that a swept value of a knob reverses becomes
     "depends on <knob>" (the decided verdict beside it). ``tuned``: (suite, claim) → both regimes' findings at the
-    strongest source both have: the verdict is "robust to tuning" where they agree, else it depends on the knob
-    the claim's tuning studies found most important."""
+    strongest source both have: the verdict is "robust to tuning" where both decide it the same way, and depends on
+    the knob the claim's tuning studies found most important where both decide it, differently."""
     lines = ["| Q | claim | verdict | Δ [95% CI] | n | from |", "|---|---|---|---|---|---|"]
     for suite, dev, dev_sensitive in findings:
         source, f, sensitive = headline(suite, dev, dev_sensitive, sources)
@@ -570,15 +587,15 @@ def first_table(findings: list[tuple[str, Finding, bool]], sources: dict[str, Ev
         knobs = depends_on((sweeps or {}).get(suite), t.claim.key, t.direction) if t is not None else []
         label = f.question.split(". ")[0] if ". " in f.question else "controls"
         pair = (tuned or {}).get((suite, dev.claim))
-        if pair is not None and not pair.agree and label != "controls":
+        if pair is not None and pair.conflict and label != "controls":
             knobs = list(dict.fromkeys([*knobs, pair.knob or "hyperparameters"]))
-        tuned_text = f"; tuned: {pair.tuned_text()}" if pair is not None else ""
+        tuned_text = f"; tuned {pair.tuned_text()}" if pair is not None else ""
         if knobs:
-            verdict = f"**depends on {', '.join(knobs)}** (defaults: {f.verdict}{tuned_text})"
+            verdict = f"**depends on {', '.join(knobs)}**: {_short(f.verdict)}{tuned_text}"
         elif pair is not None and pair.robust and label != "controls":
             verdict = f"**{f.verdict}**, robust to tuning"
         else:
-            verdict = f"**{f.verdict}**" + (f" ({tuned_text.removeprefix('; ')})" if pair is not None else "")
+            verdict = f"**{f.verdict}**{tuned_text}"
         verdict += "" if sensitive or f.verdict.startswith("untestable") else f" ({INSENSITIVE.split(':')[0]})"
         interval = (f"{t.diff:+.3f} [{t.ci_low:+.3f}, {t.ci_high:+.3f}]" if t is not None and t.n >= 2
                     and not t.claim.censored and not t.claim.is_level and label != "controls" else "")
@@ -644,8 +661,11 @@ def report_markdown(results_dir: Path) -> str:
                     f"`{run.get('profile', '?')}`, seeds "
                     f"{sorted(frame['seed'].unique().tolist())}, commit `{run.get('git_commit', '?')[:12]}`).")
         if (results_dir / TUNED / spec.name / "metrics.csv").is_file():
+            tuned_plan = tuned["confirmation"].notes.get(spec.name)
             body.append(f" Tuned regime (the suite's tuning study's values, same seeds): "
-                        f"`{TUNED}/{spec.name}/summary.md`.")
+                        f"`{TUNED}/{spec.name}/summary.md`"
+                        + (f"; its planned confirmation (`{TUNED}/{CONFIRMATION}/{spec.name}/plan.json`): "
+                           f"{tuned_plan}." if tuned_plan else "."))
         notes = sources["confirmation"].notes.get(spec.name)
         body.append(f" Planned confirmation (`{CONFIRMATION}/{spec.name}/plan.json`): {notes}.\n\n" if notes
                     else "\n\n")
@@ -689,7 +709,8 @@ def report_markdown(results_dir: Path) -> str:
         regimes = regime_pairs(results_dir, rows, sources, tuned)
         parts += [INTRO.format(family=len(report_family()), alpha=ALPHA), first_table(rows, sources, sweeps, regimes),
                   "\n",
-                  _wrapped(STAGED_NOTE.format(seeds=f"{min(staged)}-{max(staged)}")) if staged else ""]
+                  _wrapped(STAGED_NOTE.format(seeds=f"{min(staged)}-{max(staged)}")) if staged else "",
+                  _wrapped(INSENSITIVE_TUNED) if any(not r.tuned_sensitive for r in regimes.values()) else ""]
     parts += [_wrapped(GENERATED), *body]
     if limits:
         parts += ["## Limitations\n\n", "Generated from each run's run.json and metrics.csv.\n\n", *limits]
@@ -723,12 +744,14 @@ def _verdicts_by_source(suite: str, heading: str, findings: list[tuple[str, Find
 
 
 INTRO = ("Each claim of the course questions, decided once: reproduced, contradicted, equivalent (±δ), inconclusive, "
-         "untestable here, or depends on <knob> (a swept setting, or tuning at equal budget, changes it; robust to "
-         "tuning: the tuned values decide it the same way, on the development seeds unless both regimes ran a "
-         "confirmation).\n"
+         "untestable here, or depends on <knob> (a swept setting, or every method tuned at equal budget, decides it "
+         "otherwise; robust to tuning: both decide it the same way; compared on the development seeds unless both "
+         "regimes ran a confirmation).\n"
          "*from*: the planned confirmation where it ran, else the staged reruns†, else the development pilot.\n"
          "Primary claims form one error family ({family} claims, α = {alpha:g}, Shaffer's step-down over claims); "
          "each row links to its evidence.\n\n")
+INSENSITIVE_TUNED = ("‡ The tuned regime's positive controls are not shown (its controls row), so its inconclusive or "
+                     "equivalent verdicts cannot be read as the absence of an effect.\n\n")
 STAGED_NOTE = ("† Staged reruns (`exploratory/staged-confirmation/`): fresh seeds {seeds}, grown look by look to sizes "
                "computed from earlier looks, so their error rate is not controlled (not measured here: a reader's "
                "simulation of that schedule, in this round's review, put it at 1.7-3.4 × α); exploratory evidence, "

@@ -382,7 +382,7 @@ def test_the_tuned_regime_marks_a_verdict_robust_or_dependent_on_the_knob_tuning
     for folder in (results / "kd", tuned):  # no effect in either: two inconclusive verdicts agree on nothing
         _set_from(folder / "metrics.csv", "gld", "top1_last", "test", "logit_kd", lambda seed: (-1) ** seed * 0.01)
     line = _table_row(report_markdown(results), row)
-    assert "robust" not in line and "(tuned: inconclusive)" in line
+    assert "robust" not in line and "; tuned inconclusive" in line
     _set_from(results / "kd" / "metrics.csv", "gld", "top1_last", "test", "logit_kd", lambda seed: -0.05 - 0.005 * seed)
     _set_from(tuned / "metrics.csv", "gld", "top1_last", "test", "logit_kd", lambda seed: 0.05 + 0.005 * seed)
     (results / "kd" / "tuning").mkdir(exist_ok=True)
@@ -395,6 +395,6 @@ def test_the_tuned_regime_marks_a_verdict_robust_or_dependent_on_the_knob_tuning
             "fitnet": {"value": 0.5, "params": {}, "trials": 2, "importance": {"fitnet.hint_weight": 0.99}}}}))
     report = report_markdown(results)
     line = _table_row(report, row)  # the most important knob of the claim's own two methods' studies
-    assert _verdict(line) == "depends on gld.beta" and "(defaults: contradicted; tuned: reproduced)" in line
+    assert _verdict(line) == "depends on gld.beta" and "**: contradicted; tuned reproduced" in line
     assert "- tuned values, development (`tuned/kd/, seeds 0-4`): **reproduced**" in report
     assert len(line) <= 200
