@@ -191,7 +191,7 @@ def results_folder(options: RunOptions, methods: list[MethodSpec], cfg_hash: str
     if cfg_hash == run_config_hash(default, default_cfg, {}):
         return suite_dir
     if study_profile(suite_dir / "tuning" / "best.json") == default.profile:
-        tuned = replace(default, params=Path(TUNED))
+        tuned = replace(default, params=Path(TUNED), seeds=[])  # only compared: its seeds are no concern here
         if cfg_hash == run_config_hash(tuned, default_cfg, tuned_configs(tuned, methods)[0]):
             return Path(options.results_dir) / TUNED / options.suite
     return suite_dir / f"{options.data}-{options.profile}-{cfg_hash[:8]}"
