@@ -190,9 +190,11 @@ def results_folder(options: RunOptions, methods: list[MethodSpec], cfg_hash: str
     _, _, default_cfg = resolve(default)
     if cfg_hash == run_config_hash(default, default_cfg, {}):
         return suite_dir
-    if study_profile(suite_dir / "tuning" / "best.json") == default.profile:
-        tuned = replace(default, params=Path(TUNED), seeds=[])  # only compared: its seeds are no concern here
-        if cfg_hash == run_config_hash(tuned, default_cfg, tuned_configs(tuned, methods)[0]):
+    study = suite_dir / "tuning" / "best.json"
+    if study_profile(study) == default.profile:  # only compared: the run's seeds are checked where it loads them
+        tuned = load_params(study, options.suite, allow_stale=True)
+        if cfg_hash == run_config_hash(default, default_cfg, {m.name: tuned[m.name] for m in methods
+                                                              if tuned.get(m.name)}):
             return Path(options.results_dir) / TUNED / options.suite
     return suite_dir / f"{options.data}-{options.profile}-{cfg_hash[:8]}"
 

@@ -296,7 +296,7 @@ def test_every_variant_builds_model_criterion_and_postprocess_with_one_forward_s
 
 
 def test_registered_variants_build_what_the_suite_and_perf_train():
-    from benchmark.runner import RunOptions, resolve
+    from benchmark.plan import RunOptions, resolve
     from benchmark.suites import detr  # noqa: F401  (registers the suite)
 
     _, methods, cfg = resolve(RunOptions(suite="detr", profile="quick"))
