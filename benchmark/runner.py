@@ -10,6 +10,7 @@ files are then left as they were. Otherwise the cells are merged into the suite'
 """
 from __future__ import annotations
 
+import abc
 import concurrent.futures
 import contextlib
 import logging
@@ -297,8 +298,9 @@ class CellExecutor(contextlib.AbstractContextManager):
     cells, so the three give the same numbers (tested). Used as a context manager: the futures are complete once
     its block has ended."""
 
+    @abc.abstractmethod
     def submit(self, method: MethodSpec, seed: int) -> concurrent.futures.Future:
-        raise NotImplementedError
+        """Start training one cell (or train it now) and return the future of its failure line."""
 
     def __exit__(self, *exc) -> None:  # nothing to wait for or release unless the executor says so
         return None
