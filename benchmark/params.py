@@ -15,6 +15,9 @@ from cvpdl.errors import UserInputError
 # The code a study's numbers depend on (the library and the suites' cells): values tuned on other code are refused
 # unless the user asks for them (``run --allow-stale``).
 TRAINING_CODE = (REPO_ROOT / "cvpdl", REPO_ROOT / "benchmark" / "suites")
+# Code changes that a check found result-identical (``scripts/check_equivalence.py``: every method of every suite
+# trained from scratch at both commits, metrics.csv byte for byte): a study tuned on either code is not stale.
+EQUIVALENCE_FILE = REPO_ROOT / "results" / "code_equivalence.json"
 # Trials run on seeds no final run uses (development 0-4, staged 100-142, confirmation from 200), so tuning never
 # sees a cell it is judged on; two seeds per trial, because one seed's noise (kd top-1: sd ~0.01) is as large as the
 # differences tuned for.
@@ -39,6 +42,21 @@ def training_code_digest() -> str:
     return source_digest(*TRAINING_CODE)
 
 
+def equivalent_digests(digest: str, path: Path | None = None) -> set[str]:
+    """``digest`` and every training code recorded as result-identical to it, directly or through a chain."""
+    try:
+        records = json.loads(Path(path or EQUIVALENCE_FILE).read_text())["records"]
+    except (OSError, ValueError, KeyError, TypeError):
+        records = []
+    same, grown = {digest}, True
+    while grown:
+        linked = {r["same_as"] for r in records if r["digest"] in same} | {r["digest"] for r in records
+                                                                        if r["same_as"] in same}
+        grown = not linked <= same
+        same |= linked
+    return same
+
+
 def study_provenance(seeds: list[int], threads: int, seconds: float) -> dict:
     """What a best.json records of the study that wrote it: code, seeds, threads, host, time."""
     commit, dirty = git_state()
@@ -58,7 +76,7 @@ def staleness(payload: dict) -> str | None:
     provenance = payload.get("provenance")
     if not provenance:
         return "it records no provenance (the study predates the code's record of it)"
-    if provenance.get("code_digest") != training_code_digest():
+    if provenance.get("code_digest") not in equivalent_digests(training_code_digest()):
         return f"it was tuned on other training code (commit {str(provenance.get('commit'))[:12]})"
     return None
 

@@ -10,7 +10,7 @@ from cvpdl.detection.backbone_pretrain import extract_features, presence_labels
 from cvpdl.detection.criterion import LossWeights
 from cvpdl.detection.detr import Detr, DetrConfig
 from cvpdl.detection.postprocess import PostProcess
-from cvpdl.detection.training import DetrTrainConfig, FeatureSplit, batch, optimizer_for
+from cvpdl.detection.training import DetrTrainConfig, FeatureSplit, batch_inputs, optimizer_for
 
 CFG = DetrConfig(backbone_width=4, d_model=16, heads=2, encoder_layers=1, decoder_layers=1, d_ff=32, num_queries=3)
 
@@ -46,11 +46,11 @@ def test_a_detector_on_cached_features_computes_what_it_computes_on_images():
     torch.manual_seed(0)
     parts = Detr.build(CFG, 2, LossWeights())
     split = tiny_split()
-    images, targets = batch(split, [0, 2], torch.device("cpu"))
+    images, targets = batch_inputs(split, [0, 2], torch.device("cpu"))
     whole = parts.model.eval()(images)
     body = parts.model.encoder.backbone
     cached = FeatureSplit(split.images, split.coco, features=extract_features(body, split.images))
-    features, cached_targets = batch(cached, [0, 2], torch.device("cpu"))
+    features, cached_targets = batch_inputs(cached, [0, 2], torch.device("cpu"))
     assert features.shape == (2, 16, 4, 4)
     parts.model.encoder.backbone = nn.Identity()
     torch.testing.assert_close(parts.model(features)["boxes"][-1], whole["boxes"][-1], rtol=1e-5, atol=1e-6)

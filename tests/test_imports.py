@@ -15,7 +15,8 @@ PACKAGES = ("cvpdl", "paper_figures", "benchmark")
 # Lowest first. A module may import modules of its own layer or of a layer before it, never one after it. Every
 # harness module is named (a new one must be placed here); cvpdl's subpackages and the suites are patterns.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("library core", ("cvpdl", "cvpdl.errors", "cvpdl.progress", "cvpdl.checkpoint", "cvpdl.ddp", "cvpdl.losses")),
+    ("library core", ("cvpdl", "cvpdl.errors", "cvpdl.progress", "cvpdl.checkpoint", "cvpdl.ddp", "cvpdl.losses",
+                      "cvpdl.engine")),
     ("library data and evaluation", ("cvpdl.data", "cvpdl.data.*", "cvpdl.evaluation", "cvpdl.evaluation.*")),
     ("library methods", ("cvpdl.detection", "cvpdl.detection.*", "cvpdl.distill", "cvpdl.distill.*", "cvpdl.ovd",
                          "cvpdl.ovd.*", "cvpdl.analysis", "cvpdl.analysis.*")),
@@ -28,7 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("claims and cache", ("benchmark.claims", "benchmark.cache", "benchmark.robustness")),
     ("the runner's parts", ("benchmark.confirmation", "benchmark.plan", "benchmark.cells", "benchmark.tracking",
                             "benchmark.report", "benchmark.suites", "benchmark.suites.*")),
-    ("runner", ("benchmark.runner",)),
+    ("runner", ("benchmark.invocation", "benchmark.executors", "benchmark.runner")),
     # the performance package, one-way inside: its parts, then the command that assembles them
     ("perf base", ("benchmark.perf", "benchmark.perf.common")),
     ("perf models", ("benchmark.perf.models",)),

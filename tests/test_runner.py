@@ -172,3 +172,26 @@ def test_a_killed_job_is_one_line_per_cell_and_resume_continues_its_checkpoint(t
     assert "epoch 1/3:" not in resumed_log.read_text() and "epoch 3/3:" in resumed_log.read_text()  # resumed
     assert (suite_folder(tmp_path / "one", "detr") / "metrics.csv").read_bytes() == \
         (suite_folder(tmp_path / "jobs", "detr") / "metrics.csv").read_bytes()
+
+
+def test_the_plan_is_resolved_once_per_invocation(tmp_path, monkeypatch):
+    """One invocation builds its ResolvedRun once; cells, workers and jobs receive it. Configs resolved: the run's,
+    and the papers' default it is compared with to choose its folder (plus one per tuned method, none here)."""
+    import benchmark.config
+    import benchmark.plan
+    import benchmark.invocation
+
+    counts = {"resolve_run": 0, "config": 0}
+
+    def counted(module, name, key):
+        original = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            counts[key] += 1
+            return original(*args, **kwargs)
+        monkeypatch.setattr(module, name, wrapper)
+
+    counted(benchmark.invocation, "resolve_run", "resolve_run")
+    counted(benchmark.config, "resolve", "config")
+    run_suite(options(tmp_path))
+    assert counts == {"resolve_run": 1, "config": 2}

@@ -70,3 +70,21 @@ def test_report_names_the_provenance_and_says_when_values_predate_the_code(tmp_p
     assert any(line.startswith("Study provenance: commit") and "tuning seeds 1000 1001, 2 threads" in line
                and "2.00 h of trial time" in line for line in lines)
     assert any("predate the current training code" in line for line in lines)
+
+
+def test_a_recorded_equivalence_keeps_a_study_fresh_through_a_chain(tmp_path, monkeypatch):
+    """scripts/check_equivalence.py records result-identical code changes; a study tuned on any code linked to the
+    current one, directly or through earlier records, is not stale, and nothing else is."""
+    import benchmark.params as params
+
+    path = tmp_path / "code_equivalence.json"
+    path.write_text(json.dumps({"records": [{"digest": "b", "same_as": "a"}, {"digest": "c", "same_as": "b"},
+                                            {"digest": "y", "same_as": "x"}]}))
+    assert params.equivalent_digests("c", path) == {"a", "b", "c"}
+    assert params.equivalent_digests("a", path) == {"a", "b", "c"}
+    assert params.equivalent_digests("z", path) == {"z"} and params.equivalent_digests("c", tmp_path / "no") == {"c"}
+    monkeypatch.setattr(params, "EQUIVALENCE_FILE", path)
+    monkeypatch.setattr(params, "training_code_digest", lambda: "c")
+    provenance = {**study_provenance(seeds=TUNING_SEEDS, threads=1, seconds=1.0), "commit": "a4fd8ac0ffee"}
+    assert staleness({"provenance": {**provenance, "code_digest": "a"}}) is None
+    assert "other training code" in staleness({"provenance": {**provenance, "code_digest": "x"}})

@@ -13,7 +13,7 @@ import torch
 from benchmark import config as config_lib
 from cvpdl.data.detection_split import DetectionSplit
 from cvpdl.data.digits_world import DigitsWorldConfig, load_digits_split
-from cvpdl.detection.training import batch
+from cvpdl.detection.training import batch_inputs
 from cvpdl.evaluation.coco_eval import evaluate_detections
 
 
@@ -81,7 +81,7 @@ def training_split(cfg: dict, images: int, cache_dir: Path) -> DetectionSplit:
 
 def training_batches(split: DetectionSplit, batch_size: int, count: int, device: torch.device) -> list:
     """The first ``count`` batches of ``split`` in order, on ``device``."""
-    return [batch(split, list(range(i * batch_size, (i + 1) * batch_size)), device) for i in range(count)]
+    return [batch_inputs(split, list(range(i * batch_size, (i + 1) * batch_size)), device) for i in range(count)]
 
 
 EVALUATOR_REPEATS = 5  # every evaluator timing of a perf run is the best of this many (one rule for every ratio)

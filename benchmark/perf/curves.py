@@ -1,6 +1,6 @@
 """The cost curves of ``python -m benchmark perf``: how the harness's costs grow with the size of their input.
 
-- seconds per training epoch vs training images: real epochs of ``train_epoch`` (the suite's loop: shuffling,
+- seconds per training epoch vs training images: real epochs of ``detr_loop`` (the suite's loop: shuffling,
   batching, finiteness checks, gradient clipping) on the first N images of one split, every detr variant;
 - seconds per training step vs object queries: the detr family on the same batches;
 - evaluator seconds vs detections: ours (faster-coco-eval) and pycocotools on ``synthetic_coco``, at a fixed
@@ -29,7 +29,7 @@ from benchmark.perf.common import (EVALUATOR_REPEATS, CurveSettings, PerfOptions
 from benchmark.perf.models import training_step
 from benchmark.registry import REGISTRY
 from cvpdl.data.detection_split import DetectionSplit
-from cvpdl.detection.training import DetrTrainConfig, train_epoch
+from cvpdl.detection.training import DetrTrainConfig, detr_loop, step_losses
 
 EPOCH = "seconds per epoch vs training images"
 QUERIES = "seconds per step vs queries"
@@ -88,13 +88,16 @@ def epoch_seconds_vs_images(report: PerfReport, cfg: dict, split: DetectionSplit
         torch.manual_seed(0)
         parts = REGISTRY.method("detr", name).build(cfg)(len(split.cat_ids))
         model = parts.model.to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
         generator = torch.Generator().manual_seed(0)
-        train_epoch(model, parts.criterion, split.head(train_cfg.batch_size), train_cfg, optimizer, generator, device)
+
+        def train_epoch(images: DetectionSplit) -> None:
+            loop = detr_loop(model, images, train_cfg, generator)
+            loop.train_one_epoch(step_losses(model, parts.criterion, images, generator, device))
+        train_epoch(split.head(train_cfg.batch_size))
         for n in sorted(settings.epoch_images):
             sync_device(device)
             start = time.perf_counter()
-            train_epoch(model, parts.criterion, split.head(n), train_cfg, optimizer, generator, device)
+            train_epoch(split.head(n))
             sync_device(device)
             _point(report, EPOCH, name, n, "training images", time.perf_counter() - start, "s",
                    f"one real epoch, batch {train_cfg.batch_size} ({n // train_cfg.batch_size} steps)")

@@ -14,7 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from cvpdl.checkpoint import Checkpoint
 from cvpdl.detection.backbone import body_channels, build_body, normalise
+from cvpdl.engine import Batch, TrainLoop
 from cvpdl.progress import EpochCallback, no_report
 
 
@@ -47,27 +49,25 @@ def presence_labels(labels_per_image: list[np.ndarray], num_classes: int) -> tor
 
 
 def pretrain_backbone(width: int, images: np.ndarray, presence: torch.Tensor, cfg: BackbonePretrainConfig,
-                      generator: torch.Generator, on_epoch: EpochCallback = no_report) -> nn.Sequential:
+                      generator: torch.Generator, on_epoch: EpochCallback = no_report,
+                      checkpoint: Checkpoint | None = None) -> nn.Sequential:
     """Train a presence classifier on ``images`` (uint8 N×H×W×3) and return its body (trainable batch norm; its
-    state dict loads into ``build_body(width)``). AdamW with a cosine schedule over all steps."""
+    state dict loads into ``build_body(width)``). AdamW with a one-cycle schedule over all steps; every batch,
+    the last one the remainder. Every process trains the whole batch (no DDP: it is cached once). With a
+    ``checkpoint`` a rerun resumes from the last finished epoch."""
     model = PresenceClassifier(width, presence.shape[1])
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = -(-len(images) // cfg.batch_size)  # the last batch takes the remainder (a tiny set: one)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
+    steps = -(-len(images) // cfg.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=cfg.epochs * steps)
     loss_fn = nn.BCEWithLogitsLoss()
-    model.train()
-    for epoch in range(1, cfg.epochs + 1):
-        order = torch.randperm(len(images), generator=generator)
-        losses = []
-        for step in range(steps_per_epoch):
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            loss = loss_fn(model(normalise(torch.from_numpy(images[idx.numpy()]))), presence[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            losses.append(loss.item())
-        on_epoch("backbone pretraining", epoch, cfg.epochs, {"train/presence_bce": float(np.mean(losses))})
+    loop = TrainLoop("backbone pretraining", model, optimizer, generator, len(images), cfg.batch_size, cfg.epochs,
+                     steps_per_epoch=steps, step_scheduler=schedule, checkpoint=checkpoint, on_epoch=on_epoch)
+
+    def step_losses(batch: Batch) -> dict[str, torch.Tensor]:
+        return {"presence_bce": loss_fn(model(normalise(torch.from_numpy(images[batch.indices]))),
+                                        presence[batch.indices])}
+
+    loop.run(step_losses)
     return model.body.eval()
 
 

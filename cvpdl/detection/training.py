@@ -1,14 +1,12 @@
 """The training loop, evaluation and per-epoch probes shared by every DETR-family variant."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from cvpdl import ddp
 from cvpdl.analysis.detr_dynamics import assignment_vector, matching_instability, negative_entropy
@@ -19,6 +17,7 @@ from cvpdl.detection.box_ops import xyxy_to_cxcywh
 from cvpdl.detection.criterion import SetCriterion
 from cvpdl.detection.matcher import hungarian_match
 from cvpdl.detection.parts import DetectorParts
+from cvpdl.engine import Batch, EpochStats, StepLosses, TrainLoop
 from cvpdl.evaluation.coco_eval import evaluate_detections
 from cvpdl.progress import EpochCallback, no_report
 
@@ -80,7 +79,7 @@ def image_size(split: DetectionSplit) -> tuple[int, int]:
     return tuple(split.image(0).shape[:2])
 
 
-def batch(split: DetectionSplit, indices: list[int], device: torch.device) -> tuple[torch.Tensor, list[dict]]:
+def batch_inputs(split: DetectionSplit, indices: list[int], device: torch.device) -> tuple[torch.Tensor, list[dict]]:
     """The detector's inputs (normalised images, or a frozen backbone's cached features) and targets (contiguous
     labels, cxcywh boxes in [0, 1]). Pixels in memory are gathered in one indexing and the boxes of the batch
     converted in one go (elementwise: the same numbers as image by image, each image's target a view of the
@@ -100,29 +99,32 @@ def batch(split: DetectionSplit, indices: list[int], device: torch.device) -> tu
     return inputs, [{"labels": x, "boxes": b} for x, b in zip(all_labels.split(sizes), all_boxes.split(sizes))]
 
 
-def train_epoch(model, criterion: SetCriterion, split: DetectionSplit, cfg: DetrTrainConfig,
-                optimizer: torch.optim.Optimizer, generator: torch.Generator, device: torch.device, epoch: int = 1
-                ) -> float:
-    model.train()
-    # under DDP each rank takes every world-th image of the same seeded global batch (a DistributedSampler's split);
-    # the order is rank 0's, since DN noise draws as many numbers as a rank's shard has boxes
-    order = ddp.global_order(len(split), generator).tolist()
-    losses = []
-    for start in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):
-        inputs, targets = batch(split, ddp.shard(order[start:start + cfg.batch_size]), device)
+def step_losses(model, criterion: SetCriterion, split: DetectionSplit, generator: torch.Generator,
+                device: torch.device) -> StepLosses:
+    """One step of detection training: the model (DDP-wrapped by the caller) on this rank's share of the batch,
+    the criterion's named losses."""
+    def losses(batch: Batch) -> dict[str, torch.Tensor]:
+        inputs, targets = batch_inputs(split, batch.mine, device)
         outputs = model(inputs, targets, generator)
-        where = f"epoch {epoch}, step {start // cfg.batch_size + 1}"
         # NaN predictions would break the matcher before the loss exists; a sum is NaN/inf iff an entry is (one sync)
-        ddp.check_finite_on_all_ranks(torch.stack([p.sum() for p in outputs["logits"] + outputs["boxes"]]), where,
-                                   "a prediction")
-        loss = sum(criterion(outputs, targets)[0].values())
-        ddp.check_finite_on_all_ranks(loss, where, "loss")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        losses.append(loss.item())
-    return float(np.mean(losses))
+        ddp.check_finite_on_all_ranks(torch.stack([p.sum() for p in outputs["logits"] + outputs["boxes"]]),
+                                      batch.where, "a prediction")
+        return criterion(outputs, targets)[0]
+    return losses
+
+
+def detr_loop(model: nn.Module, split: DetectionSplit, cfg: DetrTrainConfig, generator: torch.Generator,
+              name: str = "detr", checkpoint: Checkpoint | None = None, on_epoch: EpochCallback = no_report
+              ) -> TrainLoop:
+    """The official recipe as a ``TrainLoop``: AdamW (``optimizer_for``), the learning rate ÷ 10 after ``lr_drop``
+    epochs (``StepLR`` stepped per epoch; no drop: a step size past the last epoch), gradient clipping, full
+    batches only (a DN-DETR batch's noise draws as many numbers as its boxes: rank 0's order on every rank)."""
+    optimizer = optimizer_for(model, cfg)
+    return TrainLoop(name, model, optimizer, generator, len(split), cfg.batch_size, cfg.epochs,
+                     steps_per_epoch=len(split) // cfg.batch_size,
+                     epoch_scheduler=torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_drop or cfg.epochs + 1),
+                     clip_parameters=list(model.parameters()), clip_norm=cfg.grad_clip, checkpoint=checkpoint,
+                     on_epoch=on_epoch)
 
 
 @torch.no_grad()
@@ -133,7 +135,7 @@ def evaluate(parts: DetectorParts, split: DetectionSplit, cfg: DetrTrainConfig, 
     detections, losses = [], []
     for start in range(0, len(split), 64):
         indices = list(range(start, min(start + 64, len(split))))
-        inputs, targets = batch(split, indices, device)
+        inputs, targets = batch_inputs(split, indices, device)
         out = parts.model(inputs)
         losses.append(sum(parts.criterion(out, targets)[0].values()).item() * len(indices))
         for i, (scores, labels, boxes) in zip(indices, parts.postprocess(out, image_size(split), cfg.top_k)):
@@ -149,7 +151,7 @@ def probe(parts: DetectorParts, split: DetectionSplit, device: torch.device
     """On the fixed probe set, eval mode: each image's last-layer query→GT assignment, and the negative entropy
     of the decoder cross-attention per layer (averaged over heads, queries, images)."""
     parts.model.eval()
-    inputs, targets = batch(split, list(range(len(split))), device)
+    inputs, targets = batch_inputs(split, list(range(len(split))), device)
     out = parts.model(inputs)
     indices = hungarian_match(out["logits"][-1], out["boxes"][-1], targets, parts.criterion.costs)
     q = out["logits"][-1].shape[1]
@@ -173,40 +175,28 @@ def optimizer_for(model: nn.Module, cfg: DetrTrainConfig) -> torch.optim.AdamW:
 def fit(parts: DetectorParts, data: DetectionData, cfg: DetrTrainConfig, generator: torch.Generator,
         device: torch.device, checkpoint: Checkpoint = Checkpoint(None, "detr"), desc: str = "detr",
         on_epoch: EpochCallback = no_report) -> FitHistory:
-    """Train ``parts.model`` on ``device`` with AdamW for ``cfg.epochs`` (learning rate ÷ 10 after ``lr_drop``
-    epochs); after every epoch evaluate on val, probe matching and cross-attention on ``data.probe`` and save
-    ``checkpoint``, which a rerun resumes from. Under torchrun the model trains wrapped in DDP; evaluation and
-    probes read the bare model on every rank."""
+    """Train ``parts.model`` on ``device`` (``detr_loop``); after every epoch evaluate on val and probe matching
+    and cross-attention on ``data.probe``. Under torchrun the model trains wrapped in DDP; evaluation and probes
+    read the bare model on every rank."""
     model = parts.model.to(device)
-    optimizer = optimizer_for(model, cfg)
-    # no drop: a step size past the last epoch
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_drop or cfg.epochs + 1)
-    trained = ddp.wrap(model)
-    history, previous, done = FitHistory(), None, 0
-    stateful = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
-    if (progress := checkpoint.restore(stateful, generator)) is not None:
-        history = FitHistory(progress["val"], progress["train"])
-        previous, done = progress["previous"], progress["epoch"]
+    loop = detr_loop(model, data.train, cfg, generator, desc, checkpoint, on_epoch)
     num_gt = sum(len(data.probe.target(i)[1]) for i in range(len(data.probe)))
-    for epoch in tqdm(range(done + 1, cfg.epochs + 1), desc=desc, unit="epoch", leave=False, initial=done,
-                      total=cfg.epochs):
-        started = time.perf_counter()
-        train_epoch(trained, parts.criterion, data.train, cfg, optimizer, generator, device, epoch)
-        scheduler.step()
-        ddp.sync_buffers(model)  # batch-norm statistics of rank 0's shard on every rank, so evaluation agrees
-        seconds = time.perf_counter() - started
-        history.train.append({"train_seconds": seconds,
-                              "train_images_per_second": len(data.train) // cfg.batch_size * cfg.batch_size / seconds})
-        stats, val_loss = evaluate(parts, data.val, cfg, device)
+
+    def end_epoch(epoch: int, stats: EpochStats, state: dict) -> dict[str, float]:
+        state["train"].append({"train_seconds": stats.seconds,
+                               "train_images_per_second": stats.samples / stats.seconds})
+        ap, val_loss = evaluate(parts, data.val, cfg, device)
         assignments, neg_entropy = probe(parts, data.probe, device)
-        values = {"AP": stats["AP"], "AP50": stats["AP50"], "loss": val_loss,
+        values = {"AP": ap["AP"], "AP50": ap["AP50"], "loss": val_loss,
                   "cross_attn_neg_entropy": float(np.mean(neg_entropy)),
                   **{f"cross_attn_neg_entropy_l{k}": v for k, v in enumerate(neg_entropy)}}
-        if previous is not None:
-            values["matching_instability"] = matching_instability(previous, assignments, num_gt)
-        previous = assignments
-        history.val.append(values)
-        on_epoch(desc, epoch, cfg.epochs, {**{f"val/{k}": v for k, v in values.items()},
-                                           **{f"train/{k}": v for k, v in history.train[-1].items()}})
-        checkpoint.save(stateful, generator, epoch=epoch, val=history.val, train=history.train, previous=previous)
-    return history
+        if state["previous"] is not None:
+            values["matching_instability"] = matching_instability(state["previous"], assignments, num_gt)
+        state["previous"] = assignments
+        state["val"].append(values)
+        return {**{f"val/{k}": v for k, v in values.items()},
+                **{f"train/{k}": v for k, v in state["train"][-1].items()}}
+
+    state = loop.run(step_losses(ddp.wrap(model), parts.criterion, data.train, generator, device), end_epoch,
+                     {"val": [], "train": [], "previous": None})
+    return FitHistory(state["val"], state["train"])

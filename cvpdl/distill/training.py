@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from cvpdl import ddp
 from cvpdl.checkpoint import Checkpoint
+from cvpdl.engine import Batch, EpochStats, TrainLoop
 from cvpdl.progress import EpochCallback, no_report
 
 
@@ -110,51 +110,34 @@ def train(distiller: nn.Module, data: ClassificationData, cfg: TrainConfig, gene
     statistics are each shard's during an epoch (no SyncBatchNorm) and rank 0's after it."""
     teacher_out = (predict(distiller.teacher, data.x_train, forward=distiller.teacher_outputs)
                    if distiller.teacher is not None else None)
-    params = distiller.trainable_parameters()
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD(distiller.trainable_parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
     steps = max(1, len(data.x_train) // cfg.batch_size)
-    schedule = step_schedule(optimizer, cfg, steps)
-    history, done = TrainHistory(), 0
-    checkpoint = checkpoint or Checkpoint(None, desc)
-    stateful = {"distiller": distiller, "optimizer": optimizer, "schedule": schedule}
-    if (progress := checkpoint.restore(stateful, generator)) is not None:
-        history, done = TrainHistory(progress["per_epoch"], progress["test_top1"]), progress["epoch"]
+    loop = TrainLoop(desc, distiller, optimizer, generator, len(data.x_train), cfg.batch_size, cfg.epochs,
+                     step_scheduler=step_schedule(optimizer, cfg, steps), shard_means=True, checkpoint=checkpoint,
+                     on_epoch=on_epoch)
     losses_of = ddp.wrap(distiller, distiller.losses)
-    world = ddp.rank_world()[1]
-    for epoch in tqdm(range(done + 1, cfg.epochs + 1), desc=desc, unit="epoch", leave=False, initial=done,
-                      total=cfg.epochs):
-        distiller.train()
-        order = ddp.global_order(len(data.x_train), generator)
-        sums: dict[str, float] = {}
-        for step in range(steps):
-            batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            idx = ddp.shard(batch)
-            batch_teacher = {k: v[idx] for k, v in teacher_out.items()} if teacher_out else None
-            losses = losses_of(data.x_train[idx], data.y_train[idx], batch_teacher)
-            total = sum(losses.values())
-            ddp.check_finite_on_all_ranks(total, f"{desc} epoch {epoch}, step {step + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            (total if world == 1 else total * ddp.shard_weight(len(idx), len(batch))).backward()
-            optimizer.step()
-            schedule.step()
-            logged = losses if world == 1 else dict(zip(losses, ddp.global_mean(
-                torch.stack(list(losses.values())), len(idx), len(batch))))
-            for name, value in logged.items():
-                sums[name] = sums.get(name, 0.0) + value.item() / steps
+
+    def step_losses(batch: Batch) -> dict[str, torch.Tensor]:
+        idx = batch.mine
+        return losses_of(data.x_train[idx], data.y_train[idx],
+                         {k: v[idx] for k, v in teacher_out.items()} if teacher_out else None)
+
+    def end_epoch(epoch: int, stats: EpochStats, state: dict) -> dict[str, float]:
+        per_epoch = state["per_epoch"]
         distiller.eval()
-        ddp.sync_buffers(distiller)  # rank 0's batch-norm statistics: every rank evaluates the same model
         if evaluate:
-            history.per_epoch.setdefault("top1", []).append(top1(distiller.student, data.x_val, data.y_val))
-        for name, value in sums.items():
-            history.per_epoch.setdefault(name, []).append(value)
-        if len(sums) > 1:  # each weighted term's share of the epoch's mean total loss: which term drives training
-            total_mean = sum(sums.values())
-            for name, value in sums.items():
-                history.per_epoch.setdefault(f"loss_share_{name.removeprefix('loss_')}", []).append(
+            per_epoch.setdefault("top1", []).append(top1(distiller.student, data.x_val, data.y_val))
+        for name, value in stats.losses.items():
+            per_epoch.setdefault(name, []).append(value)
+        if len(stats.losses) > 1:  # each weighted term's share of the epoch's mean total: which term drives training
+            total_mean = sum(stats.losses.values())
+            for name, value in stats.losses.items():
+                per_epoch.setdefault(f"loss_share_{name.removeprefix('loss_')}", []).append(
                     value / total_mean if total_mean else float("nan"))
         if evaluate:
-            history.test_top1.append(top1(distiller.student, data.x_test, data.y_test))
-        on_epoch(desc, epoch, cfg.epochs, {f"{'val' if name == 'top1' else 'train'}/{name}": values[-1]
-                                           for name, values in history.per_epoch.items()})
-        checkpoint.save(stateful, generator, epoch=epoch, per_epoch=history.per_epoch, test_top1=history.test_top1)
-    return history
+            state["test_top1"].append(top1(distiller.student, data.x_test, data.y_test))
+        return {f"{'val' if name == 'top1' else 'train'}/{name}": values[-1] for name, values in per_epoch.items()}
+
+    state = loop.run(step_losses, end_epoch, {"per_epoch": {}, "test_top1": []})
+    return TrainHistory(state["per_epoch"], state["test_top1"])

@@ -12,10 +12,11 @@ import torch
 from torch import nn
 from torchvision.models.detection import FCOS
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from tqdm.auto import tqdm
 
 from cvpdl import ddp
+from cvpdl.checkpoint import Checkpoint
 from cvpdl.data.detection_split import DetectionSplit
+from cvpdl.engine import Batch, TrainLoop
 from cvpdl.progress import EpochCallback, no_report
 
 
@@ -59,39 +60,31 @@ def _batch(split: DetectionSplit, idx: list[int], device: torch.device, keep_cla
 
 
 def train_localizer(model: FCOS, split: DetectionSplit, cfg: LocalizerConfig, generator: torch.Generator,
-                    keep_classes: list[int], on_epoch: EpochCallback = no_report) -> list[float]:
-    """Train class-agnostically on the boxes of ``keep_classes`` only; returns the mean loss per epoch.
+                    keep_classes: list[int], on_epoch: EpochCallback = no_report, checkpoint: Checkpoint | None = None
+                    ) -> list[float]:
+    """Train class-agnostically on the boxes of ``keep_classes`` only; returns the mean loss per epoch (the sum
+    of FCOS's terms, each reported per epoch to ``on_epoch``). With a ``checkpoint`` a rerun resumes from the last
+    finished epoch.
 
-    Under torchrun (``cvpdl.ddp``) each rank trains on its shard of every global batch (DDP over the model) and
-    the logged loss is the mean over ranks. Not exactly the global batch's loss: torchvision's FCOS normalises its
-    losses by the shard's own number of foreground locations (detectron2's FCOS all-reduces it), and batch-norm
-    statistics are each shard's."""
+    Under torchrun (``cvpdl.ddp``) each rank trains on its shard of every global batch (DDP over the model), its
+    losses weighted by its share of the batch, and the logged losses are the mean over ranks. Not exactly the
+    global batch's loss: torchvision's FCOS normalises its losses by the shard's own number of foreground locations
+    (detectron2's FCOS all-reduces it), and batch-norm statistics are each shard's."""
     device = next(model.parameters()).device
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=1e-4)
     steps = max(1, len(split) // cfg.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps,
                                                    pct_start=0.1)
+    loop = TrainLoop("train localizer", model, optimizer, generator, len(split), cfg.batch_size, cfg.epochs,
+                     step_scheduler=schedule, shard_means=True, checkpoint=checkpoint, on_epoch=on_epoch)
     trained = ddp.wrap(model)
-    history = []
-    for epoch in tqdm(range(cfg.epochs), desc="train localizer", unit="epoch", leave=False):
-        order = ddp.global_order(len(split), generator).tolist()
-        losses = []
-        for step in range(steps):
-            batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            images, targets = _batch(split, ddp.shard(batch), device, keep_classes)
-            loss = sum(trained(images, targets).values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            losses.append(ddp.global_mean(loss.detach(), len(ddp.shard(batch)), len(batch)).item())
-        ddp.sync_buffers(model)
-        history.append(float(np.mean(losses)))
-        on_epoch("train localizer", epoch + 1, cfg.epochs, {"train/loss": history[-1]})
+
+    def step_losses(batch: Batch) -> dict[str, torch.Tensor]:
+        return trained(*_batch(split, batch.mine, device, keep_classes))
+
+    losses = loop.run(step_losses)["losses"]
     model.eval()
-    return history
+    return [sum(terms) for terms in zip(*losses.values())]
 
 
 @torch.no_grad()

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from cvpdl import ddp
 from cvpdl.checkpoint import Checkpoint
 from cvpdl.data.captions import concept_pool, parse_concepts, prompt
+from cvpdl.engine import Batch, TrainLoop
 from cvpdl.errors import UserInputError
 from cvpdl.ovd.clip_crop import ClipCrop
 from cvpdl.ovd.clip_model import ClipEncoder
@@ -239,39 +239,25 @@ class RegionClip(ClipRoi):
         model = self.student.model
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
         steps = max(1, n // cfg.batch_size)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps)
-        history: dict[str, list[float]] = {"loss_region": [], "loss_image": [], "loss_distill": []}
-        checkpoint, done = checkpoint or Checkpoint(None, "regionclip"), 0
-        stateful = {"model": model, "optimizer": optimizer, "schedule": schedule}
-        if (progress := checkpoint.restore(stateful, generator)) is not None:
-            history, done = progress["history"], progress["epoch"]
+        # the student trains in eval mode: every batch norm is frozen (official NORM: FrozenBN)
+        loop = TrainLoop("RegionCLIP pretraining", model, optimizer, generator, n, cfg.batch_size, cfg.epochs,
+                         step_scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps),
+                         clip_parameters=params, clip_norm=cfg.grad_clip_norm, train_mode=False,
+                         weights={"loss_region": cfg.weight_region, "loss_image": cfg.weight_image,
+                                  "loss_distill": cfg.weight_distill},
+                         checkpoint=checkpoint or Checkpoint(None, "regionclip"), on_epoch=on_epoch)
         student_forward = ddp.wrap(model, self.student_embeddings)  # DDP over the trained visual parameters
-        for epoch in tqdm(range(done + 1, cfg.epochs + 1), desc="RegionCLIP pretraining", unit="epoch", leave=False,
-                          initial=done, total=cfg.epochs):
-            order = ddp.global_order(n, generator).tolist()
-            sums = dict.fromkeys(history, 0.0)
-            for step in range(steps):
-                idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-                regions = sample_regions([pool[i] for i in idx], cfg.regions_per_image, generator)
-                # under DDP: the global batch in the order the ranks' shards are gathered (a no-op with one rank)
-                positions = ddp.gathered(list(range(len(idx))))
-                idx, regions = [idx[p] for p in positions], [regions[p] for p in positions]
-                losses = self.losses(ctx, images[idx], [captions[i] for i in idx], regions, concepts, concept_emb,
-                                     caption_emb[idx], student_forward)
-                total = (cfg.weight_region * losses["loss_region"] + cfg.weight_image * losses["loss_image"]
-                         + cfg.weight_distill * losses["loss_distill"])
-                ddp.check_finite_on_all_ranks(total, f"RegionCLIP pretraining epoch {epoch}, step {step + 1}")
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip_norm)
-                optimizer.step()
-                schedule.step()
-                for name, value in losses.items():
-                    sums[name] += value.item() / steps
-            for name in history:
-                history[name].append(sums[name])
-            on_epoch("RegionCLIP pretraining", epoch, cfg.epochs, {f"train/{k}": v for k, v in sums.items()})
-            checkpoint.save(stateful, generator, epoch=epoch, history=history)
+
+        def step_losses(batch: Batch) -> dict[str, torch.Tensor]:
+            idx = batch.indices
+            regions = sample_regions([pool[i] for i in idx], cfg.regions_per_image, generator)
+            # every rank passes the global batch, in the order the ranks' shards are gathered (as is with one rank)
+            positions = ddp.gathered(list(range(len(idx))))
+            idx, regions = [idx[p] for p in positions], [regions[p] for p in positions]
+            return self.losses(ctx, images[idx], [captions[i] for i in idx], regions, concepts, concept_emb,
+                               caption_emb[idx], student_forward)
+
+        history = loop.run(step_losses)["losses"]
         for p in model.parameters():
             p.requires_grad_(False)
         self.diagnostics = self.diagnose(ctx, images, captions, pool, concepts, concept_emb, history)
@@ -321,5 +307,5 @@ class RegionClip(ClipRoi):
             "student_teacher_agreement": float((student_labels == labels)[keep].float().mean()),
             "agreement_chance": float((1.0 / choices)[keep.cpu()].mean()),
             "region_loss_over_ln_k": history["loss_region"][-1] / float(np.log(len(concepts)))
-            if history["loss_region"] else float("nan"),
+            if history.get("loss_region") else float("nan"),
         }

@@ -5,17 +5,20 @@ import numpy as np
 import open_clip
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from cvpdl import ddp
+from cvpdl.checkpoint import Checkpoint
+from cvpdl.engine import Batch, TrainLoop
 from cvpdl.ovd.clip_model import ClipEncoder, TinyClipConfig
 from cvpdl.ovd.losses import image_text_contrastive, same_caption_mask
 from cvpdl.progress import EpochCallback, no_report
 
 
 def train_clip(encoder: ClipEncoder, images: np.ndarray, captions: list[str], cfg: TinyClipConfig,
-               generator: torch.Generator, on_epoch: EpochCallback = no_report) -> list[float]:
-    """Train ``encoder.model`` in place; returns the mean loss of each epoch.
+               generator: torch.Generator, on_epoch: EpochCallback = no_report, checkpoint: Checkpoint | None = None
+               ) -> list[float]:
+    """Train ``encoder.model`` in place; returns the mean loss of each epoch. With a ``checkpoint`` a rerun
+    resumes from the last finished epoch.
 
     Duplicate captions in a batch are positives, not negatives (``same_caption_mask``), and the learning rate
     follows a one-cycle schedule: without warm-up the tiny model stays at chance. With ``cfg.augment`` every image
@@ -27,11 +30,17 @@ def train_clip(encoder: ClipEncoder, images: np.ndarray, captions: list[str], cf
     own seed (the step's seed + rank), and batch-norm statistics are each shard's (no SyncBatchNorm).
     """
     model = encoder.model
-    model.train()
-    steps_per_epoch = max(1, len(images) // cfg.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
+    steps = max(1, len(images) // cfg.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps,
                                                    pct_start=cfg.warmup_frac)
+
+    def clamp_logit_scale() -> None:
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, np.log(100))
+
+    loop = TrainLoop("train CLIP", model, optimizer, generator, len(images), cfg.batch_size, cfg.epochs,
+                     step_scheduler=schedule, after_step=clamp_logit_scale, checkpoint=checkpoint, on_epoch=on_epoch)
     tokens = encoder.tokenizer(captions)
     augment = open_clip.image_transform(encoder.image_size, is_train=True, mean=encoder.mean.flatten().tolist(),
                                         std=encoder.std.flatten().tolist(),
@@ -43,29 +52,17 @@ def train_clip(encoder: ClipEncoder, images: np.ndarray, captions: list[str], cf
                 model.logit_scale.exp())
 
     forward = ddp.wrap(model, embed)
-    history = []
-    for epoch in tqdm(range(cfg.epochs), desc="train CLIP", unit="epoch", leave=False):
-        order = ddp.global_order(len(images), generator)
-        losses = []
-        for step in range(steps_per_epoch):
-            batch = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            idx = ddp.shard(batch)
-            pixels = (augmented(augment, images[idx.numpy()], generator, offset=rank).to(encoder.device)
-                      if cfg.augment else encoder.to_tensor(images[idx.numpy()]))
-            image_emb, text_emb, logit_scale = forward(pixels, tokens[idx].to(encoder.device))
-            image_emb, text_emb = ddp.all_gather_with_grad(image_emb), ddp.all_gather_with_grad(text_emb)
-            same = same_caption_mask([captions[i] for i in ddp.gathered(batch.tolist())]).to(encoder.device)
-            loss = image_text_contrastive(image_emb, text_emb, logit_scale, same)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, np.log(100))
-            losses.append(loss.item())
-        ddp.sync_buffers(model)
-        history.append(float(np.mean(losses)))
-        on_epoch("train CLIP", epoch + 1, cfg.epochs, {"train/loss": history[-1]})
+
+    def step_losses(batch: Batch) -> dict[str, torch.Tensor]:
+        idx = batch.mine
+        pixels = (augmented(augment, images[idx], generator, offset=rank).to(encoder.device)
+                  if cfg.augment else encoder.to_tensor(images[idx]))
+        image_emb, text_emb, logit_scale = forward(pixels, tokens[idx].to(encoder.device))
+        image_emb, text_emb = ddp.all_gather_with_grad(image_emb), ddp.all_gather_with_grad(text_emb)
+        same = same_caption_mask([captions[i] for i in ddp.gathered(batch.indices)]).to(encoder.device)
+        return {"loss": image_text_contrastive(image_emb, text_emb, logit_scale, same)}
+
+    history = loop.run(step_losses)["losses"].get("loss", [])
     model.eval()
     return history
 

@@ -1,0 +1,216 @@
+"""One invocation's cell runner, in whichever process trains cells (the invocation's own, a ``--jobs`` worker, a
+submitit job): torch set up once, the resolved run received, never resolved again, and ``CellRunner``, the only
+place that seeds a cell, opens its MLflow run and stores it."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmark import distributed
+from benchmark.cells import CellStore, FinishedCell
+from benchmark.context import RunContext
+from benchmark.paths import default_cache_dir
+from benchmark.plan import Execution, ResolvedRun, RunOptions, pick_device, resolve_run, run_tags
+from benchmark.registry import MethodSpec, SuiteSpec
+from benchmark.tracking import NoTracking, Tracker
+from cvpdl.errors import UserInputError
+from cvpdl.progress import EpochCallback
+
+log = logging.getLogger("benchmark")  # progress lines; -q hides them, the CLI prints them between progress bars
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def setup_torch(device: str, threads: int | None, jobs: int = 1) -> Execution:
+    """Device, process group (under torchrun), thread count and deterministic algorithms."""
+    rank, world, chosen = distributed.setup(pick_device(device))
+    threads = threads or max(1, (os.cpu_count() or 1) // (world * jobs))  # torchrun ranks or workers share the cores
+    torch.set_num_threads(threads)
+    torch.backends.cudnn.benchmark = False
+    if chosen.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    # CUDA RoIAlign backward has no deterministic kernel: warn there instead of failing
+    torch.use_deterministic_algorithms(True, warn_only=chosen.type == "cuda")
+    return Execution(chosen, threads, rank, world)
+
+
+def _check_writable(results_dir: Path) -> None:
+    try:
+        results_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=results_dir, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise UserInputError(f"results dir {results_dir} is not writable ({err.strerror or err})") from None
+
+
+class CellRunner:
+    """Runs or reuses the cells of one invocation; the suite's shared data and models are prepared at the first
+    cell that trains (a run whose cells all finished before prepares nothing)."""
+
+    def __init__(self, spec: SuiteSpec, context: RunContext, store: CellStore, tracker: Tracker | NoTracking,
+                 tags: dict[str, str], params: dict[str, list[str]], method_cfgs: dict[str, dict],
+                 options: RunOptions, ex: Execution):
+        self.spec, self.context, self.store, self.tracker = spec, context, store, tracker
+        self.tags, self.params, self.method_cfgs, self.options, self.ex = tags, params, method_cfgs, options, ex
+        self.shared = None
+        self.prepare_seconds: float | None = None  # None until prepared
+        self.prepare_threads: int | None = None
+        self.prepare_cache: dict[str, str] = {}  # each cached artefact of the set-up: "trained" here or "loaded"
+        self.parent_id: str | None = None  # the invocation's MLflow run (set once it is open)
+        self.trained_now: set[tuple[str, int]] = set()  # this invocation's cells, trained by its executor
+        self.fresh: dict[tuple[str, int], FinishedCell] = {}  # of those, the ones trained in this process
+
+    def reusable(self, method: MethodSpec, seed: int) -> bool:
+        """Finished before (and not ``force``d), or just now by this invocation's executor."""
+        return self.store.is_finished(method.name, seed) and (
+            not self.options.force or (method.name, seed) in self.trained_now)
+
+    def run(self, method: MethodSpec, seed: int) -> FinishedCell:
+        """One cell: reused when it finished before (unless ``force``), else trained in its nested MLflow run."""
+        if (method.name, seed) in self.fresh:  # trained by this process for this invocation a moment ago
+            return self.fresh.pop((method.name, seed))
+        # one invocation trains a cell at a time; another one waiting here then finds it finished
+        with self.store.lock(method.name, seed) if self.ex.world == 1 else contextlib.nullcontext():
+            if distributed.agree(self.reusable(method, seed)):
+                return self._reuse(method, seed)
+            cfg = self.method_cfgs.get(method.name, self.context.cfg)
+            with self._cell_run(method, seed, cfg) as run_id:
+                cell = self._train(method, seed, replace(self.context, cfg=cfg), run_id)
+                self._log_cell(run_id, method, seed, cell)
+        return cell
+
+    @contextlib.contextmanager
+    def _cell_run(self, method: MethodSpec, seed: int, cfg: dict, **extra_tags: str):
+        tags = {**self.tags, "role": "cell", "method": method.name, "seed": str(seed), **extra_tags,
+                # declared differences from the paper's official code travel with the run
+                **{f"deviation.{i}": d.line()[:5000] for i, d in enumerate(method.deviations)},
+                **({"tuned_params": " ".join(self.params[method.name])} if method.name in self.params else {})}
+        with self.tracker.run(f"{method.name}-seed{seed}", {**cfg, "method": method.name, "seed": seed}, tags,
+                              nested=True, parent_id=self.parent_id) as run_id:
+            yield run_id
+
+    def _log_cell(self, run_id: str | None, method: MethodSpec, seed: int, cell: FinishedCell) -> None:
+        folder = self.store.folder(method.name, seed)
+        self.tracker.log_records(run_id, cell.records())
+        self.tracker.log_artifacts(run_id, folder)
+        if run_id is not None:
+            self.store.remember_run(method.name, seed, self.tracker.uri, run_id)
+
+    def _reuse(self, method: MethodSpec, seed: int) -> FinishedCell:
+        """A finished cell: referenced from the invocation's run (tag ``reused.<method>-seed<seed>`` = the run that
+        trained it) when that run is in this tracking store; otherwise logged once as a new run tagged
+        ``reused_from`` (e.g. cells trained while tracking elsewhere), which later invocations then reference."""
+        cell, folder = self.store.load(method.name, seed), self.store.folder(method.name, seed)
+        if (method.name, seed) not in self.trained_now:
+            log.info(f"[{method.name} seed {seed}] finished before: reusing {folder}")
+        if (method.name, seed) in self.trained_now:  # already a nested run of this invocation
+            return cell
+        earlier = self.store.remembered_run(method.name, seed, self.tracker.uri)
+        if earlier is not None and self.tracker.is_finished_run(earlier):
+            self.tracker.tag_run(self.parent_id, f"reused.{method.name}-seed{seed}", earlier)
+            return cell
+        with self._cell_run(method, seed, self.method_cfgs.get(method.name, self.context.cfg),
+                            reused_from=str(folder)) as run_id:
+            self._log_cell(run_id, method, seed, cell)
+        return cell
+
+    def _epoch_reporter(self, label: str, run_id: str | None) -> EpochCallback:
+        """After each epoch of a training loop: one console line, and the values as live MLflow metrics
+        ``<stage>/<split>/<metric>`` (step = epoch) of the run in flight (a cell's, or the invocation's while the
+        shared set-up trains); the cell's records are logged again under their final names when it ends."""
+        def report(stage: str, epoch: int, epochs: int, values: dict[str, float]) -> None:
+            if self.ex.rank != 0:
+                return
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in list(values.items())[:4])
+            log.info(f"[{label}] {stage} epoch {epoch}/{epochs}: {shown}")
+            prefix = re.sub(r"[^\w .-]", "", stage).strip().replace(" ", "_")
+            self.tracker.log_records(run_id, [{"split": prefix, "metric": name, "value": v, "epoch": epoch}
+                                              for name, v in values.items()])
+        return report
+
+    def ensure_prepared(self) -> None:
+        if self.prepare_seconds is None:
+            log.info(f"{self.spec.name}: preparing the shared data and models")
+            self._prepare()
+
+    def _prepare(self) -> None:
+        started, run_threads = time.time(), torch.get_num_threads()
+        # a --jobs parent prepares on all the cores (or --threads), before its workers start
+        self.prepare_threads = self.options.prepare_threads or (
+            (self.options.threads or os.cpu_count() or 1) if self.options.jobs > 1 else run_threads)
+        torch.set_num_threads(self.prepare_threads)
+        try:
+            self.shared = self.spec.prepare(replace(self.context,
+                                                    on_epoch=self._epoch_reporter("shared set-up", self.parent_id)))
+        finally:
+            torch.set_num_threads(run_threads)
+        self.prepare_seconds = round(time.time() - started, 1)
+        artifacts = getattr(self.shared, "artifacts", {})  # e.g. the trained CLIP weights
+        for artifact in artifacts:
+            self.tracker.log_artifact(self.parent_id, artifact, "cached")
+        self.prepare_cache = {path.name: "trained" if trained else "loaded" for path, trained in artifacts.items()}
+
+    def _train(self, method: MethodSpec, seed: int, context: RunContext, run_id: str | None) -> FinishedCell:
+        self.ensure_prepared()
+        checkpoints = self.store.folder(method.name, seed) / "checkpoints"
+        if not self.options.resume and self.ex.rank == 0:  # a fresh start; --resume continues from them
+            shutil.rmtree(checkpoints, ignore_errors=True)
+        distributed.barrier()
+        generator = seed_everything(seed)  # after prepare, which draws from the global generators too
+        context = replace(context, checkpoints=checkpoints, on_epoch=self._epoch_reporter(f"{method.name} seed {seed}",
+                                                                                          run_id))
+        started = time.time()
+        result = self.spec.run_cell(context, self.shared, method, seed, generator)
+        log.info(f"[{method.name} seed {seed}] finished in {time.time() - started:.0f} s")
+        cell = FinishedCell.from_result(self.spec.name, method.name, seed, result)
+        if self.ex.rank == 0:
+            self.store.save(method.name, seed, cell, result.models, context.cfg)
+            shutil.rmtree(checkpoints, ignore_errors=True)
+        return cell
+
+
+@dataclass
+class Invocation:
+    """What one invocation (or one of its ``--jobs`` workers, or a submitit job) runs cells with."""
+
+    resolved: ResolvedRun
+    tags: dict[str, str]
+    tracker: Tracker | NoTracking
+    runner: CellRunner
+    ex: Execution
+
+
+def open_invocation(options: RunOptions) -> Invocation:
+    """Set up torch, resolve and validate everything once (``resolve_run``), then open the invocation on it."""
+    ex = setup_torch(options.device, options.threads, options.jobs)
+    return open_resolved(resolve_run(options, ex), ex)
+
+
+def open_resolved(resolved: ResolvedRun, ex: Execution) -> Invocation:
+    """The cell store, the tracker and the cell runner of a resolved run, in this process (no resolving)."""
+    results_dir = Path(resolved.options.results_dir)
+    _check_writable(results_dir)
+    tags = {**run_tags(resolved, ex), "results_folder": str(resolved.suite_dir.relative_to(results_dir))}
+    spec, options = resolved.spec, resolved.options
+    tracker = Tracker(results_dir, spec.name) if ex.rank == 0 else NoTracking()
+    context = RunContext(spec.name, resolved.cfg, ex.device, Path(options.cache_dir or default_cache_dir()),
+                         options.data, options.data_root, options.clip, options.clip_weights)
+    runner = CellRunner(spec, context, CellStore(resolved.suite_dir, resolved.cell_keys), tracker, tags,
+                        resolved.params, resolved.method_cfgs, options, ex)
+    return Invocation(resolved, tags, tracker, runner, ex)
