@@ -17,6 +17,7 @@ from benchmark import distributed
 from benchmark.paths import json_digest, source_digest
 from benchmark.reproducibility import hardware, hardware_signature
 from benchmark.results import atomic_path, locked
+from cvpdl.checkpoint import Checkpoint
 
 CVPDL_ROOT = Path(cvpdl.__file__).resolve().parent
 
@@ -38,9 +39,12 @@ def cache_key(*parts) -> str:
     return json_digest([parts, shaping])
 
 
-def cached_state(path: Path, module: torch.nn.Module, train: Callable[[], object]) -> bool:
+def cached_state(path: Path, module: torch.nn.Module, train: Callable[[Checkpoint], object]) -> bool:
     """Load ``module``'s weights from ``path`` (``weights_only``), or train it and save them there atomically
-    (concurrent invocations may train the same artefact). An unreadable cache file (truncated, from other code) is
+    (concurrent invocations may train the same artefact). ``train`` gets the per-epoch checkpoint of the training,
+    beside the cache file: a training killed midway continues from its last epoch when the artefact is next asked
+    for (the path's key covers code, config and hardware, so the checkpoint is always this training's own), and
+    the checkpoint is removed once the weights are saved. An unreadable cache file (truncated, from other code) is
     set aside and the module trained again. Under torchrun rank 0 decides, every rank trains (DDP), rank 0 writes
     and the others wait, then read the file. Concurrent processes (``--jobs`` workers, invocations) train it once:
     the others wait for the file under its lock. Returns whether it was trained here (False: loaded)."""
@@ -48,15 +52,17 @@ def cached_state(path: Path, module: torch.nn.Module, train: Callable[[], object
         return _load_or_train(path, module, train)
 
 
-def _load_or_train(path: Path, module: torch.nn.Module, train: Callable[[], object]) -> bool:
+def _load_or_train(path: Path, module: torch.nn.Module, train: Callable[[Checkpoint], object]) -> bool:
     if distributed.agree(_load(path, module) if distributed.rank() == 0 else None):
         if distributed.rank() != 0:
             module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return False
-    train()
+    partial = Checkpoint(path.parent, path.name + ".partial")
+    train(partial)
     if distributed.rank() == 0:
         with atomic_path(path) as tmp:
             torch.save(module.state_dict(), tmp)
+        partial.path.unlink(missing_ok=True)
     distributed.barrier()
     if distributed.rank() != 0:
         module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))

@@ -125,7 +125,7 @@ def resolve(options: RunOptions) -> tuple[SuiteSpec, list[MethodSpec], dict]:
     file_values = config_lib.read_config_file(options.config_file) if options.config_file else None
     cfg = config_lib.resolve(sections, spec.profiles[options.profile], options.overrides, file_values)
     for method in methods:
-        method.build(cfg)  # builders validate their config values: fail now, before anything is trained or written
+        REGISTRY.build(method, cfg)  # constructors validate their config values: fail now, before anything is written
     if options.data != "digits" and (options.data_root is None or not Path(options.data_root).is_dir()):
         raise UserInputError(f"--data {options.data} needs --data-root pointing at an existing folder "
                              f"(got {options.data_root})")

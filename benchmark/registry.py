@@ -1,9 +1,11 @@
 """The typed registry of suites and method specs. Names are unique; asking for an unknown one is a user error
 that lists the valid choices.
 
-A method spec is data plus a builder: name, suite, paper reference, its own config sections (dataclasses whose
-fields are the schema and the defaults), and ``build(cfg) -> method``. Adding a method is one file in ``cvpdl/``
-plus one ``register_method`` call in its suite module.
+A method spec is data plus one constructor: name, suite, paper reference, its own config sections (dataclasses whose
+fields are the schema and the defaults), and ``from_config(cfg)``, which returns the suite's method object (an
+instance of the suite's ``method_type``, checked when a run is resolved). Adding a method is one file in ``cvpdl/``
+plus one ``@register(...)`` on its ``from_config`` in its suite module (after lm-evaluation-harness's
+``@register_model``).
 """
 from __future__ import annotations
 
@@ -69,7 +71,7 @@ class MethodSpec:
     name: str
     suite: str
     paper: str
-    build: Callable[[dict], Any]  # resolved config (sections as dicts) -> the method object
+    from_config: Callable[[dict], Any]  # resolved config (sections as dicts) -> the suite's method object
     config: ConfigSections = field(default_factory=dict)
     deviations: tuple[Deviation, ...] = ()  # declared differences from the paper's official code
     search_space: tuple[SearchParam, ...] = ()  # what ``benchmark tune`` may change, the same budget for every method
@@ -111,6 +113,7 @@ class SuiteSpec:
     tuning_objective: tuple[str, str] | None = None
     floors: tuple[Floor, ...] = ()  # levels below which a method (a baseline above all) is flagged in the report
     sweeps: tuple[Sweep, ...] = ()  # the knobs that may drive its primary claims (``benchmark sensitivity``)
+    method_type: type = object  # what every method's ``from_config`` returns: what ``run_cell`` trains
 
 
 # The report's suites and every suite's profiles, import-free for --help and the checks made before torch is
@@ -153,6 +156,27 @@ class Registry:
     def method_names(self, suite: str, present=None) -> list[str]:
         """The suite's method names in registry order (the only list of them), optionally only those in ``present``."""
         return [m.name for m in self.methods(suite) if present is None or m.name in set(present)]
+
+    def register(self, suite: str, name: str, paper: str, config: ConfigSections | None = None,
+                 deviations: tuple[Deviation, ...] = (), search_space: tuple[SearchParam, ...] = ()
+                 ) -> Callable[[Callable[[dict], Any]], Callable[[dict], Any]]:
+        """The one registration form: ``@REGISTRY.register(suite, name, paper, ...)`` on a method's
+        ``from_config``."""
+        def decorate(from_config: Callable[[dict], Any]) -> Callable[[dict], Any]:
+            self.register_method(MethodSpec(name, suite, paper, from_config, dict(config or {}), tuple(deviations),
+                                            tuple(search_space)))
+            return from_config
+        return decorate
+
+    def build(self, method: MethodSpec, cfg: dict) -> Any:
+        """``method.from_config(cfg)``, checked against its suite's ``method_type`` (a registration that returns
+        anything else is a bug, named here rather than inside a cell)."""
+        built = method.from_config(cfg)
+        expected = self.suite(method.suite).method_type
+        if not isinstance(built, expected):
+            raise TypeError(f"method {method.name!r} of suite {method.suite!r}: from_config returned "
+                            f"{type(built).__name__}, not the suite's {expected.__name__}")
+        return built
 
     def method(self, suite: str, name: str) -> MethodSpec:
         known = self._methods[self.suite(suite).name]

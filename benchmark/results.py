@@ -4,7 +4,7 @@
 - ``timings.csv``: the same columns for wall-clock measurements (kept apart: they differ between identical runs);
 - ``tables/<name>.csv``: per-cell data behind a figure (e.g. the score-vs-IoU scatter);
 - ``run.json``: resolved config, its hash, seeds, git commit and dirty flag, versions, device, threads;
-- ``summary.md`` and ``figures/`` (``benchmark.report``).
+- ``summary.md`` (``benchmark.summary``) and ``figures/`` (``benchmark.report``).
 
 ``atomic_path`` and ``locked`` are how every writer of the harness (results, cached weights, the MLflow store)
 replaces a file and shares it with concurrent invocations.

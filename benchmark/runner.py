@@ -23,7 +23,8 @@ from benchmark.cells import stack, write_suite_files
 from benchmark.executors import cell_executor
 from benchmark.invocation import open_invocation
 from benchmark.plan import RunOptions, apply_plan
-from benchmark.report import SMOKE, headline_table, is_smoke, render_suite
+from benchmark.report import render_suite
+from benchmark.summary import SMOKE, headline_table, is_smoke
 from benchmark.results import locked
 from benchmark.tracking import NoTracking, Tracker
 

@@ -44,6 +44,7 @@ def main() -> int:
     parser.add_argument("--seeds", nargs="+", default=["0", "1"])
     parser.add_argument("--suites", nargs="+", default=list(SUITES), choices=SUITES)
     args = parser.parse_args()
+    checked = training_code_digest()  # the code the runs below train with: it must not change under them
     with tempfile.TemporaryDirectory() as tmp:
         old = Path(tmp) / "code"
         subprocess.run(["git", "worktree", "add", "--detach", str(old), args.against], cwd=REPO, check=True,
@@ -59,6 +60,9 @@ def main() -> int:
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=REPO, check=False)
     digest = training_code_digest()
+    if digest != checked:
+        print("not recorded: the training code changed while it was checked; check again")
+        return 1
     if not all(same.values()) or digest == old_digest:
         print("not recorded: " + ("the code differs in its results" if not all(same.values()) else
                                   "the training code is the same"))

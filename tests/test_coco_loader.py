@@ -141,7 +141,7 @@ def test_detr_runs_on_a_coco_folder_with_discovered_splits_and_val_as_test(tmp_p
     saved = torch.load(path, weights_only=False)
     cfg = saved["config"]
     split = resized(load_coco_split(tmp_path / "data", "val"), cfg["data"]["coco_image_size"])
-    parts = REGISTRY.method("detr", saved["method"]).build(cfg)(len(split.cat_ids))
+    parts = REGISTRY.build(REGISTRY.method("detr", saved["method"]), cfg).parts(len(split.cat_ids))
     parts.model.load_state_dict(saved["state_dict"])
     stats, _ = evaluate(parts, split, section_config(cfg, "train", DetrTrainConfig), torch.device("cpu"))
     finals = metrics[(metrics["split"] == "test") & metrics["epoch"].isna()].set_index("metric")["value"]

@@ -28,7 +28,7 @@ def test_detr_quick_run(tmp_path, cache_dir):
     # each cell keeps its trained detector with the config it ran with: rebuilt from the registry, it reloads
     saved = torch.load(next(suite_dir.glob("cells/*/dab_detr_seed0/models/detector.pt")), weights_only=False)
     assert (saved["method"], saved["seed"]) == ("dab_detr", 0)
-    rebuilt = REGISTRY.method("detr", "dab_detr").build(saved["config"])(10).model
+    rebuilt = REGISTRY.build(REGISTRY.method("detr", "dab_detr"), saved["config"]).parts(10).model
     rebuilt.load_state_dict(saved["state_dict"])
     assert all(torch.equal(rebuilt.state_dict()[k], v) for k, v in saved["state_dict"].items())
 

@@ -297,10 +297,11 @@ def test_every_variant_builds_model_criterion_and_postprocess_with_one_forward_s
 
 def test_registered_variants_build_what_the_suite_and_perf_train():
     from benchmark.plan import RunOptions, resolve
+    from benchmark.registry import REGISTRY
     from benchmark.suites import detr  # noqa: F401  (registers the suite)
 
     _, methods, cfg = resolve(RunOptions(suite="detr", profile="quick"))
-    costs = {m.name: m.build(cfg)(10).criterion.costs for m in methods}
+    costs = {m.name: REGISTRY.build(m, cfg).parts(10).criterion.costs for m in methods}
     assert {name: (c.cost_class, c.focal) for name, c in costs.items()} == \
         {"detr": (1.0, False), "dab_detr": (2.0, True), "dn_dab_detr": (2.0, True)}
 

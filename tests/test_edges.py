@@ -46,7 +46,7 @@ def edges_suite():
         REGISTRY.register_suite(SuiteSpec(name="edges", question="q", dataset="none", config={"edges": EdgesConfig},
                                           profiles={"quick": {}}, prepare=lambda run: None, run_cell=_run_cell,
                                           baseline="a", headline=(("score", "test"),)))
-        REGISTRY.register_method(MethodSpec("a", "edges", "test-only", build=lambda cfg: None))
+        REGISTRY.register_method(MethodSpec("a", "edges", "test-only", from_config=lambda cfg: None))
 
 
 def _run_args(results_dir: Path, *extra: str) -> list[str]:

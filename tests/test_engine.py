@@ -136,3 +136,32 @@ def test_killed_in_an_epoch_then_resumed_equals_uninterrupted(tmp_path, train):
 def test_a_diverging_trainer_stops_with_one_line(tmp_path, diverge):
     with pytest.raises(NonFiniteLossError, match=r"is (nan|inf|-inf) at .+ epoch \d+, step \d+"):
         diverge(tmp_path)
+
+
+def test_an_interrupted_cached_artefact_resumes_and_its_checkpoint_goes(tmp_path):
+    """``benchmark.cache.cached_state`` hands the training a checkpoint beside the cache file: killed midway, the
+    next request continues from the last epoch; once the weights are saved the checkpoint is removed."""
+    from benchmark.cache import cached_state
+
+    x, y = _regression()
+    path = tmp_path / "artefact.pt"
+
+    def trainer(on_epoch):
+        def train(checkpoint):
+            model.load_state_dict(initial)
+            loop = TrainLoop("artefact", model, torch.optim.SGD(model.parameters(), lr=0.1),
+                             torch.Generator().manual_seed(0), len(x), 4, 3, checkpoint=checkpoint, on_epoch=on_epoch)
+            loop.run(lambda batch: {"loss": torch.nn.functional.mse_loss(model(x[batch.mine]), y[batch.mine])})
+        return train
+
+    model = torch.nn.Linear(3, 1)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    assert cached_state(tmp_path / "whole.pt", model, trainer(lambda *a: None))
+    whole = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(_Killed):
+        cached_state(path, model, trainer(_killed_in_second_epoch))
+    assert (tmp_path / "artefact.pt.partial.pt").is_file() and not path.exists()
+    seen = []
+    assert cached_state(path, model, trainer(lambda stage, epoch, *a: seen.append(epoch)))
+    assert seen == [2, 3] and not (tmp_path / "artefact.pt.partial.pt").exists()
+    assert all(torch.equal(whole[k], v) for k, v in torch.load(path, weights_only=True).items())

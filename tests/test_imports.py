@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                       "benchmark.context")),
     ("claims and cache", ("benchmark.claims", "benchmark.cache", "benchmark.robustness")),
     ("the runner's parts", ("benchmark.confirmation", "benchmark.plan", "benchmark.cells", "benchmark.tracking",
-                            "benchmark.report", "benchmark.suites", "benchmark.suites.*")),
+                            "benchmark.summary", "benchmark.report", "benchmark.suites", "benchmark.suites.*")),
     ("runner", ("benchmark.invocation", "benchmark.executors", "benchmark.runner")),
     # the performance package, one-way inside: its parts, then the command that assembles them
     ("perf base", ("benchmark.perf", "benchmark.perf.common")),

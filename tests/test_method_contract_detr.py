@@ -21,7 +21,7 @@ TOY_MODULE = '''
     from dataclasses import replace
 
     from benchmark.registry import REGISTRY
-    from benchmark.suites.detr import variant
+    from benchmark.suites.detr import SEARCH_SPACE, TESTBED, DetrVariant
     from cvpdl.detection.detr import Detr, DetrOptions
 
 
@@ -30,8 +30,10 @@ TOY_MODULE = '''
             super().__init__(replace(cfg, num_queries=cfg.num_queries // 2), num_classes, options)
 
 
-    REGISTRY.register_method(variant("toy_detr", "Toy, DETR with half the queries", HalfQueryDetr.build,
-                                     options=("detr", DetrOptions)))
+    @REGISTRY.register("detr", "toy_detr", paper="Toy, DETR with half the queries", config={"detr": DetrOptions},
+                       search_space=SEARCH_SPACE, deviations=TESTBED)
+    def toy_detr(cfg):
+        return DetrVariant.of(HalfQueryDetr.build, cfg, options=("detr", DetrOptions))
 '''
 
 

@@ -1,4 +1,4 @@
-"""The kd method contract: a new method is one ``Distiller`` file plus one ``register_distiller`` call, and then it
+"""The kd method contract: a new method is one ``Distiller`` file plus one ``@REGISTRY.register`` entry, and then it
 is listed, run, tabulated, drawn and reported like the built-in ones."""
 import importlib
 import sys
@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from benchmark.suites.kd import register_distiller
+from benchmark.registry import REGISTRY
+from benchmark.suites.kd import OPTIMIZER_SPACE, KdMethod
 from cvpdl.distill.base import Distiller
 from cvpdl.losses import distillation_kl
 
@@ -41,7 +42,10 @@ class ToyLogitKD(Distiller):
                 "loss_toy": self.cfg.kd_weight * distillation_kl(logits, teacher_out["logits"], 2.0)}
 
 
-register_distiller(ToyLogitKD, name="toy_logit_kd", paper="a test-only toy", config=ToyConfig)
+@REGISTRY.register("kd", "toy_logit_kd", paper="a test-only toy", config={"toy_logit_kd": ToyConfig},
+                   search_space=OPTIMIZER_SPACE)
+def toy_logit_kd(cfg):
+    return KdMethod.of(ToyLogitKD, cfg, "toy_logit_kd", ToyConfig)
 '''
 
 

@@ -25,15 +25,37 @@ def test_registry_refuses_duplicates_and_lists_choices():
     reg.register_suite(suite())
     with pytest.raises(ValueError, match="already registered"):
         reg.register_suite(suite())
-    reg.register_method(MethodSpec("m", "s", "paper", build=lambda cfg: None))
+    reg.register_method(MethodSpec("m", "s", "paper", from_config=lambda cfg: None))
     with pytest.raises(ValueError, match="already registered"):
-        reg.register_method(MethodSpec("m", "s", "paper", build=lambda cfg: None))
+        reg.register_method(MethodSpec("m", "s", "paper", from_config=lambda cfg: None))
     with pytest.raises(ValueError, match="unknown suite"):
-        reg.register_method(MethodSpec("x", "nope", "paper", build=lambda cfg: None))
+        reg.register_method(MethodSpec("x", "nope", "paper", from_config=lambda cfg: None))
     with pytest.raises(UserInputError, match="choose from: m"):
         reg.method("s", "other")
     with pytest.raises(UserInputError, match="choose from: s"):
         reg.suite("other")
+
+
+def test_the_decorator_registers_a_from_config_typed_by_its_suite():
+    reg = Registry()
+    reg.register_suite(SuiteSpec(name="s", question="q", dataset="d", config={}, profiles={"quick": {}},
+                                 method_type=Toy))
+
+    @reg.register("s", "good", paper="p", config={"toy": Toy})
+    def good(cfg):
+        return Toy(**cfg["toy"])
+
+    @reg.register("s", "bad", paper="p")
+    def bad(cfg):
+        return "not a Toy"
+
+    spec = reg.method("s", "good")
+    assert (spec.from_config, spec.config, reg.method_names("s")) == (good, {"toy": Toy}, ["good", "bad"])
+    assert reg.build(spec, {"toy": {"epochs": 7}}) == Toy(epochs=7)
+    with pytest.raises(TypeError, match="method 'bad' of suite 's': from_config returned str, not the suite's Toy"):
+        reg.build(reg.method("s", "bad"), {})
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register("s", "good", paper="p")(good)
 
 
 def test_overrides_are_typed_and_validated():

@@ -52,7 +52,7 @@ def flaky_suite():
         REGISTRY.register_suite(SuiteSpec(name="flaky", question="q", dataset="none", config={"flaky": FlakyConfig},
                                           profiles={"quick": {}}, prepare=lambda run: None, run_cell=_run_cell,
                                           baseline="a", headline=(("score", "test"),)))
-        REGISTRY.register_method(MethodSpec("a", "flaky", "test-only", build=lambda cfg: None))
+        REGISTRY.register_method(MethodSpec("a", "flaky", "test-only", from_config=lambda cfg: None))
 
 
 def test_outbound_network_is_refused_here_and_in_child_processes():

@@ -28,7 +28,8 @@ from benchmark.claims import (
     tost_paired,
 )
 from benchmark.registry import REGISTRY
-from benchmark.report import INSENSITIVE, load_suite, per_cell_timings, report_markdown, summary_markdown
+from benchmark.report import report_markdown
+from benchmark.summary import INSENSITIVE, load_suite, per_cell_timings, summary_markdown
 from benchmark.results import COLUMNS
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -230,7 +231,7 @@ def test_swapping_regionclip_and_clip_crop_flips_the_verdicts(tmp_path):
 
 def test_methods_at_chance_or_never_at_target_are_flagged():
     from benchmark.registry import Floor, SuiteSpec
-    from benchmark.report import floor_lines
+    from benchmark.summary import floor_lines
 
     spec = SuiteSpec(name="floors", question="q", dataset="none", config={}, profiles={},
                      floors=(Floor("top1", "test", ("chance", "test")), Floor("epochs", "test")))

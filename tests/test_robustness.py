@@ -2,7 +2,7 @@
 golden values of the tables' readers, and a quick sweep end to end."""
 import pandas as pd
 
-from benchmark.report import loss_share_lines
+from benchmark.summary import loss_share_lines
 from benchmark.robustness import COLUMNS, depends_on, sensitivity_lines
 from benchmark.suites import kd  # noqa: F401  (registers the suite)
 

@@ -34,8 +34,8 @@ def toy_suite():
         REGISTRY.register_suite(SuiteSpec(name="toy", question="q", dataset="none", config={"toy": ToyConfig},
                                           profiles={"quick": {}}, prepare=lambda run: None, run_cell=_run_cell,
                                           baseline="a", headline=(("score", "test"),)))
-        REGISTRY.register_method(MethodSpec("a", "toy", "test-only", build=lambda cfg: None))
-        REGISTRY.register_method(MethodSpec("b", "toy", "test-only", build=lambda cfg: None,
+        REGISTRY.register_method(MethodSpec("a", "toy", "test-only", from_config=lambda cfg: None))
+        REGISTRY.register_method(MethodSpec("b", "toy", "test-only", from_config=lambda cfg: None,
                                             deviations=(Deviation("what", "why", "--set toy.x=1"),)))
 
 

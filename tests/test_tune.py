@@ -59,8 +59,8 @@ def knob_suite():
                                           profiles={"quick": {}}, prepare=lambda run: None, run_cell=_run_cell,
                                           baseline="fixed", headline=(("score", "test"),),
                                           tuning_objective=("score", "val")))
-        REGISTRY.register_method(MethodSpec("fixed", "knob", "test-only", build=lambda cfg: None))
-        REGISTRY.register_method(MethodSpec("tunable", "knob", "test-only", build=lambda cfg: None,
+        REGISTRY.register_method(MethodSpec("fixed", "knob", "test-only", from_config=lambda cfg: None))
+        REGISTRY.register_method(MethodSpec("tunable", "knob", "test-only", from_config=lambda cfg: None,
                                             search_space=(SearchParam("knob.x", 0.0, 1.0),)))
 
 
@@ -191,7 +191,7 @@ def test_killed_tune_resumes_and_run_reads_its_best_json(tmp_path):
 
 
 def test_report_says_how_much_tuning_moved_each_method(tmp_path):
-    from benchmark.report import tuning_lines
+    from benchmark.summary import tuning_lines
 
     (tmp_path / "tuning").mkdir()
     (tmp_path / "tuning" / "best.json").write_text(json.dumps({

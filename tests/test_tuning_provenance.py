@@ -61,7 +61,7 @@ def test_the_default_tuning_seeds_are_no_evaluation_seeds():
 
 
 def test_report_names_the_provenance_and_says_when_values_predate_the_code(tmp_path):
-    from benchmark.report import tuning_lines
+    from benchmark.summary import tuning_lines
 
     (tmp_path / "tuning").mkdir()
     stale = {**study_provenance(seeds=TUNING_SEEDS, threads=2, seconds=7200.0), "code_digest": "0" * 16}

@@ -37,7 +37,7 @@ def toy_suite():
         REGISTRY.register_suite(SuiteSpec(name=SUITE, question="q", dataset="none", config={"toy": ToyConfig},
                                           profiles={"quick": {}}, prepare=lambda run: None, run_cell=_run_cell,
                                           baseline="a", headline=(("top1_last", "test"),)))
-        REGISTRY.register_method(MethodSpec("a", SUITE, "test-only", build=lambda cfg: None))
+        REGISTRY.register_method(MethodSpec("a", SUITE, "test-only", from_config=lambda cfg: None))
 
 
 def _rows(*rows):

@@ -86,7 +86,7 @@ def epoch_seconds_vs_images(report: PerfReport, cfg: dict, split: DetectionSplit
     train_cfg = config_lib.section_config(cfg, "train", DetrTrainConfig)
     for name in tqdm(_variants(settings), desc="epoch vs images", unit="model"):
         torch.manual_seed(0)
-        parts = REGISTRY.method("detr", name).build(cfg)(len(split.cat_ids))
+        parts = REGISTRY.build(REGISTRY.method("detr", name), cfg).parts(len(split.cat_ids))
         model = parts.model.to(device)
         generator = torch.Generator().manual_seed(0)
 

@@ -103,7 +103,7 @@ def training_step(name: str, cfg: dict, num_classes: int, device: torch.device, 
             labels = [{"class_labels": t["labels"], "boxes": t["boxes"]} for t in targets]
             return forward(pixel_values=images, labels=labels).loss
     else:
-        parts = REGISTRY.method("detr", name).build(cfg)(num_classes)  # model and criterion as the suite trains them
+        parts = REGISTRY.build(REGISTRY.method("detr", name), cfg).parts(num_classes)  # as the suite trains them
         model, criterion = parts.model.to(device), parts.criterion
         forward = torch.compile(model) if compiled else model
         generator = torch.Generator().manual_seed(0)

@@ -7,15 +7,17 @@ goes with it (softmax CE vs focal) and denoising differ. Per epoch on the valida
 loss, matching instability and cross-attention sparsity on a fixed probe set; at the end, test AP and the
 positional attention of the queries.
 
-The epoch loop is ``cvpdl.detection.training.fit``, the claims and report prose ``detr_report``. A variant is one
-class (see ``cvpdl.detection.parts``) and one ``variant(...)`` registration.
+The training is ``cvpdl.detection.training.fit`` (on ``cvpdl.engine.TrainLoop``), the claims and report prose
+``detr_report``. A variant is one class (see ``cvpdl.detection.parts``) and one ``@REGISTRY.register`` on its
+``from_config`` (a ``DetrVariant``).
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -96,12 +98,13 @@ def _pretrained_backbone(run: RunContext, split: DetectionSplit) -> tuple[nn.Mod
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(pre.seed)
 
-        def train() -> None:
+        def train(checkpoint: Checkpoint) -> None:
             images = split.images if isinstance(split.images, np.ndarray) else \
                 np.stack([split.image(i) for i in range(len(split))])
             presence = presence_labels([split.target(i)[1] for i in range(len(split))], len(split.cat_ids))
-            body.load_state_dict(pretrain_backbone(width, images, presence, pre,
-                                                   torch.Generator().manual_seed(pre.seed), run.on_epoch).state_dict())
+            generator = torch.Generator().manual_seed(pre.seed)
+            body.load_state_dict(pretrain_backbone(width, images, presence, pre, generator, run.on_epoch,
+                                                   checkpoint).state_dict())
         trained = cached_state(path, body, train)
     return body.eval().requires_grad_(False), path, trained
 
@@ -124,7 +127,7 @@ def run_cell(run: RunContext, shared: DetectionData, method: MethodSpec, seed: i
              ) -> CellResult:
     cfg, device = run.cfg, run.device
     train_cfg = section_config(cfg, "train", DetrTrainConfig)
-    parts = method.build(cfg)(len(shared.train.cat_ids))
+    parts = REGISTRY.build(method, cfg).parts(len(shared.train.cat_ids))
     frozen = isinstance(shared.train, FeatureSplit)
     if frozen:  # the splits carry its features, computed once per image
         parts.model.encoder.backbone = nn.Identity()
@@ -170,6 +173,28 @@ PROFILES = {
              "train.batch_size": 64},
 }
 
+@dataclass(frozen=True)
+class DetrVariant:
+    """A detr-family method as ``run_cell`` trains it: its architecture's ``build(architecture, classes, loss
+    weights, **own)`` with the shared ``model`` and ``loss`` sections and its own sections read from the config.
+    Only the query formulation and what goes with it differ between variants."""
+
+    build: Callable[..., DetectorParts]
+    model: DetrConfig
+    weights: LossWeights
+    own: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, build: Callable[..., DetectorParts], cfg: dict, **own: tuple[str, type]) -> DetrVariant:
+        """``own``: keyword argument → (config section, its dataclass)."""
+        return cls(build, section_config(cfg, "model", DetrConfig), section_config(cfg, "loss", LossWeights),
+                   {arg: section_config(cfg, section, config) for arg, (section, config) in own.items()})
+
+    def parts(self, num_classes: int) -> DetectorParts:
+        """A fresh model (initialised from torch's global generator), its criterion and post-processing."""
+        return self.build(self.model, num_classes, self.weights, **self.own)
+
+
 REGISTRY.register_suite(SuiteSpec(
     name="detr",
     question="Why does DETR converge slowly, and how do DAB-DETR and DN-DETR fix it?",
@@ -186,24 +211,11 @@ REGISTRY.register_suite(SuiteSpec(
     report_sections=report_sections,
     tuning_objective=("AP50_auc", "val"),  # the area under the val convergence curve: how fast, not only where
     floors=(Floor("epochs_to_target", "val"),),  # a detector that never reaches the target is flagged
+    method_type=DetrVariant,
 ))
 # the same space for every variant: learning rate and the box-loss weights (matching costs follow the defaults)
 SEARCH_SPACE = (SearchParam("train.lr", 1e-4, 2e-3, log=True), SearchParam("loss.bbox", 2.0, 8.0),
                 SearchParam("loss.giou", 1.0, 4.0))
-
-
-def variant(name: str, paper: str, build: Callable[..., DetectorParts], deviations: tuple[Deviation, ...] = (),
-            **own: tuple[str, type]) -> MethodSpec:
-    """The spec of a variant: ``build(architecture, classes, loss weights, **own)``, each keyword argument in ``own``
-    naming the config section it is read from and that section's dataclass. Every variant shares the ``model``
-    and ``loss`` sections and the search space: only the query formulation and what goes with it differ.
-    ``deviations``: the variant's own differences from its official code, after the testbed's (``TESTBED``)."""
-    def builder(cfg: dict) -> Callable[[int], DetectorParts]:
-        model, weights = section_config(cfg, "model", DetrConfig), section_config(cfg, "loss", LossWeights)
-        kwargs = {arg: section_config(cfg, section, cls) for arg, (section, cls) in own.items()}
-        return lambda classes: build(model, classes, weights, **kwargs)
-    return MethodSpec(name=name, suite="detr", paper=paper, build=builder, config=dict(own.values()),
-                      deviations=TESTBED + tuple(deviations), search_space=SEARCH_SPACE)
 
 
 # what every variant's testbed changes from the official recipe (detr ``main.py``; DAB-DETR and DN-DETR keep it)
@@ -231,19 +243,31 @@ TESTBED = (
                       "model.decoder_layers=6 model.num_queries=100"),
 )
 
-REGISTRY.register_method(variant(
-    "detr", "Carion et al., End-to-End Object Detection with Transformers, ECCV 2020", Detr.build,
-    deviations=(Deviation(what="post-processing: the 30 best (query, class) pairs of 12 queries × 10 classes "
-                               "instead of one detection per query (its best class, official `PostProcess`)",
-                          why="the suite pins one protocol for every variant, so that only the queries differ",
-                          restore="--set detr.one_detection_per_query=true"),),
-    options=("detr", DetrOptions)))
+# every variant shares the testbed's deviations (``TESTBED``) and the search space, then adds its own
+@REGISTRY.register("detr", "detr", paper="Carion et al., End-to-End Object Detection with Transformers, ECCV 2020",
+                   config={"detr": DetrOptions}, search_space=SEARCH_SPACE, deviations=(*TESTBED, Deviation(
+                       what="post-processing: the 30 best (query, class) pairs of 12 queries × 10 classes instead of "
+                            "one detection per query (its best class, official `PostProcess`)",
+                       why="the suite pins one protocol for every variant, so that only the queries differ",
+                       restore="--set detr.one_detection_per_query=true")))
+def detr(cfg: dict) -> DetrVariant:
+    return DetrVariant.of(Detr.build, cfg, options=("detr", DetrOptions))
+
+
 TOP_K = Deviation(what="post-processing keeps the 30 best (query, class) pairs instead of 100 (`num_select`)",
                   why="12 queries × 10 classes hold 120 pairs; 30 is 7.5 per image of at most 4 digits",
                   restore="--set train.top_k=100")
-REGISTRY.register_method(variant(
-    "dab_detr", "Liu et al., DAB-DETR: Dynamic Anchor Boxes are Better Queries, ICLR 2022", DabDetr.build,
-    deviations=(TOP_K,), options=("dab", DabOptions)))
-REGISTRY.register_method(variant(
-    "dn_dab_detr", "Li et al., DN-DETR: Accelerate DETR Training by Introducing Query DeNoising, CVPR 2022",
-    DabDetr.build, deviations=(TOP_K,), denoising=("dn", DenoisingConfig), options=("dab", DabOptions)))
+
+
+@REGISTRY.register("detr", "dab_detr", paper="Liu et al., DAB-DETR: Dynamic Anchor Boxes are Better Queries, ICLR 2022",
+                   config={"dab": DabOptions}, search_space=SEARCH_SPACE, deviations=(*TESTBED, TOP_K))
+def dab_detr(cfg: dict) -> DetrVariant:
+    return DetrVariant.of(DabDetr.build, cfg, options=("dab", DabOptions))
+
+
+@REGISTRY.register("detr", "dn_dab_detr",
+                   paper="Li et al., DN-DETR: Accelerate DETR Training by Introducing Query DeNoising, CVPR 2022",
+                   config={"dn": DenoisingConfig, "dab": DabOptions}, search_space=SEARCH_SPACE,
+                   deviations=(*TESTBED, TOP_K))
+def dn_dab_detr(cfg: dict) -> DetrVariant:
+    return DetrVariant.of(DabDetr.build, cfg, denoising=("dn", DenoisingConfig), options=("dab", DabOptions))

@@ -6,17 +6,16 @@ single tinted digits on cluttered 32-px canvases), or an ImageFolder. Teacher an
 same widths whose depth differs (5.3× the parameters; mdistiller's resnet32x4 → resnet8x4: 6×), trained with
 mdistiller's CIFAR-100 recipe. The teacher is trained once per seed and cached by config hash; every method distils
 from it.
-A method is a ``Distiller`` subclass in ``cvpdl/distill/`` plus one ``register_distiller`` call here; the
-claims and sections of the report live in ``kd_report``.
+A method is a ``Distiller`` subclass in ``cvpdl/distill/`` plus one ``@REGISTRY.register`` on its ``from_config``
+here (a ``KdMethod``); the claims and sections of the report live in ``kd_report``.
 """
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -127,9 +126,10 @@ def _teacher(run: RunContext, shared: KDShared, seed: int) -> tuple[ConvNet, str
                         cfg["teacher_train"], run.data, run.data_root, seed)
         # only the weights are kept: no per-epoch val/test pass
         cached_state(run.cache_dir / "kd_teacher" / f"teacher_{key}.pt", teacher,
-                     lambda: train(StudentBaseline(teacher), shared.data, section_config(cfg, "teacher_train",
-                                   TrainConfig), torch.Generator().manual_seed(seed), desc="teacher",
-                                   evaluate=False, on_epoch=run.on_epoch))
+                     lambda checkpoint: train(StudentBaseline(teacher), shared.data,
+                                              section_config(cfg, "teacher_train", TrainConfig),
+                                              torch.Generator().manual_seed(seed), desc="teacher",
+                                              checkpoint=checkpoint, evaluate=False, on_epoch=run.on_epoch))
     return teacher.eval().requires_grad_(False), key
 
 
@@ -152,8 +152,8 @@ def run_cell(run: RunContext, shared: KDShared, method: MethodSpec, seed: int, g
     make_student = functools.partial(ConvNet, section_config(cfg, "student", StudentNetConfig), data.num_classes,
                                      in_channels=data.x_train.shape[1])
     started = time.perf_counter()
-    fit: KDFit = method.build(cfg)(make_student, teacher, data, section_config(cfg, "train", TrainConfig),
-                                   generator, Checkpoint(run.checkpoints, method.name), run.on_epoch)
+    fit = REGISTRY.build(method, cfg).fit(make_student, teacher, data, section_config(cfg, "train", TrainConfig),
+                                          generator, Checkpoint(run.checkpoints, method.name), run.on_epoch)
     seconds = time.perf_counter() - started
     records = [{"epoch": e + 1, "split": "val" if name == "top1" else "train", "metric": name, "value": v}
                for name, values in fit.history.per_epoch.items() for e, v in enumerate(values)]
@@ -190,6 +190,25 @@ PROFILES = {
              "reverse_feature_kd.teacher_epochs": 10},
 }
 
+@dataclass(frozen=True)
+class KdMethod:
+    """A kd method as ``run_cell`` trains it: a ``Distiller`` subclass and its config section (None without one),
+    its cross-section constraints checked (``Distiller.check_config``) when it is built."""
+
+    distiller: type[Distiller]
+    cfg: Any = None
+
+    @classmethod
+    def of(cls, distiller: type[Distiller], cfg: dict, section: str | None = None, config: type | None = None
+           ) -> KdMethod:
+        distiller.check_config(cfg)
+        return cls(distiller, section_config(cfg, section, config) if config else None)
+
+    def fit(self, *args, **kwargs) -> KDFit:
+        """``Distiller.fit`` (make_student, teacher, data, train config, generator, checkpoint, on_epoch)."""
+        return self.distiller.fit(self.cfg, *args, **kwargs)
+
+
 REGISTRY.register_suite(SuiteSpec(
     name="kd",
     question="Distilling from logits (Hinton KD, GLD) vs from intermediate layers (FitNet, reverse feature KD)",
@@ -212,6 +231,7 @@ REGISTRY.register_suite(SuiteSpec(
         Sweep("reverse:fitnet", "fitnet.hint_weight", (1.0, 10.0, 100.0), ("fitnet",)),
         Sweep("gld:logit_kd", "gld.beta", (50.0, 500.0), ("gld",)),
     ),
+    method_type=KdMethod,
 ))
 
 
@@ -219,26 +239,6 @@ REGISTRY.register_suite(SuiteSpec(
 # 5e-4), plus each method's own loss knobs; the baseline gets no knob the distillers lack
 OPTIMIZER_SPACE = (SearchParam("train.lr", 0.0125, 0.2, log=True),
                    SearchParam("train.weight_decay", 5e-5, 5e-3, log=True))
-
-
-def _build_distiller(distiller: type[Distiller], name: str, config: type | None, cfg: dict
-                    ) -> Callable[..., KDFit]:
-    """A kd method object: ``distiller.fit`` with the method's config section read (and checked) from ``cfg``;
-    ``run_cell`` calls it with (make_student, teacher, data, train config, generator, checkpoint)."""
-    distiller.check_config(cfg)
-    return functools.partial(distiller.fit, section_config(cfg, name, config) if config else None)
-
-
-def register_distiller(distiller: type[Distiller], name: str, paper: str, config: type | None = None,
-                       deviations: tuple[Deviation, ...] = (), search_space: tuple[SearchParam, ...] = ()
-                       ) -> MethodSpec:
-    """Register a kd method: its ``Distiller`` subclass, the dataclass of its config section (named after the method,
-    so ``--set <name>.<key>=…`` reaches it), its paper, declared deviations and tuning ranges (the learning rate
-    and weight decay are always tuned)."""
-    return REGISTRY.register_method(MethodSpec(
-        name=name, suite="kd", paper=paper, build=functools.partial(_build_distiller, distiller, name, config),
-        config={name: config} if config else {}, deviations=deviations,
-        search_space=(*OPTIMIZER_SPACE, *search_space)))
 
 
 GLD_DEVIATIONS = (
@@ -269,22 +269,42 @@ REVERSE_KD_DEVIATIONS = (
 )
 
 # registry order is the order of tables, figures and claims
-register_distiller(StudentBaseline, name="student_baseline", paper="the student trained alone with cross-entropy")
-register_distiller(LogitKD, name="logit_kd", paper="Hinton, Vinyals, Dean, Distilling the Knowledge in a Neural "
-                                                   "Network, 2015",
-                   config=LogitKDConfig,
-                   search_space=(SearchParam("logit_kd.temperature", 1.0, 8.0),
+@REGISTRY.register("kd", "student_baseline", paper="the student trained alone with cross-entropy",
+                   search_space=OPTIMIZER_SPACE)
+def student_baseline(cfg: dict) -> KdMethod:
+    return KdMethod.of(StudentBaseline, cfg)
+
+
+@REGISTRY.register("kd", "logit_kd", paper="Hinton, Vinyals, Dean, Distilling the Knowledge in a Neural Network, 2015",
+                   config={"logit_kd": LogitKDConfig},
+                   search_space=(*OPTIMIZER_SPACE, SearchParam("logit_kd.temperature", 1.0, 8.0),
                                  SearchParam("logit_kd.kd_weight", 0.1, 0.95)))
-register_distiller(GLD, name="gld", paper="Kim et al., Distilling Global and Local Logits with Densely Connected "
-                                          "Relations, ICCV 2021",
-                   config=GLDConfig, deviations=GLD_DEVIATIONS,
-                   search_space=(SearchParam("gld.alpha", 0.1, 0.95), SearchParam("gld.beta", 10.0, 5000.0, log=True)))
-register_distiller(FitNet, name="fitnet", paper="Romero et al., FitNets: Hints for Thin Deep Nets, ICLR 2015",
-                   config=FitNetConfig,
-                   search_space=(SearchParam("fitnet.hint_weight", 1.0, 300.0, log=True),
+def logit_kd(cfg: dict) -> KdMethod:
+    return KdMethod.of(LogitKD, cfg, "logit_kd", LogitKDConfig)
+
+
+@REGISTRY.register("kd", "gld", paper="Kim et al., Distilling Global and Local Logits with Densely Connected "
+                                      "Relations, ICCV 2021",
+                   config={"gld": GLDConfig}, deviations=GLD_DEVIATIONS,
+                   search_space=(*OPTIMIZER_SPACE, SearchParam("gld.alpha", 0.1, 0.95),
+                                 SearchParam("gld.beta", 10.0, 5000.0, log=True)))
+def gld(cfg: dict) -> KdMethod:
+    return KdMethod.of(GLD, cfg, "gld", GLDConfig)
+
+
+@REGISTRY.register("kd", "fitnet", paper="Romero et al., FitNets: Hints for Thin Deep Nets, ICLR 2015",
+                   config={"fitnet": FitNetConfig},
+                   search_space=(*OPTIMIZER_SPACE, SearchParam("fitnet.hint_weight", 1.0, 300.0, log=True),
                                  SearchParam("fitnet.hint_stage", choices=(0, 1, 2))))
-register_distiller(ReverseFeatureKD, name="reverse_feature_kd",
+def fitnet(cfg: dict) -> KdMethod:
+    return KdMethod.of(FitNet, cfg, "fitnet", FitNetConfig)
+
+
+@REGISTRY.register("kd", "reverse_feature_kd",
                    paper="Li et al., Rethinking Feature-based Knowledge Distillation for Face Recognition, CVPR 2023",
-                   config=ReverseKDConfig, deviations=REVERSE_KD_DEVIATIONS,
-                   search_space=(SearchParam("reverse_feature_kd.reverse_weight", 0.1, 10.0, log=True),
+                   config={"reverse_feature_kd": ReverseKDConfig}, deviations=REVERSE_KD_DEVIATIONS,
+                   search_space=(*OPTIMIZER_SPACE,
+                                 SearchParam("reverse_feature_kd.reverse_weight", 0.1, 10.0, log=True),
                                  SearchParam("reverse_feature_kd.feature_weight", 0.1, 10.0, log=True)))
+def reverse_feature_kd(cfg: dict) -> KdMethod:
+    return KdMethod.of(ReverseFeatureKD, cfg, "reverse_feature_kd", ReverseKDConfig)

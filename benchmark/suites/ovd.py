@@ -32,7 +32,7 @@ from cvpdl.ovd.clip_model import ClipEncoder, TinyClipConfig, build_tiny_clip, l
 from cvpdl.ovd.clip_roi import ClipRoi
 from cvpdl.ovd.localizer import LocalizerConfig, build_localizer, propose, train_localizer
 from cvpdl.ovd.protocol import OvdEvalConfig, evaluate_ovd, gt_box_top1
-from cvpdl.ovd.region_classifier import OvdContext
+from cvpdl.ovd.region_classifier import OvdContext, RegionClassifier
 from cvpdl.ovd.regionclip import RegionClip, RegionClipConfig
 from cvpdl.ovd.tiny_clip_training import train_clip
 
@@ -141,10 +141,11 @@ def prepare(run: RunContext) -> OvdShared:
         encoder = ClipEncoder(build_tiny_clip(clip_cfg), clip_cfg.context_length)
         clip_path = run.cache_dir / "clip" / f"tiny_clip_{cache_key(data_key, cfg['clip'])}.pt"
 
-        def fit_clip():
+        def fit_clip(checkpoint: Checkpoint) -> None:
             encoder.model.to(device)
             images, captions = _clip_corpus(run, train)
-            train_clip(encoder, images, captions, clip_cfg, torch.Generator().manual_seed(clip_cfg.seed), run.on_epoch)
+            train_clip(encoder, images, captions, clip_cfg, torch.Generator().manual_seed(clip_cfg.seed), run.on_epoch,
+                       checkpoint)
 
         artifacts[clip_path] = cached_state(clip_path, encoder.model, fit_clip)
         encoder.model.to(device).eval()
@@ -156,10 +157,10 @@ def prepare(run: RunContext) -> OvdShared:
     localizer = build_localizer(loc_cfg, train.image(0).shape[0])
     loc_path = run.cache_dir / "localizer" / f"fcos_{cache_key(data_key, cfg['localizer'])}.pt"
 
-    def fit_localizer():
+    def fit_localizer(checkpoint: Checkpoint) -> None:
         localizer.to(device)
         train_localizer(localizer, train, loc_cfg, torch.Generator().manual_seed(loc_cfg.seed), train.base_classes,
-                        run.on_epoch)
+                        run.on_epoch, checkpoint)
 
     artifacts[loc_path] = cached_state(loc_path, localizer, fit_localizer)
     localizer.to(device).eval()
@@ -172,7 +173,7 @@ def run_cell(run: RunContext, shared: OvdShared, method: MethodSpec, seed: int, 
     data = section_config(run.cfg, "data", OvdDataConfig)
     test = shared.coco["test"] if shared.coco else _digits_split(run, "test", data.test_images, seed)
     single = None if shared.coco else _digits_split(run, "test_single", data.single_images, seed)
-    classifier = method.build(run.cfg)
+    classifier: RegionClassifier = REGISTRY.build(method, run.cfg)
     started = time.perf_counter()
     history = classifier.fit(shared.context, generator, Checkpoint(run.checkpoints, method.name), run.on_epoch)
     train_seconds, started = time.perf_counter() - started, time.perf_counter()
@@ -242,21 +243,25 @@ SUITE = REGISTRY.register_suite(SuiteSpec(
     sweeps=tuple(Sweep(f"regionclip:clip_roi:{metric}:{split}", "regionclip.temperature", (0.01, 0.07), ("regionclip",))
                  for metric, split in (("zs_top1", "novel"), ("zs_top1", "base"), ("AP50", "novel"),
                                        ("AP50", "base"))),
+    method_type=RegionClassifier,
 ))
 
-REGISTRY.register_method(MethodSpec(
-    name="clip_crop", suite="ovd",
-    paper="Radford et al., ICML 2021 (CLIP), applied to pixel crops as in RegionCLIP Fig. 1",
-    build=lambda cfg: ClipCrop()))
-REGISTRY.register_method(MethodSpec(
-    name="clip_roi", suite="ovd",
-    paper="CLIP with RoIAlign region features (RegionCLIP's region encoder without pretraining), Zhong et al. 2022",
-    build=lambda cfg: ClipRoi(section_config(cfg, "clip_roi", ClipRoiConfig).image_scale),
-    config={"clip_roi": ClipRoiConfig}))
-REGISTRY.register_method(MethodSpec(
-    name="regionclip", suite="ovd",
-    paper="Zhong et al., RegionCLIP: Region-based Language-Image Pretraining, CVPR 2022",
-    build=lambda cfg: RegionClip(section_config(cfg, "regionclip", RegionClipConfig)),
+
+@REGISTRY.register("ovd", "clip_crop",
+                   paper="Radford et al., ICML 2021 (CLIP), applied to pixel crops as in RegionCLIP Fig. 1")
+def clip_crop(cfg: dict) -> ClipCrop:
+    return ClipCrop()
+
+
+@REGISTRY.register("ovd", "clip_roi", config={"clip_roi": ClipRoiConfig},
+                   paper="CLIP with RoIAlign region features (RegionCLIP's region encoder without pretraining), "
+                         "Zhong et al. 2022")
+def clip_roi(cfg: dict) -> ClipRoi:
+    return ClipRoi(section_config(cfg, "clip_roi", ClipRoiConfig).image_scale)
+
+
+@REGISTRY.register(
+    "ovd", "regionclip", paper="Zhong et al., RegionCLIP: Region-based Language-Image Pretraining, CVPR 2022",
     config={"regionclip": RegionClipConfig},
     # weight decay stays at the official 1e-4, untuned: AdamW's decay over 47 steps at lr 1e-4 shrinks a weight by
     # ~5e-7 of itself, and a config field for it would change the pre-registered plan's config hash
@@ -289,4 +294,6 @@ REGISTRY.register_method(MethodSpec(
                   why="the digits world's captions name only its ten class names; on --data coco the official "
                       "noun list is a download this benchmark does not make",
                   restore="--set regionclip.concept_list=coco_nouns_4764.txt"),
-    )))
+    ))
+def regionclip(cfg: dict) -> RegionClip:
+    return RegionClip(section_config(cfg, "regionclip", RegionClipConfig))

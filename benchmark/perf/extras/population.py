@@ -30,11 +30,11 @@ def members(cfg: dict, num_classes: int, count: int, device) -> list:
 
     from benchmark.registry import REGISTRY
 
-    build = REGISTRY.method("detr", MODEL).build(cfg)
+    variant = REGISTRY.build(REGISTRY.method("detr", MODEL), cfg)
     parts = []
     for seed in range(count):
         torch.manual_seed(seed)
-        parts.append(build(num_classes))
+        parts.append(variant.parts(num_classes))
         parts[-1].model.to(device).train()
     return parts
 
