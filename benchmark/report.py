@@ -176,8 +176,8 @@ def headline(suite: str, dev: Finding, dev_sensitive: bool, sources: dict[str, E
 
 def diagnosis_lines(frame: pd.DataFrame, f: Finding, pair: Regimes | None) -> list[str]:
     """Under a claim the papers' settings contradict: the experiment that tells "the method is worse here" from "a
-    setting carried over from the paper hurts here" (every method tuned at equal budget, on the same seeds), and
-    which loss term drives each of its methods."""
+    setting carried over from the paper hurts here" (every method tuned at equal budget; both regimes on the same
+    development seeds, or each on its own confirmation), and which loss term drives each of its methods."""
     claim = f.tested.claim
     methods = [arm.method for arm in (claim.a, claim.b) if isinstance(arm, Arm)]
     if pair is None:
@@ -185,9 +185,11 @@ def diagnosis_lines(frame: pd.DataFrame, f: Finding, pair: Regimes | None) -> li
                    "`--params tuned`; until then the reversal may be a carried-over setting's")
     else:
         papers, tuned = pair.papers.tested, pair.tuned.tested
-        moved = (f"Δ {tuned.diff:+.3f} [{tuned.ci_low:+.3f}, {tuned.ci_high:+.3f}] tuned against "
-                 f"{papers.diff:+.3f} [{papers.ci_low:+.3f}, {papers.ci_high:+.3f}] at the papers' settings, "
-                 f"{pair.source} seeds (n={tuned.n})")
+        seeds = ("the same development seeds" if pair.source == "development" else
+                 f"each regime on the seeds of its own {pair.source}")
+        moved = (f"Δ {tuned.diff:+.3f} [{tuned.ci_low:+.3f}, {tuned.ci_high:+.3f}] tuned (n={tuned.n}) against "
+                 f"{papers.diff:+.3f} [{papers.ci_low:+.3f}, {papers.ci_high:+.3f}] at the papers' settings "
+                 f"(n={papers.n}), {seeds}")
         knob = f"the knob that mattered most in the tuning studies: `{pair.knob or 'not recorded'}`"
         if pair.robust:
             reading = (f"tuned at equal budget, still **{pair.tuned.verdict}** ({moved}): tuning does not undo it, "
