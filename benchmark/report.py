@@ -214,7 +214,8 @@ def first_table(findings: list[tuple[str, Finding, bool]], sources: dict[str, Ev
     ``sweeps``: each suite's sensitivity table; a decided verdict that a swept value of a knob reverses becomes
     "depends on <knob>" (the decided verdict beside it). ``tuned``: (suite, claim) → both regimes' findings at the
     strongest source both have: the verdict is "robust to tuning" where both decide it the same way, and depends on
-    the knob the claim's tuning studies found most important where both decide it, differently."""
+    the knob the claim's tuning studies found most important where both decide it, differently (unless a swept knob
+    already reverses it: the diagnosis line under the claim names the studies' knob)."""
     lines = ["| Q | claim | verdict | Δ [95% CI] | n | from |", "|---|---|---|---|---|---|"]
     for suite, dev, dev_sensitive in findings:
         source, f, sensitive = headline(suite, dev, dev_sensitive, sources)
@@ -222,8 +223,8 @@ def first_table(findings: list[tuple[str, Finding, bool]], sources: dict[str, Ev
         knobs = depends_on((sweeps or {}).get(suite), t.claim.key, t.direction) if t is not None else []
         label = f.question.split(". ")[0] if ". " in f.question else "controls"
         pair = (tuned or {}).get((suite, dev.claim))
-        if pair is not None and pair.conflict and label != "controls":
-            knobs = list(dict.fromkeys([*knobs, pair.knob or "hyperparameters"]))
+        if pair is not None and pair.conflict and label != "controls" and not knobs:  # a swept knob says it first
+            knobs = [pair.knob or "hyperparameters"]
         tuned_text = f"; tuned {pair.tuned_text()}" if pair is not None else ""
         if knobs:
             verdict = f"**depends on {', '.join(knobs)}**: {_short(f.verdict)}{tuned_text}"
