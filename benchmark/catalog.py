@@ -15,7 +15,7 @@ from benchmark.config import check_seeds
 from benchmark.registry import SUITE_NAMES
 from cvpdl.errors import UserInputError
 
-CATALOG_VERSION = 3  # bump when the catalog's shape changes
+CATALOG_VERSION = 4  # bump when the catalog's shape changes
 
 
 def suite_catalog() -> list[dict]:
@@ -41,7 +41,7 @@ def suite_catalog() -> list[dict]:
         catalog.append({
             "name": suite.name, "question": suite.question, "dataset": suite.dataset, "datasets": list(suite.datasets),
             "profiles": list(suite.profiles), "defaults": config_lib.defaults(sections),
-            "choices": config_lib.choices(sections),
+            "choices": config_lib.choices(sections), "population": suite.run_population is not None,
             "methods": [{"name": m.name, "paper": m.paper, "deviations": [d.line() for d in m.deviations]}
                         for m in REGISTRY.methods(suite.name)]})
     try:
@@ -81,6 +81,13 @@ def preflight(args) -> None:
             raise UserInputError(f"unknown method {name!r} for suite {suite_name!r}; choose from: {', '.join(known)}")
     if len(set(methods)) != len(methods):
         raise UserInputError(f"--methods lists a method twice: {' '.join(methods)}")
+    population = getattr(args, "population", 1)
+    if population < 1:
+        raise UserInputError(f"--population must be at least 1, got {population}")
+    if population > 1 and not suite["population"]:
+        able = ", ".join(s["name"] for s in suite_catalog() if s["population"])
+        raise UserInputError(f"suite {suite_name!r} trains every seed alone: --population > 1 needs a suite with "
+                             f"population training ({able})")
     profile = getattr(args, "profile", None)
     if profile is not None and profile not in suite["profiles"]:
         raise UserInputError(f"unknown profile {profile!r}; choose from: {', '.join(suite['profiles'])}")
@@ -106,8 +113,11 @@ def dry_run(args) -> str:
     if args.plan is not None:
         seeds = json.loads(Path(args.plan).read_text())["seeds"]
     methods = args.methods or [m["name"] for m in suite["methods"]]
+    chunks = config_lib.population_chunks(seeds, args.population)
+    trained = ("each trained alone" if args.population == 1 else
+               f"{len(chunks)} population(s) per method: {' | '.join(' '.join(map(str, c)) for c in chunks)}")
     lines = [f"{args.suite}, profile {args.profile}: {len(methods) * len(seeds)} cells = {len(methods)} methods × "
-             f"{len(seeds)} seeds, each trained alone in its process (--jobs {args.jobs})",
+             f"{len(seeds)} seeds, {trained} (--jobs {args.jobs})",
              f"  methods: {' '.join(methods)}", f"  seeds: {' '.join(map(str, seeds))}"]
     committed = Path(args.results_dir) / args.suite / "run.json"
     run = json.loads(committed.read_text()) if committed.is_file() else {}
@@ -119,4 +129,6 @@ def dry_run(args) -> str:
     return "\n".join([*lines, f"  time: ≈{estimate / 60:.1f} min (the committed run: {run['wall_seconds']:.0f} s for "
                                f"{cells} cells at --jobs {run.get('jobs', 1)}, {run.get('threads')} thread(s) each, "
                                f"shared set-up {run.get('prepare_seconds', 0.0):.0f} s; finished cells are reused and "
-                               "cost nothing)"])
+                               "cost nothing" + ("; a population member is counted at a cell's cost alone, as on a "
+                                                 "CPU: a GPU's is measured by perf --population"
+                                                 if args.population > 1 else "") + ")"])

@@ -116,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--jobs", type=int, default=1, help="train cells in N worker processes side by side (default "
                                                          "1); the numbers are those of one process with the same "
                                                          "--threads")
+    run.add_argument("--population", type=int, default=1,
+                     help="train a method's seeds N at a time as one batched model (consecutive chunks of --seeds; "
+                          "kd). Each seed's numbers equal its run alone up to rounding (docs/performance.md); "
+                          "default 1: on a CPU a population is no faster")
     run.add_argument("--executor", choices=["local", "submitit"], default="local",
                      help="submitit: each cell to train becomes a job (a SLURM job array; submitit's local executor "
                           "where there is no SLURM), gathered into this results dir as a local run (docs/clusters.md)")

@@ -52,6 +52,12 @@ def check_seeds(seeds: list[int] | None, flag: str = "--seeds") -> None:
         raise UserInputError(f"{flag} lists seed {', '.join(map(str, repeated))} more than once")
 
 
+def population_chunks(seeds: list[int], size: int) -> list[list[int]]:
+    """Which seeds of a method train together under ``--population size``: the seed list cut into consecutive
+    chunks, a function of the options alone (never of free memory or of what finished before)."""
+    return [seeds[i:i + size] for i in range(0, len(seeds), size)]
+
+
 def choices(sections: dict[str, type]) -> dict[str, dict[str, list]]:
     """The fields typed ``Literal[...]``: section → key → the values they allow (for checks made without the
     dataclasses, e.g. before torch is imported)."""

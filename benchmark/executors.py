@@ -19,18 +19,27 @@ from cvpdl.errors import NonFiniteLossError
 log = logging.getLogger("benchmark")  # progress lines; -q hides them, the CLI prints them between progress bars
 
 
-def _train_cell(runner: CellRunner, name: str, seed: int, keep: bool = False) -> str | None:
-    """Train one cell into the cell store, in a run nested under the invocation's; a divergence is returned as the
-    cell's failure line (the other cells go on). ``keep``: the cell stays in the runner's memory for ``run_suite`` to
-    gather (in its own process: no reload, and no rank of a torchrun reads a cell rank 0 is still writing)."""
-    try:
-        cell = runner.run(REGISTRY.method(runner.spec.name, name), seed)
-    except NonFiniteLossError as err:
-        log.warning(f"[{name} seed {seed}] FAILED: {err}")
-        return f"{name} seed {seed}: {err}"
-    if keep:
-        runner.fresh[(name, seed)] = cell
-    return None
+def _train_cells(runner: CellRunner, name: str, seeds: list[int], keep: bool = False) -> list[str]:
+    """Train the cells of ``seeds`` (one seed: alone; several: one population) into the cell store, each in a run
+    nested under the invocation's; a divergence is returned as that cell's failure line (the other cells go on).
+    ``keep``: the cells stay in the runner's memory for ``run_suite`` to gather (in its own process: no reload, and no
+    rank of a torchrun reads a cell rank 0 is still writing)."""
+    method = REGISTRY.method(runner.spec.name, name)
+    if len(seeds) > 1:
+        cells = runner.run_population(method, seeds)
+    else:
+        try:
+            cells = {seeds[0]: runner.run(method, seeds[0])}
+        except NonFiniteLossError as err:
+            cells = {seeds[0]: err}
+    failures = []
+    for seed, cell in cells.items():
+        if isinstance(cell, NonFiniteLossError):
+            log.warning(f"[{name} seed {seed}] FAILED: {cell}")
+            failures.append(f"{name} seed {seed}: {cell}")
+        elif keep:
+            runner.fresh[(name, seed)] = cell
+    return failures
 
 
 def _open_cell_worker(resolved: ResolvedRun, parent_id: str | None, log_level: int,
@@ -51,14 +60,14 @@ def _open_cell_worker(resolved: ResolvedRun, parent_id: str | None, log_level: i
 
 
 class CellExecutor(contextlib.AbstractContextManager):
-    """Where an invocation's cells are trained: ``submit(method, seed)`` → a future of the cell's failure line (None
-    when it finished). Every executor trains into the invocation's cell store, from which ``run_suite`` gathers the
-    cells, so the three give the same numbers (tested). Used as a context manager: the futures are complete once
-    its block has ended."""
+    """Where an invocation's cells are trained: ``submit(method, seeds)`` → a future of the cells' failure lines (none
+    when they finished); several seeds are one population (``run --population``). Every executor trains into the
+    invocation's cell store, from which ``run_suite`` gathers the cells, so the three give the same numbers
+    (tested). Used as a context manager: the futures are complete once its block has ended."""
 
     @abc.abstractmethod
-    def submit(self, method: MethodSpec, seed: int) -> concurrent.futures.Future:
-        """Start training one cell (or train it now) and return the future of its failure line."""
+    def submit(self, method: MethodSpec, seeds: list[int]) -> concurrent.futures.Future:
+        """Start training the cells of ``seeds`` (or train them now) and return the future of their failure lines."""
 
     def __exit__(self, *exc) -> None:  # nothing to wait for or release unless the executor says so
         return None
@@ -70,21 +79,21 @@ class InProcess(CellExecutor):
     def __init__(self, runner: CellRunner):
         self.runner = runner
 
-    def submit(self, method: MethodSpec, seed: int) -> concurrent.futures.Future:
+    def submit(self, method: MethodSpec, seeds: list[int]) -> concurrent.futures.Future:
         future = concurrent.futures.Future()
-        future.set_result(_train_cell(self.runner, method.name, seed, keep=True))
+        future.set_result(_train_cells(self.runner, method.name, seeds, keep=True))
         return future
 
 
 _worker_runner: CellRunner | None = None  # a --jobs worker's, opened at its first cell and kept for the next ones
 
 
-def _worker_cell(resolved: ResolvedRun, parent_id: str | None, log_level: int, log_path: Path | None, name: str,
-                 seed: int) -> str | None:
+def _worker_cells(resolved: ResolvedRun, parent_id: str | None, log_level: int, log_path: Path | None, name: str,
+                  seeds: list[int]) -> list[str]:
     global _worker_runner
     if _worker_runner is None:
         _worker_runner = _open_cell_worker(resolved, parent_id, log_level, log_path)
-    return _train_cell(_worker_runner, name, seed)
+    return _train_cells(_worker_runner, name, seeds)
 
 
 class WorkerPool(CellExecutor):
@@ -108,8 +117,8 @@ class WorkerPool(CellExecutor):
         self.pool = concurrent.futures.ProcessPoolExecutor(options.jobs,
                                                            mp_context=multiprocessing.get_context("spawn"))
 
-    def submit(self, method: MethodSpec, seed: int) -> concurrent.futures.Future:
-        return self.pool.submit(_worker_cell, self.worker, *self.args, method.name, seed)
+    def submit(self, method: MethodSpec, seeds: list[int]) -> concurrent.futures.Future:
+        return self.pool.submit(_worker_cells, self.worker, *self.args, method.name, seeds)
 
     def __exit__(self, *exc) -> None:
         self.pool.shutdown()
@@ -124,18 +133,18 @@ class CellJob:
     def __init__(self, resolved: ResolvedRun, parent_id: str | None, log_level: int, log_path: Path | None):
         self.resolved, self.parent_id, self.log_level, self.log_path = resolved, parent_id, log_level, log_path
 
-    def __call__(self, name: str, seed: int) -> str | None:
+    def __call__(self, name: str, seeds: list[int]) -> list[str]:
         os.environ["TQDM_DISABLE"] = "1"  # the job's log gets plain lines
         resolved = self.resolved
         if resolved.options.threads is None and hasattr(os, "sched_getaffinity"):  # the CPUs SLURM gave the job
             resolved = replace(resolved, options=replace(resolved.options, threads=len(os.sched_getaffinity(0))))
-        return _train_cell(_open_cell_worker(resolved, self.parent_id, self.log_level, self.log_path), name, seed)
+        return _train_cells(_open_cell_worker(resolved, self.parent_id, self.log_level, self.log_path), name, seeds)
 
-    def checkpoint(self, name: str, seed: int):
+    def checkpoint(self, name: str, seeds: list[int]):
         from submitit.helpers import DelayedSubmission
 
         resumed = replace(self.resolved, options=replace(self.resolved.options, resume=True))
-        return DelayedSubmission(CellJob(resumed, self.parent_id, self.log_level, self.log_path), name, seed)
+        return DelayedSubmission(CellJob(resumed, self.parent_id, self.log_level, self.log_path), name, seeds)
 
 
 class SubmititJobs(CellExecutor):
@@ -158,25 +167,27 @@ class SubmititJobs(CellExecutor):
         self.job = CellJob(replace(resolved, options=replace(options, executor="local", jobs=1)), parent_id,
                            log.getEffectiveLevel(), log_path)
         self.suite = options.suite
-        self.submitted: list[tuple[str, int, object, concurrent.futures.Future]] = []
+        self.submitted: list[tuple[str, list[int], object, concurrent.futures.Future]] = []
         self.batch = self.executor.batch()
         self.batch.__enter__()
         self.waiters = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="submitit-wait")
 
-    def submit(self, method: MethodSpec, seed: int) -> concurrent.futures.Future:
+    def submit(self, method: MethodSpec, seeds: list[int]) -> concurrent.futures.Future:
         future = concurrent.futures.Future()
-        self.submitted.append((method.name, seed, self.executor.submit(self.job, method.name, seed), future))
+        self.submitted.append((method.name, seeds, self.executor.submit(self.job, method.name, seeds), future))
         return future
 
     @staticmethod
-    def _wait(name: str, seed: int, job, future: concurrent.futures.Future) -> None:
+    def _wait(name: str, seeds: list[int], job, future: concurrent.futures.Future) -> None:
         try:
             future.set_result(job.result())
         except Exception as err:  # submitit's Failed/UncompletedJobError: what the job raised, or how it ended
             reason = next((line for line in reversed(str(err).splitlines()) if line.strip()), type(err).__name__)
-            failure = f"{name} seed {seed}: job {job.job_id} failed ({reason.strip()[:300]}; log: {job.paths.stderr})"
-            log.warning(f"[{name} seed {seed}] FAILED: {failure}")
-            future.set_result(failure)
+            failures = [f"{name} seed {seed}: job {job.job_id} failed ({reason.strip()[:300]}; log: {job.paths.stderr})"
+                        for seed in seeds]
+            for failure in failures:
+                log.warning(f"[{failure.split(':')[0]}] FAILED: {failure}")
+            future.set_result(failures)
 
     def __exit__(self, *exc) -> None:
         self.batch.__exit__(*exc)  # one job array, submitted here

@@ -24,7 +24,8 @@ from benchmark.paths import default_cache_dir
 from benchmark.plan import Execution, ResolvedRun, RunOptions, pick_device, resolve_run, run_tags
 from benchmark.registry import MethodSpec, SuiteSpec
 from benchmark.tracking import NoTracking, Tracker
-from cvpdl.errors import UserInputError
+from cvpdl.errors import NonFiniteLossError, UserInputError
+from cvpdl.population import Member
 from cvpdl.progress import EpochCallback
 
 log = logging.getLogger("benchmark")  # progress lines; -q hides them, the CLI prints them between progress bars
@@ -168,21 +169,64 @@ class CellRunner:
 
     def _train(self, method: MethodSpec, seed: int, context: RunContext, run_id: str | None) -> FinishedCell:
         self.ensure_prepared()
-        checkpoints = self.store.folder(method.name, seed) / "checkpoints"
-        if not self.options.resume and self.ex.rank == 0:  # a fresh start; --resume continues from them
-            shutil.rmtree(checkpoints, ignore_errors=True)
-        distributed.barrier()
+        checkpoints = self._fresh_checkpoints(self.store.folder(method.name, seed) / "checkpoints")
         generator = seed_everything(seed)  # after prepare, which draws from the global generators too
         context = replace(context, checkpoints=checkpoints, on_epoch=self._epoch_reporter(f"{method.name} seed {seed}",
                                                                                           run_id))
         started = time.time()
         result = self.spec.run_cell(context, self.shared, method, seed, generator)
         log.info(f"[{method.name} seed {seed}] finished in {time.time() - started:.0f} s")
-        cell = FinishedCell.from_result(self.spec.name, method.name, seed, result)
+        cell = self._store(method, seed, result, context.cfg)
         if self.ex.rank == 0:
-            self.store.save(method.name, seed, cell, result.models, context.cfg)
             shutil.rmtree(checkpoints, ignore_errors=True)
         return cell
+
+    def _fresh_checkpoints(self, checkpoints: Path) -> Path:
+        if not self.options.resume and self.ex.rank == 0:  # a fresh start; --resume continues from them
+            shutil.rmtree(checkpoints, ignore_errors=True)
+        distributed.barrier()
+        return checkpoints
+
+    def _store(self, method: MethodSpec, seed: int, result, cfg: dict) -> FinishedCell:
+        cell = FinishedCell.from_result(self.spec.name, method.name, seed, result)
+        if self.ex.rank == 0:
+            self.store.save(method.name, seed, cell, result.models, cfg)
+        return cell
+
+    def run_population(self, method: MethodSpec, seeds: list[int]) -> dict[int, FinishedCell | NonFiniteLossError]:
+        """Several seeds of one method: those finished before reused, the others trained together as one population
+        (``SuiteSpec.run_population``), each then stored and logged as its own cell (its own nested MLflow run,
+        tagged with its population). A member whose loss diverged gets its error; the others are kept."""
+        with contextlib.ExitStack() as locks:
+            for seed in seeds:
+                locks.enter_context(self.store.lock(method.name, seed))
+            pending = [seed for seed in seeds if not self.reusable(method, seed)]
+            cells: dict[int, FinishedCell | NonFiniteLossError] = {
+                seed: self._reuse(method, seed) for seed in seeds if seed not in pending}
+            if not pending:
+                return cells
+            self.ensure_prepared()
+            cfg = self.method_cfgs.get(method.name, self.context.cfg)
+            label = f"{method.name} seeds {' '.join(map(str, pending))}"
+            checkpoints = self._fresh_checkpoints(self.store.folder(method.name, pending[0]) / "checkpoints"
+                                                  / f"population-{'-'.join(map(str, pending))}")
+            members = [Member(seed_everything(seed)) for seed in pending]  # each seed's RNG as its cell alone has it
+            context = replace(self.context, cfg=cfg, checkpoints=checkpoints,
+                              on_epoch=self._epoch_reporter(label, self.parent_id))
+            started = time.time()
+            results = self.spec.run_population(context, self.shared, method, pending, members)
+            log.info(f"[{label}] finished together in {time.time() - started:.0f} s")
+            for seed, result in zip(pending, results):
+                try:
+                    with self._cell_run(method, seed, cfg, population=" ".join(map(str, pending))) as run_id:
+                        if isinstance(result, NonFiniteLossError):
+                            raise result  # its run ends FAILED, with the reason
+                        cells[seed] = self._store(method, seed, result, cfg)
+                        self._log_cell(run_id, method, seed, cells[seed])
+                except NonFiniteLossError as err:
+                    cells[seed] = err
+            shutil.rmtree(checkpoints, ignore_errors=True)
+        return cells
 
 
 @dataclass

@@ -36,6 +36,9 @@ class RunOptions:
     force: bool = False
     resume: bool = False  # continue interrupted cells from their last per-epoch checkpoint
     jobs: int = 1  # worker processes that train cells side by side (each with cores / jobs threads)
+    # seeds of a method trained together as one batched model (consecutive chunks of the seed list; suites with
+    # ``run_population``): 1 on CPU, where the batched kernels are no faster (docs/performance.md)
+    population: int = 1
     executor: str = "local"  # "submitit": each cell a job (SLURM, or submitit's local executor without it)
     slurm_partition: str | None = None
     slurm_time: int = 240  # minutes per cell's job
@@ -112,6 +115,12 @@ def resolve(options: RunOptions) -> tuple[SuiteSpec, list[MethodSpec], dict]:
     check_seeds(options.seeds)
     if options.jobs < 1 or (options.jobs > 1 and distributed.world_size() > 1):
         raise UserInputError(f"--jobs must be at least 1 (and 1 under torchrun), got {options.jobs}")
+    if options.population < 1 or (options.population > 1 and distributed.world_size() > 1):
+        raise UserInputError(f"--population must be at least 1 (and 1 under torchrun), got {options.population}")
+    if options.population > 1 and spec.run_population is None:
+        able = ", ".join(suite.name for suite in REGISTRY.suites() if suite.run_population)
+        raise UserInputError(f"suite {spec.name!r} trains every seed alone: --population > 1 needs a suite with "
+                             f"population training ({able})")
     if options.executor not in ("local", "submitit"):
         raise UserInputError(f"unknown --executor {options.executor!r}; choose from: local, submitit")
     if options.executor == "submitit" and (options.jobs > 1 or distributed.world_size() > 1):
@@ -239,7 +248,7 @@ def resolve_run(options: RunOptions, ex: Execution) -> ResolvedRun:
     options = replace(options, code_state=(run_info["git_commit"], run_info["git_dirty"]))
     suite_dir = results_folder(options, methods, run_info["config_hash"])
     keys = cell_keys(methods, run_info["config_hash"], method_cfgs, options.data_options(), run_info["git_commit"],
-                     ex.world)
+                     ex.world, options.population)
     return ResolvedRun(options, cfg, tuple(m.name for m in methods), params, method_cfgs, run_info, suite_dir, keys)
 
 
@@ -264,6 +273,7 @@ def describe_run(options: RunOptions, spec: SuiteSpec, methods: list[MethodSpec]
                 "config_hash": cfg_hash, "params": params, **data_options,
                 "git_commit": commit, "git_dirty": dirty, "device": str(ex.device), "threads": ex.threads,
                 "world_size": ex.world, "jobs": options.jobs, "executor": options.executor,
+                "population": options.population,
                 # versions, date, command, CPU/ISA, OS, torch build, evaluator, data hashes; the signature decides
                 # whether `verify` expects identical numbers or numbers within tolerances
                 **reproducibility.record(ex.threads, options.data, options.data_root, options.clip_weights)}

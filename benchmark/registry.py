@@ -93,8 +93,10 @@ class SuiteSpec:
     """A suite: its question, dataset, config schema and profiles, and the hooks the runner calls.
 
     ``prepare(run) -> shared`` builds what all cells share (data, cached models); ``run_cell(run, shared, method,
-    seed) -> CellResult`` trains and evaluates one (method, seed); figures and summary questions are drawn from
-    the written results by ``benchmark.report`` and ``paper_figures``.
+    seed, generator) -> CellResult`` trains and evaluates one (method, seed); ``run_population(run, shared, method,
+    seeds, members) -> [CellResult | NonFiniteLossError]``, where a suite has it, trains several seeds of one
+    method as one batched population (``cvpdl.population``; ``run --population``); figures and summary questions
+    are drawn from the written results by ``benchmark.report`` and ``paper_figures``.
     """
 
     name: str
@@ -104,6 +106,7 @@ class SuiteSpec:
     profiles: dict[str, dict[str, Any]]  # profile -> {"section.key": value} over the dataclass defaults
     prepare: Callable[..., Any] | None = None
     run_cell: Callable[..., Any] | None = None
+    run_population: Callable[..., Any] | None = None
     baseline: str | None = None
     headline: tuple[tuple[str, str], ...] = ()  # (metric, split) pairs of the printed summary table
     # (metrics, timings) DataFrames -> the course questions this suite answers, with measured lines

@@ -20,9 +20,11 @@ from tqdm.auto import tqdm
 
 from benchmark import distributed
 from benchmark.cells import stack, write_suite_files
+from benchmark.config import population_chunks
 from benchmark.executors import cell_executor
 from benchmark.invocation import open_invocation
 from benchmark.plan import RunOptions, apply_plan
+from benchmark.registry import MethodSpec
 from benchmark.report import render_suite
 from benchmark.summary import SMOKE, headline_table, is_smoke
 from benchmark.results import locked
@@ -83,18 +85,18 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
         to_train = [(m, s) for m, s in cells if not runner.reusable(m, s)]
         with tqdm(total=len(to_train), desc=f"{spec.name} cells", unit="cell", smoothing=0, leave=False,
                   **_bar_shape()) as bar:
-            def done(_):
+            def done(seeds):
                 if bar.n == 0 and runner.prepare_seconds and not bar.disable:  # a disabled bar has no clock
                     bar.start_t += runner.prepare_seconds
-                bar.update()
+                bar.update(len(seeds))
 
             futures = []
             if to_train:
                 with cell_executor(resolved, runner, log_path) as executor:
-                    for method, seed in to_train:
-                        futures.append(executor.submit(method, seed))
-                        futures[-1].add_done_callback(done)
-            failures = [failure for future in futures if (failure := future.result()) is not None]
+                    for method, seeds in populations(to_train, options.seeds, options.population):
+                        futures.append(executor.submit(method, seeds))
+                        futures[-1].add_done_callback(lambda _, seeds=seeds: done(seeds))
+            failures = [failure for future in futures for failure in future.result()]
         runner.trained_now = {(m.name, s) for m, s in to_train}
         failed = {f.split(":")[0] for f in failures}
         finished = [runner.run(m, s) for m, s in cells if f"{m.name} seed {s}" not in failed]
@@ -125,6 +127,17 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
     print(headline_table(spec, metrics))
     print(closing_lines(suite_dir, written, tracker, parent))
     return metrics
+
+
+def populations(to_train: list[tuple[MethodSpec, int]], seeds: list[int], size: int
+                ) -> list[tuple[MethodSpec, list[int]]]:
+    """What trains together: per method, the run's seed list cut into consecutive chunks of ``size`` (a function of
+    the options alone, recorded in run.json), each chunk's seeds still to train."""
+    pending: dict[str, tuple[MethodSpec, set[int]]] = {}
+    for method, seed in to_train:
+        pending.setdefault(method.name, (method, set()))[1].add(seed)
+    return [(method, members) for method, left in pending.values() for chunk in population_chunks(seeds, size)
+            if (members := [seed for seed in chunk if seed in left])]
 
 
 def closing_lines(suite_dir: Path, written: list[Path], tracker: Tracker | NoTracking, parent_id: str | None) -> str:

@@ -16,7 +16,7 @@ PACKAGES = ("cvpdl", "paper_figures", "benchmark")
 # harness module is named (a new one must be placed here); cvpdl's subpackages and the suites are patterns.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("library core", ("cvpdl", "cvpdl.errors", "cvpdl.progress", "cvpdl.checkpoint", "cvpdl.ddp", "cvpdl.losses",
-                      "cvpdl.engine")),
+                      "cvpdl.engine", "cvpdl.population")),
     ("library data and evaluation", ("cvpdl.data", "cvpdl.data.*", "cvpdl.evaluation", "cvpdl.evaluation.*")),
     ("library methods", ("cvpdl.detection", "cvpdl.detection.*", "cvpdl.distill", "cvpdl.distill.*", "cvpdl.ovd",
                          "cvpdl.ovd.*", "cvpdl.analysis", "cvpdl.analysis.*")),

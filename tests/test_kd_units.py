@@ -18,6 +18,7 @@ from cvpdl.distill.student_baseline import StudentBaseline
 from cvpdl.distill.training import ClassificationData, TrainConfig, step_schedule
 from cvpdl.errors import UserInputError
 from cvpdl.losses import distillation_kl
+from cvpdl.population import Member
 
 TEACHER = NetConfig(widths=(8, 16), blocks_per_stage=1, embedding_dim=6)
 STUDENT = NetConfig(widths=(4, 8), blocks_per_stage=1, embedding_dim=6)
@@ -318,8 +319,9 @@ def tiny_data():
 
 
 def _fit(distiller, cfg, teacher, data):
-    return distiller.fit(cfg, lambda: ConvNet(STUDENT3, 5), teacher, data, TrainConfig(epochs=1, batch_size=8),
-                         torch.Generator().manual_seed(0))
+    fit, = distiller.fit(cfg, lambda: ConvNet(STUDENT3, 5), [teacher], data, TrainConfig(epochs=1, batch_size=8),
+                         [Member(torch.Generator().manual_seed(0))])
+    return fit
 
 
 @pytest.mark.parametrize("distiller, cfg, extra", [(LogitKD, LogitKDConfig(), 0), (GLD, GLDConfig(), 0),

@@ -230,8 +230,8 @@ TESTBED = (
               restore="--set train.lr_backbone=1e-5"),
     Deviation(what="learning rate 5e-4 instead of 1e-4 (`--lr`), batch 32 (official: 2–4 images per GPU on 8–16 GPUs)",
               why="a 64-wide transformer trained for a few hundred steps", restore="--set train.lr=1e-4"),
-    Deviation(what="schedule: 12 epochs of 2,000 canvases (750 steps), the drop after 10 (official: `--epochs 500 --lr_drop 400` "
-                   "for DETR, 50 and 40 for DAB-DETR and DN-DETR, on COCO's 118k images)",
+    Deviation(what="schedule: 12 epochs of 2,000 canvases (750 steps), the drop after 10 (official: "
+                   "`--epochs 500 --lr_drop 400` for DETR, 50 and 40 for DAB-DETR and DN-DETR, on COCO's 118k images)",
               why="the CPU budget; enough steps for the fastest variant to plateau",
               restore="--set train.epochs=50 train.lr_drop=40"),
     Deviation(what="no data augmentation (official: random flip, multi-scale resize, random crop)",

@@ -39,6 +39,8 @@ from cvpdl.distill.networks import ConvNet, NetConfig
 from cvpdl.distill.reverse_feature_kd import ReverseFeatureKD, ReverseKDConfig
 from cvpdl.distill.student_baseline import StudentBaseline
 from cvpdl.distill.training import ClassificationData, KDFit, TrainConfig, predict, top1, train
+from cvpdl.errors import NonFiniteLossError
+from cvpdl.population import Member
 
 
 @dataclass(frozen=True)
@@ -143,18 +145,37 @@ def _teacher_metrics(shared: KDShared, teacher: ConvNet, key: str, id_samples: i
     return shared.teacher_metrics[key]
 
 
-def run_cell(run: RunContext, shared: KDShared, method: MethodSpec, seed: int, generator: torch.Generator
-             ) -> CellResult:
+def run_population(run: RunContext, shared: KDShared, method: MethodSpec, seeds: list[int], members: list[Member]
+                   ) -> list[CellResult | NonFiniteLossError]:
+    """The cells of ``seeds``, member i trained from seed i's teacher, initialisation and batch order: alone for one
+    seed, as one population (``cvpdl.population``) for several. A member whose loss diverged gets its error."""
     data, cfg = shared.data, run.cfg
     started = time.perf_counter()
-    teacher, teacher_key = _teacher(run, shared, seed)  # trained by the seed's first cell, then loaded
-    teacher_seconds = time.perf_counter() - started
+    teachers = [_teacher(run, shared, seed) for seed in seeds]  # trained by the seed's first cell, then loaded
+    teacher_seconds = (time.perf_counter() - started) / len(seeds)
     make_student = functools.partial(ConvNet, section_config(cfg, "student", StudentNetConfig), data.num_classes,
                                      in_channels=data.x_train.shape[1])
     started = time.perf_counter()
-    fit = REGISTRY.build(method, cfg).fit(make_student, teacher, data, section_config(cfg, "train", TrainConfig),
-                                          generator, Checkpoint(run.checkpoints, method.name), run.on_epoch)
-    seconds = time.perf_counter() - started
+    fits = REGISTRY.build(method, cfg).fit(make_student, [teacher for teacher, _ in teachers], data,
+                                           section_config(cfg, "train", TrainConfig), members,
+                                           Checkpoint(run.checkpoints, method.name), run.on_epoch)
+    seconds = (time.perf_counter() - started) / len(seeds)  # a member's share of the population's time
+    return [fit if isinstance(fit, NonFiniteLossError)
+            else _cell(shared, run.cfg, fit, *teacher, teacher_seconds, seconds, len(seeds))
+            for fit, teacher in zip(fits, teachers)]
+
+
+def run_cell(run: RunContext, shared: KDShared, method: MethodSpec, seed: int, generator: torch.Generator
+             ) -> CellResult:
+    result, = run_population(run, shared, method, [seed], [Member(generator)])
+    if isinstance(result, NonFiniteLossError):
+        raise result
+    return result
+
+
+def _cell(shared: KDShared, cfg: dict, fit: KDFit, teacher: ConvNet, teacher_key: str, teacher_seconds: float,
+          seconds: float, population: int) -> CellResult:
+    data = shared.data
     records = [{"epoch": e + 1, "split": "val" if name == "top1" else "train", "metric": name, "value": v}
                for name, values in fit.history.per_epoch.items() for e, v in enumerate(values)]
     n = section_config(cfg, "data", KDDataConfig).id_samples
@@ -177,6 +198,8 @@ def run_cell(run: RunContext, shared: KDShared, method: MethodSpec, seed: int, g
                     {"epoch": None, "split": split, "metric": "intrinsic_dim_mle", "value": dims["mle"]}]
     timings = [{"epoch": None, "split": "train", "metric": "train_seconds", "value": seconds},
                {"epoch": None, "split": "train", "metric": "teacher_seconds", "value": teacher_seconds}]
+    if population > 1:  # trained with others: its times are its share of the population's
+        timings.append({"epoch": None, "split": "train", "metric": "population", "value": float(population)})
     return CellResult(records, timings, models={"student": fit.student})
 
 
@@ -204,8 +227,8 @@ class KdMethod:
         distiller.check_config(cfg)
         return cls(distiller, section_config(cfg, section, config) if config else None)
 
-    def fit(self, *args, **kwargs) -> KDFit:
-        """``Distiller.fit`` (make_student, teacher, data, train config, generator, checkpoint, on_epoch)."""
+    def fit(self, *args, **kwargs) -> list[KDFit | NonFiniteLossError]:
+        """``Distiller.fit`` (make_student, teachers, data, train config, members, checkpoint, on_epoch)."""
         return self.distiller.fit(self.cfg, *args, **kwargs)
 
 
@@ -219,6 +242,7 @@ REGISTRY.register_suite(SuiteSpec(
     profiles=PROFILES,
     prepare=prepare,
     run_cell=run_cell,
+    run_population=run_population,
     baseline="student_baseline",
     headline=(("top1_last", "test"), ("top1_best", "test"), ("teacher_top1", "test")),
     report_sections=report_sections,

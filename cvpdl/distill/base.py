@@ -11,7 +11,9 @@ from torch import nn
 
 from cvpdl.checkpoint import Checkpoint
 from cvpdl.distill.networks import ConvNet
-from cvpdl.distill.training import ClassificationData, KDFit, TrainConfig, train
+from cvpdl.distill.training import ClassificationData, KDFit, TrainConfig, train_population
+from cvpdl.errors import NonFiniteLossError
+from cvpdl.population import Member
 from cvpdl.progress import EpochCallback, no_report
 
 
@@ -52,19 +54,28 @@ class Distiller(nn.Module):
         raise TypeError(f"{type(self).__name__} does not define its losses")
 
     @classmethod
-    def fit(cls, cfg: Any, make_student: Callable[[], ConvNet], teacher: ConvNet, data: ClassificationData,
-            train_cfg: TrainConfig, generator: torch.Generator, checkpoint: Checkpoint | None = None,
-            on_epoch: EpochCallback = no_report) -> KDFit:
-        """Train the method from a fresh student: this distiller through the standard loop. Multi-stage methods
-        (reverse feature KD) override it."""
-        distiller = cls(make_student(), teacher if cls.needs_teacher else None, cfg)
-        return fit_distiller(distiller, data, train_cfg, generator, checkpoint, on_epoch)
+    def fit(cls, cfg: Any, make_student: Callable[[], ConvNet], teachers: list[ConvNet], data: ClassificationData,
+            train_cfg: TrainConfig, members: list[Member], checkpoint: Checkpoint | None = None,
+            on_epoch: EpochCallback = no_report) -> list[KDFit | NonFiniteLossError]:
+        """Train the method from a fresh student per member (one member: a run alone; several: a population,
+        ``cvpdl.population``), member i distilling from ``teachers[i]``: this distiller through the standard loop.
+        A member whose loss diverged gets its error instead of a fit. Multi-stage methods (reverse feature KD)
+        override it."""
+        distillers = []
+        for member, teacher in zip(members, teachers):
+            with member.rng():
+                distillers.append(cls(make_student(), teacher if cls.needs_teacher else None, cfg))
+        return fit_distillers(distillers, data, train_cfg, members, checkpoint, on_epoch)
 
 
-def fit_distiller(distiller: Distiller, data: ClassificationData, cfg: TrainConfig, generator: torch.Generator,
-                  checkpoint: Checkpoint | None = None, on_epoch: EpochCallback = no_report) -> KDFit:
-    history = train(distiller, data, cfg, generator, desc=type(distiller).__name__, checkpoint=checkpoint,
-                    on_epoch=on_epoch)
-    student = {id(p) for p in distiller.student.parameters()}
-    extra = sum(p.numel() for p in distiller.trainable_parameters() if id(p) not in student)
-    return KDFit(distiller.student, history, extra_parameters=extra)
+def fit_distillers(distillers: list[Distiller], data: ClassificationData, cfg: TrainConfig, members: list[Member],
+                   checkpoint: Checkpoint | None = None, on_epoch: EpochCallback = no_report
+                   ) -> list[KDFit | NonFiniteLossError]:
+    histories, diverged = train_population(distillers, data, cfg, members, desc=type(distillers[0]).__name__,
+                                           checkpoint=checkpoint, on_epoch=on_epoch)
+    fits = []
+    for index, (distiller, history) in enumerate(zip(distillers, histories)):
+        student = {id(p) for p in distiller.student.parameters()}
+        extra = sum(p.numel() for p in distiller.trainable_parameters() if id(p) not in student)
+        fits.append(diverged.get(index) or KDFit(distiller.student, history, extra_parameters=extra))
+    return fits

@@ -14,14 +14,15 @@ import copy
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-import torch
 import torch.nn.functional as F
 
 from cvpdl.checkpoint import Checkpoint
 from cvpdl.distill.base import Distiller
 from cvpdl.distill.networks import ConvNet
 from cvpdl.distill.student_baseline import StudentBaseline
-from cvpdl.distill.training import ClassificationData, KDFit, TrainConfig, train
+from cvpdl.distill.training import ClassificationData, KDFit, TrainConfig, train_population
+from cvpdl.errors import NonFiniteLossError
+from cvpdl.population import Member
 from cvpdl.progress import EpochCallback, no_report
 
 
@@ -55,24 +56,43 @@ class ReverseFeatureKD(EmbeddingMimic):
         self.cfg = cfg
 
     @classmethod
-    def fit(cls, cfg: ReverseKDConfig, make_student: Callable[[], ConvNet], teacher: ConvNet, data: ClassificationData,
-            train_cfg: TrainConfig, generator: torch.Generator, checkpoint: Checkpoint | None = None,
-            on_epoch: EpochCallback = no_report) -> KDFit:
+    def fit(cls, cfg: ReverseKDConfig, make_student: Callable[[], ConvNet], teachers: list[ConvNet],
+            data: ClassificationData, train_cfg: TrainConfig, members: list[Member],
+            checkpoint: Checkpoint | None = None, on_epoch: EpochCallback = no_report
+            ) -> list[KDFit | NonFiniteLossError]:
+        """Stages 0-2, each member's stage trained with the other members' (a population) or alone (one member)."""
         checkpoint = checkpoint or Checkpoint(None, "reverse")
-        stage0 = make_student()
+        diverged: dict[int, NonFiniteLossError] = {}
+
+        def stage(distillers, train_config, desc, name, evaluate=False):
+            histories, failed = train_population(distillers, data, train_config, members, desc,
+                                                 checkpoint.child(name), evaluate, on_epoch)
+            for index, err in failed.items():
+                diverged.setdefault(index, err)
+            return histories
+
+        def fresh_students() -> list[ConvNet]:
+            students = []
+            for member in members:
+                with member.rng():
+                    students.append(make_student())
+            return students
+
         # stages 0 and 1 hand back only their weights: no per-epoch evaluation (it changes no weight)
-        train(StudentBaseline(stage0), data, train_cfg, generator, desc="reverse KD stage 0 (student)",
-              checkpoint=checkpoint.child("stage0"), evaluate=False,
-              on_epoch=on_epoch)
-        reversed_teacher = copy.deepcopy(teacher).requires_grad_(True)
-        train(EmbeddingMimic(reversed_teacher, stage0, ce_weight=1.0, feature_weight=cfg.reverse_weight), data,
-              replace(train_cfg, epochs=cfg.teacher_epochs, lr=train_cfg.lr / 3), generator,
-              desc="reverse KD stage 1 (teacher)", checkpoint=checkpoint.child("stage1"), evaluate=False,
-              on_epoch=on_epoch)
-        reversed_teacher.eval().requires_grad_(False)
-        student = make_student()
-        student.classifier.load_state_dict(reversed_teacher.classifier.state_dict())
-        student.classifier.requires_grad_(False)
-        history = train(cls(student, reversed_teacher, cfg), data, train_cfg, generator,
-                        desc="reverse KD stage 2 (student)", checkpoint=checkpoint.child("stage2"), on_epoch=on_epoch)
-        return KDFit(student, history, teacher_after_reverse=reversed_teacher, student_alone=stage0)
+        stage0 = fresh_students()
+        stage([StudentBaseline(s) for s in stage0], train_cfg, "reverse KD stage 0 (student)", "stage0")
+        reversed_teachers = [copy.deepcopy(teacher).requires_grad_(True) for teacher in teachers]
+        stage([EmbeddingMimic(t, s, ce_weight=1.0, feature_weight=cfg.reverse_weight)
+               for t, s in zip(reversed_teachers, stage0)],
+              replace(train_cfg, epochs=cfg.teacher_epochs, lr=train_cfg.lr / 3), "reverse KD stage 1 (teacher)",
+              "stage1")
+        students = fresh_students()
+        for student, teacher in zip(students, reversed_teachers):
+            teacher.eval().requires_grad_(False)
+            student.classifier.load_state_dict(teacher.classifier.state_dict())
+            student.classifier.requires_grad_(False)
+        histories = stage([cls(s, t, cfg) for s, t in zip(students, reversed_teachers)], train_cfg,
+                          "reverse KD stage 2 (student)", "stage2", evaluate=True)
+        return [diverged.get(index) or KDFit(student, history, teacher_after_reverse=teacher, student_alone=alone)
+                for index, (student, history, teacher, alone)
+                in enumerate(zip(students, histories, reversed_teachers, stage0))]

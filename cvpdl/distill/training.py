@@ -11,7 +11,9 @@ from torch import nn
 
 from cvpdl import ddp
 from cvpdl.checkpoint import Checkpoint
-from cvpdl.engine import Batch, EpochStats, TrainLoop
+from cvpdl.engine import Batch, EpochEnd, EpochStats, TrainLoop
+from cvpdl.errors import NonFiniteLossError
+from cvpdl.population import Member, Population, PopulationLoop
 from cvpdl.progress import EpochCallback, no_report
 
 
@@ -123,6 +125,13 @@ def train(distiller: nn.Module, data: ClassificationData, cfg: TrainConfig, gene
         return losses_of(data.x_train[idx], data.y_train[idx],
                          {k: v[idx] for k, v in teacher_out.items()} if teacher_out else None)
 
+    end_epoch = _epoch_end(distiller, data, evaluate)
+    state = loop.run(step_losses, end_epoch, {"per_epoch": {}, "test_top1": []})
+    return TrainHistory(state["per_epoch"], state["test_top1"])
+
+
+def _epoch_end(distiller: nn.Module, data: ClassificationData, evaluate: bool) -> EpochEnd:
+    """What the end of an epoch records for one distiller: val top-1, each loss term and its share, test top-1."""
     def end_epoch(epoch: int, stats: EpochStats, state: dict) -> dict[str, float]:
         per_epoch = state["per_epoch"]
         distiller.eval()
@@ -138,6 +147,37 @@ def train(distiller: nn.Module, data: ClassificationData, cfg: TrainConfig, gene
         if evaluate:
             state["test_top1"].append(top1(distiller.student, data.x_test, data.y_test))
         return {f"{'val' if name == 'top1' else 'train'}/{name}": values[-1] for name, values in per_epoch.items()}
+    return end_epoch
 
-    state = loop.run(step_losses, end_epoch, {"per_epoch": {}, "test_top1": []})
-    return TrainHistory(state["per_epoch"], state["test_top1"])
+
+def train_population(distillers: list[nn.Module], data: ClassificationData, cfg: TrainConfig, members: list[Member],
+                     desc: str = "train", checkpoint: Checkpoint | None = None, evaluate: bool = True,
+                     on_epoch: EpochCallback = no_report) -> tuple[list[TrainHistory], dict[int, NonFiniteLossError]]:
+    """``train`` for a population: distiller i is member i's (its own initialisation, teacher and batch order), all
+    trained as one batched model (``cvpdl.population``) with ``train``'s optimiser and schedule. One distiller goes
+    through ``train`` itself. Returns every member's history and the members whose loss diverged (index → error)."""
+    if len(distillers) == 1:
+        return [train(distillers[0], data, cfg, members[0].generator, desc, checkpoint, evaluate, on_epoch)], {}
+    teacher_out = None
+    if distillers[0].teacher is not None:
+        outputs = [predict(d.teacher, data.x_train, forward=d.teacher_outputs) for d in distillers]
+        teacher_out = {key: torch.stack([out[key] for out in outputs]) for key in outputs[0]}
+    population = Population(distillers, lambda distiller, x, y, t: distiller.losses(x, y, t))
+    optimizer = torch.optim.SGD(population.trainable(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay)
+    steps = max(1, len(data.x_train) // cfg.batch_size)
+    loop = PopulationLoop(desc, population, optimizer, members, len(data.x_train), cfg.batch_size, cfg.epochs,
+                          step_scheduler=step_schedule(optimizer, cfg, steps), checkpoint=checkpoint,
+                          on_epoch=on_epoch)
+
+    def step_losses(batches: list[Batch]) -> dict[str, torch.Tensor]:
+        idx = torch.stack([torch.as_tensor(batch.mine) for batch in batches])  # P, B
+        # no teacher: {} (vmap maps tensors, not None), which a teacher-free method ignores as it ignores None
+        return population(data.x_train[idx], data.y_train[idx],
+                          {k: torch.stack([v[i][row] for i, row in enumerate(idx)]) for k, v in teacher_out.items()}
+                          if teacher_out else {})
+
+    end_epochs = [_epoch_end(distiller, data, evaluate) for distiller in distillers]
+    states = loop.run(step_losses, lambda index, *args: end_epochs[index](*args),
+                      [{"per_epoch": {}, "test_top1": []} for _ in distillers])
+    return [TrainHistory(state["per_epoch"], state["test_top1"]) for state in states], loop.diverged

@@ -1,0 +1,201 @@
+"""Population training: P members of one method, each with its own seed, initialisation and data order, trained as
+one batched model (PyTorch's model-ensembling recipe: ``torch.func.stack_module_state``, ``vmap``,
+``functional_call``). On a GPU one small model per process leaves the device nearly idle; P members per step fill it.
+
+A member's numbers equal the same seed trained alone (``cvpdl.engine.TrainLoop``) up to floating-point summation
+order: the batched kernels add in another order (``docs/performance.md`` gives the measured difference and the
+tolerance the tests hold it to). What a population does not do yet: DDP, gradient clipping, loss weights per member
+(members share the method's settings), and randomness inside a step (``vmap``'s ``randomness="different"`` draws
+every member's dropout from the one global generator, so a member's masks differ from its run alone).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+from tqdm.auto import tqdm
+
+from cvpdl import ddp
+from cvpdl.checkpoint import Checkpoint
+from cvpdl.engine import Batch, EpochStats
+from cvpdl.errors import NonFiniteLossError
+from cvpdl.progress import EpochCallback, no_report
+
+
+@dataclass
+class Member:
+    """One member's own randomness: its batch-order generator and the global torch RNG state it is built under (the
+    state a run of this seed alone would have at the same point)."""
+
+    generator: torch.Generator
+    rng_state: torch.Tensor = field(default_factory=torch.get_rng_state)
+
+    @contextlib.contextmanager
+    def rng(self):
+        """The global torch RNG is this member's inside the block (and advances as it would alone)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self.rng_state)
+            yield
+            self.rng_state = torch.get_rng_state()
+
+
+class _Call(nn.Module):
+    """``call(member, *args)`` as a module's forward, so that ``functional_call`` can run any method of a member."""
+
+    def __init__(self, member: nn.Module, call: Callable[..., Any]):
+        super().__init__()
+        self.member, self.call = member, call
+
+    def forward(self, *args):
+        return self.call(self.member, *args)
+
+
+class Population:
+    """P modules of one architecture as stacked tensors (leading dimension P); ``__call__`` runs ``call(member,
+    *args)`` for every member at once, each on its slice of ``args``. The modules themselves hold their own values
+    again after ``write_back`` (for evaluation and saving)."""
+
+    def __init__(self, modules: Sequence[nn.Module], call: Callable[..., Any]):
+        self.modules = list(modules)
+        params, self.buffers = stack_module_state(self.modules)
+        trainable = {name for name, p in self.modules[0].named_parameters() if p.requires_grad}
+        self.params = {name: value.detach().requires_grad_(name in trainable) for name, value in params.items()}
+        self.base = _Call(copy.deepcopy(self.modules[0]).to("meta"), call)
+
+        def one(params, buffers, *args):
+            return functional_call(self.base, ({f"member.{k}": v for k, v in params.items()},
+                                               {f"member.{k}": v for k, v in buffers.items()}), args)
+
+        self.batched = vmap(one, randomness="different")
+
+    def __len__(self) -> int:
+        return len(self.modules)
+
+    def __call__(self, *args):
+        return self.batched(self.params, self.buffers, *args)
+
+    def train(self, mode: bool = True) -> None:
+        self.base.member.train(mode)  # the modes the members' calls run in (e.g. a distiller's frozen teacher)
+
+    def trainable(self) -> list[torch.Tensor]:
+        return [value for value in self.params.values() if value.requires_grad]
+
+    @torch.no_grad()
+    def write_back(self) -> None:
+        for index, module in enumerate(self.modules):
+            for name, value in [*module.named_parameters(), *module.named_buffers()]:
+                value.copy_((self.params if name in self.params else self.buffers)[name][index])
+
+    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {"params": {k: v.detach() for k, v in self.params.items()}, "buffers": dict(self.buffers)}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
+        for part, saved in (("params", state["params"]), ("buffers", state["buffers"])):
+            for name, value in getattr(self, part).items():
+                value.copy_(saved[name])
+
+
+# (every member's batch, in member order) → each loss term, one value per member (shape (P,)); the total is their sum
+PopulationLosses = Callable[[list[Batch]], dict[str, torch.Tensor]]
+# (member index, epoch, its stats, its bookkeeping) → the values reported for the epoch (``cvpdl.engine.EpochEnd``
+# per member; the members' modules hold their trained values when it is called)
+MemberEpochEnd = Callable[[int, int, EpochStats, dict[str, Any]], dict[str, float]]
+
+
+@dataclass
+class PopulationLoop:
+    """``cvpdl.engine.TrainLoop`` for a population: each member's seeded batch order, its loss terms, its divergence
+    (a member whose total stops being finite is recorded in ``diverged`` and no longer trained or evaluated; the
+    others go on), one backward and one optimiser step over the stacked parameters (SGD and Adam act element-wise,
+    so every member's update is its own), the members' epoch ends and one checkpoint of the whole population."""
+
+    name: str
+    population: Population
+    optimizer: torch.optim.Optimizer  # over ``population.trainable()``
+    members: list[Member]
+    dataset_size: int
+    batch_size: int
+    epochs: int
+    step_scheduler: Any = None
+    checkpoint: Checkpoint | None = None
+    on_epoch: EpochCallback = no_report
+    diverged: dict[int, NonFiniteLossError] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if ddp.rank_world()[1] > 1:
+            raise NotImplementedError("a population trains in one process: run it without torchrun")
+
+    @property
+    def steps(self) -> int:
+        return max(1, self.dataset_size // self.batch_size)
+
+    def stateful(self) -> dict[str, Any]:
+        parts = {"population": self.population, "optimizer": self.optimizer, "step_scheduler": self.step_scheduler}
+        return {name: part for name, part in parts.items() if part is not None}
+
+    def train_one_epoch(self, step_losses: PopulationLosses, epoch: int) -> list[EpochStats]:
+        started = time.perf_counter()
+        self.population.train(True)
+        orders = [ddp.global_order(self.dataset_size, member.generator).tolist() for member in self.members]
+        count = len(self.members)
+        sums: dict[str, torch.Tensor] = {}
+        for step in range(self.steps):
+            where = f"{self.name} epoch {epoch}, step {step + 1}"
+            window = slice(step * self.batch_size, (step + 1) * self.batch_size)
+            terms = step_losses([Batch(order[window], order[window], where) for order in orders])
+            totals = sum(terms.values())
+            for index in torch.nonzero(~totals.detach().isfinite()).flatten().tolist():
+                if index not in self.diverged:
+                    self.diverged[index] = NonFiniteLossError(f"non-finite loss at {where} (a population member)")
+            alive = torch.tensor([index not in self.diverged for index in range(count)])
+            self.optimizer.zero_grad(set_to_none=True)
+            totals[alive].sum().backward()
+            if not alive.all():  # a diverged member's gradients are NaN: they must not reach the optimiser state
+                for value in self.population.trainable():
+                    if value.grad is not None:
+                        value.grad[~alive] = 0.0
+            self.optimizer.step()
+            if self.step_scheduler is not None:
+                self.step_scheduler.step()
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + value.detach() / self.steps
+        seconds = time.perf_counter() - started
+        return [EpochStats({name: value[index].item() for name, value in sums.items()}, seconds / count,
+                           self.steps * self.batch_size) for index in range(count)]
+
+    def run(self, step_losses: PopulationLosses, end_epoch: MemberEpochEnd, states: list[dict[str, Any]]
+            ) -> list[dict[str, Any]]:
+        """Train ``epochs`` epochs (from the checkpoint's last, if it holds one); each member's bookkeeping."""
+        checkpoint = self.checkpoint or Checkpoint(None, self.name)
+        stateful, first = self.stateful(), self.members[0].generator
+        done = 0
+        if (progress := checkpoint.restore(stateful, first)) is not None:
+            done = progress["epoch"]
+            for member, generator, rng, state, saved in zip(self.members, progress["generators"], progress["rngs"],
+                                                            states, progress["states"]):
+                member.generator.set_state(generator)
+                member.rng_state = rng
+                state.clear()
+                state.update(saved)
+            self.diverged = {index: NonFiniteLossError(message) for index, message in progress["diverged"].items()}
+        for epoch in tqdm(range(done + 1, self.epochs + 1), desc=f"{self.name} ×{len(self.members)}", unit="epoch",
+                          leave=False, initial=done, total=self.epochs):
+            stats = self.train_one_epoch(step_losses, epoch)
+            self.population.write_back()
+            for index, state in enumerate(states):
+                if index not in self.diverged:
+                    self.on_epoch(f"{self.name} member {index}", epoch, self.epochs,
+                                  end_epoch(index, epoch, stats[index], state))
+            checkpoint.save(stateful, first, epoch=epoch, states=states,
+                            generators=[member.generator.get_state() for member in self.members],
+                            rngs=[member.rng_state for member in self.members],
+                            diverged={index: str(err) for index, err in self.diverged.items()})
+        return states

@@ -1,0 +1,114 @@
+"""Population training (``cvpdl.population``): each member is the same seed trained alone, within the declared
+tolerance (docs/performance.md); the same population twice is bitwise the same; a diverged member is dropped while
+the others go on; a killed population resumes to the uninterrupted result."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cvpdl.checkpoint import Checkpoint
+from cvpdl.distill.fitnet import FitNet, FitNetConfig
+from cvpdl.distill.gld import GLD, GLDConfig
+from cvpdl.distill.logit_kd import LogitKD, LogitKDConfig
+from cvpdl.distill.networks import ConvNet, NetConfig
+from cvpdl.distill.reverse_feature_kd import ReverseFeatureKD, ReverseKDConfig
+from cvpdl.distill.student_baseline import StudentBaseline
+from cvpdl.distill.training import ClassificationData, TrainConfig
+from cvpdl.errors import NonFiniteLossError
+from cvpdl.population import Member
+
+STUDENT = NetConfig(widths=(4, 8), blocks_per_stage=1, embedding_dim=8)
+TEACHER = NetConfig(widths=(4, 8), blocks_per_stage=2, embedding_dim=8)
+SEEDS = (3, 4, 5)
+# a member against the same seed alone after 2 epochs of 4 SGD steps (reverse KD: 5 epochs over its three stages):
+# the largest absolute difference of any parameter or batch-norm statistic (they are of order 0.1-1). Measured on
+# this CPU: at most 1.5e-5 (GLD; docs/performance.md); the bound leaves room for other machines' kernels.
+TOLERANCE = 1e-4
+
+METHODS = [(StudentBaseline, None), (LogitKD, LogitKDConfig()), (GLD, GLDConfig(grid=2)),
+           (FitNet, FitNetConfig(hint_stage=1)), (ReverseFeatureKD, ReverseKDConfig(teacher_epochs=1))]
+
+
+@pytest.fixture(scope="module")
+def data():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 3, 16, 16, generator=g), torch.arange(40) % 5
+    return ClassificationData(x[:32], y[:32], x[32:36], y[32:36], x[36:], y[36:], num_classes=5)
+
+
+def _teacher(seed: int) -> ConvNet:
+    torch.manual_seed(100 + seed)
+    return ConvNet(TEACHER, 5).eval().requires_grad_(False)
+
+
+def _members(seeds) -> list[Member]:
+    members = []
+    for seed in seeds:
+        torch.manual_seed(seed)  # what the runner does before a cell: the member's initialisation draws from here
+        members.append(Member(torch.Generator().manual_seed(seed)))
+    return members
+
+
+def _fit(method, cfg, data, seeds, teachers=None, checkpoint=None, on_epoch=lambda *a: None):
+    teachers = teachers or [_teacher(seed) for seed in seeds]
+    return method.fit(cfg, lambda: ConvNet(STUDENT, 5), teachers, data, TrainConfig(epochs=2, batch_size=8),
+                      _members(seeds), checkpoint, on_epoch)
+
+
+def _largest_difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    return max((x - y).abs().max().item()
+               for x, y in zip(a.state_dict().values(), b.state_dict().values()) if x.is_floating_point())
+
+
+@pytest.mark.parametrize("method, cfg", METHODS, ids=[m.__name__ for m, _ in METHODS])
+def test_a_member_is_its_seed_trained_alone_within_the_tolerance(method, cfg, data):
+    together = _fit(method, cfg, data, SEEDS)
+    for seed, member in zip(SEEDS, together):
+        alone, = _fit(method, cfg, data, [seed])
+        assert _largest_difference(alone.student, member.student) < TOLERANCE
+        for name, values in alone.history.per_epoch.items():
+            assert member.history.per_epoch[name] == pytest.approx(values, rel=1e-3, abs=1e-5), name
+    # and the members differ from each other: each its own initialisation and batch order
+    assert _largest_difference(together[0].student, together[1].student) > 0.01
+
+
+def test_the_same_population_twice_is_bitwise_the_same(data):
+    first, second = (_fit(GLD, GLDConfig(grid=2), data, SEEDS) for _ in range(2))
+    for a, b in zip(first, second):
+        assert all(torch.equal(x, y) for x, y in zip(a.student.state_dict().values(), b.student.state_dict().values()))
+        assert a.history.per_epoch == b.history.per_epoch
+
+
+def test_a_diverged_member_is_dropped_and_the_others_go_on(data):
+    teachers = [_teacher(seed) for seed in SEEDS]
+    with torch.no_grad():
+        teachers[1].classifier.bias.fill_(float("nan"))  # member 1's soft targets are NaN from its first step
+    fits = _fit(LogitKD, LogitKDConfig(), data, SEEDS, teachers)
+    assert isinstance(fits[1], NonFiniteLossError)
+    assert "LogitKD epoch 1, step 1" in str(fits[1])
+    for index in (0, 2):  # the others: as if member 1 were healthy (their slices never see its NaNs)
+        alone, = _fit(LogitKD, LogitKDConfig(), data, [SEEDS[index]])
+        assert _largest_difference(alone.student, fits[index].student) < TOLERANCE
+
+
+class _Killed(Exception):
+    pass
+
+
+def _killed_in_second_epoch(stage, epoch, epochs, values):
+    if epoch == 2:  # the report comes before the checkpoint: the checkpoint holds epoch 1
+        raise _Killed
+
+
+def test_a_killed_population_resumes_to_the_uninterrupted_result(data, tmp_path):
+    uninterrupted = _fit(LogitKD, LogitKDConfig(), data, SEEDS)
+    checkpoint = Checkpoint(tmp_path, "population")
+    with pytest.raises(_Killed):
+        _fit(LogitKD, LogitKDConfig(), data, SEEDS, checkpoint=checkpoint, on_epoch=_killed_in_second_epoch)
+    seen = []
+    resumed = _fit(LogitKD, LogitKDConfig(), data, SEEDS, checkpoint=checkpoint,
+                   on_epoch=lambda stage, epoch, *a: seen.append(epoch))
+    assert seen == [2] * len(SEEDS)  # only the second epoch ran, for every member
+    for a, b in zip(uninterrupted, resumed):
+        assert all(torch.equal(x, y) for x, y in zip(a.student.state_dict().values(), b.student.state_dict().values()))
+        assert a.history.per_epoch == b.history.per_epoch
