@@ -73,6 +73,13 @@ def _add_machine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="torch threads per process (default: all cores)")
 
 
+def _add_population_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--population", type=int, default=1,
+                        help="train a method's seeds N at a time as one batched model (consecutive chunks of the "
+                             "seeds; kd). Each seed's numbers equal its run alone up to rounding "
+                             "(docs/performance.md); default 1: on a CPU a population is no faster")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m benchmark", description=DESCRIPTION, epilog=FIRST_STEP)
     parser.add_argument("-v", "--verbose", dest="verbosity", action="count", default=0,
@@ -116,10 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--jobs", type=int, default=1, help="train cells in N worker processes side by side (default "
                                                          "1); the numbers are those of one process with the same "
                                                          "--threads")
-    run.add_argument("--population", type=int, default=1,
-                     help="train a method's seeds N at a time as one batched model (consecutive chunks of --seeds; "
-                          "kd). Each seed's numbers equal its run alone up to rounding (docs/performance.md); "
-                          "default 1: on a CPU a population is no faster")
+    _add_population_option(run)
     run.add_argument("--executor", choices=["local", "submitit"], default="local",
                      help="submitit: each cell to train becomes a job (a SLURM job array; submitit's local executor "
                           "where there is no SLURM), gathered into this results dir as a local run (docs/clusters.md)")
@@ -163,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help="fixed overrides under every value (repeatable)")
     sensitivity.add_argument("--results-dir", type=Path, default=Path("results"), help="where results/<suite>/ is")
     _add_machine_options(sensitivity)
+    _add_population_option(sensitivity)
     sensitivity.add_argument("--jobs", type=int, default=1, help="train cells in N worker processes side by side")
 
     evaluate = sub.add_parser("evaluate", help="the common COCO evaluator on a ground truth and detections")
@@ -214,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="fixed overrides under every trial (e.g. a shorter schedule)")
     tune.add_argument("--results-dir", type=Path, default=Path("results"), help="writes DIR/<suite>/tuning/")
     _add_machine_options(tune)
+    _add_population_option(tune)
     tune.add_argument("--timeout", type=float, help="wall seconds per method's study (the trial in flight finishes)")
     tune.add_argument("--storage", metavar="URL", help="Optuna storage shared by `tune` workers on several machines: "
                       "a journal file on a shared file system (a path) or a database URL (postgresql://…); default: "

@@ -47,6 +47,7 @@ class TuneOptions:
     cache_dir: Path | None = None
     device: str = "auto"
     threads: int | None = None
+    population: int = 1  # a trial's seeds trained as one batched model (``run --population``)
     timeout: float | None = None  # seconds per method's study (a wall budget; the trial in flight finishes)
     storage: str | None = None  # an Optuna storage shared by several workers: a journal file path or an RDB URL
 
@@ -186,7 +187,7 @@ def tune_suite(options: TuneOptions) -> pd.DataFrame:
                              profile=options.profile,
                              overrides=[*options.overrides, *(assignment(k, v) for k, v in values.items())],
                              results_dir=tuning_dir / "trials", cache_dir=options.cache_dir, device=options.device,
-                             threads=options.threads, resume=True)
+                             threads=options.threads, population=options.population, resume=True)
             try:
                 table = run_suite(run)
             except CellsFailedError:  # a diverged trial is a bad configuration, not the end of the study
