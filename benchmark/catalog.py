@@ -15,7 +15,7 @@ from benchmark.config import check_seeds
 from benchmark.registry import SUITE_NAMES
 from cvpdl.errors import UserInputError
 
-CATALOG_VERSION = 4  # bump when the catalog's shape changes
+CATALOG_VERSION = 5  # bump when the catalog's shape changes
 
 
 def suite_catalog() -> list[dict]:
@@ -38,11 +38,13 @@ def suite_catalog() -> list[dict]:
         sections = dict(suite.config)
         for method in REGISTRY.methods(suite.name):
             sections.update(method.config)
+        defaults = config_lib.defaults(sections)
         catalog.append({
             "name": suite.name, "question": suite.question, "dataset": suite.dataset, "datasets": list(suite.datasets),
-            "profiles": list(suite.profiles), "defaults": config_lib.defaults(sections),
+            "profiles": list(suite.profiles), "defaults": defaults,
             "choices": config_lib.choices(sections), "population": suite.run_population is not None,
-            "methods": [{"name": m.name, "paper": m.paper, "deviations": [d.line() for d in m.deviations]}
+            "methods": [{"name": m.name, "paper": m.paper, "deviations": [d.line() for d in m.deviations],
+                         "population": bool(getattr(REGISTRY.build(m, defaults), "population", False))}
                         for m in REGISTRY.methods(suite.name)]})
     try:
         from benchmark.results import atomic_write_text
@@ -114,8 +116,10 @@ def dry_run(args) -> str:
         seeds = json.loads(Path(args.plan).read_text())["seeds"]
     methods = args.methods or [m["name"] for m in suite["methods"]]
     chunks = config_lib.population_chunks(seeds, args.population)
-    trained = ("each trained alone" if args.population == 1 else
-               f"{len(chunks)} population(s) per method: {' | '.join(' '.join(map(str, c)) for c in chunks)}")
+    together = [m["name"] for m in suite["methods"] if m["population"] and m["name"] in methods]
+    trained = ("each trained alone" if args.population == 1 or not together else
+               f"populations of {', '.join(together)}: {' | '.join(' '.join(map(str, c)) for c in chunks)}"
+               + ("; the others' seeds alone" if len(together) < len(methods) else ""))
     lines = [f"{args.suite}, profile {args.profile}: {len(methods) * len(seeds)} cells = {len(methods)} methods × "
              f"{len(seeds)} seeds, {trained} (--jobs {args.jobs})",
              f"  methods: {' '.join(methods)}", f"  seeds: {' '.join(map(str, seeds))}"]

@@ -48,14 +48,15 @@ class FinishedCell:
 
 
 def cell_keys(methods: list[MethodSpec], cfg_hash: str, method_cfgs: dict[str, dict], data_options: dict,
-              commit: str, world: int, population: int = 1) -> dict[str, str]:
+              commit: str, world: int, population: dict[str, int] | None = None) -> dict[str, str]:
     """Per method, the key of its cell folders: new code (or a DDP run, whose batches differ, or a population, whose
     numbers differ in the last digits) → new cells. A tuned method's cells are keyed by its own config, so every run
     with the same tuned values shares them."""
-    shaping = {"commit": commit, **({"world_size": world} if world > 1 else {}),
-               **({"population": population} if population > 1 else {})}
+    shaping = {"commit": commit, **({"world_size": world} if world > 1 else {})}
     own = {name: config_hash({"cfg": cfg, **data_options}) for name, cfg in method_cfgs.items()}
-    return {m.name: config_hash({**shaping, "config_hash": own.get(m.name, cfg_hash)}) for m in methods}
+    size = population or {}
+    return {m.name: config_hash({**shaping, **({"population": size[m.name]} if size.get(m.name, 1) > 1 else {}),
+                                 "config_hash": own.get(m.name, cfg_hash)}) for m in methods}
 
 
 class CellStore:

@@ -221,6 +221,7 @@ class ResolvedRun:
     run_info: dict  # run.json
     suite_dir: Path  # where the run writes
     cell_keys: dict[str, str]  # per method, the key of its cells
+    population: dict[str, int]  # per method, how many of its seeds train together (1: each alone)
 
     @property
     def spec(self) -> SuiteSpec:
@@ -247,9 +248,14 @@ def resolve_run(options: RunOptions, ex: Execution) -> ResolvedRun:
     run_info = describe_run(options, spec, methods, cfg, params, ex)
     options = replace(options, code_state=(run_info["git_commit"], run_info["git_dirty"]))
     suite_dir = results_folder(options, methods, run_info["config_hash"])
+    # a method trains in populations where its built form says it can (``population``: e.g. not DN-DETR's noise)
+    population = {m.name: options.population if getattr(REGISTRY.build(m, method_cfgs.get(m.name, cfg)),
+                                                         "population", False) else 1 for m in methods}
+    run_info["population"] = population
     keys = cell_keys(methods, run_info["config_hash"], method_cfgs, options.data_options(), run_info["git_commit"],
-                     ex.world, options.population)
-    return ResolvedRun(options, cfg, tuple(m.name for m in methods), params, method_cfgs, run_info, suite_dir, keys)
+                     ex.world, population)
+    return ResolvedRun(options, cfg, tuple(m.name for m in methods), params, method_cfgs, run_info, suite_dir, keys,
+                       population)
 
 
 def run_tags(resolved: ResolvedRun, ex: Execution) -> dict[str, str]:
@@ -273,7 +279,6 @@ def describe_run(options: RunOptions, spec: SuiteSpec, methods: list[MethodSpec]
                 "config_hash": cfg_hash, "params": params, **data_options,
                 "git_commit": commit, "git_dirty": dirty, "device": str(ex.device), "threads": ex.threads,
                 "world_size": ex.world, "jobs": options.jobs, "executor": options.executor,
-                "population": options.population,
                 # versions, date, command, CPU/ISA, OS, torch build, evaluator, data hashes; the signature decides
                 # whether `verify` expects identical numbers or numbers within tolerances
                 **reproducibility.record(ex.threads, options.data, options.data_root, options.clip_weights)}

@@ -93,7 +93,7 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
             futures = []
             if to_train:
                 with cell_executor(resolved, runner, log_path) as executor:
-                    for method, seeds in populations(to_train, options.seeds, options.population):
+                    for method, seeds in populations(to_train, options.seeds, resolved.population):
                         futures.append(executor.submit(method, seeds))
                         futures[-1].add_done_callback(lambda _, seeds=seeds: done(seeds))
             failures = [failure for future in futures for failure in future.result()]
@@ -129,14 +129,15 @@ def run_suite(options: RunOptions) -> pd.DataFrame:
     return metrics
 
 
-def populations(to_train: list[tuple[MethodSpec, int]], seeds: list[int], size: int
+def populations(to_train: list[tuple[MethodSpec, int]], seeds: list[int], sizes: dict[str, int]
                 ) -> list[tuple[MethodSpec, list[int]]]:
-    """What trains together: per method, the run's seed list cut into consecutive chunks of ``size`` (a function of
-    the options alone, recorded in run.json), each chunk's seeds still to train."""
+    """What trains together: per method, the run's seed list cut into consecutive chunks of its population size (a
+    function of the options alone, recorded in run.json), each chunk's seeds still to train."""
     pending: dict[str, tuple[MethodSpec, set[int]]] = {}
     for method, seed in to_train:
         pending.setdefault(method.name, (method, set()))[1].add(seed)
-    return [(method, members) for method, left in pending.values() for chunk in population_chunks(seeds, size)
+    return [(method, members) for method, left in pending.values()
+            for chunk in population_chunks(seeds, sizes[method.name])
             if (members := [seed for seed in chunk if seed in left])]
 
 

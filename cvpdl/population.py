@@ -4,9 +4,10 @@ one batched model (PyTorch's model-ensembling recipe: ``torch.func.stack_module_
 
 A member's numbers equal the same seed trained alone (``cvpdl.engine.TrainLoop``) up to floating-point summation
 order: the batched kernels add in another order (``docs/performance.md`` gives the measured difference and the
-tolerance the tests hold it to). What a population does not do yet: DDP, gradient clipping, loss weights per member
+tolerance the tests hold it to). What a population does not do yet: DDP, loss weights or learning rates per member
 (members share the method's settings), and randomness inside a step (``vmap``'s ``randomness="different"`` draws
-every member's dropout from the one global generator, so a member's masks differ from its run alone).
+every member's dropout from the one global generator, so with dropout a member's masks differ from its run alone:
+the same distribution, another draw).
 """
 from __future__ import annotations
 
@@ -81,8 +82,14 @@ class Population:
     def __call__(self, *args):
         return self.batched(self.params, self.buffers, *args)
 
+    @property
+    def template(self) -> nn.Module:
+        """The module every member's call runs as (on the meta device, its values swapped in): its modes and
+        switches are every member's."""
+        return self.base.member
+
     def train(self, mode: bool = True) -> None:
-        self.base.member.train(mode)  # the modes the members' calls run in (e.g. a distiller's frozen teacher)
+        self.template.train(mode)  # the modes the members' calls run in (e.g. a distiller's frozen teacher)
 
     def trainable(self) -> list[torch.Tensor]:
         return [value for value in self.params.values() if value.requires_grad]
@@ -124,7 +131,10 @@ class PopulationLoop:
     dataset_size: int
     batch_size: int
     epochs: int
+    steps_per_epoch: int | None = None  # default: full batches only, at least one
     step_scheduler: Any = None
+    epoch_scheduler: Any = None
+    clip_norm: float | None = None  # each member's total gradient norm is clipped to this (``clip_grad_norm_``)
     checkpoint: Checkpoint | None = None
     on_epoch: EpochCallback = no_report
     diverged: dict[int, NonFiniteLossError] = field(default_factory=dict)
@@ -135,10 +145,13 @@ class PopulationLoop:
 
     @property
     def steps(self) -> int:
+        if self.steps_per_epoch is not None:
+            return self.steps_per_epoch
         return max(1, self.dataset_size // self.batch_size)
 
     def stateful(self) -> dict[str, Any]:
-        parts = {"population": self.population, "optimizer": self.optimizer, "step_scheduler": self.step_scheduler}
+        parts = {"population": self.population, "optimizer": self.optimizer, "step_scheduler": self.step_scheduler,
+                 "epoch_scheduler": self.epoch_scheduler}
         return {name: part for name, part in parts.items() if part is not None}
 
     def train_one_epoch(self, step_losses: PopulationLosses, epoch: int) -> list[EpochStats]:
@@ -157,16 +170,21 @@ class PopulationLoop:
                     self.diverged[index] = NonFiniteLossError(f"non-finite loss at {where} (a population member)")
             alive = torch.tensor([index not in self.diverged for index in range(count)])
             self.optimizer.zero_grad(set_to_none=True)
-            totals[alive].sum().backward()
-            if not alive.all():  # a diverged member's gradients are NaN: they must not reach the optimiser state
-                for value in self.population.trainable():
-                    if value.grad is not None:
-                        value.grad[~alive] = 0.0
-            self.optimizer.step()
+            if alive.any():
+                totals[alive.to(totals.device)].sum().backward()
+                grads = [value.grad for value in self.population.trainable() if value.grad is not None]
+                if not alive.all():  # a diverged member's gradients are NaN: they must not reach the optimiser state
+                    for grad in grads:
+                        grad[~alive.to(grad.device)] = 0.0
+                if self.clip_norm is not None:
+                    _clip_each_member(grads, self.clip_norm)
+                self.optimizer.step()
             if self.step_scheduler is not None:
                 self.step_scheduler.step()
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + value.detach() / self.steps
+        if self.epoch_scheduler is not None:
+            self.epoch_scheduler.step()
         seconds = time.perf_counter() - started
         return [EpochStats({name: value[index].item() for name, value in sums.items()}, seconds / count,
                            self.steps * self.batch_size) for index in range(count)]
@@ -199,3 +217,13 @@ class PopulationLoop:
                             rngs=[member.rng_state for member in self.members],
                             diverged={index: str(err) for index, err in self.diverged.items()})
         return states
+
+
+@torch.no_grad()
+def _clip_each_member(grads: list[torch.Tensor], max_norm: float) -> None:
+    """``torch.nn.utils.clip_grad_norm_`` for each member alone: its total norm over all its gradients, scaled by
+    max_norm / (norm + 1e-6) where that is below 1 (the same formula, on each member's slice)."""
+    norms = torch.stack([grad.flatten(1).pow(2).sum(1) for grad in grads]).sum(0).sqrt()  # (P,)
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for grad in grads:
+        grad.mul_(scale.view(-1, *[1] * (grad.dim() - 1)))

@@ -13,7 +13,10 @@ Steps, each in this one process (one import of torch):
 3. ``perf --population`` (training images/s of the project's detectors vs their Hugging Face counterparts, detr
    trained as populations of 1, 8 and 32 vmapped members, the evaluator vs pycocotools), without suite runs or
    cost curves;
-4. the ``full`` profile of ``detr``, every method, seed 0, with its wall time.
+4. the ``full`` profile of ``detr``, every method, seed 0, with its wall time;
+5. on request (``--steps population``): the ``full`` profile of ``detr``, every method, seeds 0-4 with
+   ``--population 5`` (DETR's and DAB-DETR's seeds one population each, DN-DETR's alone), with its wall time: the
+   population issue's goal of 15 minutes on one H100.
 
 ``OUT`` (default ``results/perf/device_check/``) receives ``device_check.md`` and ``device_check.json`` (rewritten
 after every step, so that an interrupted check keeps what it measured), ``perf/`` and each run's ``run.json``,
@@ -51,7 +54,8 @@ TINY = {
             "--set=eval.scatter_points=20"],
 }
 TINY_PERF = ["--steps", "2", "--profile-steps", "1"]
-STEPS = ("quick", "same", "perf", "full")
+STEPS = ("quick", "same", "perf", "full", "population")
+DEFAULT_STEPS = ("quick", "same", "perf", "full")  # "population" on request: a lease that has already measured these
 FULL_DETR_JOBS = 3  # one worker per method, side by side on the one GPU (the dry run: one process)
 
 
@@ -61,9 +65,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "perf" / "device_check")
     parser.add_argument("--cache-dir", type=Path, help="cached data and models of step 1 (default: an empty "
                                                        "temporary folder, so that step 1 trains everything)")
-    parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS),
-                        help="the steps to run (default: all; 'same' needs 'quick'): a lease too short for the whole "
-                             "check spends its time on what is still unmeasured")
+    parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(DEFAULT_STEPS),
+                        help="the steps to run (default: all but 'population'; 'same' needs 'quick'): a lease too "
+                             "short for the whole check spends its time on what is still unmeasured")
     parser.add_argument("--suites", nargs="+", choices=SUITES, default=list(SUITES),
                         help="the suites of steps 1 and 2 (default: all)")
     parser.add_argument("--full-epochs", type=int, help="train the detr full profile for this many epochs instead "
@@ -300,6 +304,18 @@ def check(scratch: Path, cache: Path, out: Path, record: Record, device: str, st
                 "epochs": full_epochs or "the profile's",
                 "test_AP50": ap50.mean().to_dict(), "outcome": f"runner wall time {info['wall_seconds']} s"}
 
+    def detr_population() -> dict:
+        seeds = ["0", "1"] if tiny else ["0", "1", "2", "3", "4"]
+        epochs = [f"--set=train.epochs={full_epochs}", "--set=train.lr_drop=0"] if full_epochs else []
+        benchmark("run", "--suite", "detr", "--profile", "quick" if tiny else "full", "--seeds", *seeds,
+                  "--population", str(len(seeds)), "--jobs", "1" if tiny else "2", "--results-dir",
+                  str(scratch / "population"), "--cache-dir", str(cache), *common, *suite_args("detr"), *epochs)
+        folder = keep_run(scratch / "population", "detr", out / "runs" / "population")
+        info = json.loads((folder / "run.json").read_text())
+        return {"seeds": info["seeds"], "population": info["population"], "wall_seconds": info["wall_seconds"],
+                "epochs": full_epochs or "the profile's", "outcome": f"runner wall time {info['wall_seconds']} s "
+                f"for {len(info['methods'])} methods × {len(seeds)} seeds (goal on one H100: 900 s)"}
+
     if "quick" in steps:
         record.attempt(quick_name, quick)
     if "same" in steps and record.data["steps"][quick_name].get("failed"):
@@ -310,6 +326,8 @@ def check(scratch: Path, cache: Path, out: Path, record: Record, device: str, st
         record.attempt("perf", perf)
     if "full" in steps:
         record.attempt("detr full profile", detr_full)
+    if "population" in steps:
+        record.attempt("detr full profile, 5 seeds as populations", detr_population)
 
 
 if __name__ == "__main__":

@@ -72,3 +72,17 @@ def test_jobs_2_gives_the_numbers_of_one_process_and_nests_its_cells(tmp_path, c
     assert info["threads"] == 1 and info["jobs"] == 2
     # the shared set-up was prepared by the parent, before the workers, with --threads
     assert info["prepare_seconds"] is not None and info["prepare_threads"] == 1
+
+
+def test_population_trains_dab_detr_seeds_together_and_dn_detr_alone_in_worker_processes(tmp_path, cache_dir):
+    """``--population 2 --jobs 2``: DAB-DETR's two seeds are one population in one worker, DN-DETR's seeds (noise
+    drawn inside the forward) train alone; every cell is stored and reported as its own."""
+    assert main(["run", "--suite", "detr", "--profile", "quick", "--methods", "dab_detr", "dn_dab_detr", "--seeds",
+                 "0", "1", "--set", "train.epochs=1", "--population", "2", "--jobs", "2", "--results-dir",
+                 str(tmp_path), "--cache-dir", str(cache_dir)]) == 0
+    suite_dir = suite_folder(tmp_path, "detr")
+    assert json.loads((suite_dir / "run.json").read_text())["population"] == {"dab_detr": 2, "dn_dab_detr": 1}
+    finals = pd.read_csv(suite_dir / "metrics.csv").query("metric == 'AP50' and split == 'test'")
+    assert sorted(zip(finals["method"], finals["seed"])) == [("dab_detr", 0), ("dab_detr", 1), ("dn_dab_detr", 0),
+                                                             ("dn_dab_detr", 1)]
+    assert finals["value"].notna().all()

@@ -62,7 +62,7 @@ def test_a_population_run_gives_each_seed_its_cell_alone_within_rounding(tmp_pat
     alone = pd.read_csv(suite_folder(tmp_path, "kd") / "metrics.csv")
     assert main([*args, "--population", "2"]) == 0
     together = pd.read_csv(suite_folder(tmp_path, "kd") / "metrics.csv")
-    assert json.loads((suite_folder(tmp_path, "kd") / "run.json").read_text())["population"] == 2
+    assert json.loads((suite_folder(tmp_path, "kd") / "run.json").read_text())["population"] == {"logit_kd": 2}
     assert len(list((suite_folder(tmp_path, "kd") / "cells").iterdir())) == 2  # one key alone, one together
     keys = ["method", "seed", "epoch", "split", "metric"]
     merged = alone.merge(together, on=keys, suffixes=("_alone", "_together"))
@@ -78,6 +78,6 @@ def test_a_population_run_gives_each_seed_its_cell_alone_within_rounding(tmp_pat
 
 
 def test_population_is_refused_where_a_suite_trains_seeds_alone(tmp_path, cli):
-    code, _, err = cli("run", "--suite", "detr", "--population", "2", "--results-dir", str(tmp_path / "r"))
-    assert code == 2 and "suite 'detr' trains every seed alone" in err
+    code, _, err = cli("run", "--suite", "ovd", "--population", "2", "--results-dir", str(tmp_path / "r"))
+    assert code == 2 and "suite 'ovd' trains every seed alone" in err
     assert err.count("\n") == 1 and not (tmp_path / "r").exists()

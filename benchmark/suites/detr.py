@@ -42,7 +42,10 @@ from cvpdl.detection.dab_detr import DabDetr, DabOptions
 from cvpdl.detection.denoising import DenoisingConfig
 from cvpdl.detection.detr import Detr, DetrConfig, DetrOptions
 from cvpdl.detection.parts import DetectorParts
-from cvpdl.detection.training import DetectionData, DetrTrainConfig, FeatureSplit, evaluate, fit
+from cvpdl.detection.training import (DetectionData, DetrTrainConfig, FeatureSplit, FitHistory, evaluate, fit,
+                                     fit_population)
+from cvpdl.errors import NonFiniteLossError
+from cvpdl.population import Member
 
 log = logging.getLogger("benchmark")
 
@@ -123,18 +126,43 @@ def _pos_attention(model, grid: tuple[int, int], heads: int) -> tuple[torch.Tens
     return maps.cpu(), entropy(maps).cpu(), modes
 
 
-def run_cell(run: RunContext, shared: DetectionData, method: MethodSpec, seed: int, generator: torch.Generator
-             ) -> CellResult:
-    cfg, device = run.cfg, run.device
-    train_cfg = section_config(cfg, "train", DetrTrainConfig)
-    parts = REGISTRY.build(method, cfg).parts(len(shared.train.cat_ids))
-    frozen = isinstance(shared.train, FeatureSplit)
-    if frozen:  # the splits carry its features, computed once per image
+def _parts(run: RunContext, shared: DetectionData, method: MethodSpec) -> DetectorParts:
+    """A fresh detector of ``method`` (initialised from torch's global generator) on the shared backbone: its
+    weights copied in, or ``nn.Identity()`` where the splits carry its frozen features."""
+    parts = REGISTRY.build(method, run.cfg).parts(len(shared.train.cat_ids))
+    if isinstance(shared.train, FeatureSplit):  # the splits carry its features, computed once per image
         parts.model.encoder.backbone = nn.Identity()
     else:
         parts.model.encoder.backbone.load_state_dict(shared.backbone.state_dict())
-    history = fit(parts, shared, train_cfg, generator, device, Checkpoint(run.checkpoints, "detr"), desc=method.name,
-                  on_epoch=run.on_epoch)
+    return parts
+
+
+def run_cell(run: RunContext, shared: DetectionData, method: MethodSpec, seed: int, generator: torch.Generator
+             ) -> CellResult:
+    parts = _parts(run, shared, method)
+    history = fit(parts, shared, section_config(run.cfg, "train", DetrTrainConfig), generator, run.device,
+                  Checkpoint(run.checkpoints, "detr"), desc=method.name, on_epoch=run.on_epoch)
+    return _cell(run, shared, parts, history)
+
+
+def run_population(run: RunContext, shared: DetectionData, method: MethodSpec, seeds: list[int],
+                   members: list[Member]) -> list[CellResult | NonFiniteLossError]:
+    """The cells of ``seeds`` trained as one population (``cvpdl.detection.training.fit_population``), member i from
+    seed i's initialisation and batch order; a member whose loss diverged gets its error."""
+    parts = []
+    for member in members:
+        with member.rng():
+            parts.append(_parts(run, shared, method))
+    histories = fit_population(parts, shared, section_config(run.cfg, "train", DetrTrainConfig), members, run.device,
+                               Checkpoint(run.checkpoints, "detr"), desc=method.name, on_epoch=run.on_epoch)
+    return [history if isinstance(history, NonFiniteLossError) else _cell(run, shared, part, history)
+            for part, history in zip(parts, histories)]
+
+
+def _cell(run: RunContext, shared: DetectionData, parts: DetectorParts, history: FitHistory) -> CellResult:
+    cfg, device = run.cfg, run.device
+    train_cfg = section_config(cfg, "train", DetrTrainConfig)
+    frozen = isinstance(shared.train, FeatureSplit)
     records = [{"epoch": epoch, "split": "val", "metric": k, "value": v}
                for epoch, values in enumerate(history.val, 1) for k, v in values.items()]
     timings = [{"epoch": epoch, "split": "train", "metric": k, "value": v}
@@ -194,6 +222,12 @@ class DetrVariant:
         """A fresh model (initialised from torch's global generator), its criterion and post-processing."""
         return self.build(self.model, num_classes, self.weights, **self.own)
 
+    @property
+    def population(self) -> bool:
+        """Whether its seeds can train as one batched model: not with DN-DETR's noised queries, which draw from the
+        cell's generator inside the forward (``vmap`` has no per-member generator)."""
+        return "denoising" not in self.own
+
 
 REGISTRY.register_suite(SuiteSpec(
     name="detr",
@@ -205,6 +239,7 @@ REGISTRY.register_suite(SuiteSpec(
     profiles=PROFILES,
     prepare=prepare,
     run_cell=run_cell,
+    run_population=run_population,
     baseline="detr",
     headline=(("AP50", "test"), ("AP50_auc", "val"), ("AP", "test"), ("epochs_to_target", "val"),
               ("pos_attn_entropy", "probe"), ("pos_attn_modes", "probe")),

@@ -220,6 +220,7 @@ class KdMethod:
 
     distiller: type[Distiller]
     cfg: Any = None
+    population = True  # every distiller trains as a population (``run --population``)
 
     @classmethod
     def of(cls, distiller: type[Distiller], cfg: dict, section: str | None = None, config: type | None = None

@@ -61,8 +61,11 @@ class DetrEncoder(nn.Module):
     def position_encoding(self, height: int, width: int, device=None) -> torch.Tensor:
         return image_position_encoding(height, width, self.d_model, self.pe_temperature, device)
 
+    channels_last = True  # False in a population (``cvpdl.population``): vmap cannot re-lay a batched input
+
     def forward(self, images: torch.Tensor):
-        fmap = self.input_proj(self.backbone(images.contiguous(memory_format=torch.channels_last)))
+        fmap = self.input_proj(self.backbone(images.contiguous(memory_format=torch.channels_last)
+                                             if self.channels_last else images))
         b, d, h, w = fmap.shape
         memory = fmap.flatten(2).transpose(1, 2)
         pos = self.position_encoding(h, w, fmap.device)[None]

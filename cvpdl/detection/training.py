@@ -1,6 +1,7 @@
 """The training loop, evaluation and per-epoch probes shared by every DETR-family variant."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +18,10 @@ from cvpdl.detection.box_ops import xyxy_to_cxcywh
 from cvpdl.detection.criterion import SetCriterion
 from cvpdl.detection.matcher import hungarian_match
 from cvpdl.detection.parts import DetectorParts
-from cvpdl.engine import Batch, EpochStats, StepLosses, TrainLoop
+from cvpdl.engine import Batch, EpochEnd, EpochStats, StepLosses, TrainLoop
+from cvpdl.errors import NonFiniteLossError
 from cvpdl.evaluation.coco_eval import evaluate_detections
+from cvpdl.population import Member, Population, PopulationLoop
 from cvpdl.progress import EpochCallback, no_report
 
 
@@ -161,8 +164,14 @@ def probe(parts: DetectorParts, split: DetectionSplit, device: torch.device
 def optimizer_for(model: nn.Module, cfg: DetrTrainConfig) -> torch.optim.AdamW:
     """AdamW with the backbone (``encoder.backbone``) in its own group at ``lr_backbone``, frozen at 0 (official
     ``param_dicts`` and ``train_backbone``)."""
-    backbone = [p for n, p in model.named_parameters() if n.startswith("encoder.backbone.")]
-    rest = [p for n, p in model.named_parameters() if not n.startswith("encoder.backbone.")]
+    return _adamw(model.named_parameters(), cfg)
+
+
+def _adamw(named: Iterable[tuple[str, torch.Tensor]], cfg: DetrTrainConfig) -> torch.optim.AdamW:
+    """``optimizer_for`` over (name, parameter) pairs: a model's, or a population's stacked ones."""
+    named = list(named)
+    backbone = [p for n, p in named if n.startswith("encoder.backbone.")]
+    rest = [p for n, p in named if not n.startswith("encoder.backbone.")]
     groups = [{"params": rest}]
     if cfg.lr_backbone > 0:
         groups.append({"params": backbone, "lr": cfg.lr_backbone})
@@ -180,6 +189,18 @@ def fit(parts: DetectorParts, data: DetectionData, cfg: DetrTrainConfig, generat
     read the bare model on every rank."""
     model = parts.model.to(device)
     loop = detr_loop(model, data.train, cfg, generator, desc, checkpoint, on_epoch)
+    state = loop.run(step_losses(ddp.wrap(model), parts.criterion, data.train, generator, device),
+                     _epoch_end(parts, data, cfg, device), _fresh_state())
+    return FitHistory(state["val"], state["train"])
+
+
+def _fresh_state() -> dict:
+    return {"val": [], "train": [], "previous": None}
+
+
+def _epoch_end(parts: DetectorParts, data: DetectionData, cfg: DetrTrainConfig, device: torch.device) -> EpochEnd:
+    """What the end of an epoch records for one detector: val COCO stats and loss, the cross-attention and
+    matching probes, the training time."""
     num_gt = sum(len(data.probe.target(i)[1]) for i in range(len(data.probe)))
 
     def end_epoch(epoch: int, stats: EpochStats, state: dict) -> dict[str, float]:
@@ -196,7 +217,52 @@ def fit(parts: DetectorParts, data: DetectionData, cfg: DetrTrainConfig, generat
         state["val"].append(values)
         return {**{f"val/{k}": v for k, v in values.items()},
                 **{f"train/{k}": v for k, v in state["train"][-1].items()}}
+    return end_epoch
 
-    state = loop.run(step_losses(ddp.wrap(model), parts.criterion, data.train, generator, device), end_epoch,
-                     {"val": [], "train": [], "previous": None})
-    return FitHistory(state["val"], state["train"])
+
+PREDICTIONS = ("logits", "boxes")  # what a population's batched forward returns; the criterion reads only these
+
+
+def fit_population(parts: list[DetectorParts], data: DetectionData, cfg: DetrTrainConfig, members: list[Member],
+                   device: torch.device, checkpoint: Checkpoint = Checkpoint(None, "detr"), desc: str = "detr",
+                   on_epoch: EpochCallback = no_report) -> list[FitHistory | NonFiniteLossError]:
+    """``fit`` for a population (``cvpdl.population``): detector i is member i's (its own initialisation and batch
+    order), all trained as one batched model with ``fit``'s optimiser, schedule and per-member gradient clipping;
+    the Hungarian matching and the criterion run per (member, image) on the batched predictions. One detector goes
+    through ``fit`` itself. Variants whose forward draws from a generator (DN-DETR's noised queries) cannot be
+    batched: ``vmap`` has no per-member generator. A member whose loss diverged gets its error."""
+    if len(parts) == 1:
+        return [fit(parts[0], data, cfg, members[0].generator, device, checkpoint, desc, on_epoch)]
+    models = [p.model.to(device) for p in parts]
+    for model in models:
+        _adamw(model.named_parameters(), cfg)  # freezes the backbone where lr_backbone is 0, before stacking
+    population = Population(models, lambda model, inputs: {k: v for k, v in model(inputs).items() if k in PREDICTIONS})
+    population.template.encoder.channels_last = False  # not implemented under vmap for a batched input
+    optimizer = _adamw(population.params.items(), cfg)
+    loop = PopulationLoop(desc, population, optimizer, members, len(data.train), cfg.batch_size, cfg.epochs,
+                          steps_per_epoch=len(data.train) // cfg.batch_size,
+                          epoch_scheduler=torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_drop or cfg.epochs + 1),
+                          clip_norm=cfg.grad_clip, checkpoint=checkpoint, on_epoch=on_epoch)
+    constant: dict = {}  # the outputs that are no tensors (the feature grid): the same for every member
+
+    def losses(batches: list[Batch]) -> dict[str, torch.Tensor]:
+        batched = [batch_inputs(data.train, batch.mine, device) for batch in batches]
+        if not constant:
+            with torch.no_grad():
+                out = models[0](batched[0][0][:1])
+            constant.update({k: v for k, v in out.items() if k not in PREDICTIONS and k != "cross_attn"})
+        outputs = population(torch.stack([inputs for inputs, _ in batched]))
+        terms = []
+        for index, (_, targets) in enumerate(batched):
+            own = {key: [layer[index] for layer in outputs[key]] for key in PREDICTIONS}
+            # NaN predictions would break the matcher: the member's terms are NaN (it is dropped), not computed
+            finite = all(bool(p.isfinite().all()) for p in own["logits"] + own["boxes"])
+            terms.append(parts[index].criterion({**own, **constant}, targets)[0] if finite else None)
+        names = next((list(t) for t in terms if t is not None), ["loss"])
+        nan = torch.tensor(float("nan"), device=device)
+        return {name: torch.stack([t[name] if t is not None else nan for t in terms]) for name in names}
+
+    ends = [_epoch_end(p, data, cfg, device) for p in parts]
+    states = loop.run(losses, lambda index, *args: ends[index](*args), [_fresh_state() for _ in parts])
+    return [loop.diverged.get(index) or FitHistory(state["val"], state["train"])
+            for index, state in enumerate(states)]

@@ -106,15 +106,16 @@ def population_throughput(report, options, bench) -> None:
     report.add("population", f"{MODEL} member vs alone: largest |Δ gradient| / largest |gradient|",
                one_step_drift(cfg, num_classes, bench.batches, device), "fraction",
                "member 0 of a population of 2 vs the same member alone, same batch, no dropout")
-    if device.type == "cpu":  # the kd suite's own population path (cvpdl.distill.training.train_population)
-        kd_population_throughput(report)
+    kd_population_throughput(report, device)  # the kd suite's own population path (``run --suite kd --population``)
 
 
-def kd_population_throughput(report, images: int = 512, batch_size: int = 64) -> None:
+def kd_population_throughput(report, device, images: int = 512, batch_size: int = 64) -> None:
     """kd's ``logit_kd`` as ``run --population P`` trains it (the suite's student and teacher nets, random inputs of
-    the suite's size): one epoch of P members together against P = 1 (``train`` alone), in this process."""
+    the suite's size): one epoch of P members together against P = 1 (``train`` alone), in this process; on a GPU
+    also the peak memory per member."""
     import torch
 
+    from benchmark.perf.common import sync_device
     from benchmark.suites.kd import StudentNetConfig, TeacherNetConfig
     from cvpdl.distill.logit_kd import LogitKD, LogitKDConfig
     from cvpdl.distill.networks import ConvNet
@@ -122,22 +123,30 @@ def kd_population_throughput(report, images: int = 512, batch_size: int = 64) ->
     from cvpdl.population import Member
 
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(images, 3, 16, 32, generator=g), torch.randint(0, 100, (images,), generator=g)
+    x = torch.randn(images, 3, 16, 32, generator=g).to(device)
+    y = torch.randint(0, 100, (images,), generator=g).to(device)
     data = ClassificationData(x, y, x[:64], y[:64], x[:64], y[:64], num_classes=100)
-    student_cfg, teacher_cfg = StudentNetConfig(), TeacherNetConfig()
     rates = {}
-    for size in SIZES["cpu"]:
+    for size in SIZES[device.type if device.type in SIZES else "cpu"]:
         members, distillers = [], []
         for seed in range(size):
             torch.manual_seed(seed)
             members.append(Member(torch.Generator().manual_seed(seed)))
-            distillers.append(LogitKD(ConvNet(student_cfg, 100), ConvNet(teacher_cfg, 100).eval(), LogitKDConfig()))
+            distillers.append(LogitKD(ConvNet(StudentNetConfig(), 100), ConvNet(TeacherNetConfig(), 100).eval(),
+                                      LogitKDConfig()).to(device))
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        sync_device(device)
         start = time.perf_counter()
         train_population(distillers, data, TrainConfig(epochs=1, batch_size=batch_size), members, evaluate=False)
+        sync_device(device)
         rates[size] = size * images / (time.perf_counter() - start)
         report.add("population", f"kd population of {size} images/s", rates[size], "img/s",
                    f"logit_kd, all members together, one epoch of {images} images, batch {batch_size}; "
-                   f"{rates[size] / rates[1]:.2f}× P = 1")
+                   f"{rates[size] / rates[min(rates)]:.2f}× P = 1")
+        if device.type == "cuda":
+            report.add("population", f"kd population of {size} peak memory per member",
+                       torch.cuda.max_memory_allocated(device) / size / 2 ** 20, "MiB")
 
 
 def one_step_drift(cfg: dict, num_classes: int, batches: list, device) -> float:
