@@ -7,6 +7,7 @@ cache dir and read back without those imports, so a typo is refused in a fractio
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from benchmark.config import check_seeds
 from benchmark.registry import SUITE_NAMES
 from cvpdl.errors import UserInputError
 
-CATALOG_VERSION = 5  # bump when the catalog's shape changes
+CATALOG_VERSION = 6  # bump when the catalog's shape changes
 
 
 def suite_catalog() -> list[dict]:
@@ -41,10 +42,11 @@ def suite_catalog() -> list[dict]:
         defaults = config_lib.defaults(sections)
         catalog.append({
             "name": suite.name, "question": suite.question, "dataset": suite.dataset, "datasets": list(suite.datasets),
-            "profiles": list(suite.profiles), "defaults": defaults,
+            "profiles": list(suite.profiles), "profile_values": suite.profiles, "defaults": defaults,
             "choices": config_lib.choices(sections), "population": suite.run_population is not None,
             "methods": [{"name": m.name, "paper": m.paper, "deviations": [d.line() for d in m.deviations],
-                         "population": bool(getattr(REGISTRY.build(m, defaults), "population", False))}
+                         "population": bool(getattr(REGISTRY.build(m, defaults), "population", False)),
+                         "checks": [f"{check.__module__}:{check.__qualname__}" for check in m.checks]}
                         for m in REGISTRY.methods(suite.name)]})
     try:
         from benchmark.results import atomic_write_text
@@ -94,6 +96,7 @@ def preflight(args) -> None:
     if profile is not None and profile not in suite["profiles"]:
         raise UserInputError(f"unknown profile {profile!r}; choose from: {', '.join(suite['profiles'])}")
     cfg = copy.deepcopy(suite["defaults"])
+    config_lib.apply_profile(cfg, suite["profile_values"].get(profile or "default", {}))
     config_file = getattr(args, "config_file", None)
     if config_file is not None:
         config_lib.apply_file(cfg, config_lib.read_config_file(Path(config_file)), "--config")
@@ -104,6 +107,11 @@ def preflight(args) -> None:
         if allowed is not None and cfg[section][key] not in allowed:
             raise UserInputError(f"{section}.{key} must be one of {', '.join(map(str, allowed))}, got "
                                  f"{cfg[section][key]!r}")
+    for method in suite["methods"]:  # cross-section constraints, from torch-free modules (``MethodSpec.checks``)
+        if not methods or method["name"] in methods:
+            for check in method["checks"]:
+                module, name = check.split(":")
+                getattr(importlib.import_module(module), name)(cfg)
 
 
 def dry_run(args) -> str:

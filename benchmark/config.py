@@ -147,15 +147,20 @@ def apply_override(cfg: dict[str, dict[str, Any]], assignment: str) -> None:
     cfg[section][key] = _parse(raw, cfg[section][key], path)
 
 
-def resolve(sections: dict[str, type], profile: dict[str, Any], assignments: list[str],
-            file_values: dict[str, dict[str, Any]] | None = None,
-            source: str = "--config") -> dict[str, dict[str, Any]]:
-    cfg = defaults(sections)
+def apply_profile(cfg: dict[str, dict[str, Any]], profile: dict[str, Any]) -> None:
+    """A profile's ``{"section.key": value}`` in place over the defaults."""
     for path, value in profile.items():
         section, key = path.split(".", 1)
         if key not in cfg.get(section, {}):
             raise ValueError(f"profile sets unknown key {path!r}")  # a bug in a suite module, not user input
         cfg[section][key] = json.loads(json.dumps(value))
+
+
+def resolve(sections: dict[str, type], profile: dict[str, Any], assignments: list[str],
+            file_values: dict[str, dict[str, Any]] | None = None,
+            source: str = "--config") -> dict[str, dict[str, Any]]:
+    cfg = defaults(sections)
+    apply_profile(cfg, profile)
     if file_values:
         apply_file(cfg, file_values, source)
     for assignment in assignments:

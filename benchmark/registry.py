@@ -75,6 +75,9 @@ class MethodSpec:
     config: ConfigSections = field(default_factory=dict)
     deviations: tuple[Deviation, ...] = ()  # declared differences from the paper's official code
     search_space: tuple[SearchParam, ...] = ()  # what ``benchmark tune`` may change, the same budget for every method
+    # constraints spanning config sections (config → None or ``UserInputError``), each a top-level function of a module
+    # that imports no torch: the command line runs them from the catalog before importing torch
+    checks: tuple[Callable[[dict], None], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -161,19 +164,22 @@ class Registry:
         return [m.name for m in self.methods(suite) if present is None or m.name in set(present)]
 
     def register(self, suite: str, name: str, paper: str, config: ConfigSections | None = None,
-                 deviations: tuple[Deviation, ...] = (), search_space: tuple[SearchParam, ...] = ()
+                 deviations: tuple[Deviation, ...] = (), search_space: tuple[SearchParam, ...] = (),
+                 checks: tuple[Callable[[dict], None], ...] = ()
                  ) -> Callable[[Callable[[dict], Any]], Callable[[dict], Any]]:
         """The one registration form: ``@REGISTRY.register(suite, name, paper, ...)`` on a method's
         ``from_config``."""
         def decorate(from_config: Callable[[dict], Any]) -> Callable[[dict], Any]:
             self.register_method(MethodSpec(name, suite, paper, from_config, dict(config or {}), tuple(deviations),
-                                            tuple(search_space)))
+                                            tuple(search_space), tuple(checks)))
             return from_config
         return decorate
 
     def build(self, method: MethodSpec, cfg: dict) -> Any:
-        """``method.from_config(cfg)``, checked against its suite's ``method_type`` (a registration that returns
-        anything else is a bug, named here rather than inside a cell)."""
+        """``method.from_config(cfg)`` after the method's cross-section ``checks``, checked against its suite's
+        ``method_type`` (a registration that returns anything else is a bug, named here rather than inside a cell)."""
+        for check in method.checks:
+            check(cfg)
         built = method.from_config(cfg)
         expected = self.suite(method.suite).method_type
         if not isinstance(built, expected):

@@ -38,6 +38,7 @@ def warm_catalog():
     (["--set", "fitnet.hint_wieght=1"], "unknown config key 'fitnet.hint_wieght'"),
     (["--set", "train.lr=fast"], "cannot read 'fast' as float"),
     (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--set", "fitnet.hint_stage=9"], "fitnet.hint_stage=9: the nets have 3 and 3 stages"),  # spans sections
 ])
 @pytest.mark.parametrize("print_config", [False, True])
 def test_bad_run_arguments_are_refused_before_anything_is_imported_or_written(args, message, print_config,

@@ -32,6 +32,7 @@ from cvpdl.data.imagefolder import load_imagefolder
 from cvpdl.data.two_digit_numbers import GENERATOR_VERSION as NUMBERS_VERSION
 from cvpdl.data.two_digit_numbers import NUM_CLASSES, TwoDigitConfig, load_two_digit_split
 from cvpdl.distill.base import Distiller
+from cvpdl.distill.config_checks import hint_stage_in_both_nets
 from cvpdl.distill.fitnet import FitNet, FitNetConfig
 from cvpdl.distill.gld import GLD, GLDConfig
 from cvpdl.distill.logit_kd import LogitKD, LogitKDConfig
@@ -215,8 +216,7 @@ PROFILES = {
 
 @dataclass(frozen=True)
 class KdMethod:
-    """A kd method as ``run_cell`` trains it: a ``Distiller`` subclass and its config section (None without one),
-    its cross-section constraints checked (``Distiller.check_config``) when it is built."""
+    """A kd method as ``run_cell`` trains it: a ``Distiller`` subclass and its config section (None without one)."""
 
     distiller: type[Distiller]
     cfg: Any = None
@@ -225,7 +225,6 @@ class KdMethod:
     @classmethod
     def of(cls, distiller: type[Distiller], cfg: dict, section: str | None = None, config: type | None = None
            ) -> KdMethod:
-        distiller.check_config(cfg)
         return cls(distiller, section_config(cfg, section, config) if config else None)
 
     def fit(self, *args, **kwargs) -> list[KDFit | NonFiniteLossError]:
@@ -318,7 +317,7 @@ def gld(cfg: dict) -> KdMethod:
 
 
 @REGISTRY.register("kd", "fitnet", paper="Romero et al., FitNets: Hints for Thin Deep Nets, ICLR 2015",
-                   config={"fitnet": FitNetConfig},
+                   config={"fitnet": FitNetConfig}, checks=(hint_stage_in_both_nets,),
                    search_space=(*OPTIMIZER_SPACE, SearchParam("fitnet.hint_weight", 1.0, 300.0, log=True),
                                  SearchParam("fitnet.hint_stage", choices=(0, 1, 2))))
 def fitnet(cfg: dict) -> KdMethod:

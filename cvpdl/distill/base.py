@@ -34,11 +34,6 @@ class Distiller(nn.Module):
             self.teacher.eval()  # frozen: its batch-norm statistics never move
         return self
 
-    @classmethod
-    def check_config(cls, cfg: dict) -> None:
-        """Constraints of the method's config that span sections (raise ``UserInputError``): checked when a run's
-        config is resolved, before anything is trained or written. ``cfg``: every section as a dict."""
-
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Student plus the distiller's own modules (e.g. a FitNet regressor), never the teacher's."""
         teacher = {id(p) for p in self.teacher.parameters()} if self.teacher is not None else set()

@@ -9,7 +9,7 @@ from torch import nn
 
 from cvpdl.distill.base import Distiller
 from cvpdl.distill.losses import fitnet_hint
-from cvpdl.errors import UserInputError
+from cvpdl.distill.config_checks import check_hint_stage
 
 
 @dataclass(frozen=True)
@@ -26,22 +26,12 @@ def conv_regressor(in_channels: int, out_channels: int, relu: bool) -> nn.Sequen
     return nn.Sequential(*layers, nn.ReLU()) if relu else nn.Sequential(*layers)
 
 
-def _check_hint_stage(hint: int, student_stages: int, teacher_stages: int) -> None:
-    if student_stages != teacher_stages or not -student_stages <= hint < student_stages:
-        raise UserInputError(f"fitnet.hint_stage={hint}: the nets have {student_stages} and {teacher_stages} stages "
-                             "(the hint needs the same stage in both)")
-
-
 class FitNet(Distiller):
     cfg: FitNetConfig
 
-    @classmethod
-    def check_config(cls, cfg: dict) -> None:
-        _check_hint_stage(cfg["fitnet"]["hint_stage"], len(cfg["student"]["widths"]), len(cfg["teacher"]["widths"]))
-
     def __init__(self, student, teacher, cfg: FitNetConfig):
         super().__init__(student, teacher, cfg)
-        _check_hint_stage(cfg.hint_stage, len(student.stages), len(teacher.stages))
+        check_hint_stage(cfg.hint_stage, len(student.stages), len(teacher.stages))
         self.regressor = conv_regressor(student.stage_channels[cfg.hint_stage], teacher.stage_channels[cfg.hint_stage],
                                         relu=cfg.regressor_relu)
 
