@@ -76,7 +76,7 @@ def _add_machine_options(parser: argparse.ArgumentParser) -> None:
 def _add_population_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--population", type=int, default=1,
                         help="train a method's seeds N at a time as one batched model (consecutive chunks of the "
-                             "seeds; kd, and detr but DN-DETR). Each seed's numbers equal its run alone up to rounding "
+                             "seeds; kd, detr). Each seed's numbers equal its run alone up to rounding "
                              "(docs/performance.md); default 1: on a CPU a population is no faster")
 
 

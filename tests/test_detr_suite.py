@@ -74,14 +74,14 @@ def test_jobs_2_gives_the_numbers_of_one_process_and_nests_its_cells(tmp_path, c
     assert info["prepare_seconds"] is not None and info["prepare_threads"] == 1
 
 
-def test_population_trains_dab_detr_seeds_together_and_dn_detr_alone_in_worker_processes(tmp_path, cache_dir):
-    """``--population 2 --jobs 2``: DAB-DETR's two seeds are one population in one worker, DN-DETR's seeds (noise
-    drawn inside the forward) train alone; every cell is stored and reported as its own."""
+def test_population_trains_each_methods_seeds_together_in_worker_processes(tmp_path, cache_dir):
+    """``--population 2 --jobs 2``: DAB-DETR's two seeds are one population in one worker, DN-DETR's (its noised
+    queries drawn per member) one in the other; every cell is stored and reported as its own."""
     assert main(["run", "--suite", "detr", "--profile", "quick", "--methods", "dab_detr", "dn_dab_detr", "--seeds",
                  "0", "1", "--set", "train.epochs=1", "--population", "2", "--jobs", "2", "--results-dir",
                  str(tmp_path), "--cache-dir", str(cache_dir)]) == 0
     suite_dir = suite_folder(tmp_path, "detr")
-    assert json.loads((suite_dir / "run.json").read_text())["population"] == {"dab_detr": 2, "dn_dab_detr": 1}
+    assert json.loads((suite_dir / "run.json").read_text())["population"] == {"dab_detr": 2, "dn_dab_detr": 2}
     finals = pd.read_csv(suite_dir / "metrics.csv").query("metric == 'AP50' and split == 'test'")
     assert sorted(zip(finals["method"], finals["seed"])) == [("dab_detr", 0), ("dab_detr", 1), ("dn_dab_detr", 0),
                                                              ("dn_dab_detr", 1)]

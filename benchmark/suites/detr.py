@@ -211,6 +211,7 @@ class DetrVariant:
     model: DetrConfig
     weights: LossWeights
     own: dict[str, Any] = field(default_factory=dict)
+    population = True  # every variant trains as a population (``run --population``)
 
     @classmethod
     def of(cls, build: Callable[..., DetectorParts], cfg: dict, **own: tuple[str, type]) -> DetrVariant:
@@ -222,11 +223,6 @@ class DetrVariant:
         """A fresh model (initialised from torch's global generator), its criterion and post-processing."""
         return self.build(self.model, num_classes, self.weights, **self.own)
 
-    @property
-    def population(self) -> bool:
-        """Whether its seeds can train as one batched model: not with DN-DETR's noised queries, which draw from the
-        cell's generator inside the forward (``vmap`` has no per-member generator)."""
-        return "denoising" not in self.own
 
 
 REGISTRY.register_suite(SuiteSpec(

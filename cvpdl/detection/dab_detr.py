@@ -143,17 +143,38 @@ class DabDetr(nn.Module):
             return tgt, refpoints, None, None
         labels, boxes, valid, indices, group_size = build_dn_queries(targets, self.denoising, self.num_classes,
                                                                      generator)
-        # padding slots (images with fewer boxes than the largest) carry zero content, as in the official code
-        tgt = torch.cat([self._content(labels, 1.0) * valid[..., None], tgt], dim=1)
-        refpoints = torch.cat([inverse_sigmoid(boxes), refpoints], dim=1)
+        tgt, refpoints = self._with_denoising(tgt, refpoints, labels, boxes, valid)
         mask = attention_mask(self.denoising.groups, group_size, q, device)
         dn = {"pad": labels.shape[1], "indices": indices, "targets": targets, "groups": self.denoising.groups}
         return tgt, refpoints, mask, dn
+
+    def _with_denoising(self, tgt: torch.Tensor, refpoints: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor,
+                        valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The noised ground truths (labels (B, pad), boxes (B, pad, 4)) as queries before the matching ones; padding
+        slots (images with fewer boxes than the largest) carry zero content, as in the official code."""
+        tgt = torch.cat([self._content(labels, 1.0) * valid[..., None], tgt], dim=1)
+        refpoints = torch.cat([inverse_sigmoid(boxes), refpoints], dim=1)
+        return tgt, refpoints
 
     def forward(self, images: torch.Tensor, targets: list[dict] | None = None,
                 generator: torch.Generator | None = None) -> dict:
         memory, pos, grid = self.encoder(images)
         tgt, refpoints, mask, dn = self.initial_queries(len(images), images.device, targets, generator)
+        return self._outputs(memory, pos, grid, tgt, refpoints, mask, dn)
+
+    def forward_denoising(self, images: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor,
+                          valid: torch.Tensor, mask: torch.Tensor) -> dict:
+        """``forward`` in training with the denoising queries drawn by the caller (``build_dn_queries``): a
+        population member's, since ``vmap`` cannot draw from each member's generator. Its ``dn`` holds the
+        predictions only; the caller keeps the bookkeeping."""
+        memory, pos, grid = self.encoder(images)
+        tgt, refpoints, _, _ = self.initial_queries(len(images), images.device)
+        tgt, refpoints = self._with_denoising(tgt, refpoints, labels, boxes, valid)
+        return self._outputs(memory, pos, grid, tgt, refpoints, mask, {"pad": labels.shape[1]})
+
+    def _outputs(self, memory: torch.Tensor, pos: torch.Tensor, grid: tuple[int, int], tgt: torch.Tensor,
+                 refpoints: torch.Tensor, mask: torch.Tensor | None, dn: dict | None) -> dict:
+        """Decode and split the predictions: the matching queries' per layer, and the denoising queries' (``dn``)."""
         hidden, references, weights = self.decode(tgt, refpoints, memory, pos, mask)
         split = dn["pad"] if dn else 0
         out = {"logits": [], "boxes": [], "cross_attn": [], "grid": grid}

@@ -16,6 +16,7 @@ from cvpdl.data.detection_split import DetectionSplit
 from cvpdl.detection.backbone import normalise
 from cvpdl.detection.box_ops import xyxy_to_cxcywh
 from cvpdl.detection.criterion import SetCriterion
+from cvpdl.detection.denoising import attention_mask, build_dn_queries
 from cvpdl.detection.matcher import hungarian_match
 from cvpdl.detection.parts import DetectorParts
 from cvpdl.engine import Batch, EpochEnd, EpochStats, StepLosses, TrainLoop
@@ -220,7 +221,43 @@ def _epoch_end(parts: DetectorParts, data: DetectionData, cfg: DetrTrainConfig, 
     return end_epoch
 
 
-PREDICTIONS = ("logits", "boxes")  # what a population's batched forward returns; the criterion reads only these
+PREDICTIONS = ("logits", "boxes")  # the matching queries' predictions, per decoder layer
+
+
+def _predictions(out: dict) -> dict:
+    """What a population's batched forward returns (``vmap`` returns tensors only): the matching queries'
+    predictions and, with denoising, the denoising queries'."""
+    picked = {key: out[key] for key in PREDICTIONS}
+    if "dn" in out:
+        picked.update(dn_logits=out["dn"]["logits"], dn_boxes=out["dn"]["boxes"])
+    return picked
+
+
+def _denoising_queries(drawn: list[tuple], groups: int, num_classes: int, num_matching: int, device: torch.device
+                       ) -> tuple[tuple[torch.Tensor, ...], list[dict]]:
+    """Every member's ``build_dn_queries`` stacked: each group padded to the population's largest group size G
+    (labels ``num_classes``, boxes 0.5, invalid), the added slots masked as keys for every query, so that each
+    member's queries attend to what they attend to alone; the reconstruction indices moved to the padded layout.
+    Returns (labels, boxes, valid, masks) with a leading member dimension, and each member's bookkeeping."""
+    size = max(group_size for *_, group_size in drawn)
+    stacked, books = [[], [], [], []], []
+    for labels, boxes, valid, indices, group_size in drawn:
+        b = len(labels)
+        padded = (torch.full((b, groups, size), num_classes, dtype=labels.dtype, device=device),
+                  torch.full((b, groups, size, 4), 0.5, dtype=boxes.dtype, device=device),
+                  torch.zeros((b, groups, size), dtype=torch.bool, device=device))
+        for target, source in zip(padded, (labels, boxes, valid)):
+            target[:, :, :group_size] = source.view(b, groups, group_size, *source.shape[2:])
+        mask = attention_mask(groups, size, num_matching, device)
+        added = torch.zeros(groups, size, dtype=torch.bool, device=device)
+        added[:, group_size:] = True
+        mask[:, :groups * size] |= added.flatten()
+        for part, value in zip(stacked, (padded[0].view(b, -1), padded[1].view(b, -1, 4), padded[2].view(b, -1),
+                                         mask)):
+            part.append(value)
+        books.append({"pad": groups * size, "groups": groups,
+                      "indices": [(q // group_size * size + q % group_size, t) for q, t in indices]})
+    return tuple(torch.stack(part) for part in stacked), books
 
 
 def fit_population(parts: list[DetectorParts], data: DetectionData, cfg: DetrTrainConfig, members: list[Member],
@@ -229,14 +266,20 @@ def fit_population(parts: list[DetectorParts], data: DetectionData, cfg: DetrTra
     """``fit`` for a population (``cvpdl.population``): detector i is member i's (its own initialisation and batch
     order), all trained as one batched model with ``fit``'s optimiser, schedule and per-member gradient clipping;
     the Hungarian matching and the criterion run per (member, image) on the batched predictions. One detector goes
-    through ``fit`` itself. Variants whose forward draws from a generator (DN-DETR's noised queries) cannot be
-    batched: ``vmap`` has no per-member generator. A member whose loss diverged gets its error."""
+    through ``fit`` itself. DN-DETR's noised queries are drawn outside the batched forward, from each member's own
+    generator in the order its run alone draws them, and padded to the population's largest group (masked, so each
+    member attends as alone). A member whose loss diverged gets its error."""
     if len(parts) == 1:
         return [fit(parts[0], data, cfg, members[0].generator, device, checkpoint, desc, on_epoch)]
     models = [p.model.to(device) for p in parts]
     for model in models:
         _adamw(model.named_parameters(), cfg)  # freezes the backbone where lr_backbone is 0, before stacking
-    population = Population(models, lambda model, inputs: {k: v for k, v in model(inputs).items() if k in PREDICTIONS})
+    denoising = getattr(models[0], "denoising", None)
+    if denoising is None:
+        population = Population(models, lambda model, inputs: _predictions(model(inputs)))
+    else:  # DN-DETR: each member's noised queries drawn from its own generator, outside vmap
+        population = Population(models, lambda model, inputs, *queries: _predictions(
+            model.forward_denoising(inputs, *queries)))
     population.template.encoder.channels_last = False  # not implemented under vmap for a batched input
     optimizer = _adamw(population.params.items(), cfg)
     loop = PopulationLoop(desc, population, optimizer, members, len(data.train), cfg.batch_size, cfg.epochs,
@@ -251,10 +294,20 @@ def fit_population(parts: list[DetectorParts], data: DetectionData, cfg: DetrTra
             with torch.no_grad():
                 out = models[0](batched[0][0][:1])
             constant.update({k: v for k, v in out.items() if k not in PREDICTIONS and k != "cross_attn"})
-        outputs = population(torch.stack([inputs for inputs, _ in batched]))
+        queries, books = (), [None] * len(batched)
+        if denoising is not None:
+            queries, books = _denoising_queries(
+                [build_dn_queries(targets, denoising, models[0].num_classes, member.generator)
+                 for (_, targets), member in zip(batched, members)], denoising.groups, models[0].num_classes,
+                models[0].anchors.num_embeddings, device)
+        outputs = population(torch.stack([inputs for inputs, _ in batched]), *queries)
         terms = []
         for index, (_, targets) in enumerate(batched):
             own = {key: [layer[index] for layer in outputs[key]] for key in PREDICTIONS}
+            if books[index] is not None:
+                own["dn"] = {**books[index], "targets": targets,
+                             "logits": [layer[index] for layer in outputs["dn_logits"]],
+                             "boxes": [layer[index] for layer in outputs["dn_boxes"]]}
             # NaN predictions would break the matcher: the member's terms are NaN (it is dropped), not computed
             finite = all(bool(p.isfinite().all()) for p in own["logits"] + own["boxes"])
             terms.append(parts[index].criterion({**own, **constant}, targets)[0] if finite else None)
