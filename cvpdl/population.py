@@ -4,8 +4,10 @@ one batched model (PyTorch's model-ensembling recipe: ``torch.func.stack_module_
 
 A member's numbers equal the same seed trained alone (``cvpdl.engine.TrainLoop``) up to floating-point summation
 order: the batched kernels add in another order (``docs/performance.md`` gives the measured difference and the
-tolerance the tests hold it to). What a population does not do yet: DDP, loss weights or learning rates per member
-(members share the method's settings), and randomness inside a step (``vmap``'s ``randomness="different"`` draws
+tolerance the tests hold it to). A member is a seed and its settings: members may differ in the float values the
+method's loss reads (loss weights, temperatures: ``Member.settings``), so a sweep of 3 values × 8 seeds is one
+population of 24. What a population does not do yet: DDP, learning rates or weight decay per member (the optimiser
+is shared), and randomness inside a step (``vmap``'s ``randomness="different"`` draws
 every member's dropout from the one global generator, so with dropout a member's masks differ from its run alone:
 the same distribution, another draw).
 """
@@ -33,10 +35,12 @@ from cvpdl.progress import EpochCallback, no_report
 @dataclass
 class Member:
     """One member's own randomness: its batch-order generator and the global torch RNG state it is built under (the
-    state a run of this seed alone would have at the same point)."""
+    state a run of this seed alone would have at the same point); and its settings, the method-config values it
+    trains with in place of the method's (float fields its loss reads, e.g. ``{"hint_weight": 10.0}``)."""
 
     generator: torch.Generator
     rng_state: torch.Tensor = field(default_factory=torch.get_rng_state)
+    settings: dict[str, float] = field(default_factory=dict)
 
     @contextlib.contextmanager
     def rng(self):

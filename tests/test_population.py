@@ -42,18 +42,18 @@ def _teacher(seed: int) -> ConvNet:
     return ConvNet(TEACHER, 5).eval().requires_grad_(False)
 
 
-def _members(seeds) -> list[Member]:
+def _members(seeds, settings=None) -> list[Member]:
     members = []
-    for seed in seeds:
+    for seed, values in zip(seeds, settings or [{}] * len(seeds)):
         torch.manual_seed(seed)  # what the runner does before a cell: the member's initialisation draws from here
-        members.append(Member(torch.Generator().manual_seed(seed)))
+        members.append(Member(torch.Generator().manual_seed(seed), settings=values))
     return members
 
 
-def _fit(method, cfg, data, seeds, teachers=None, checkpoint=None, on_epoch=lambda *a: None):
+def _fit(method, cfg, data, seeds, teachers=None, checkpoint=None, on_epoch=lambda *a: None, settings=None):
     teachers = teachers or [_teacher(seed) for seed in seeds]
     return method.fit(cfg, lambda: ConvNet(STUDENT, 5), teachers, data, TrainConfig(epochs=2, batch_size=8),
-                      _members(seeds), checkpoint, on_epoch)
+                      _members(seeds, settings), checkpoint, on_epoch)
 
 
 def _largest_difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
@@ -71,6 +71,31 @@ def test_a_member_is_its_seed_trained_alone_within_the_tolerance(method, cfg, da
             assert member.history.per_epoch[name] == pytest.approx(values, rel=1e-3, abs=1e-5), name
     # and the members differ from each other: each its own initialisation and batch order
     assert _largest_difference(together[0].student, together[1].student) > 0.01
+
+
+SWEEPS = [(LogitKD, LogitKDConfig(), {"temperature": (1.0, 4.0)}),
+          (GLD, GLDConfig(grid=2), {"beta": (50.0, 500.0)}),
+          (FitNet, FitNetConfig(hint_stage=1), {"hint_weight": (1.0, 100.0)}),
+          (ReverseFeatureKD, ReverseKDConfig(teacher_epochs=1), {"reverse_weight": (0.1, 1.0),
+                                                                 "feature_weight": (10.0, 1.0)})]
+
+
+@pytest.mark.parametrize("method, cfg, sweep", SWEEPS, ids=[m.__name__ for m, _, _ in SWEEPS])
+def test_members_that_differ_in_a_loss_setting_each_train_as_that_setting_alone(method, cfg, sweep, data):
+    """A sweep as one population: (seed 3, value a), (seed 3, value b), (seed 4, value a); each member is its seed
+    trained alone at its value, within the tolerance, and the setting changes the result."""
+    low, high = ({knob: values[i] for knob, values in sweep.items()} for i in (0, 1))
+    seeds, settings = [3, 3, 4], [low, high, low]
+    together = _fit(method, cfg, data, seeds, settings=settings)
+    for seed, values, member in zip(seeds, settings, together):
+        alone, = _fit(method, cfg, data, [seed], settings=[values])
+        assert _largest_difference(alone.student, member.student) < TOLERANCE
+    assert _largest_difference(together[0].student, together[1].student) > 10 * TOLERANCE
+
+
+def test_a_member_setting_that_shapes_the_model_is_refused(data):
+    with pytest.raises(ValueError, match="float fields .* not hint_stage"):
+        _fit(FitNet, FitNetConfig(), data, [3, 4], settings=[{}, {"hint_stage": 0}])
 
 
 def test_the_same_population_twice_is_bitwise_the_same(data):

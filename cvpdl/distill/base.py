@@ -3,6 +3,8 @@ the teacher frozen in eval mode, and ``fit``, how the method is trained (one sta
 Teacher outputs arrive precomputed (no augmentation here, so they are fixed per sample)."""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -48,6 +50,20 @@ class Distiller(nn.Module):
         """Weighted loss terms by name (``loss_*``); the optimiser minimises their sum. Subclasses define it."""
         raise TypeError(f"{type(self).__name__} does not define its losses")
 
+    @contextlib.contextmanager
+    def configured(self, values: dict[str, Any]):
+        """Inside the block ``self.cfg`` holds ``values`` in place of its own: in a population whose members differ in
+        a setting, the batched model's one call reads each member's value (a tensor under ``vmap``)."""
+        if not values:
+            yield
+            return
+        own = self.cfg
+        self.cfg = dataclasses.replace(own, **values)
+        try:
+            yield
+        finally:
+            self.cfg = own
+
     @classmethod
     def fit(cls, cfg: Any, make_student: Callable[[], ConvNet], teachers: list[ConvNet], data: ClassificationData,
             train_cfg: TrainConfig, members: list[Member], checkpoint: Checkpoint | None = None,
@@ -59,8 +75,21 @@ class Distiller(nn.Module):
         distillers = []
         for member, teacher in zip(members, teachers):
             with member.rng():
-                distillers.append(cls(make_student(), teacher if cls.needs_teacher else None, cfg))
+                distillers.append(cls(make_student(), teacher if cls.needs_teacher else None,
+                                      member_config(cfg, member)))
         return fit_distillers(distillers, data, train_cfg, members, checkpoint, on_epoch)
+
+
+def member_config(cfg: Any, member: Member) -> Any:
+    """The method's config with the member's settings in place; a setting may only be a float field (a loss weight or
+    temperature: a value the loss multiplies or divides by, never one that shapes the model)."""
+    if not member.settings:
+        return cfg
+    floats = {f.name for f in dataclasses.fields(cfg) if isinstance(getattr(cfg, f.name), float)} if cfg else set()
+    if bad := sorted(set(member.settings) - floats):
+        raise ValueError(f"a member's settings may vary only the method's float fields ({', '.join(sorted(floats))}),"
+                         f" not {', '.join(bad)}")
+    return dataclasses.replace(cfg, **{name: float(value) for name, value in member.settings.items()})
 
 
 def fit_distillers(distillers: list[Distiller], data: ClassificationData, cfg: TrainConfig, members: list[Member],

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import torch.nn.functional as F
 
 from cvpdl.checkpoint import Checkpoint
-from cvpdl.distill.base import Distiller
+from cvpdl.distill.base import Distiller, member_config
 from cvpdl.distill.networks import ConvNet
 from cvpdl.distill.student_baseline import StudentBaseline
 from cvpdl.distill.training import ClassificationData, KDFit, TrainConfig, train_population
@@ -33,18 +33,25 @@ class ReverseKDConfig:
     feature_weight: float = 1.0  # stage 2: weight of MSE(student embedding, stage-1 teacher embedding)
 
 
+@dataclass(frozen=True)
+class MimicConfig:
+    ce_weight: float  # 0: no task loss (stage 2)
+    feature_weight: float
+
+
 class EmbeddingMimic(Distiller):
     """CE (optional) + weight · MSE(model embedding, target embedding); used by stages 1 and 2."""
 
+    cfg: MimicConfig
+
     def __init__(self, model: ConvNet, target: ConvNet, ce_weight: float, feature_weight: float):
-        super().__init__(model, target)
-        self.ce_weight, self.feature_weight = ce_weight, feature_weight
+        super().__init__(model, target, MimicConfig(ce_weight, feature_weight))
 
     def losses(self, x, y, teacher_out):
         out = self.student(x)
-        losses = {"loss_feature": self.feature_weight * F.mse_loss(out["embedding"], teacher_out["embedding"])}
-        if self.ce_weight:
-            losses["loss_ce"] = self.ce_weight * F.cross_entropy(out["logits"], y)
+        losses = {"loss_feature": self.cfg.feature_weight * F.mse_loss(out["embedding"], teacher_out["embedding"])}
+        if self.cfg.ce_weight:  # a stage's constant, never a member's setting
+            losses["loss_ce"] = self.cfg.ce_weight * F.cross_entropy(out["logits"], y)
         return losses
 
 
@@ -53,7 +60,6 @@ class ReverseFeatureKD(EmbeddingMimic):
 
     def __init__(self, student: ConvNet, teacher: ConvNet, cfg: ReverseKDConfig):
         super().__init__(student, teacher, ce_weight=0.0, feature_weight=cfg.feature_weight)
-        self.cfg = cfg
 
     @classmethod
     def fit(cls, cfg: ReverseKDConfig, make_student: Callable[[], ConvNet], teachers: list[ConvNet],
@@ -79,11 +85,12 @@ class ReverseFeatureKD(EmbeddingMimic):
             return students
 
         # stages 0 and 1 hand back only their weights: no per-epoch evaluation (it changes no weight)
+        configs = [member_config(cfg, member) for member in members]  # each member's weights
         stage0 = fresh_students()
         stage([StudentBaseline(s) for s in stage0], train_cfg, "reverse KD stage 0 (student)", "stage0")
         reversed_teachers = [copy.deepcopy(teacher).requires_grad_(True) for teacher in teachers]
-        stage([EmbeddingMimic(t, s, ce_weight=1.0, feature_weight=cfg.reverse_weight)
-               for t, s in zip(reversed_teachers, stage0)],
+        stage([EmbeddingMimic(t, s, ce_weight=1.0, feature_weight=c.reverse_weight)
+               for t, s, c in zip(reversed_teachers, stage0, configs)],
               replace(train_cfg, epochs=cfg.teacher_epochs, lr=train_cfg.lr / 3), "reverse KD stage 1 (teacher)",
               "stage1")
         students = fresh_students()
@@ -91,7 +98,7 @@ class ReverseFeatureKD(EmbeddingMimic):
             teacher.eval().requires_grad_(False)
             student.classifier.load_state_dict(teacher.classifier.state_dict())
             student.classifier.requires_grad_(False)
-        histories = stage([cls(s, t, cfg) for s, t in zip(students, reversed_teachers)], train_cfg,
+        histories = stage([cls(s, t, c) for s, t, c in zip(students, reversed_teachers, configs)], train_cfg,
                           "reverse KD stage 2 (student)", "stage2", evaluate=True)
         return [diverged.get(index) or KDFit(student, history, teacher_after_reverse=teacher, student_alone=alone)
                 for index, (student, history, teacher, alone)

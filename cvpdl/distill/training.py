@@ -2,6 +2,7 @@
 method, ``Distiller`` and ``fit_distiller``, is ``cvpdl.distill.base``)."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -154,15 +155,22 @@ def train_population(distillers: list[nn.Module], data: ClassificationData, cfg:
                      desc: str = "train", checkpoint: Checkpoint | None = None, evaluate: bool = True,
                      on_epoch: EpochCallback = no_report) -> tuple[list[TrainHistory], dict[int, NonFiniteLossError]]:
     """``train`` for a population: distiller i is member i's (its own initialisation, teacher and batch order), all
-    trained as one batched model (``cvpdl.population``) with ``train``'s optimiser and schedule. One distiller goes
-    through ``train`` itself. Returns every member's history and the members whose loss diverged (index → error)."""
+    trained as one batched model (``cvpdl.population``) with ``train``'s optimiser and schedule; the distillers'
+    configs may differ in float loss settings (``member_settings``). One distiller goes through ``train`` itself.
+    Returns every member's history and the members whose loss diverged (index → error)."""
     if len(distillers) == 1:
         return [train(distillers[0], data, cfg, members[0].generator, desc, checkpoint, evaluate, on_epoch)], {}
     teacher_out = None
     if distillers[0].teacher is not None:
         outputs = [predict(d.teacher, data.x_train, forward=d.teacher_outputs) for d in distillers]
         teacher_out = {key: torch.stack([out[key] for out in outputs]) for key in outputs[0]}
-    population = Population(distillers, lambda distiller, x, y, t: distiller.losses(x, y, t))
+    settings = {name: values.to(data.x_train.device) for name, values in member_settings(distillers).items()}
+
+    def losses(distiller, x, y, t, values):
+        with distiller.configured(values):
+            return distiller.losses(x, y, t)
+
+    population = Population(distillers, losses)
     optimizer = torch.optim.SGD(population.trainable(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     steps = max(1, len(data.x_train) // cfg.batch_size)
@@ -175,9 +183,25 @@ def train_population(distillers: list[nn.Module], data: ClassificationData, cfg:
         # no teacher: {} (vmap maps tensors, not None), which a teacher-free method ignores as it ignores None
         return population(data.x_train[idx], data.y_train[idx],
                           {k: torch.stack([v[i][row] for i, row in enumerate(idx)]) for k, v in teacher_out.items()}
-                          if teacher_out else {})
+                          if teacher_out else {}, settings)
 
     end_epochs = [_epoch_end(distiller, data, evaluate) for distiller in distillers]
     states = loop.run(step_losses, lambda index, *args: end_epochs[index](*args),
                       [{"per_epoch": {}, "test_top1": []} for _ in distillers])
     return [TrainHistory(state["per_epoch"], state["test_top1"]) for state in states], loop.diverged
+
+
+def member_settings(distillers: list[nn.Module]) -> dict[str, torch.Tensor]:
+    """The config fields in which the members differ, one value per member (shape (P,)); each must be a float (a
+    loss weight or temperature), read by the loss, never a value that shapes the model."""
+    configs = [distiller.cfg for distiller in distillers]
+    if configs[0] is None:
+        return {}
+    if len({type(cfg) for cfg in configs}) > 1:
+        raise ValueError("a population's members are one method: their configs must be of one type")
+    differing = sorted(f.name for f in dataclasses.fields(configs[0])
+                       if len({getattr(cfg, f.name) for cfg in configs}) > 1)
+    if shaping := [name for name in differing if not all(isinstance(getattr(cfg, name), float) for cfg in configs)]:
+        raise ValueError(f"the members differ in {', '.join(shaping)}, which is not a float loss setting: they "
+                         "cannot train as one population")
+    return {name: torch.tensor([getattr(cfg, name) for cfg in configs]) for name in differing}
