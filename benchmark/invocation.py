@@ -195,38 +195,51 @@ class CellRunner:
 
     def run_population(self, method: MethodSpec, seeds: list[int]) -> dict[int, FinishedCell | NonFiniteLossError]:
         """Several seeds of one method: those finished before reused, the others trained together as one population
-        (``SuiteSpec.run_population``), each then stored and logged as its own cell (its own nested MLflow run,
-        tagged with its population). A member whose loss diverged gets its error; the others are kept."""
-        with contextlib.ExitStack() as locks:
-            for seed in seeds:
-                locks.enter_context(self.store.lock(method.name, seed))
-            pending = [seed for seed in seeds if not self.reusable(method, seed)]
-            cells: dict[int, FinishedCell | NonFiniteLossError] = {
-                seed: self._reuse(method, seed) for seed in seeds if seed not in pending}
-            if not pending:
-                return cells
-            self.ensure_prepared()
-            cfg = self.method_cfgs.get(method.name, self.context.cfg)
-            label = f"{method.name} seeds {' '.join(map(str, pending))}"
-            checkpoints = self._fresh_checkpoints(self.store.folder(method.name, pending[0]) / "checkpoints"
-                                                  / f"population-{'-'.join(map(str, pending))}")
-            members = [Member(seed_everything(seed)) for seed in pending]  # each seed's RNG as its cell alone has it
-            context = replace(self.context, cfg=cfg, checkpoints=checkpoints,
-                              on_epoch=self._epoch_reporter(label, self.parent_id))
-            started = time.time()
-            results = self.spec.run_population(context, self.shared, method, pending, members)
-            log.info(f"[{label}] finished together in {time.time() - started:.0f} s")
-            for seed, result in zip(pending, results):
-                try:
-                    with self._cell_run(method, seed, cfg, population=" ".join(map(str, pending))) as run_id:
-                        if isinstance(result, NonFiniteLossError):
-                            raise result  # its run ends FAILED, with the reason
-                        cells[seed] = self._store(method, seed, result, cfg)
-                        self._log_cell(run_id, method, seed, cells[seed])
-                except NonFiniteLossError as err:
-                    cells[seed] = err
-            shutil.rmtree(checkpoints, ignore_errors=True)
-        return cells
+        (``train_together``)."""
+        return dict(zip(seeds, train_together(method, [(self, seed, {}) for seed in seeds])))
+
+
+def train_together(method: MethodSpec, members: list[tuple[CellRunner, int, dict[str, float]]]
+                   ) -> list[FinishedCell | NonFiniteLossError]:
+    """Members of one method, each (the run whose cell it is, its seed, its settings: ``cvpdl.population.Member``):
+    those finished before reused, the others trained together as one population
+    (``SuiteSpec.run_population``) on the first run's shared set-up, each then stored and logged as its own cell of
+    its own run (its own nested MLflow run, tagged with its population). The runs differ at most in the settings
+    (``sensitivity --population``: a sweep's values × seeds). A member whose loss diverged gets its error."""
+    lead = members[0][0]
+    with contextlib.ExitStack() as locks:
+        for runner, seed, _ in members:
+            locks.enter_context(runner.store.lock(method.name, seed))
+        cells: list[FinishedCell | NonFiniteLossError | None] = [
+            runner._reuse(method, seed) if runner.reusable(method, seed) else None for runner, seed, _ in members]
+        pending = [index for index, cell in enumerate(cells) if cell is None]
+        if not pending:
+            return cells
+        lead.ensure_prepared()
+        names = [f"{members[i][1]}" + "".join(f" {k}={v:g}" for k, v in members[i][2].items()) for i in pending]
+        label = f"{method.name} seeds {', '.join(names)}"
+        checkpoints = lead._fresh_checkpoints(lead.store.folder(method.name, members[pending[0]][1]) / "checkpoints"
+                                              / f"population-{'-'.join(name.replace(' ', '') for name in names)}")
+        # each seed's RNG as its cell alone has it
+        trained = [Member(seed_everything(members[i][1]), settings=members[i][2]) for i in pending]
+        context = replace(lead.context, cfg=lead.method_cfgs.get(method.name, lead.context.cfg),
+                          checkpoints=checkpoints, on_epoch=lead._epoch_reporter(label, lead.parent_id))
+        started = time.time()
+        results = lead.spec.run_population(context, lead.shared, method, [members[i][1] for i in pending], trained)
+        log.info(f"[{label}] finished together in {time.time() - started:.0f} s")
+        for index, result in zip(pending, results):
+            runner, seed, _ = members[index]
+            cfg = runner.method_cfgs.get(method.name, runner.context.cfg)
+            try:
+                with runner._cell_run(method, seed, cfg, population=", ".join(names)) as run_id:
+                    if isinstance(result, NonFiniteLossError):
+                        raise result  # its run ends FAILED, with the reason
+                    cells[index] = runner._store(method, seed, result, cfg)
+                    runner._log_cell(run_id, method, seed, cells[index])
+            except NonFiniteLossError as err:
+                cells[index] = err
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    return cells
 
 
 @dataclass

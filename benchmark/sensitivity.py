@@ -5,15 +5,18 @@ The suite's run at the profile (its cells reused where they exist) is the defaul
 reruns only the methods it changes, and the claim is tested with those methods' rows swapped in. The table
 (``sensitivity.csv`` beside ``metrics.csv``) feeds a figure, a line per claim in ``summary.md`` and, in REPORT.md,
 "depends on <knob>" wherever a swept value decides the claim the other way. Exploratory: each value's test is its
-own (unadjusted) and on the seeds the testbed was developed on.
+own (unadjusted) and on the seeds the testbed was developed on. With ``--population N``, a suite whose members may
+differ in settings (kd) trains each sweep's values × seeds as populations of N (``train_sweep_together``).
 """
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from benchmark.claims import Tested, evaluate_family
 from benchmark.config import resolve as resolve_config
@@ -55,6 +58,9 @@ def run_sensitivity(options) -> pd.DataFrame:
         raise UserInputError(f"suite {spec.name!r} declares no sweeps")
     base = run_suite(replace(options, methods=None))
     base_dir = _base_folder(options)
+    if options.population > 1 and spec.member_settings:
+        for sweep in spec.sweeps:
+            train_sweep_together(options, spec, sweep)
     config_hash = json.loads((base_dir / "run.json").read_text())["config_hash"]
     rows, runs = [], {}
     for sweep in spec.sweeps:
@@ -64,8 +70,7 @@ def run_sensitivity(options) -> pd.DataFrame:
                 frame = base
             else:
                 if (sweep.knob, value, sweep.methods) not in runs:
-                    runs[(sweep.knob, value, sweep.methods)] = run_suite(replace(
-                        options, methods=list(sweep.methods), overrides=[*options.overrides, f"{sweep.knob}={value}"]))
+                    runs[(sweep.knob, value, sweep.methods)] = run_suite(value_options(options, sweep, value))
                 frame = swept_frame(base, runs[(sweep.knob, value, sweep.methods)], sweep, options.seeds)
             t = tested_claim(spec, frame[frame["seed"].isin(options.seeds)], sweep.claim)
             rows.append({"claim": sweep.claim, "text": t.claim.text, "knob": sweep.knob, "value": value,
@@ -78,6 +83,44 @@ def run_sensitivity(options) -> pd.DataFrame:
     render_suite(spec.name, base_dir, Path(options.results_dir) if base_dir.parent == Path(options.results_dir)
                  else None)
     return table
+
+
+def value_options(options, sweep: Sweep, value):
+    """The run of ``sweep``'s methods at one value of its knob."""
+    return replace(options, methods=list(sweep.methods), overrides=[*options.overrides, f"{sweep.knob}={value}"])
+
+
+def train_sweep_together(options, spec: SuiteSpec, sweep: Sweep) -> None:
+    """``--population N``: the sweep's other values × the seeds of each swept method, cut into consecutive chunks of N
+    (values outer, seeds inner: a function of the options alone), each chunk one population whose members differ in
+    the knob (``Member.settings``), inside one MLflow run of its own. Each member is stored as a cell of its value's
+    run, keyed as that run keys its cells (by N), and that run then reuses it: a member's numbers depend on its
+    population's size, not on its companions or its place (measured bitwise: docs/performance.md). A knob outside
+    the method's own config section (e.g. ``train.lr``) is left to the runs, one population per value."""
+    from benchmark.config import population_chunks
+    from benchmark.invocation import open_invocation, train_together
+    from benchmark.plan import apply_plan
+
+    section, key = sweep.knob.split(".", 1)
+    methods = [REGISTRY.method(spec.name, name) for name in sweep.methods]
+    if not all(section in m.config and isinstance(getattr(m.config[section](), key, None), float) for m in methods):
+        return
+    default = default_value(spec, sweep.knob, options.profile)
+    values = [value for value in sweep.values if value != default]
+    invocations = [open_invocation(apply_plan(value_options(options, sweep, value))) for value in values]
+    members = [(invocation.runner, seed, {key: float(value)})
+               for invocation, value in zip(invocations, values) for seed in options.seeds]
+    chunks = [(method, chunk) for method in methods for chunk in population_chunks(members, options.population)
+              if not all(runner.reusable(method, seed) for runner, seed, _ in chunk)]
+    if not chunks:
+        return
+    lead = invocations[0]
+    name = f"{spec.name}-sweep-{sweep.knob}-{time.strftime('%Y%m%d-%H%M%S')}"
+    with lead.tracker.run(name, lead.resolved.cfg, {**lead.tags, "role": "invocation", "sweep": sweep.knob}) as parent:
+        for invocation in invocations:
+            invocation.runner.parent_id = parent
+        for method, chunk in tqdm(chunks, desc=f"{sweep.knob} values × seeds", unit="population", leave=False):
+            train_together(method, chunk)  # a diverged member is left to its value's run, which reports it
 
 
 def _base_folder(options) -> Path:

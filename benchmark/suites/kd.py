@@ -256,6 +256,7 @@ REGISTRY.register_suite(SuiteSpec(
         Sweep("gld:logit_kd", "gld.beta", (50.0, 500.0), ("gld",)),
     ),
     method_type=KdMethod,
+    member_settings=True,
 ))
 
 
