@@ -20,103 +20,16 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.weightstats import ttost_paired
 
-from benchmark.registry import REGISTRY, SUITE_NAMES, Section
+from benchmark.metric_summaries import fmt_p
+from benchmark.power import sign_test_seeds_needed, tost_seeds_needed, ttest_seeds_needed
 from cvpdl.errors import UserInputError
-from cvpdl.evaluation.stats import PairedTest, paired_test, summarize
+from cvpdl.evaluation.stats import paired_test
 
 ALPHA = 0.05  # a claim is significant when its Holm-adjusted p is below this
-TARGET_POWER = 0.8
 MAX_PRIMARY = 4  # primary claims per suite: the question's answer
 ROLES = ("control", "primary", "secondary")  # each role is its own family
 # Final metrics whose NaN means "the event did not happen within the run" (right-censored at the last epoch).
 CENSORED_METRICS = frozenset({"epochs_to_target"})
-
-
-def fmt_value(x: float, digits: int = 3) -> str:
-    return "nan" if pd.isna(x) else f"{x:.{digits}f}"
-
-
-def fmt_p(x: float) -> str:
-    return "nan" if pd.isna(x) else f"{x:.3g}"
-
-
-def final_metrics(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame[frame["epoch"].isna()]
-
-
-def summary_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """mean, std, 95% t-interval and n per (method, metric, split) of the final metrics, in file order."""
-    rows = []
-    for (method, metric, split), group in final_metrics(frame).groupby(["method", "metric", "split"], sort=False):
-        s = summarize(group["value"].tolist())
-        rows.append({"method": method, "metric": metric, "split": split, "mean": s.mean, "std": s.std,
-                     "ci_low": s.ci_low, "ci_high": s.ci_high, "n": s.n})
-    return pd.DataFrame(rows, columns=["method", "metric", "split", "mean", "std", "ci_low", "ci_high", "n"])
-
-
-def summary_row(rows: pd.DataFrame, method: str, metric: str, split: str) -> pd.Series | None:
-    hit = rows[(rows["method"] == method) & (rows["metric"] == metric) & (rows["split"] == split)]
-    return None if hit.empty else hit.iloc[0]
-
-
-def describe(rows: pd.DataFrame, method: str, metric: str, split: str) -> str:
-    """"0.812 ± 0.010 [0.787, 0.837], n=3" — the way every number of a summary is quoted."""
-    r = summary_row(rows, method, metric, split)
-    if r is None or r["n"] == 0:
-        return "not measured"
-    if r["n"] == 1:
-        return f"{fmt_value(r['mean'])}, n=1"
-    return (f"{fmt_value(r['mean'])} ± {fmt_value(r['std'])} [{fmt_value(r['ci_low'])}, {fmt_value(r['ci_high'])}], "
-            f"n={r['n']}")
-
-
-def _horizon(frame: pd.DataFrame, method: str, seed: int) -> int | None:
-    """The last epoch this (method, seed) ran: where a never-reached event is censored."""
-    epochs = frame[(frame["method"] == method) & (frame["seed"] == seed) & frame["epoch"].notna()]["epoch"]
-    return None if epochs.empty else int(epochs.max())
-
-
-def describe_censored(frame: pd.DataFrame, method: str, metric: str, split: str) -> str:
-    """"reached at epochs 3, 5 (2 of 3 seeds); not within 8 epochs on 1 of 3 seeds" for an epochs-to-event metric."""
-    values = final_values(final_metrics(frame), method, metric, split)
-    if values.empty:
-        return "not measured"
-    n = len(values)
-    reached = values[values["value"].notna()]
-    missed = values[values["value"].isna()]
-    parts = []
-    if len(reached):
-        parts.append("reached at epoch " + ", ".join(f"{v:g}" for v in sorted(reached["value"]))
-                     + f" ({len(reached)} of {n} seeds)")
-    if len(missed):
-        horizons = sorted({h for h in (_horizon(frame, method, s) for s in missed["seed"]) if h is not None})
-        within = f"within {'/'.join(map(str, horizons))} epochs" if horizons else "within the run"
-        parts.append(f">{'/'.join(map(str, horizons)) or '?'} epochs on {len(missed)} of {n} seeds (never {within})")
-    return "; ".join(parts)
-
-
-def final_values(finals: pd.DataFrame, method: str, metric: str, split: str) -> pd.DataFrame:
-    return finals[(finals["method"] == method) & (finals["metric"] == metric) & (finals["split"] == split)]
-
-
-def _paired(a: pd.DataFrame, b: pd.DataFrame) -> PairedTest | None:
-    """Paired test of the values of ``a`` against ``b``, matched by seed (None when no seed is shared)."""
-    pairs = a[["seed", "value"]].merge(b[["seed", "value"]], on="seed", suffixes=("", "_base"))
-    if pairs.empty:
-        return None
-    return paired_test(pairs["value"].tolist(), pairs["value_base"].tolist())
-
-
-def paired_rows(frame: pd.DataFrame, baseline: str) -> pd.DataFrame:
-    """Every final (metric, split) of every method against the same of ``baseline``, paired by seed."""
-    finals = final_metrics(frame)
-    rows = []
-    for (method, metric, split), group in finals.groupby(["method", "metric", "split"], sort=False):
-        t = None if method == baseline else _paired(group, final_values(finals, baseline, metric, split))
-        if t is not None:
-            rows.append({"method": method, "metric": metric, "split": split, "diff": t.mean_diff,
-                         "ci_low": t.ci_low, "ci_high": t.ci_high, "p": t.p_value, "n": t.n})
-    return pd.DataFrame(rows, columns=["method", "metric", "split", "diff", "ci_low", "ci_high", "p", "n"])
 
 
 @dataclass(frozen=True)
@@ -329,73 +242,6 @@ def brief_line(t: Tested) -> str:
             f"{t.verdict()}")
 
 
-def ttest_power(effect: float, nobs: np.ndarray, alpha: float) -> np.ndarray:
-    """Power of the two-sided paired t-test at Cohen's d ``effect``: P(T > c) + P(T < −c), T noncentral t with
-    n − 1 degrees of freedom and noncentrality d √n. Both tails as upper tails (P(T < −c) = P(T' > c) with the
-    noncentrality negated): scipy's ``nct.cdf`` far in a tail returns NaN for many n (so does statsmodels'
-    ``TTestPower().power``, built on it), ``nct.sf`` does not."""
-    df, nc = nobs - 1, abs(effect) * np.sqrt(nobs)
-    crit = stats.t.isf(alpha / 2, df)
-    return stats.nct.sf(crit, df, nc) + stats.nct.sf(crit, df, -nc)
-
-
-def tost_power(mean: float, sd: float, delta: float, nobs: np.ndarray, alpha: float) -> np.ndarray:
-    """A lower bound of the paired TOST's power at true mean ``mean`` and sd ``sd``: each one-sided test at
-    ``alpha`` rejects with P(T₊ > c) and P(T₋ < −c), and both do with at least their sum − 1."""
-    df, se = nobs - 1, sd / np.sqrt(nobs)
-    crit = stats.t.isf(alpha, df)
-    both = stats.nct.sf(crit, df, (mean + delta) / se) + stats.nct.sf(crit, df, (delta - mean) / se) - 1
-    return np.maximum(both, 0.0)
-
-
-MAX_SEEDS = 10_000  # the largest number of seeds a power search considers
-
-
-def _smallest_n(power: Callable[[np.ndarray], np.ndarray]) -> float:
-    """The smallest n in [2, MAX_SEEDS] whose power reaches the target (inf: none), by bisection: both power
-    functions grow with n."""
-    lo, hi = 2, MAX_SEEDS
-    if power(np.array([hi]))[0] < TARGET_POWER:
-        return math.inf
-    while lo < hi:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if power(np.array([mid]))[0] >= TARGET_POWER else (mid + 1, hi)
-    return float(lo)
-
-
-def _ttest_seeds_needed(diffs: np.ndarray, alpha: float) -> float:
-    """Seeds for 80% power of a two-sided paired t-test at level ``alpha`` and the observed Cohen's d of ``diffs``."""
-    mean, sd = abs(float(np.mean(diffs))), float(np.std(diffs, ddof=1))
-    if mean == 0:
-        return math.inf
-    if sd == 0:  # identical non-zero differences: any two seeds give p = 0
-        return 2.0
-    return _smallest_n(lambda nobs: ttest_power(mean / sd, nobs, alpha))
-
-
-def _tost_seeds_needed(diffs: np.ndarray, delta: float, alpha: float) -> float:
-    """Seeds for 80% power of the paired TOST within ±``delta`` at level ``alpha``, at the observed mean and sd."""
-    mean, sd = abs(float(np.mean(diffs))), float(np.std(diffs, ddof=1))
-    if mean >= delta:  # the observed effect is outside the margin: no number of seeds shows equivalence
-        return math.inf
-    if sd == 0:
-        return 2.0
-    return _smallest_n(lambda nobs: tost_power(mean, sd, delta, nobs, alpha))
-
-
-def _sign_test_seeds_needed(wins: int, losses: int, n: int, alpha: float) -> float:
-    """Seeds for 80% power of the two-sided sign test at level ``alpha``, at the observed win and tie rates."""
-    if wins == losses:
-        return math.inf
-    q, untied = max(wins, losses) / (wins + losses), (wins + losses) / n
-    for m in range(1, 1001):
-        k = np.arange(m + 1)  # two-sided exact binomial p at 1/2 (what stats.binomtest gives), vectorised over k
-        p = np.minimum(1.0, 2 * np.minimum(stats.binom.cdf(k, m, 0.5), stats.binom.sf(k - 1, m, 0.5)))
-        if stats.binom.pmf(k[p < alpha], m, q).sum() >= TARGET_POWER:
-            return float(math.ceil(m / untied))
-    return math.inf
-
-
 def tost_paired(a: np.ndarray, b: np.ndarray, delta: float) -> float:
     """p of the paired two one-sided tests that the mean of a − b lies within ±``delta`` (statsmodels)."""
     diffs = a - b
@@ -419,7 +265,7 @@ def _test(frame: pd.DataFrame, claim: Claim) -> tuple[dict, Callable | None, Cal
         min_p = min(1.0, 2 * 0.5 ** (wins + losses))
         p = float(stats.binomtest(wins, wins + losses, 0.5).pvalue) if wins + losses else 1.0
         p = p if len(seeds) >= 2 and min_p < ALPHA else math.nan
-        needed = (lambda alpha: _sign_test_seeds_needed(wins, losses, len(seeds), alpha)) if seeds else None
+        needed = (lambda alpha: sign_test_seeds_needed(wins, losses, len(seeds), alpha)) if seeds else None
         return {"n": len(seeds), "diff": float(wins - losses), "ci_low": math.nan, "ci_high": math.nan, "p": p,
                 "wins": wins, "losses": losses, "higher_seeds": wins, "lower_seeds": losses, "min_p": min_p}, \
             needed, None
@@ -443,8 +289,8 @@ def _test(frame: pd.DataFrame, claim: Claim) -> tuple[dict, Callable | None, Cal
     equivalence = None
     if claim.delta is not None:
         out["p_tost"] = tost_paired(x, y, claim.delta)
-        equivalence = lambda alpha: _tost_seeds_needed(diffs, claim.delta, alpha)  # noqa: E731
-    return out, (lambda alpha: _ttest_seeds_needed(diffs, alpha)), equivalence
+        equivalence = lambda alpha: tost_seeds_needed(diffs, claim.delta, alpha)  # noqa: E731
+    return out, (lambda alpha: ttest_seeds_needed(diffs, alpha)), equivalence
 
 
 def _one_sided_p(diffs: np.ndarray) -> float:
@@ -515,40 +361,6 @@ def decide(diff, p_difference, p_equivalence):
                     np.where(p_equivalence < ALPHA, "equivalent", "inconclusive"))
 
 
-def planned_seeds(diff, sd, delta: float | None, level: float, cap: int) -> np.ndarray:
-    """The fewest seeds in [2, ``cap``] at which the difference test or the TOST within ±``delta`` reaches the
-    target power at true mean ``diff`` and sd ``sd`` (arrays), at ``level``; inf where ``cap`` seeds do not. Power
-    grows with n for both, so a vectorised bisection finds it."""
-    diff, sd = np.broadcast_arrays(np.abs(np.asarray(diff, dtype=float)), np.asarray(sd, dtype=float))
-
-    def powered(n: np.ndarray) -> np.ndarray:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ok = np.where(sd > 0, ttest_power(diff / sd, n, level) >= TARGET_POWER, diff > 0)
-            if delta is not None:
-                ok |= np.where(sd > 0, tost_power(diff, sd, delta, n, level) >= TARGET_POWER, diff < delta)
-        return ok
-
-    lo, hi = np.full(diff.shape, 2), np.full(diff.shape, cap)
-    reachable = powered(hi.astype(float))
-    while np.any(lo < hi):
-        mid = (lo + hi) // 2
-        ok = powered(mid.astype(float))
-        hi, lo = np.where(ok, mid, hi), np.where(ok, lo, np.minimum(mid + 1, hi))
-    return np.where(reachable, lo, np.inf)
-
-
-def report_family() -> list[str]:
-    """``suite:key`` of every primary claim the report decides (its suites with all their methods): the error
-    family of the primary claims, declared in each confirmation plan."""
-    keys = []
-    for name in SUITE_NAMES:
-        hook = next((s.report_sections for s in REGISTRY.suites() if s.name == name), None)
-        if isinstance(hook, SuiteReport):
-            everything = pd.DataFrame({"method": REGISTRY.method_names(name), "metric": "chance_top1"})
-            keys += [f"{name}:{c.key}" for c in hook.family(everything) if c.role == "primary"]
-    return keys
-
-
 def evaluate_family(frame: pd.DataFrame, claims: list[Claim], primary_family: int | None = None) -> dict[str, Tested]:
     """Test every claim of a suite over seeds, one decision per claim (``adjust``) within its role: the controls
     together, the secondary claims together, and the primary claims within a family of ``primary_family`` claims
@@ -578,86 +390,3 @@ def evaluate_family(frame: pd.DataFrame, claims: list[Claim], primary_family: in
                 seeds_equivalence=equivalence(level) if equivalence is not None else math.nan,
                 level=level, missing=missing, family_size=size, **r)
     return {c.key: out[c.key] for c in claims}
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One row of REPORT.md's first table: a paper's claim and this testbed's verdict on it."""
-
-    question: str  # the heading of the report section that answers it (the row links there)
-    claim: str  # what the paper claims, in a few words
-    verdict: str  # reproduced / contradicted / equivalent within ±δ / inconclusive / untestable here (why)
-    evidence: str = ""  # the numbers behind the verdict
-    tested: Tested | None = None  # the test behind it (the first table quotes its Δ, interval and n)
-
-
-def paper_verdict(t: Tested | None) -> str:
-    """A tested claim against the direction the paper reports."""
-    if t is None or t.n == 0:
-        return "untestable here: not measured in this run"
-    d = t.direction
-    if d in ("reached", "not shown"):
-        return "reproduced" if d == "reached" else "inconclusive (not shown above the level)"
-    if d == t.claim.expected:
-        return "reproduced"
-    if d in DIRECTIONS:
-        return "contradicted"
-    if d == "equivalent":
-        return f"equivalent within ±{t.claim.delta:g}"
-    return "inconclusive" + (f" ({d})" if d != "inconclusive" else "")
-
-
-def finding(question: str, claim: str, t: Tested | None, extra: str = "") -> Finding:
-    """A row of the first table from one tested claim: its verdict against the paper and its numbers."""
-    evidence = "" if t is None else f"{t.claim.text}: {brief_line(t)}"
-    return Finding(question, claim, paper_verdict(t), evidence + (f"; {extra}" if extra else ""), t)
-
-
-@dataclass(frozen=True)
-class SuiteReport:
-    """A suite's report hook: its declared claims (controls, at most ``MAX_PRIMARY`` primary, secondary), the
-    sections that quote them and the rows it adds to REPORT.md's first table. Called like a plain
-    ``report_sections(frame, timings)``."""
-
-    family: Callable[[pd.DataFrame], list[Claim]]
-    sections: Callable[[pd.DataFrame, pd.DataFrame | None, dict[str, Tested]], list[Section]]
-    findings: Callable[[pd.DataFrame, dict[str, Tested]], list[Finding]]
-
-    def tested(self, frame: pd.DataFrame) -> dict[str, Tested]:
-        """Decided within the report's primary family when this is one of the report's suites."""
-        ours = any(s.report_sections is self for s in REGISTRY.suites())
-        return evaluate_family(frame, self.family(frame), len(report_family()) if ours else None)
-
-    def __call__(self, frame: pd.DataFrame, timings: pd.DataFrame | None) -> list[Section]:
-        return self.sections(frame, timings, self.tested(frame))
-
-
-def failed_controls(tested: dict[str, Tested]) -> list[Tested]:
-    return [t for t in tested.values() if t.claim.role == "control" and not t.holds]
-
-
-def _seeds(x: float) -> str:
-    return "" if math.isnan(x) else ("∞" if math.isinf(x) else f"{x:.0f}")
-
-
-def claims_table(tested: dict[str, Tested], role: str) -> pd.DataFrame:
-    """The claims of one role: numbers, both tests, the seed-by-seed direction, the verdict and the power plan."""
-    rows = [t for t in tested.values() if t.claim.role == role]
-    return pd.DataFrame({
-        "claim": [t.claim.text for t in rows],
-        "Δ (a − b)": [f"{t.wins}–{t.losses} wins" if t.claim.censored
-                      else f"mean {fmt_value(t.diff + t.claim.b)} vs {t.claim.b:g}" if t.claim.is_level
-                      else fmt_value(t.diff) for t in rows],
-        "95% CI of Δ": ["sign test" if t.claim.censored
-                        else f"one-sided lower bound of the mean: {fmt_value(t.ci_low + t.claim.b)}"
-                        if t.claim.is_level else f"[{fmt_value(t.ci_low)}, {fmt_value(t.ci_high)}]" for t in rows],
-        "p": [f"{fmt_p(t.p)} (one-sided)" if t.claim.is_level else fmt_p(t.p) if t.used
-              else f"not used (smallest attainable {fmt_p(t.min_p)})" for t in rows],
-        "Holm p": [fmt_p(t.p_holm) for t in rows],
-        "δ: TOST Holm p": ["" if math.isnan(t.p_tost) else f"±{t.claim.delta:g}: {fmt_p(t.p_tost_holm)}"
-                           for t in rows],
-        "n": [t.n for t in rows],
-        "seeds a > b": ["" if t.claim.censored or t.n < 2 else f"{t.higher_seeds} of {t.n}" for t in rows],
-        "verdict": [t.direction for t in rows],
-        "seeds for 80% power (difference / equivalence)": [
-            " / ".join(s for s in (_seeds(t.seeds_needed), _seeds(t.seeds_equivalence)) if s) for t in rows]})

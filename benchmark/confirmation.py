@@ -21,8 +21,9 @@ from scipy import stats
 
 from benchmark import reproducibility
 from benchmark.params import TUNED, tuning_seeds
-from benchmark.claims import (ALPHA, TARGET_POWER, SuiteReport, Tested, adjust_many, decide, planned_seeds,
-                              report_family, tost_power, ttest_power)
+from benchmark.claims import ALPHA, Tested, adjust_many, decide
+from benchmark.findings import SuiteReport, report_family
+from benchmark.power import TARGET_POWER, planned_seeds, tost_power, ttest_power
 from benchmark.registry import REGISTRY
 from benchmark.results import read_metrics, write_json
 from cvpdl.errors import UserInputError

@@ -14,16 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.claims import (
-    report_family,
-    ALPHA,
-    Arm,
-    MAX_PRIMARY,
-    brief_line,
-    Finding,
-    Tested,
-    failed_controls,
-)
+from benchmark.claims import ALPHA, MAX_PRIMARY, Arm, Tested, brief_line
+from benchmark.findings import Finding, failed_controls, report_family
 from benchmark.confirmation import CONFIRMATION, plan_mismatch
 from benchmark.params import TUNED
 from benchmark.registry import REGISTRY, SuiteSpec

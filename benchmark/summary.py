@@ -10,25 +10,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.claims import (
-    ALPHA,
-    CENSORED_METRICS,
-    MAX_PRIMARY,
-    SuiteReport,
-    Tested,
-    claims_table,
-    failed_controls,
-    describe_censored,
-    final_metrics,
-    final_values,
-    fmt_p,
-    fmt_value,
-    holm,
-    paired_rows,
-    describe,
-    summary_row,
-    summary_rows,
-)
+from benchmark.claims import ALPHA, CENSORED_METRICS, MAX_PRIMARY, Tested, holm
+from benchmark.findings import SuiteReport, claims_table, failed_controls
+from benchmark.metric_summaries import (
+    describe, describe_censored, final_metrics, final_values, fmt_p, fmt_value, paired_rows, summary_row,
+    summary_rows)
 from benchmark.params import TUNED, staleness, tuning_seeds
 from benchmark.registry import REGISTRY, SuiteSpec
 from benchmark.robustness import read_sensitivity, sensitivity_lines

@@ -12,7 +12,8 @@ import pytest
 from statsmodels.stats.multitest import multipletests
 
 import benchmark.suites  # noqa: F401  (registers the suites)
-from benchmark.claims import ALPHA, Arm, Claim, adjust, evaluate_family, tost_power, ttest_power
+from benchmark.claims import ALPHA, Arm, Claim, adjust, evaluate_family
+from benchmark.power import tost_power, ttest_power
 from benchmark.confirmation import PILOT_SEEDS, build_plan, plan_mismatch, simulate, used_seeds
 from cvpdl.errors import UserInputError
 

@@ -13,20 +13,9 @@ import benchmark.suites.kd  # noqa: F401  (registers the suites)
 import benchmark.suites.ovd  # noqa: F401
 from scipy import integrate, stats
 
-from benchmark.claims import (
-    Arm,
-    Claim,
-    _sign_test_seeds_needed,
-    _tost_seeds_needed,
-    ttest_power,
-    _ttest_seeds_needed,
-    describe,
-    describe_censored,
-    evaluate_family,
-    holm,
-    summary_rows,
-    tost_paired,
-)
+from benchmark.claims import Arm, Claim, evaluate_family, holm, tost_paired
+from benchmark.metric_summaries import describe, describe_censored, summary_rows
+from benchmark.power import sign_test_seeds_needed, tost_seeds_needed, ttest_power, ttest_seeds_needed
 from benchmark.registry import REGISTRY
 from benchmark.report import report_markdown
 from benchmark.summary import INSENSITIVE, load_suite, per_cell_timings, summary_markdown
@@ -49,11 +38,11 @@ def test_holm_golden_values_and_nan_left_out():
 
 def test_seeds_for_80_percent_power():
     # differences 0, 1, 2: Cohen's d = 1 -> a paired t-test needs 10 seeds (power 0.748 at 9, 0.803 at 10)
-    assert _ttest_seeds_needed(np.array([0.0, 1.0, 2.0]), 0.05) == 10
-    assert math.isinf(_ttest_seeds_needed(np.array([-1.0, 0.0, 1.0]), 0.05))
+    assert ttest_seeds_needed(np.array([0.0, 1.0, 2.0]), 0.05) == 10
+    assert math.isinf(ttest_seeds_needed(np.array([-1.0, 0.0, 1.0]), 0.05))
     # always wins: the two-sided sign test needs 2 * 0.5^m < 0.05, i.e. m = 6 (0.031), not 5 (0.0625)
-    assert _sign_test_seeds_needed(3, 0, 3, 0.05) == 6
-    assert math.isinf(_sign_test_seeds_needed(1, 1, 3, 0.05))
+    assert sign_test_seeds_needed(3, 0, 3, 0.05) == 6
+    assert math.isinf(sign_test_seeds_needed(1, 1, 3, 0.05))
 
 
 # DN-DAB-DETR's cross-attention neg-entropy, last − first epoch, committed seeds 0-4 (Cohen's d 2.779), at the Holm
@@ -80,7 +69,7 @@ def test_power_search_is_robust_where_the_noncentral_t_cdf_is_nan():
     for n in (5, 6):  # 0.576 at 5, 0.830 at 6: six seeds, not eight
         assert power[n - 2] == pytest.approx(_power_by_integration(d, n, alpha), abs=1e-6)
     assert power[3] < 0.8 <= power[4]
-    assert _ttest_seeds_needed(REVIEW_DIFFS, alpha) == 6
+    assert ttest_seeds_needed(REVIEW_DIFFS, alpha) == 6
 
 
 def test_tost_golden_values():
@@ -90,8 +79,8 @@ def test_tost_golden_values():
     assert tost_paired(a, b, 0.05) == pytest.approx(0.017549, abs=1e-6)
     # δ 0.01 below the mean: the upper test's t = (0.02 − 0.01) / 0.005774 = +1.732 → p = P(T < 1.732) = 0.887
     assert tost_paired(a, b, 0.01) == pytest.approx(0.887298, abs=1e-6)
-    assert _tost_seeds_needed(np.array([0.01, 0.02, 0.03]), 0.05, 0.05) == 3
-    assert math.isinf(_tost_seeds_needed(np.array([0.05, 0.06, 0.07]), 0.05, 0.05))  # the effect is outside ±δ
+    assert tost_seeds_needed(np.array([0.01, 0.02, 0.03]), 0.05, 0.05) == 3
+    assert math.isinf(tost_seeds_needed(np.array([0.05, 0.06, 0.07]), 0.05, 0.05))  # the effect is outside ±δ
     # one primary claim: its t-test p 0.0742 and its TOST p 0.0175 are one decision (disjoint nulls), so a family of
     # one claim leaves both as they are
     frame = _frame([("s", m, seed, None, "test", "acc", v) for m, values in (("a", a), ("b", b))

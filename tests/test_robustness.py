@@ -61,7 +61,8 @@ def test_diagnosis_reads_the_two_regimes_golden_lines():
     """Under a claim the papers' settings contradict: decided the same way tuned → the method's finding; decided
     otherwise → a carried-over setting's, naming the knob; undecided → more seeds (‡ where the tuned controls fail).
     Each regime's n is its own, and whether the seeds are shared is said."""
-    from benchmark.claims import Arm, Claim, Finding, Tested
+    from benchmark.claims import Arm, Claim, Tested
+    from benchmark.findings import Finding
     from benchmark.report import Regimes, diagnosis_lines
 
     claim = Claim("fitnet:student", "FitNet − student", Arm("fitnet", "top1_last", "test"),

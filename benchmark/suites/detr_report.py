@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from benchmark.claims import (
-    Arm,
-    Claim,
-    Finding,
-    SuiteReport,
-    Tested,
-    describe,
-    describe_censored,
-    finding,
-    paper_verdict,
-    summary_rows,
-)
+from benchmark.claims import Arm, Claim, Tested
+from benchmark.findings import Finding, SuiteReport, finding, paper_verdict
+from benchmark.metric_summaries import describe, describe_censored, summary_rows
 from benchmark.registry import REGISTRY, Section
 
 # the smallest effects of interest (the equivalence margins), in each metric's unit: 0.02 AP50 (about the +1.9 AP

@@ -5,19 +5,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from benchmark.claims import (
-    Arm,
-    Claim,
-    Finding,
-    SuiteReport,
-    Tested,
-    brief_line,
-    describe,
-    finding,
-    paper_verdict,
-    summary_row,
-    summary_rows,
-)
+from benchmark.claims import Arm, Claim, Tested, brief_line
+from benchmark.findings import Finding, SuiteReport, finding, paper_verdict
+from benchmark.metric_summaries import describe, summary_row, summary_rows
 from benchmark.registry import REGISTRY, Section
 
 REGION_METRICS = tuple((metric, split) for metric in ("zs_top1", "AP50") for split in ("novel", "base"))
