@@ -9,11 +9,11 @@ population (all members together) against one member trained alone in the same p
 per member on a GPU, and how far member 0's gradient is from the same member's alone (the numerical price of batching:
 floating-point sums in another order).
 
-Only plain ``detr``, and one batch for every member: DAB-DETR and DN-DETR draw their denoising noise from an explicit
-``torch.Generator``, which ``vmap`` cannot split per member, and the model's channels-last ``images.contiguous(...)`` is
-not implemented under ``vmap`` for a batched input (each member its own batch). Population training proper must give
-each member its own generator and drop that call first; a step costs the same whichever images a member sees. The
-section measures; nothing here trains a suite."""
+Only plain ``detr``, one batch shared by every member, the model-level recipe: a step costs the same whichever images
+a member sees, and this isolates the batched model's speed from the suite's data. The suites' own population paths
+(every detr variant, each member its own batches and noise: ``cvpdl.detection.training.fit_population``) are timed
+end to end by ``scripts/device_check.py --steps population`` (the detr full profile at 5 seeds) and by ``run
+--population``'s own timings.csv. The section measures; nothing here trains a suite."""
 from __future__ import annotations
 
 import copy
