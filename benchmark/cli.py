@@ -73,11 +73,12 @@ def _add_machine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="torch threads per process (default: all cores)")
 
 
-def _add_population_option(parser: argparse.ArgumentParser) -> None:
+def _add_population_option(parser: argparse.ArgumentParser, sweeps: bool = False) -> None:
+    what = ("a method's seeds, and in kd a sweep's values × seeds," if sweeps else "a method's seeds")
     parser.add_argument("--population", type=int, default=1,
-                        help="train a method's seeds N at a time as one batched model (consecutive chunks of the "
-                             "seeds; kd, detr). Each seed's numbers equal its run alone up to rounding "
-                             "(docs/performance.md); default 1: on a CPU a population is no faster")
+                        help=f"train {what} N at a time as one batched model (consecutive chunks; kd, detr). Each "
+                             "member's numbers equal its run alone up to rounding (docs/performance.md); default 1: "
+                             "on a CPU a population is no faster")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help="fixed overrides under every value (repeatable)")
     sensitivity.add_argument("--results-dir", type=Path, default=Path("results"), help="where results/<suite>/ is")
     _add_machine_options(sensitivity)
-    _add_population_option(sensitivity)
+    _add_population_option(sensitivity, sweeps=True)
     sensitivity.add_argument("--jobs", type=int, default=1, help="train cells in N worker processes side by side")
 
     evaluate = sub.add_parser("evaluate", help="the common COCO evaluator on a ground truth and detections")
