@@ -1,12 +1,14 @@
-"""The statistics of a suite's claims: summaries of the final metrics, paired comparisons, one decision per claim
-under a declared error family.
+"""The statistics of a suite's claims: one decision per claim under a declared error family (the summaries they
+quote are ``benchmark.metric_summaries``, the seeds they need ``benchmark.power``).
 
 A claim is one three-way decision (higher / lower, equivalent within ±δ, inconclusive) from two tests whose nulls
 are disjoint (Δ = 0 and |Δ| ≥ δ: at most one is true), so a family counts claims, not tests: Shaffer's step-down
 over all the family's tests, each step at α / (claims that still have an unrejected test). The primary family is
-every primary claim of the report (``report_family``), whether or not its suite is in the frame at hand.
+every primary claim of the report (``benchmark.findings.report_family``), whether or not its suite is in the frame
+at hand.
 
-Suites import from here (and from ``registry`` and ``context``), never from the runner or the report internals.
+Suites import from here and ``findings`` (and from ``registry`` and ``context``), never from the runner or the report
+internals.
 """
 from __future__ import annotations
 
