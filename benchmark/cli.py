@@ -73,8 +73,7 @@ def _add_machine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="torch threads per process (default: all cores)")
 
 
-def _add_population_option(parser: argparse.ArgumentParser, sweeps: bool = False) -> None:
-    what = ("a method's seeds, and in kd a sweep's values × seeds," if sweeps else "a method's seeds")
+def _add_population_option(parser: argparse.ArgumentParser, what: str = "a method's seeds") -> None:
     parser.add_argument("--population", type=int, default=1,
                         help=f"train {what} N at a time as one batched model (consecutive chunks; kd, detr). Each "
                              "member's numbers equal its run alone up to rounding (docs/performance.md); default 1: "
@@ -168,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help="fixed overrides under every value (repeatable)")
     sensitivity.add_argument("--results-dir", type=Path, default=Path("results"), help="where results/<suite>/ is")
     _add_machine_options(sensitivity)
-    _add_population_option(sensitivity, sweeps=True)
+    _add_population_option(sensitivity, "a method's seeds, and in kd a sweep's values × seeds,")
     sensitivity.add_argument("--jobs", type=int, default=1, help="train cells in N worker processes side by side")
 
     evaluate = sub.add_parser("evaluate", help="the common COCO evaluator on a ground truth and detections")
@@ -220,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="fixed overrides under every trial (e.g. a shorter schedule)")
     tune.add_argument("--results-dir", type=Path, default=Path("results"), help="writes DIR/<suite>/tuning/")
     _add_machine_options(tune)
-    _add_population_option(tune)
+    _add_population_option(tune, "a trial's seeds, and in kd a batch of N // seeds trials × seeds,")
     tune.add_argument("--timeout", type=float, help="wall seconds per method's study (the trial in flight finishes)")
     tune.add_argument("--storage", metavar="URL", help="Optuna storage shared by `tune` workers on several machines: "
                       "a journal file on a shared file system (a path) or a database URL (postgresql://…); default: "

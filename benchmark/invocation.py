@@ -4,6 +4,7 @@ place that seeds a cell, opens its MLflow run and stores it."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import random
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from benchmark import distributed
 from benchmark.cells import CellStore, FinishedCell
@@ -199,13 +201,35 @@ class CellRunner:
         return dict(zip(seeds, train_together(method, [(self, seed, {}) for seed in seeds])))
 
 
+RECIPE_KEYS = ("train.lr", "train.weight_decay")  # what a member's recipe may vary (``per_member_sgd``)
+
+
+def member_knob(method: MethodSpec, knob: str) -> bool:
+    """Whether members of ``method`` may differ in ``knob`` (``section.key``) inside one population: a float field of
+    the method's own config section, or a recipe value."""
+    section, key = knob.split(".", 1)
+    return knob in RECIPE_KEYS or (section in method.config and isinstance(getattr(method.config[section](), key,
+                                                                                   None), float))
+
+
+def member_of(method: MethodSpec, seed: int, settings: dict[str, float]) -> Member:
+    """The member of ``seed`` (its RNG as its cell alone has it) with ``settings`` (``section.key`` → value)."""
+    if bad := [knob for knob in settings if not member_knob(method, knob)]:
+        raise ValueError(f"{method.name}'s members cannot differ in {', '.join(bad)} inside one population")
+    split = [(knob.split(".", 1), float(value)) for knob, value in settings.items()]
+    return Member(seed_everything(seed), settings={key: v for (section, key), v in split if section != "train"},
+                  recipe={key: v for (section, key), v in split if section == "train"})
+
+
 def train_together(method: MethodSpec, members: list[tuple[CellRunner, int, dict[str, float]]]
                    ) -> list[FinishedCell | NonFiniteLossError]:
-    """Members of one method, each (the run whose cell it is, its seed, its settings: ``cvpdl.population.Member``):
+    """Members of one method, each (the run whose cell it is, its seed, its settings as ``section.key`` → value):
     those finished before reused, the others trained together as one population
     (``SuiteSpec.run_population``) on the first run's shared set-up, each then stored and logged as its own cell of
     its own run (its own nested MLflow run, tagged with its population). The runs differ at most in the settings
-    (``sensitivity --population``: a sweep's values × seeds). A member whose loss diverged gets its error."""
+    (``sensitivity --population``: a sweep's values × seeds; ``tune --population``: a batch of trials × seeds): float
+    fields of the method's own config section (``Member.settings``) and the lr and weight decay of the ``train``
+    recipe (``Member.recipe``). A member whose loss diverged gets its error."""
     lead = members[0][0]
     with contextlib.ExitStack() as locks:
         for runner, seed, _ in members:
@@ -218,10 +242,11 @@ def train_together(method: MethodSpec, members: list[tuple[CellRunner, int, dict
         lead.ensure_prepared()
         names = [f"{members[i][1]}" + "".join(f" {k}={v:g}" for k, v in members[i][2].items()) for i in pending]
         label = f"{method.name} seeds {', '.join(names)}"
+        digest = hashlib.sha256("|".join(names).encode()).hexdigest()[:12]  # a trial batch's names are long
         checkpoints = lead._fresh_checkpoints(lead.store.folder(method.name, members[pending[0]][1]) / "checkpoints"
-                                              / f"population-{'-'.join(name.replace(' ', '') for name in names)}")
+                                              / f"population-{digest}")
         # each seed's RNG as its cell alone has it
-        trained = [Member(seed_everything(members[i][1]), settings=members[i][2]) for i in pending]
+        trained = [member_of(method, members[i][1], members[i][2]) for i in pending]
         context = replace(lead.context, cfg=lead.method_cfgs.get(method.name, lead.context.cfg),
                           checkpoints=checkpoints, on_epoch=lead._epoch_reporter(label, lead.parent_id))
         started = time.time()
@@ -240,6 +265,23 @@ def train_together(method: MethodSpec, members: list[tuple[CellRunner, int, dict
                 cells[index] = err
         shutil.rmtree(checkpoints, ignore_errors=True)
     return cells
+
+
+def train_populations(invocations: list[Invocation], populations: list[tuple[MethodSpec, list]], name: str,
+                      tags: dict[str, str], desc: str) -> None:
+    """Several runs' members, each (method, members) one ``train_together``, inside one MLflow run of their own
+    (``name``, under the first invocation's tracker; each member's run nests under it). Populations whose members are
+    all finished are skipped; a diverged member is left to its own run, which reports it."""
+    populations = [(method, members) for method, members in populations
+                   if not all(runner.reusable(method, seed) for runner, seed, _ in members)]
+    if not populations:
+        return
+    lead = invocations[0]
+    with lead.tracker.run(name, lead.resolved.cfg, {**lead.tags, "role": "invocation", **tags}) as parent:
+        for invocation in invocations:
+            invocation.runner.parent_id = parent
+        for method, members in tqdm(populations, desc=desc, unit="population", leave=False):
+            train_together(method, members)
 
 
 @dataclass

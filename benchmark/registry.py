@@ -119,8 +119,9 @@ class SuiteSpec:
     tuning_objective: tuple[str, str] | None = None
     floors: tuple[Floor, ...] = ()  # levels below which a method (a baseline above all) is flagged in the report
     sweeps: tuple[Sweep, ...] = ()  # the knobs that may drive its primary claims (``benchmark sensitivity``)
-    # ``run_population`` trains members that differ in a float field of the method's own config section
-    # (``cvpdl.population.Member.settings``): ``sensitivity --population`` trains a sweep's values × seeds together
+    # ``run_population`` trains members that differ in a float field of the method's own config section and in the
+    # recipe's lr and weight decay (``invocation.member_knob``): ``sensitivity --population`` trains a sweep's
+    # values × seeds together, ``tune --population`` a batch of trials × seeds
     member_settings: bool = False
     method_type: type = object  # what every method's ``from_config`` returns: what ``run_cell`` trains
 

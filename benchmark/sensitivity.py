@@ -16,7 +16,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
 
 from benchmark.claims import Tested, evaluate_family
 from benchmark.config import resolve as resolve_config
@@ -93,34 +92,26 @@ def value_options(options, sweep: Sweep, value):
 def train_sweep_together(options, spec: SuiteSpec, sweep: Sweep) -> None:
     """``--population N``: the sweep's other values × the seeds of each swept method, cut into consecutive chunks of N
     (values outer, seeds inner: a function of the options alone), each chunk one population whose members differ in
-    the knob (``Member.settings``), inside one MLflow run of its own. Each member is stored as a cell of its value's
-    run, keyed as that run keys its cells (by N), and that run then reuses it: a member's numbers depend on its
-    population's size, not on its companions or its place (measured bitwise: docs/performance.md). A knob outside
-    the method's own config section (e.g. ``train.lr``) is left to the runs, one population per value."""
+    the knob (``invocation.member_knob``), inside one MLflow run of its own. Each member is stored as a cell of its
+    value's run, keyed as that run keys its cells (by N), and that run then reuses it: a member's numbers depend on
+    its population's size, not on its companions or its place (measured bitwise: docs/performance.md). A knob the
+    members cannot differ in (e.g. one that shapes the model) is left to the runs, one population per value."""
     from benchmark.config import population_chunks
-    from benchmark.invocation import open_invocation, train_together
+    from benchmark.invocation import member_knob, open_invocation, train_populations
     from benchmark.plan import apply_plan
 
-    section, key = sweep.knob.split(".", 1)
     methods = [REGISTRY.method(spec.name, name) for name in sweep.methods]
-    if not all(section in m.config and isinstance(getattr(m.config[section](), key, None), float) for m in methods):
+    if not all(member_knob(method, sweep.knob) for method in methods):
         return
     default = default_value(spec, sweep.knob, options.profile)
     values = [value for value in sweep.values if value != default]
     invocations = [open_invocation(apply_plan(value_options(options, sweep, value))) for value in values]
-    members = [(invocation.runner, seed, {key: float(value)})
+    members = [(invocation.runner, seed, {sweep.knob: float(value)})
                for invocation, value in zip(invocations, values) for seed in options.seeds]
-    chunks = [(method, chunk) for method in methods for chunk in population_chunks(members, options.population)
-              if not all(runner.reusable(method, seed) for runner, seed, _ in chunk)]
-    if not chunks:
-        return
-    lead = invocations[0]
-    name = f"{spec.name}-sweep-{sweep.knob}-{time.strftime('%Y%m%d-%H%M%S')}"
-    with lead.tracker.run(name, lead.resolved.cfg, {**lead.tags, "role": "invocation", "sweep": sweep.knob}) as parent:
-        for invocation in invocations:
-            invocation.runner.parent_id = parent
-        for method, chunk in tqdm(chunks, desc=f"{sweep.knob} values × seeds", unit="population", leave=False):
-            train_together(method, chunk)  # a diverged member is left to its value's run, which reports it
+    train_populations(invocations, [(method, chunk) for method in methods
+                                    for chunk in population_chunks(members, options.population)],
+                      f"{spec.name}-sweep-{sweep.knob}-{time.strftime('%Y%m%d-%H%M%S')}", {"sweep": sweep.knob},
+                      f"{sweep.knob} values × seeds")
 
 
 def _base_folder(options) -> Path:

@@ -12,6 +12,10 @@ several workers on this machine may share it. ``--storage`` names another Optuna
 file system, or a database URL), so ``tune`` processes on several machines work on the same studies; the budget
 stays the same in total. Outputs beside it: ``trials.csv`` (every trial), ``best.json`` (per method, the
 best values as ``section.key`` → value; ``run --params`` reads it) and ``figures/sensitivity_<method>.png``.
+
+``--population N`` trains a trial's seeds as one batched model; in a suite whose members may differ in settings
+(kd), it asks N // seeds trials at a time and trains the whole batch (trials × seeds) as one population
+(``train_trials_together``), each trial then scored from its own cells.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import json
 import math
 import os
 import socket
+import time
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -166,13 +171,15 @@ def tune_suite(options: TuneOptions) -> pd.DataFrame:
     sampler_seed = options.seeds[0] if options.storage is None else \
         zlib.crc32(f"{options.seeds[0]}:{socket.gethostname()}:{os.getpid()}".encode())
 
+    batch = trials_per_batch(spec, options)
     for method in methods:
         study = optuna.create_study(study_name=study_name(spec.name, method.name, options.profile), storage=storage,
                                     direction="maximize", load_if_exists=True,
                                     # random start-up trials, then TPE: a third of the budget (Optuna's 10
                                     # would be most of it)
                                     sampler=optuna.samplers.TPESampler(
-                                        seed=sampler_seed, n_startup_trials=min(10, max(3, options.trials // 3))))
+                                        seed=sampler_seed, n_startup_trials=min(10, max(3, options.trials // 3)),
+                                        constant_liar=batch > 1))  # a batch's trials: asked before any is told
         optuna.storages.fail_stale_trials(study)  # trials a killed worker left RUNNING (RDB storage: heartbeats)
         # trial 0 is the default config ("how much did tuning move it"), enqueued once by whichever worker comes first
         # (skip_if_exists: the one guard a database server's workers have)
@@ -181,31 +188,89 @@ def tune_suite(options: TuneOptions) -> pd.DataFrame:
                 study.enqueue_trial(default_values(options, method), user_attrs={"default": True},
                                     skip_if_exists=True)
 
-        def objective(trial, method=method):
+        def trial_run(trial, method=method) -> tuple[dict, RunOptions]:
             values = {p.key: _suggest(trial, p) for p in method.search_space}
-            run = RunOptions(suite=spec.name, methods=[method.name], seeds=list(options.seeds),
-                             profile=options.profile,
-                             overrides=[*options.overrides, *(assignment(k, v) for k, v in values.items())],
-                             results_dir=tuning_dir / "trials", cache_dir=options.cache_dir, device=options.device,
-                             threads=options.threads, population=options.population, resume=True)
+            return values, RunOptions(suite=spec.name, methods=[method.name], seeds=list(options.seeds),
+                                      profile=options.profile,
+                                      overrides=[*options.overrides, *(assignment(k, v) for k, v in values.items())],
+                                      results_dir=tuning_dir / "trials", cache_dir=options.cache_dir,
+                                      device=options.device, threads=options.threads,
+                                      population=options.population, resume=True)
+
+        def score(trial, run: RunOptions, method=method) -> float:
             try:
-                table = run_suite(run)
+                table = run_suite(run)  # a batch's trial: its cells are there already
             except CellsFailedError:  # a diverged trial is a bad configuration, not the end of the study
                 return float("-inf")
             trial.set_user_attr("headline", headline_values(spec, table, method.name, options.seeds))
             return objective_value(table, method.name, options.seeds, metric, split)
 
-        done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
         # a method without a search space still runs once: its untuned value is part of the table
         budget = options.trials if method.search_space else 1
-        if budget > done:
+        if budget <= _completed(study):
+            continue
+        if batch > 1 and method.search_space:
+            _optimize_in_batches(study, method, budget, batch, trial_run, score, options,
+                                 lambda: write_outputs(spec, storage, options, tuning_dir))
+        else:
             # outputs after every trial: a study stopped by a kill or a wall budget leaves them current; the study
             # stops when all workers together completed the budget (a trial in flight then still finishes and is
             # recorded, not counted)
-            study.optimize(objective, n_trials=budget - done, timeout=options.timeout,
-                           callbacks=[optuna.study.MaxTrialsCallback(budget),
-                                      lambda *_: write_outputs(spec, storage, options, tuning_dir)])
+            study.optimize(lambda trial: score(trial, trial_run(trial)[1]), n_trials=budget - _completed(study),
+                           timeout=options.timeout, callbacks=[optuna.study.MaxTrialsCallback(budget),
+                                                               lambda *_: write_outputs(spec, storage, options,
+                                                                                        tuning_dir)])
     return write_outputs(spec, storage, options, tuning_dir, figures=True)
+
+
+def _completed(study) -> int:
+    import optuna
+
+    return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
+def trials_per_batch(spec: SuiteSpec, options: TuneOptions) -> int:
+    """How many trials train together under ``--population N``: N // seeds where the suite's members may differ
+    in settings (``SuiteSpec.member_settings``), else 1 (a trial's seeds are its population)."""
+    return max(1, options.population // len(options.seeds)) if spec.member_settings else 1
+
+
+def _optimize_in_batches(study, method: MethodSpec, budget: int, batch: int, trial_run, score, options: TuneOptions,
+                         after_batch) -> None:
+    """The study in batches: ask ``batch`` trials (TPE's constant liar keeps them apart), train their trials × seeds
+    as populations of ``--population`` (``train_trials_together``), then score and tell each from its cells. The
+    batch size is a function of the options alone, so the same options give the same study."""
+    started = time.monotonic()
+    while (done := _completed(study)) < budget:
+        if options.timeout is not None and time.monotonic() - started > options.timeout:
+            return
+        trials = [study.ask() for _ in range(min(batch, budget - done))]
+        runs = [trial_run(trial) for trial in trials]
+        train_trials_together(method, runs, options)
+        for trial, (_, run) in zip(trials, runs):
+            study.tell(trial, score(trial, run))
+        after_batch()
+
+
+def train_trials_together(method: MethodSpec, runs: list[tuple[dict, object]], options: TuneOptions) -> None:
+    """A batch of trials' members (trials outer, seeds inner) cut into consecutive populations of ``--population``,
+    inside one MLflow run of its own; each member stored as a cell of its trial's run, which then reuses it. Trials
+    that differ in a value members cannot differ in (e.g. FitNet's hint stage) train in populations apart."""
+    from benchmark.config import population_chunks
+    from benchmark.invocation import member_knob, open_invocation, train_populations
+    from benchmark.plan import apply_plan
+
+    invocations = [open_invocation(apply_plan(run)) for _, run in runs]
+    groups: dict[tuple, list] = {}
+    for invocation, (values, _) in zip(invocations, runs):
+        apart = tuple(sorted((k, v) for k, v in values.items() if not member_knob(method, k)))
+        groups.setdefault(apart, []).extend(
+            (invocation.runner, seed, {k: v for k, v in values.items() if member_knob(method, k)})
+            for seed in options.seeds)
+    train_populations(invocations, [(method, chunk) for members in groups.values()
+                                    for chunk in population_chunks(members, options.population)],
+                      f"{options.suite}-tune-{method.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+                      {"tuning": method.name}, f"{method.name} trials × seeds")
 
 
 def write_outputs(spec: SuiteSpec, storage, options: TuneOptions, tuning_dir: Path,

@@ -6,8 +6,9 @@ A member's numbers equal the same seed trained alone (``cvpdl.engine.TrainLoop``
 order: the batched kernels add in another order (``docs/performance.md`` gives the measured difference and the
 tolerance the tests hold it to). A member is a seed and its settings: members may differ in the float values the
 method's loss reads (loss weights, temperatures: ``Member.settings``), so a sweep of 3 values × 8 seeds is one
-population of 24. What a population does not do yet: DDP, learning rates or weight decay per member (the optimiser
-is shared), and randomness inside a step (``vmap``'s ``randomness="different"`` draws
+population of 24; members may also differ in their recipe's learning rate and weight decay (``Member.recipe``,
+``per_member_sgd``), so a batch of tuning trials is one population too. What a population does not do yet: DDP, a
+per-member learning rate under Adam, and randomness inside a step (``vmap``'s ``randomness="different"`` draws
 every member's dropout from the one global generator, so with dropout a member's masks differ from its run alone:
 the same distribution, another draw).
 """
@@ -36,11 +37,13 @@ from cvpdl.progress import EpochCallback, no_report
 class Member:
     """One member's own randomness: its batch-order generator and the global torch RNG state it is built under (the
     state a run of this seed alone would have at the same point); and its settings, the method-config values it
-    trains with in place of the method's (float fields its loss reads, e.g. ``{"hint_weight": 10.0}``)."""
+    trains with in place of the method's (float fields its loss reads, e.g. ``{"hint_weight": 10.0}``); and its
+    recipe, the training-recipe values it trains with in place of the shared recipe's (``{"lr": 0.1}``)."""
 
     generator: torch.Generator
     rng_state: torch.Tensor = field(default_factory=torch.get_rng_state)
     settings: dict[str, float] = field(default_factory=dict)
+    recipe: dict[str, float] = field(default_factory=dict)
 
     @contextlib.contextmanager
     def rng(self):
@@ -221,6 +224,26 @@ class PopulationLoop:
                             rngs=[member.rng_state for member in self.members],
                             diverged={index: str(err) for index, err in self.diverged.items()})
         return states
+
+
+def per_member_sgd(params: list[torch.Tensor], lr: torch.Tensor, weight_decay: torch.Tensor, momentum: float
+                   ) -> torch.optim.SGD:
+    """SGD over stacked parameters in which member i has its own learning rate ``lr[i]`` and weight decay
+    ``weight_decay[i]``: PyTorch's SGD at lr 1 and no weight decay, each member's gradient g replaced by
+    lr_i · (g + wd_i · p) just before the step. Its momentum buffer is then lr_i times the member's own, so the update
+    is exactly the member's SGD step (up to rounding) for as long as a schedule scales every member's lr by the same
+    factor (a scheduler on this optimiser sets that factor; its base lr is 1)."""
+    optimizer = torch.optim.SGD(params, lr=1.0, momentum=momentum)
+
+    @torch.no_grad()
+    def own_lr_and_decay(*_):
+        for p in params:
+            if p.grad is not None:
+                shape = (-1,) + (1,) * (p.dim() - 1)
+                p.grad.add_(p * weight_decay.view(shape)).mul_(lr.view(shape))
+
+    optimizer.register_step_pre_hook(own_lr_and_decay)
+    return optimizer
 
 
 @torch.no_grad()

@@ -100,8 +100,8 @@ def test_sensitivity_trains_a_sweeps_values_and_seeds_together(tmp_path, cache_d
     assert main(["sensitivity", *common, "--population", "4", "--results-dir", str(tmp_path / "sweep")]) == 0
     together = re.findall(r"\[fitnet seeds [^]]*\] finished together", capfd.readouterr().err)
     assert len(together) == 2, together  # the default value's run, then the sweep's one population
-    assert together[1] == ("[fitnet seeds 0 hint_weight=1, 1 hint_weight=1, 0 hint_weight=10, 1 hint_weight=10] "
-                           "finished together")
+    assert together[1] == ("[fitnet seeds 0 fitnet.hint_weight=1, 1 fitnet.hint_weight=1, 0 fitnet.hint_weight=10, "
+                           "1 fitnet.hint_weight=10] finished together")
     table, = [pd.read_csv(path) for path in (tmp_path / "sweep" / "kd").glob("*/sensitivity.csv")]
     assert sorted(table["value"]) == [1.0, 10.0, 100.0]
     assert main(["run", *common, "--methods", "fitnet", "--set", "fitnet.hint_weight=10",
@@ -115,3 +115,26 @@ def test_sensitivity_trains_a_sweeps_values_and_seeds_together(tmp_path, cache_d
     # rounding drifts through FitNet's two epochs: measured here, at most 2 of 200 val and 2 of 300 test images
     accuracy = merged["metric"].isin(["top1", "top1_last", "top1_best"])
     assert ((merged["value_alone"] - merged["value_swept"]).abs()[accuracy] <= 3 / 200 + 1e-9).all()
+
+
+def test_tune_trains_a_batch_of_trials_and_seeds_together(tmp_path, cache_dir, capfd):
+    """``tune --population 4`` with two seeds: logit KD's trials two at a time, each batch one population of four
+    members that differ in lr, weight decay, temperature and KD weight (``per_member_sgd``); every trial is scored
+    from its own cells, and a trial's cells are its values trained alone within rounding."""
+    common = ["--suite", "kd", "--profile", "quick", "--cache-dir", str(cache_dir)]
+    assert main(["tune", *common, "--methods", "logit_kd", "--trials", "4", "--seeds", "1000", "1001",
+                 "--population", "4", "--results-dir", str(tmp_path / "tuning")]) == 0
+    together = re.findall(r"\[logit_kd seeds ([^]]*)\] finished together", capfd.readouterr().err)
+    assert len(together) == 2, together  # two batches of two trials × two seeds
+    assert all(label.count("train.lr=") == 4 and label.count("logit_kd.temperature=") == 4 for label in together)
+    trials = pd.read_csv(tmp_path / "tuning" / "kd" / "tuning" / "trials.csv")
+    assert len(trials) == 4 and trials["value"].notna().all()
+    assert trials["param:train.lr"].nunique() == 4  # the constant liar keeps a batch's trials apart
+    trial = trials.iloc[3]  # the second batch's second trial, a population member with its own lr
+    values = [f"{key.removeprefix('param:')}={trial[key]}" for key in trials.columns if key.startswith("param:")]
+    assert main(["run", *common, "--methods", "logit_kd", "--seeds", "1000", "1001",
+                 *[arg for value in values for arg in ("--set", value)], "--results-dir", str(tmp_path / "alone")]) == 0
+    alone = pd.read_csv(suite_folder(tmp_path / "alone", "kd") / "metrics.csv")
+    val = alone[(alone["metric"] == "top1") & (alone["split"] == "val")]
+    objective = val[val["epoch"] == val["epoch"].max()]["value"].mean()
+    assert abs(objective - trial["value"]) <= 3 / 200 + 1e-9  # rounding through two epochs, as the sweep above

@@ -42,18 +42,19 @@ def _teacher(seed: int) -> ConvNet:
     return ConvNet(TEACHER, 5).eval().requires_grad_(False)
 
 
-def _members(seeds, settings=None) -> list[Member]:
+def _members(seeds, settings=None, recipes=None) -> list[Member]:
     members = []
-    for seed, values in zip(seeds, settings or [{}] * len(seeds)):
+    for seed, values, recipe in zip(seeds, settings or [{}] * len(seeds), recipes or [{}] * len(seeds)):
         torch.manual_seed(seed)  # what the runner does before a cell: the member's initialisation draws from here
-        members.append(Member(torch.Generator().manual_seed(seed), settings=values))
+        members.append(Member(torch.Generator().manual_seed(seed), settings=values, recipe=recipe))
     return members
 
 
-def _fit(method, cfg, data, seeds, teachers=None, checkpoint=None, on_epoch=lambda *a: None, settings=None):
+def _fit(method, cfg, data, seeds, teachers=None, checkpoint=None, on_epoch=lambda *a: None, settings=None,
+         recipes=None):
     teachers = teachers or [_teacher(seed) for seed in seeds]
     return method.fit(cfg, lambda: ConvNet(STUDENT, 5), teachers, data, TrainConfig(epochs=2, batch_size=8),
-                      _members(seeds, settings), checkpoint, on_epoch)
+                      _members(seeds, settings, recipes), checkpoint, on_epoch)
 
 
 def _largest_difference(a: torch.nn.Module, b: torch.nn.Module) -> float:
@@ -91,6 +92,27 @@ def test_members_that_differ_in_a_loss_setting_each_train_as_that_setting_alone(
         alone, = _fit(method, cfg, data, [seed], settings=[values])
         assert _largest_difference(alone.student, member.student) < TOLERANCE
     assert _largest_difference(together[0].student, together[1].student) > 10 * TOLERANCE
+
+
+RECIPE_METHODS = [(LogitKD, LogitKDConfig()), (ReverseFeatureKD, ReverseKDConfig(teacher_epochs=1))]
+
+
+@pytest.mark.parametrize("method, cfg", RECIPE_METHODS, ids=[m.__name__ for m, _ in RECIPE_METHODS])
+def test_members_that_differ_in_lr_and_weight_decay_each_train_as_that_recipe_alone(method, cfg, data):
+    """A batch of tuning trials as one population: members with their own lr and weight decay (``per_member_sgd``;
+    reverse KD's stage 1 at a third of each member's lr) are each their seed trained alone with that recipe, through
+    the step schedule (its three decays all fall after step 4 of 8 here: the lr × 0.001 from step 5)."""
+    seeds, recipes = [3, 3, 4], [{"lr": 0.02, "weight_decay": 1e-3}, {"lr": 0.2}, {}]
+    together = _fit(method, cfg, data, seeds, recipes=recipes)
+    for seed, recipe, member in zip(seeds, recipes, together):
+        alone, = _fit(method, cfg, data, [seed], recipes=[recipe])
+        assert _largest_difference(alone.student, member.student) < TOLERANCE
+    assert _largest_difference(together[0].student, together[1].student) > 10 * TOLERANCE
+
+
+def test_a_recipe_value_other_than_lr_and_weight_decay_is_refused(data):
+    with pytest.raises(ValueError, match="lr and weight_decay, not momentum"):
+        _fit(LogitKD, LogitKDConfig(), data, [3, 4], recipes=[{}, {"momentum": 0.5}])
 
 
 def test_a_member_setting_that_shapes_the_model_is_refused(data):

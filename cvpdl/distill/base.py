@@ -13,7 +13,7 @@ from torch import nn
 
 from cvpdl.checkpoint import Checkpoint
 from cvpdl.distill.networks import ConvNet
-from cvpdl.distill.training import ClassificationData, KDFit, TrainConfig, train_population
+from cvpdl.distill.training import ClassificationData, KDFit, TrainConfig, member_recipe, train_population
 from cvpdl.errors import NonFiniteLossError
 from cvpdl.population import Member
 from cvpdl.progress import EpochCallback, no_report
@@ -77,7 +77,8 @@ class Distiller(nn.Module):
             with member.rng():
                 distillers.append(cls(make_student(), teacher if cls.needs_teacher else None,
                                       member_config(cfg, member)))
-        return fit_distillers(distillers, data, train_cfg, members, checkpoint, on_epoch)
+        return fit_distillers(distillers, data, [member_recipe(train_cfg, member) for member in members], members,
+                              checkpoint, on_epoch)
 
 
 def member_config(cfg: Any, member: Member) -> Any:
@@ -92,10 +93,10 @@ def member_config(cfg: Any, member: Member) -> Any:
     return dataclasses.replace(cfg, **{name: float(value) for name, value in member.settings.items()})
 
 
-def fit_distillers(distillers: list[Distiller], data: ClassificationData, cfg: TrainConfig, members: list[Member],
-                   checkpoint: Checkpoint | None = None, on_epoch: EpochCallback = no_report
+def fit_distillers(distillers: list[Distiller], data: ClassificationData, cfgs: list[TrainConfig],
+                   members: list[Member], checkpoint: Checkpoint | None = None, on_epoch: EpochCallback = no_report
                    ) -> list[KDFit | NonFiniteLossError]:
-    histories, diverged = train_population(distillers, data, cfg, members, desc=type(distillers[0]).__name__,
+    histories, diverged = train_population(distillers, data, cfgs, members, desc=type(distillers[0]).__name__,
                                            checkpoint=checkpoint, on_epoch=on_epoch)
     fits = []
     for index, (distiller, history) in enumerate(zip(distillers, histories)):

@@ -20,7 +20,7 @@ from cvpdl.checkpoint import Checkpoint
 from cvpdl.distill.base import Distiller, member_config
 from cvpdl.distill.networks import ConvNet
 from cvpdl.distill.student_baseline import StudentBaseline
-from cvpdl.distill.training import ClassificationData, KDFit, TrainConfig, train_population
+from cvpdl.distill.training import ClassificationData, KDFit, TrainConfig, member_recipe, train_population
 from cvpdl.errors import NonFiniteLossError
 from cvpdl.population import Member
 from cvpdl.progress import EpochCallback, no_report
@@ -70,8 +70,8 @@ class ReverseFeatureKD(EmbeddingMimic):
         checkpoint = checkpoint or Checkpoint(None, "reverse")
         diverged: dict[int, NonFiniteLossError] = {}
 
-        def stage(distillers, train_config, desc, name, evaluate=False):
-            histories, failed = train_population(distillers, data, train_config, members, desc,
+        def stage(distillers, recipes, desc, name, evaluate=False):
+            histories, failed = train_population(distillers, data, recipes, members, desc,
                                                  checkpoint.child(name), evaluate, on_epoch)
             for index, err in failed.items():
                 diverged.setdefault(index, err)
@@ -86,19 +86,20 @@ class ReverseFeatureKD(EmbeddingMimic):
 
         # stages 0 and 1 hand back only their weights: no per-epoch evaluation (it changes no weight)
         configs = [member_config(cfg, member) for member in members]  # each member's weights
+        recipes = [member_recipe(train_cfg, member) for member in members]  # and its lr and weight decay
         stage0 = fresh_students()
-        stage([StudentBaseline(s) for s in stage0], train_cfg, "reverse KD stage 0 (student)", "stage0")
+        stage([StudentBaseline(s) for s in stage0], recipes, "reverse KD stage 0 (student)", "stage0")
         reversed_teachers = [copy.deepcopy(teacher).requires_grad_(True) for teacher in teachers]
         stage([EmbeddingMimic(t, s, ce_weight=1.0, feature_weight=c.reverse_weight)
                for t, s, c in zip(reversed_teachers, stage0, configs)],
-              replace(train_cfg, epochs=cfg.teacher_epochs, lr=train_cfg.lr / 3), "reverse KD stage 1 (teacher)",
-              "stage1")
+              [replace(recipe, epochs=cfg.teacher_epochs, lr=recipe.lr / 3) for recipe in recipes],
+              "reverse KD stage 1 (teacher)", "stage1")
         students = fresh_students()
         for student, teacher in zip(students, reversed_teachers):
             teacher.eval().requires_grad_(False)
             student.classifier.load_state_dict(teacher.classifier.state_dict())
             student.classifier.requires_grad_(False)
-        histories = stage([cls(s, t, c) for s, t, c in zip(students, reversed_teachers, configs)], train_cfg,
+        histories = stage([cls(s, t, c) for s, t, c in zip(students, reversed_teachers, configs)], recipes,
                           "reverse KD stage 2 (student)", "stage2", evaluate=True)
         return [diverged.get(index) or KDFit(student, history, teacher_after_reverse=teacher, student_alone=alone)
                 for index, (student, history, teacher, alone)

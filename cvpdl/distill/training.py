@@ -14,7 +14,7 @@ from cvpdl import ddp
 from cvpdl.checkpoint import Checkpoint
 from cvpdl.engine import Batch, EpochEnd, EpochStats, TrainLoop
 from cvpdl.errors import NonFiniteLossError
-from cvpdl.population import Member, Population, PopulationLoop
+from cvpdl.population import Member, Population, PopulationLoop, per_member_sgd
 from cvpdl.progress import EpochCallback, no_report
 
 
@@ -151,28 +151,38 @@ def _epoch_end(distiller: nn.Module, data: ClassificationData, evaluate: bool) -
     return end_epoch
 
 
-def train_population(distillers: list[nn.Module], data: ClassificationData, cfg: TrainConfig, members: list[Member],
-                     desc: str = "train", checkpoint: Checkpoint | None = None, evaluate: bool = True,
-                     on_epoch: EpochCallback = no_report) -> tuple[list[TrainHistory], dict[int, NonFiniteLossError]]:
+def train_population(distillers: list[nn.Module], data: ClassificationData, cfgs: list[TrainConfig],
+                     members: list[Member], desc: str = "train", checkpoint: Checkpoint | None = None,
+                     evaluate: bool = True, on_epoch: EpochCallback = no_report
+                     ) -> tuple[list[TrainHistory], dict[int, NonFiniteLossError]]:
     """``train`` for a population: distiller i is member i's (its own initialisation, teacher and batch order), all
-    trained as one batched model (``cvpdl.population``) with ``train``'s optimiser and schedule; the distillers'
-    configs may differ in float loss settings (``member_settings``). One distiller goes through ``train`` itself.
-    Returns every member's history and the members whose loss diverged (index → error)."""
+    trained as one batched model (``cvpdl.population``) with ``train``'s optimiser and schedule, member i with
+    recipe ``cfgs[i]``; the recipes may differ in lr and weight decay (``per_member_sgd``), the distillers' configs in
+    float loss settings (``member_settings``). One distiller goes through ``train`` itself. Returns every member's
+    history and the members whose loss diverged (index → error)."""
     if len(distillers) == 1:
-        return [train(distillers[0], data, cfg, members[0].generator, desc, checkpoint, evaluate, on_epoch)], {}
+        return [train(distillers[0], data, cfgs[0], members[0].generator, desc, checkpoint, evaluate, on_epoch)], {}
+    cfg = cfgs[0]
+    if any(dataclasses.replace(other, lr=cfg.lr, weight_decay=cfg.weight_decay) != cfg for other in cfgs):
+        raise ValueError("a population's members may differ in their recipe's lr and weight decay only")
     teacher_out = None
     if distillers[0].teacher is not None:
         outputs = [predict(d.teacher, data.x_train, forward=d.teacher_outputs) for d in distillers]
         teacher_out = {key: torch.stack([out[key] for out in outputs]) for key in outputs[0]}
-    settings = {name: values.to(data.x_train.device) for name, values in member_settings(distillers).items()}
+    device = data.x_train.device
+    settings = {name: values.to(device) for name, values in member_settings(distillers).items()}
 
     def losses(distiller, x, y, t, values):
         with distiller.configured(values):
             return distiller.losses(x, y, t)
 
     population = Population(distillers, losses)
-    optimizer = torch.optim.SGD(population.trainable(), lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay)
+    if len({(other.lr, other.weight_decay) for other in cfgs}) == 1:
+        optimizer = torch.optim.SGD(population.trainable(), lr=cfg.lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay)
+    else:
+        optimizer = per_member_sgd(population.trainable(), torch.tensor([other.lr for other in cfgs], device=device),
+                                   torch.tensor([other.weight_decay for other in cfgs], device=device), cfg.momentum)
     steps = max(1, len(data.x_train) // cfg.batch_size)
     loop = PopulationLoop(desc, population, optimizer, members, len(data.x_train), cfg.batch_size, cfg.epochs,
                           step_scheduler=step_schedule(optimizer, cfg, steps), checkpoint=checkpoint,
@@ -189,6 +199,13 @@ def train_population(distillers: list[nn.Module], data: ClassificationData, cfg:
     states = loop.run(step_losses, lambda index, *args: end_epochs[index](*args),
                       [{"per_epoch": {}, "test_top1": []} for _ in distillers])
     return [TrainHistory(state["per_epoch"], state["test_top1"]) for state in states], loop.diverged
+
+
+def member_recipe(cfg: TrainConfig, member: Member) -> TrainConfig:
+    """The shared recipe with the member's own lr and weight decay in place (``Member.recipe``)."""
+    if bad := sorted(set(member.recipe) - {"lr", "weight_decay"}):
+        raise ValueError(f"a member's recipe may vary only lr and weight_decay, not {', '.join(bad)}")
+    return dataclasses.replace(cfg, **{name: float(value) for name, value in member.recipe.items()})
 
 
 def member_settings(distillers: list[nn.Module]) -> dict[str, torch.Tensor]:

@@ -138,7 +138,8 @@ def kd_population_throughput(report, device, images: int = 512, batch_size: int 
             torch.cuda.reset_peak_memory_stats(device)
         sync_device(device)
         start = time.perf_counter()
-        train_population(distillers, data, TrainConfig(epochs=1, batch_size=batch_size), members, evaluate=False)
+        train_population(distillers, data, [TrainConfig(epochs=1, batch_size=batch_size)] * size, members,
+                         evaluate=False)
         sync_device(device)
         rates[size] = size * images / (time.perf_counter() - start)
         report.add("population", f"kd population of {size} images/s", rates[size], "img/s",
