@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="fixed overrides under every trial (e.g. a shorter schedule)")
     tune.add_argument("--results-dir", type=Path, default=Path("results"), help="writes DIR/<suite>/tuning/")
     _add_machine_options(tune)
-    _add_population_option(tune, "a trial's seeds, and in kd a batch of N // seeds trials × seeds,")
+    _add_population_option(tune, "a trial's seeds, and in kd and detr a batch of N // seeds trials × seeds,")
     tune.add_argument("--timeout", type=float, help="wall seconds per method's study (the trial in flight finishes)")
     tune.add_argument("--storage", metavar="URL", help="Optuna storage shared by `tune` workers on several machines: "
                       "a journal file on a shared file system (a path) or a database URL (postgresql://…); default: "

@@ -58,6 +58,15 @@ def population_chunks(seeds: list[int], size: int) -> list[list[int]]:
     return [seeds[i:i + size] for i in range(0, len(seeds), size)]
 
 
+def with_values(cfg: dict[str, dict[str, Any]], values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A copy of ``cfg`` with each ``section.key`` of ``values`` set (a population member's settings)."""
+    out = {section: dict(fields) for section, fields in cfg.items()}
+    for knob, value in values.items():
+        section, key = knob.split(".", 1)
+        out[section][key] = value
+    return out
+
+
 def choices(sections: dict[str, type]) -> dict[str, dict[str, list]]:
     """The fields typed ``Literal[...]``: section → key → the values they allow (for checks made without the
     dataclasses, e.g. before torch is imported)."""

@@ -24,10 +24,10 @@ from benchmark.cells import CellStore, FinishedCell
 from benchmark.context import RunContext
 from benchmark.paths import default_cache_dir
 from benchmark.plan import Execution, ResolvedRun, RunOptions, pick_device, resolve_run, run_tags
-from benchmark.registry import MethodSpec, SuiteSpec
+from benchmark.registry import METHOD_SECTIONS, MethodSpec, SuiteSpec
 from benchmark.tracking import NoTracking, Tracker
 from cvpdl.errors import NonFiniteLossError, UserInputError
-from cvpdl.population import Member
+from cvpdl.population import RECIPE, Member
 from cvpdl.progress import EpochCallback
 
 log = logging.getLogger("benchmark")  # progress lines; -q hides them, the CLI prints them between progress bars
@@ -201,24 +201,27 @@ class CellRunner:
         return dict(zip(seeds, train_together(method, [(self, seed, {}) for seed in seeds])))
 
 
-RECIPE_KEYS = ("train.lr", "train.weight_decay")  # what a member's recipe may vary (``per_member_sgd``)
+RECIPE_KEYS = tuple(f"train.{key}" for key in RECIPE)  # what a member's recipe may vary: the ``train`` section's
 
 
-def member_knob(method: MethodSpec, knob: str) -> bool:
-    """Whether members of ``method`` may differ in ``knob`` (``section.key``) inside one population: a float field of
-    the method's own config section, or a recipe value."""
+def member_knob(spec: SuiteSpec, method: MethodSpec, knob: str) -> bool:
+    """Whether members of ``method`` may differ in ``knob`` (``section.key``) inside one population: a recipe value,
+    or a float field of a section the suite lets members differ in (``SuiteSpec.member_settings``)."""
     section, key = knob.split(".", 1)
-    return knob in RECIPE_KEYS or (section in method.config and isinstance(getattr(method.config[section](), key,
-                                                                                   None), float))
+    sections = {**spec.config, **method.config}
+    allowed = section in spec.member_settings or (METHOD_SECTIONS in spec.member_settings and section in method.config)
+    return knob in RECIPE_KEYS or (allowed and section in sections
+                                   and isinstance(getattr(sections[section](), key, None), float))
 
 
-def member_of(method: MethodSpec, seed: int, settings: dict[str, float]) -> Member:
-    """The member of ``seed`` (its RNG as its cell alone has it) with ``settings`` (``section.key`` → value)."""
-    if bad := [knob for knob in settings if not member_knob(method, knob)]:
+def member_of(spec: SuiteSpec, method: MethodSpec, seed: int, settings: dict[str, float]) -> Member:
+    """The member of ``seed`` (its RNG as its cell alone has it) with ``settings`` (``section.key`` → value): the
+    recipe's in ``Member.recipe`` (by key), the others in ``Member.settings`` (by ``section.key``; the suite's
+    ``run_population`` reads them)."""
+    if bad := [knob for knob in settings if not member_knob(spec, method, knob)]:
         raise ValueError(f"{method.name}'s members cannot differ in {', '.join(bad)} inside one population")
-    split = [(knob.split(".", 1), float(value)) for knob, value in settings.items()]
-    return Member(seed_everything(seed), settings={key: v for (section, key), v in split if section != "train"},
-                  recipe={key: v for (section, key), v in split if section == "train"})
+    return Member(seed_everything(seed), settings={k: float(v) for k, v in settings.items() if k not in RECIPE_KEYS},
+                  recipe={k.split(".", 1)[1]: float(v) for k, v in settings.items() if k in RECIPE_KEYS})
 
 
 def train_together(method: MethodSpec, members: list[tuple[CellRunner, int, dict[str, float]]]
@@ -228,8 +231,8 @@ def train_together(method: MethodSpec, members: list[tuple[CellRunner, int, dict
     (``SuiteSpec.run_population``) on the first run's shared set-up, each then stored and logged as its own cell of
     its own run (its own nested MLflow run, tagged with its population). The runs differ at most in the settings
     (``sensitivity --population``: a sweep's values × seeds; ``tune --population``: a batch of trials × seeds): float
-    fields of the method's own config section (``Member.settings``) and the lr and weight decay of the ``train``
-    recipe (``Member.recipe``). A member whose loss diverged gets its error."""
+    fields of the sections the suite names (``member_knob``) and the lr and weight decay of the ``train`` recipe.
+    A member whose loss diverged gets its error."""
     lead = members[0][0]
     with contextlib.ExitStack() as locks:
         for runner, seed, _ in members:
@@ -246,7 +249,7 @@ def train_together(method: MethodSpec, members: list[tuple[CellRunner, int, dict
         checkpoints = lead._fresh_checkpoints(lead.store.folder(method.name, members[pending[0]][1]) / "checkpoints"
                                               / f"population-{digest}")
         # each seed's RNG as its cell alone has it
-        trained = [member_of(method, members[i][1], members[i][2]) for i in pending]
+        trained = [member_of(lead.spec, method, members[i][1], members[i][2]) for i in pending]
         context = replace(lead.context, cfg=lead.method_cfgs.get(method.name, lead.context.cfg),
                           checkpoints=checkpoints, on_epoch=lead._epoch_reporter(label, lead.parent_id))
         started = time.time()

@@ -119,12 +119,14 @@ class SuiteSpec:
     tuning_objective: tuple[str, str] | None = None
     floors: tuple[Floor, ...] = ()  # levels below which a method (a baseline above all) is flagged in the report
     sweeps: tuple[Sweep, ...] = ()  # the knobs that may drive its primary claims (``benchmark sensitivity``)
-    # ``run_population`` trains members that differ in a float field of the method's own config section and in the
-    # recipe's lr and weight decay (``invocation.member_knob``): ``sensitivity --population`` trains a sweep's
-    # values × seeds together, ``tune --population`` a batch of trials × seeds
-    member_settings: bool = False
+    # the config sections whose float fields a population's members may differ in (``METHOD_SECTIONS``: each
+    # method's own), besides the ``train`` recipe's lr and weight decay (``invocation.member_knob``): then
+    # ``sensitivity --population`` trains a sweep's values × seeds together, ``tune --population`` trials × seeds
+    member_settings: tuple[str, ...] = ()
     method_type: type = object  # what every method's ``from_config`` returns: what ``run_cell`` trains
 
+
+METHOD_SECTIONS = "method"  # in ``SuiteSpec.member_settings``: the config sections of each method itself
 
 # The report's suites and every suite's profiles, import-free for --help and the checks made before torch is
 # imported; tests check them against the registry.

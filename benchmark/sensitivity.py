@@ -101,7 +101,7 @@ def train_sweep_together(options, spec: SuiteSpec, sweep: Sweep) -> None:
     from benchmark.plan import apply_plan
 
     methods = [REGISTRY.method(spec.name, name) for name in sweep.methods]
-    if not all(member_knob(method, sweep.knob) for method in methods):
+    if not all(member_knob(spec, method, sweep.knob) for method in methods):
         return
     default = default_value(spec, sweep.knob, options.profile)
     values = [value for value in sweep.values if value != default]

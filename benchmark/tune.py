@@ -14,7 +14,7 @@ stays the same in total. Outputs beside it: ``trials.csv`` (every trial), ``best
 best values as ``section.key`` → value; ``run --params`` reads it) and ``figures/sensitivity_<method>.png``.
 
 ``--population N`` trains a trial's seeds as one batched model; in a suite whose members may differ in settings
-(kd), it asks N // seeds trials at a time and trains the whole batch (trials × seeds) as one population
+(kd, detr), it asks N // seeds trials at a time and trains the whole batch (trials × seeds) as one population
 (``train_trials_together``), each trial then scored from its own cells.
 """
 from __future__ import annotations
@@ -210,7 +210,7 @@ def tune_suite(options: TuneOptions) -> pd.DataFrame:
         if budget <= _completed(study):
             continue
         if batch > 1 and method.search_space:
-            _optimize_in_batches(study, method, budget, batch, trial_run, score, options,
+            _optimize_in_batches(study, spec, method, budget, batch, trial_run, score, options,
                                  lambda: write_outputs(spec, storage, options, tuning_dir))
         else:
             # outputs after every trial: a study stopped by a kill or a wall budget leaves them current; the study
@@ -235,8 +235,8 @@ def trials_per_batch(spec: SuiteSpec, options: TuneOptions) -> int:
     return max(1, options.population // len(options.seeds)) if spec.member_settings else 1
 
 
-def _optimize_in_batches(study, method: MethodSpec, budget: int, batch: int, trial_run, score, options: TuneOptions,
-                         after_batch) -> None:
+def _optimize_in_batches(study, spec: SuiteSpec, method: MethodSpec, budget: int, batch: int, trial_run, score,
+                         options: TuneOptions, after_batch) -> None:
     """The study in batches: ask ``batch`` trials (TPE's constant liar keeps them apart), train their trials × seeds
     as populations of ``--population`` (``train_trials_together``), then score and tell each from its cells. The
     batch size is a function of the options alone, so the same options give the same study."""
@@ -246,13 +246,14 @@ def _optimize_in_batches(study, method: MethodSpec, budget: int, batch: int, tri
             return
         trials = [study.ask() for _ in range(min(batch, budget - done))]
         runs = [trial_run(trial) for trial in trials]
-        train_trials_together(method, runs, options)
+        train_trials_together(spec, method, runs, options)
         for trial, (_, run) in zip(trials, runs):
             study.tell(trial, score(trial, run))
         after_batch()
 
 
-def train_trials_together(method: MethodSpec, runs: list[tuple[dict, object]], options: TuneOptions) -> None:
+def train_trials_together(spec: SuiteSpec, method: MethodSpec, runs: list[tuple[dict, object]], options: TuneOptions
+                          ) -> None:
     """A batch of trials' members (trials outer, seeds inner) cut into consecutive populations of ``--population``,
     inside one MLflow run of its own; each member stored as a cell of its trial's run, which then reuses it. Trials
     that differ in a value members cannot differ in (e.g. FitNet's hint stage) train in populations apart."""
@@ -263,9 +264,9 @@ def train_trials_together(method: MethodSpec, runs: list[tuple[dict, object]], o
     invocations = [open_invocation(apply_plan(run)) for _, run in runs]
     groups: dict[tuple, list] = {}
     for invocation, (values, _) in zip(invocations, runs):
-        apart = tuple(sorted((k, v) for k, v in values.items() if not member_knob(method, k)))
+        apart = tuple(sorted((k, v) for k, v in values.items() if not member_knob(spec, method, k)))
         groups.setdefault(apart, []).extend(
-            (invocation.runner, seed, {k: v for k, v in values.items() if member_knob(method, k)})
+            (invocation.runner, seed, {k: v for k, v in values.items() if member_knob(spec, method, k)})
             for seed in options.seeds)
     train_populations(invocations, [(method, chunk) for members in groups.values()
                                     for chunk in population_chunks(members, options.population)],

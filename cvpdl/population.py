@@ -6,16 +6,17 @@ A member's numbers equal the same seed trained alone (``cvpdl.engine.TrainLoop``
 order: the batched kernels add in another order (``docs/performance.md`` gives the measured difference and the
 tolerance the tests hold it to). A member is a seed and its settings: members may differ in the float values the
 method's loss reads (loss weights, temperatures: ``Member.settings``), so a sweep of 3 values × 8 seeds is one
-population of 24; members may also differ in their recipe's learning rate and weight decay (``Member.recipe``,
-``per_member_sgd``), so a batch of tuning trials is one population too. What a population does not do yet: DDP, a
-per-member learning rate under Adam, and randomness inside a step (``vmap``'s ``randomness="different"`` draws
-every member's dropout from the one global generator, so with dropout a member's masks differ from its run alone:
-the same distribution, another draw).
+population of 24; members may also differ in their recipe's learning rate and weight decay (``Member.recipe``: each
+member's slices of the stacked parameters in param groups of their own, ``member_slices``), so a batch of tuning
+trials is one population too. What a population does not do yet: DDP, and randomness inside a step (``vmap``'s
+``randomness="different"`` draws every member's dropout from the one global generator, so with dropout a member's
+masks differ from its run alone: the same distribution, another draw).
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -226,23 +227,42 @@ class PopulationLoop:
         return states
 
 
-def per_member_sgd(params: list[torch.Tensor], lr: torch.Tensor, weight_decay: torch.Tensor, momentum: float
-                   ) -> torch.optim.SGD:
-    """SGD over stacked parameters in which member i has its own learning rate ``lr[i]`` and weight decay
-    ``weight_decay[i]``: PyTorch's SGD at lr 1 and no weight decay, each member's gradient g replaced by
-    lr_i · (g + wd_i · p) just before the step. Its momentum buffer is then lr_i times the member's own, so the update
-    is exactly the member's SGD step (up to rounding) for as long as a schedule scales every member's lr by the same
-    factor (a scheduler on this optimiser sets that factor; its base lr is 1)."""
-    optimizer = torch.optim.SGD(params, lr=1.0, momentum=momentum)
+RECIPE = ("lr", "weight_decay")  # the recipe values a member may have of its own
 
-    @torch.no_grad()
-    def own_lr_and_decay(*_):
-        for p in params:
-            if p.grad is not None:
-                shape = (-1,) + (1,) * (p.dim() - 1)
-                p.grad.add_(p * weight_decay.view(shape)).mul_(lr.view(shape))
 
-    optimizer.register_step_pre_hook(own_lr_and_decay)
+def member_recipe(cfg: Any, member: Member) -> Any:
+    """The shared training recipe (a dataclass with ``lr`` and ``weight_decay``) with the member's own values in
+    place (``Member.recipe``)."""
+    if bad := sorted(set(member.recipe) - set(RECIPE)):
+        raise ValueError(f"a member's recipe may vary only {' and '.join(RECIPE)}, not {', '.join(bad)}")
+    return dataclasses.replace(cfg, **{name: float(value) for name, value in member.recipe.items()})
+
+
+def member_slices(population: Population) -> list[dict[str, torch.Tensor]]:
+    """Member i's slices of the stacked trainable tensors, by name: tensors of their own that share the stacked
+    storage, so an optimiser over them updates the population in place, each member in param groups of its own (its
+    own lr and weight decay; a scheduler then sets every member's lr as it sets its run alone's). Give that optimiser
+    to ``share_gradients``. The update is elementwise, so it is the stacked optimiser's, member by member."""
+    return [{name: value.detach()[index] for name, value in population.params.items() if value.requires_grad}
+            for index in range(len(population))]
+
+
+def share_gradients(optimizer: torch.optim.Optimizer, population: Population,
+                    slices: list[dict[str, torch.Tensor]]) -> torch.optim.Optimizer:
+    """Hand ``optimizer`` (over ``member_slices``) each member's slice of the stacked gradients before every step,
+    and clear the stacked gradients after it (the loop's ``zero_grad`` reaches only the slices)."""
+    def link(*_):
+        for index, named in enumerate(slices):
+            for name, value in named.items():
+                stacked = population.params[name].grad
+                value.grad = None if stacked is None else stacked[index]
+
+    def clear(*_):
+        for value in population.trainable():
+            value.grad = None
+
+    optimizer.register_step_pre_hook(link)
+    optimizer.register_step_post_hook(clear)
     return optimizer
 
 

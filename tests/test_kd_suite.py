@@ -119,7 +119,7 @@ def test_sensitivity_trains_a_sweeps_values_and_seeds_together(tmp_path, cache_d
 
 def test_tune_trains_a_batch_of_trials_and_seeds_together(tmp_path, cache_dir, capfd):
     """``tune --population 4`` with two seeds: logit KD's trials two at a time, each batch one population of four
-    members that differ in lr, weight decay, temperature and KD weight (``per_member_sgd``); every trial is scored
+    members that differ in lr, weight decay, temperature and KD weight (``member_slices``); every trial is scored
     from its own cells, and a trial's cells are its values trained alone within rounding."""
     common = ["--suite", "kd", "--profile", "quick", "--cache-dir", str(cache_dir)]
     assert main(["tune", *common, "--methods", "logit_kd", "--trials", "4", "--seeds", "1000", "1001",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from benchmark.cache import cache_key, cached_state
-from benchmark.config import section_config
+from benchmark.config import section_config, with_values
 from benchmark.context import CellResult, RunContext
-from benchmark.registry import REGISTRY, Deviation, Floor, MethodSpec, SearchParam, SuiteSpec
+from benchmark.registry import REGISTRY, Deviation, Floor, MethodSpec, SearchParam, SuiteSpec, Sweep
 from benchmark.suites.detr_report import report_sections
 from cvpdl.analysis.detr_dynamics import count_modes, entropy, positional_attention
 from cvpdl.checkpoint import Checkpoint
@@ -45,7 +45,7 @@ from cvpdl.detection.parts import DetectorParts
 from cvpdl.detection.training import (DetectionData, DetrTrainConfig, FeatureSplit, FitHistory, evaluate, fit,
                                      fit_population)
 from cvpdl.errors import NonFiniteLossError
-from cvpdl.population import Member
+from cvpdl.population import Member, member_recipe
 
 log = logging.getLogger("benchmark")
 
@@ -148,15 +148,19 @@ def run_cell(run: RunContext, shared: DetectionData, method: MethodSpec, seed: i
 def run_population(run: RunContext, shared: DetectionData, method: MethodSpec, seeds: list[int],
                    members: list[Member]) -> list[CellResult | NonFiniteLossError]:
     """The cells of ``seeds`` trained as one population (``cvpdl.detection.training.fit_population``), member i from
-    seed i's initialisation and batch order; a member whose loss diverged gets its error."""
+    seed i's initialisation and batch order, with its own loss weights (``Member.settings``, the ``loss`` section:
+    each member's criterion is its own) and recipe; a member whose loss diverged gets its error."""
+    runs = [replace(run, cfg=with_values(run.cfg, member.settings)) for member in members]
     parts = []
-    for member in members:
+    for own, member in zip(runs, members):
         with member.rng():
-            parts.append(_parts(run, shared, method))
-    histories = fit_population(parts, shared, section_config(run.cfg, "train", DetrTrainConfig), members, run.device,
-                               Checkpoint(run.checkpoints, "detr"), desc=method.name, on_epoch=run.on_epoch)
-    return [history if isinstance(history, NonFiniteLossError) else _cell(run, shared, part, history)
-            for part, history in zip(parts, histories)]
+            parts.append(_parts(own, shared, method))
+    recipe = section_config(run.cfg, "train", DetrTrainConfig)
+    histories = fit_population(parts, shared, [member_recipe(recipe, member) for member in members], members,
+                               run.device, Checkpoint(run.checkpoints, "detr"), desc=method.name,
+                               on_epoch=run.on_epoch)
+    return [history if isinstance(history, NonFiniteLossError) else _cell(own, shared, part, history)
+            for own, part, history in zip(runs, parts, histories)]
 
 
 def _cell(run: RunContext, shared: DetectionData, parts: DetectorParts, history: FitHistory) -> CellResult:
@@ -242,6 +246,13 @@ REGISTRY.register_suite(SuiteSpec(
     report_sections=report_sections,
     tuning_objective=("AP50_auc", "val"),  # the area under the val convergence curve: how fast, not only where
     floors=(Floor("epochs_to_target", "val"),),  # a detector that never reaches the target is flagged
+    # DN-DETR's two claims against DAB-DETR, across its box-noise scale λ around the official 0.4 (DN-DETR's
+    # ``--box_noise_scale``): does the verdict hold only at the paper's λ?
+    sweeps=tuple(Sweep(claim, "dn.box_noise", (0.2, 0.4, 1.0), ("dn_dab_detr",))
+                 for claim in ("instability:dn_vs_dab", "AP50_auc:dn_dab_detr:dab_detr")),
+    # members may differ in the loss weights (each member's criterion is its own) and the recipe's lr and weight
+    # decay; not in a method's options (the batched model is member 0's: its dropout, its denoising)
+    member_settings=("loss",),
     method_type=DetrVariant,
 ))
 # the same space for every variant: learning rate and the box-loss weights (matching costs follow the defaults)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +23,7 @@ import torch
 from benchmark.cache import cache_key, cached_state
 from benchmark.config import section_config
 from benchmark.context import CellResult, RunContext
-from benchmark.registry import REGISTRY, Floor, Deviation, MethodSpec, SearchParam, SuiteSpec, Sweep
+from benchmark.registry import METHOD_SECTIONS, REGISTRY, Deviation, Floor, MethodSpec, SearchParam, SuiteSpec, Sweep
 from benchmark.suites.kd_report import report_sections
 from cvpdl.analysis.intrinsic_dimension import intrinsic_dimension
 from cvpdl.checkpoint import Checkpoint
@@ -156,6 +156,9 @@ def run_population(run: RunContext, shared: KDShared, method: MethodSpec, seeds:
     teacher_seconds = (time.perf_counter() - started) / len(seeds)
     make_student = functools.partial(ConvNet, section_config(cfg, "student", StudentNetConfig), data.num_classes,
                                      in_channels=data.x_train.shape[1])
+    # a distiller reads its own config's fields by name (``Distiller.fit``): its settings without their section
+    members = [replace(member, settings={knob.split(".", 1)[1]: value for knob, value in member.settings.items()})
+               for member in members]
     started = time.perf_counter()
     fits = REGISTRY.build(method, cfg).fit(make_student, [teacher for teacher, _ in teachers], data,
                                            section_config(cfg, "train", TrainConfig), members,
@@ -256,7 +259,7 @@ REGISTRY.register_suite(SuiteSpec(
         Sweep("gld:logit_kd", "gld.beta", (50.0, 500.0), ("gld",)),
     ),
     method_type=KdMethod,
-    member_settings=True,
+    member_settings=(METHOD_SECTIONS,),  # a distiller's loss weights and temperatures
 ))
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from cvpdl.detection.parts import DetectorParts
 from cvpdl.engine import Batch, EpochEnd, EpochStats, StepLosses, TrainLoop
 from cvpdl.errors import NonFiniteLossError
 from cvpdl.evaluation.coco_eval import evaluate_detections
-from cvpdl.population import Member, Population, PopulationLoop
+from cvpdl.population import Member, Population, PopulationLoop, member_slices, share_gradients
 from cvpdl.progress import EpochCallback, no_report
 
 
@@ -170,16 +170,21 @@ def optimizer_for(model: nn.Module, cfg: DetrTrainConfig) -> torch.optim.AdamW:
 
 def _adamw(named: Iterable[tuple[str, torch.Tensor]], cfg: DetrTrainConfig) -> torch.optim.AdamW:
     """``optimizer_for`` over (name, parameter) pairs: a model's, or a population's stacked ones."""
+    return torch.optim.AdamW(_param_groups(named, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _param_groups(named: Iterable[tuple[str, torch.Tensor]], cfg: DetrTrainConfig) -> list[dict]:
+    """The official param groups: the backbone at ``lr_backbone`` (frozen at 0), the rest at ``lr``."""
     named = list(named)
     backbone = [p for n, p in named if n.startswith("encoder.backbone.")]
     rest = [p for n, p in named if not n.startswith("encoder.backbone.")]
-    groups = [{"params": rest}]
+    groups = [{"params": rest, "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
     if cfg.lr_backbone > 0:
-        groups.append({"params": backbone, "lr": cfg.lr_backbone})
+        groups.append({"params": backbone, "lr": cfg.lr_backbone, "weight_decay": cfg.weight_decay})
     else:
         for p in backbone:
             p.requires_grad_(False)
-    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return groups
 
 
 def fit(parts: DetectorParts, data: DetectionData, cfg: DetrTrainConfig, generator: torch.Generator,
@@ -260,17 +265,22 @@ def _denoising_queries(drawn: list[tuple], groups: int, num_classes: int, num_ma
     return tuple(torch.stack(part) for part in stacked), books
 
 
-def fit_population(parts: list[DetectorParts], data: DetectionData, cfg: DetrTrainConfig, members: list[Member],
-                   device: torch.device, checkpoint: Checkpoint = Checkpoint(None, "detr"), desc: str = "detr",
-                   on_epoch: EpochCallback = no_report) -> list[FitHistory | NonFiniteLossError]:
-    """``fit`` for a population (``cvpdl.population``): detector i is member i's (its own initialisation and batch
-    order), all trained as one batched model with ``fit``'s optimiser, schedule and per-member gradient clipping;
-    the Hungarian matching and the criterion run per (member, image) on the batched predictions. One detector goes
-    through ``fit`` itself. DN-DETR's noised queries are drawn outside the batched forward, from each member's own
-    generator in the order its run alone draws them, and padded to the population's largest group (masked, so each
-    member attends as alone). A member whose loss diverged gets its error."""
+def fit_population(parts: list[DetectorParts], data: DetectionData, cfgs: list[DetrTrainConfig],
+                   members: list[Member], device: torch.device, checkpoint: Checkpoint = Checkpoint(None, "detr"),
+                   desc: str = "detr", on_epoch: EpochCallback = no_report) -> list[FitHistory | NonFiniteLossError]:
+    """``fit`` for a population (``cvpdl.population``): detector i is member i's (its own initialisation, batch order
+    and criterion), all trained as one batched model with ``fit``'s optimiser, schedule and per-member gradient
+    clipping, member i with recipe ``cfgs[i]`` (the recipes may differ in lr and weight decay: each member's slices in
+    param groups of their own, ``member_slices``); the Hungarian matching and the criterion run per (member, image)
+    on the batched predictions. One detector goes through ``fit`` itself. DN-DETR's noised queries are drawn outside
+    the batched forward, from each member's own generator in the order its run alone draws them, and padded to the
+    population's largest group (masked, so each member attends as alone). A member whose loss diverged gets its
+    error."""
     if len(parts) == 1:
-        return [fit(parts[0], data, cfg, members[0].generator, device, checkpoint, desc, on_epoch)]
+        return [fit(parts[0], data, cfgs[0], members[0].generator, device, checkpoint, desc, on_epoch)]
+    cfg = cfgs[0]
+    if any(replace(other, lr=cfg.lr, weight_decay=cfg.weight_decay) != cfg for other in cfgs):
+        raise ValueError("a population's members may differ in their recipe's lr and weight decay only")
     models = [p.model.to(device) for p in parts]
     for model in models:
         _adamw(model.named_parameters(), cfg)  # freezes the backbone where lr_backbone is 0, before stacking
@@ -281,7 +291,13 @@ def fit_population(parts: list[DetectorParts], data: DetectionData, cfg: DetrTra
         population = Population(models, lambda model, inputs, *queries: _predictions(
             model.forward_denoising(inputs, *queries)))
     population.template.encoder.channels_last = False  # not implemented under vmap for a batched input
-    optimizer = _adamw(population.params.items(), cfg)
+    if len({(other.lr, other.weight_decay) for other in cfgs}) == 1:
+        optimizer = _adamw(population.params.items(), cfg)
+    else:  # each member's slices in param groups of its own recipe
+        slices = member_slices(population)
+        optimizer = share_gradients(torch.optim.AdamW(
+            [group for own, other in zip(slices, cfgs) for group in _param_groups(own.items(), other)],
+            lr=cfg.lr, weight_decay=cfg.weight_decay), population, slices)
     loop = PopulationLoop(desc, population, optimizer, members, len(data.train), cfg.batch_size, cfg.epochs,
                           steps_per_epoch=len(data.train) // cfg.batch_size,
                           epoch_scheduler=torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_drop or cfg.epochs + 1),

@@ -13,9 +13,9 @@ from torch import nn
 
 from cvpdl.checkpoint import Checkpoint
 from cvpdl.distill.networks import ConvNet
-from cvpdl.distill.training import ClassificationData, KDFit, TrainConfig, member_recipe, train_population
+from cvpdl.distill.training import ClassificationData, KDFit, TrainConfig, train_population
 from cvpdl.errors import NonFiniteLossError
-from cvpdl.population import Member
+from cvpdl.population import Member, member_recipe
 from cvpdl.progress import EpochCallback, no_report
 
 

@@ -20,9 +20,9 @@ from cvpdl.checkpoint import Checkpoint
 from cvpdl.distill.base import Distiller, member_config
 from cvpdl.distill.networks import ConvNet
 from cvpdl.distill.student_baseline import StudentBaseline
-from cvpdl.distill.training import ClassificationData, KDFit, TrainConfig, member_recipe, train_population
+from cvpdl.distill.training import ClassificationData, KDFit, TrainConfig, train_population
 from cvpdl.errors import NonFiniteLossError
-from cvpdl.population import Member
+from cvpdl.population import Member, member_recipe
 from cvpdl.progress import EpochCallback, no_report
 
 

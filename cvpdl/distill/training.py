@@ -14,7 +14,7 @@ from cvpdl import ddp
 from cvpdl.checkpoint import Checkpoint
 from cvpdl.engine import Batch, EpochEnd, EpochStats, TrainLoop
 from cvpdl.errors import NonFiniteLossError
-from cvpdl.population import Member, Population, PopulationLoop, per_member_sgd
+from cvpdl.population import Member, Population, PopulationLoop, member_slices, share_gradients
 from cvpdl.progress import EpochCallback, no_report
 
 
@@ -157,7 +157,7 @@ def train_population(distillers: list[nn.Module], data: ClassificationData, cfgs
                      ) -> tuple[list[TrainHistory], dict[int, NonFiniteLossError]]:
     """``train`` for a population: distiller i is member i's (its own initialisation, teacher and batch order), all
     trained as one batched model (``cvpdl.population``) with ``train``'s optimiser and schedule, member i with
-    recipe ``cfgs[i]``; the recipes may differ in lr and weight decay (``per_member_sgd``), the distillers' configs in
+    recipe ``cfgs[i]``; the recipes may differ in lr and weight decay (``member_slices``), the distillers' configs in
     float loss settings (``member_settings``). One distiller goes through ``train`` itself. Returns every member's
     history and the members whose loss diverged (index → error)."""
     if len(distillers) == 1:
@@ -169,8 +169,7 @@ def train_population(distillers: list[nn.Module], data: ClassificationData, cfgs
     if distillers[0].teacher is not None:
         outputs = [predict(d.teacher, data.x_train, forward=d.teacher_outputs) for d in distillers]
         teacher_out = {key: torch.stack([out[key] for out in outputs]) for key in outputs[0]}
-    device = data.x_train.device
-    settings = {name: values.to(device) for name, values in member_settings(distillers).items()}
+    settings = {name: values.to(data.x_train.device) for name, values in member_settings(distillers).items()}
 
     def losses(distiller, x, y, t, values):
         with distiller.configured(values):
@@ -180,9 +179,11 @@ def train_population(distillers: list[nn.Module], data: ClassificationData, cfgs
     if len({(other.lr, other.weight_decay) for other in cfgs}) == 1:
         optimizer = torch.optim.SGD(population.trainable(), lr=cfg.lr, momentum=cfg.momentum,
                                     weight_decay=cfg.weight_decay)
-    else:
-        optimizer = per_member_sgd(population.trainable(), torch.tensor([other.lr for other in cfgs], device=device),
-                                   torch.tensor([other.weight_decay for other in cfgs], device=device), cfg.momentum)
+    else:  # each member's slices in a param group of their own recipe
+        slices = member_slices(population)
+        optimizer = share_gradients(torch.optim.SGD(
+            [{"params": list(own.values()), "lr": other.lr, "weight_decay": other.weight_decay}
+             for own, other in zip(slices, cfgs)], lr=cfg.lr, momentum=cfg.momentum), population, slices)
     steps = max(1, len(data.x_train) // cfg.batch_size)
     loop = PopulationLoop(desc, population, optimizer, members, len(data.x_train), cfg.batch_size, cfg.epochs,
                           step_scheduler=step_schedule(optimizer, cfg, steps), checkpoint=checkpoint,
@@ -199,13 +200,6 @@ def train_population(distillers: list[nn.Module], data: ClassificationData, cfgs
     states = loop.run(step_losses, lambda index, *args: end_epochs[index](*args),
                       [{"per_epoch": {}, "test_top1": []} for _ in distillers])
     return [TrainHistory(state["per_epoch"], state["test_top1"]) for state in states], loop.diverged
-
-
-def member_recipe(cfg: TrainConfig, member: Member) -> TrainConfig:
-    """The shared recipe with the member's own lr and weight decay in place (``Member.recipe``)."""
-    if bad := sorted(set(member.recipe) - {"lr", "weight_decay"}):
-        raise ValueError(f"a member's recipe may vary only lr and weight_decay, not {', '.join(bad)}")
-    return dataclasses.replace(cfg, **{name: float(value) for name, value in member.recipe.items()})
 
 
 def member_settings(distillers: list[nn.Module]) -> dict[str, torch.Tensor]:
