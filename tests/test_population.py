@@ -264,5 +264,26 @@ def test_detector_members_with_their_own_lr_and_loss_weight_each_train_as_that_r
     assert _val_loss(default) != pytest.approx(_val_loss(together[0]), rel=1e-2)
 
 
+def test_dn_members_with_their_own_box_noise_each_train_as_that_run_alone(detr_setting):
+    """DN-DETR's sweep of its box-noise scale λ as one population: each member's noised queries are drawn from its own
+    config (outside the batched model), so (seed 3, λ 1.0) and (seed 4, λ 0.4) are each that run alone."""
+    from dataclasses import replace
+
+    from benchmark.config import with_values
+    from benchmark.registry import REGISTRY
+    from benchmark.suites import detr
+
+    run, shared, _ = detr_setting
+    method = REGISTRY.method("detr", "dn_dab_detr")
+    together = detr.run_population(run, shared, method, [3, 4], _members([3, 4], settings=[{"dn.box_noise": 1.0}, {}]))
+    for seed, own, cell in zip([3, 4], [{"dn.box_noise": 1.0}, {}], together):
+        alone, = detr.run_population(replace(run, cfg=with_values(run.cfg, own)), shared, method, [seed],
+                                     _members([seed]))
+        assert _largest_difference(alone.models["detector"], cell.models["detector"]) < TOLERANCE
+        assert _val_loss(cell) == pytest.approx(_val_loss(alone), rel=1e-4)
+    default, = detr.run_population(run, shared, method, [3], _members([3]))
+    assert _largest_difference(default.models["detector"], together[0].models["detector"]) > 10 * TOLERANCE
+
+
 def _val_loss(cell) -> float:
     return next(r["value"] for r in cell.records if r["split"] == "val" and r["metric"] == "loss")

@@ -250,9 +250,10 @@ REGISTRY.register_suite(SuiteSpec(
     # ``--box_noise_scale``): does the verdict hold only at the paper's λ?
     sweeps=tuple(Sweep(claim, "dn.box_noise", (0.2, 0.4, 1.0), ("dn_dab_detr",))
                  for claim in ("instability:dn_vs_dab", "AP50_auc:dn_dab_detr:dab_detr")),
-    # members may differ in the loss weights (each member's criterion is its own) and the recipe's lr and weight
-    # decay; not in a method's options (the batched model is member 0's: its dropout, its denoising)
-    member_settings=("loss",),
+    # members may differ in the loss weights (each member's criterion is its own), DN-DETR's noise (drawn outside the
+    # batched model, from each member's own config) and the recipe's lr and weight decay; not in the model's options
+    # (the batched model is member 0's: its dropout)
+    member_settings=("loss", "dn"),
     method_type=DetrVariant,
 ))
 # the same space for every variant: learning rate and the box-loss weights (matching costs follow the defaults)

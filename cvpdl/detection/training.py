@@ -273,9 +273,9 @@ def fit_population(parts: list[DetectorParts], data: DetectionData, cfgs: list[D
     clipping, member i with recipe ``cfgs[i]`` (the recipes may differ in lr and weight decay: each member's slices in
     param groups of their own, ``member_slices``); the Hungarian matching and the criterion run per (member, image)
     on the batched predictions. One detector goes through ``fit`` itself. DN-DETR's noised queries are drawn outside
-    the batched forward, from each member's own generator in the order its run alone draws them, and padded to the
-    population's largest group (masked, so each member attends as alone). A member whose loss diverged gets its
-    error."""
+    the batched forward, from each member's own generator and noise config in the order its run alone draws them,
+    and padded to the population's largest group (masked, so each member attends as alone). A member whose loss
+    diverged gets its error."""
     if len(parts) == 1:
         return [fit(parts[0], data, cfgs[0], members[0].generator, device, checkpoint, desc, on_epoch)]
     cfg = cfgs[0]
@@ -313,9 +313,9 @@ def fit_population(parts: list[DetectorParts], data: DetectionData, cfgs: list[D
         queries, books = (), [None] * len(batched)
         if denoising is not None:
             queries, books = _denoising_queries(
-                [build_dn_queries(targets, denoising, models[0].num_classes, member.generator)
-                 for (_, targets), member in zip(batched, members)], denoising.groups, models[0].num_classes,
-                models[0].anchors.num_embeddings, device)
+                [build_dn_queries(targets, model.denoising, model.num_classes, member.generator)  # its own noise
+                 for (_, targets), member, model in zip(batched, members, models)], denoising.groups,
+                models[0].num_classes, models[0].anchors.num_embeddings, device)
         outputs = population(torch.stack([inputs for inputs, _ in batched]), *queries)
         terms = []
         for index, (_, targets) in enumerate(batched):
