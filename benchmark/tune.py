@@ -239,7 +239,8 @@ def _optimize_in_batches(study, spec: SuiteSpec, method: MethodSpec, budget: int
                          options: TuneOptions, after_batch) -> None:
     """The study in batches: ask ``batch`` trials (TPE's constant liar keeps them apart), train their trials × seeds
     as populations of ``--population`` (``train_trials_together``), then score and tell each from its cells. The
-    batch size is a function of the options alone, so the same options give the same study."""
+    batch size is a function of the options alone (never of free memory); a wall budget is checked between
+    batches."""
     started = time.monotonic()
     while (done := _completed(study)) < budget:
         if options.timeout is not None and time.monotonic() - started > options.timeout:
