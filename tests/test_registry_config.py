@@ -99,3 +99,19 @@ def test_config_hash_is_stable_and_sensitive():
     b = config.resolve({"toy": Toy}, {}, ["toy.epochs=4"])
     assert config.config_hash(a) == config.config_hash(config.resolve({"toy": Toy}, {}, []))
     assert config.config_hash(a) != config.config_hash(b)
+
+
+def test_which_knobs_a_populations_members_may_differ_in():
+    """A float the loss or the noise reads, or the recipe's lr and weight decay: never a value that shapes the model
+    (FitNet's hint stage), the schedule (epochs), another method's section, or what the batched model holds (detr's
+    dropout: member 0's)."""
+    import benchmark.suites  # noqa: F401  (registers the suites)
+    from benchmark.invocation import member_knob
+    from benchmark.registry import REGISTRY
+
+    kd, detr = REGISTRY.suite("kd"), REGISTRY.suite("detr")
+    fitnet, dn = REGISTRY.method("kd", "fitnet"), REGISTRY.method("detr", "dn_dab_detr")
+    assert [member_knob(kd, fitnet, k) for k in ("fitnet.hint_weight", "train.lr", "train.weight_decay")] == [True] * 3
+    assert not any(member_knob(kd, fitnet, k) for k in ("fitnet.hint_stage", "train.epochs", "gld.beta"))
+    assert [member_knob(detr, dn, k) for k in ("loss.bbox", "dn.box_noise", "train.lr")] == [True] * 3
+    assert not any(member_knob(detr, dn, k) for k in ("dn.groups", "dab.dropout", "model.d_model"))
