@@ -282,9 +282,13 @@ def report_markdown(results_dir: Path) -> str:
         findings, tested, sensitive = suite_findings(spec, frame)
         rows += findings
         sweeps[spec.name] = read_sensitivity(suite_dir, run)
-        if not sensitive:
-            body.append(f"**{INSENSITIVE[0].upper() + INSENSITIVE[1:]}** (not shown: "
-                        f"{'; '.join(t.claim.text for t in failed_controls(tested))}).\n\n")
+        if not sensitive:  # the pilot's own controls; a confirmation's are tested on its own seeds (first table)
+            confirmed = any(suite == spec.name for suite, _ in sources["confirmation"].rows)
+            body.append(f"**{'In the development pilot, ' if confirmed else ''}"
+                        f"{INSENSITIVE if confirmed else INSENSITIVE[0].upper() + INSENSITIVE[1:]}** (not shown: "
+                        f"{'; '.join(t.claim.text for t in failed_controls(tested))})"
+                        + (". The planned confirmation tests its controls on its own seeds: its row in the first "
+                           "table." if confirmed else ".") + "\n\n")
         body.append(f"Development pilot: `{spec.name}/summary.md` (data {data_line(spec, run)}, profile "
                     f"`{run.get('profile', '?')}`, seeds "
                     f"{sorted(frame['seed'].unique().tolist())}, commit `{run.get('git_commit', '?')[:12]}`).")
