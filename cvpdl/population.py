@@ -18,7 +18,7 @@ import contextlib
 import copy
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -236,6 +236,28 @@ def member_recipe(cfg: Any, member: Member) -> Any:
     if bad := sorted(set(member.recipe) - set(RECIPE)):
         raise ValueError(f"a member's recipe may vary only {' and '.join(RECIPE)}, not {', '.join(bad)}")
     return dataclasses.replace(cfg, **{name: float(value) for name, value in member.recipe.items()})
+
+
+def shared_recipe(cfgs: Sequence[Any]) -> Any:
+    """The members' shared recipe (the first's), once their recipes are checked to differ in ``RECIPE`` only."""
+    cfg = cfgs[0]
+    if any(dataclasses.replace(other, **{name: getattr(cfg, name) for name in RECIPE}) != cfg for other in cfgs):
+        raise ValueError("a population's members may differ in their recipe's lr and weight decay only")
+    return cfg
+
+
+def recipe_optimizer(population: Population, cfgs: Sequence[Any],
+                     groups: Callable[[Iterable[tuple[str, torch.Tensor]], Any], list[dict]],
+                     optimizer: Callable[[list[dict]], torch.optim.Optimizer]) -> torch.optim.Optimizer:
+    """The population's optimiser, ``optimizer`` over ``groups(named trainable parameters, recipe)``: over the
+    stacked parameters where every member has one recipe (``cfgs[i]``), else over each member's slices
+    (``member_slices``) in groups of its own recipe, linked to the stacked gradients by ``share_gradients``."""
+    if len({tuple(getattr(cfg, name) for name in RECIPE) for cfg in cfgs}) == 1:
+        return optimizer(groups([(name, value) for name, value in population.params.items() if value.requires_grad],
+                                cfgs[0]))
+    slices = member_slices(population)
+    return share_gradients(optimizer([group for own, cfg in zip(slices, cfgs) for group in groups(own.items(), cfg)]),
+                           population, slices)
 
 
 def member_slices(population: Population) -> list[dict[str, torch.Tensor]]:

@@ -7,7 +7,7 @@ a study tuned on either code then stays valid for the other (``benchmark.params.
 library is checked this way instead of re-tuning; a change that moves one number is not equivalent, and its
 studies must be rerun.
 
-    python scripts/check_equivalence.py --against d033ad1
+    python scripts/check_equivalence.py --against d033ad1 [more commits]
 """
 from __future__ import annotations
 
@@ -40,42 +40,47 @@ def run_suite(code: Path, suite: str, seeds: list[str], out: Path) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--against", required=True, help="the commit whose training code to compare with")
+    parser.add_argument("--against", required=True, nargs="+",
+                        help="the commits whose training code to compare with (this tree's runs train once)")
     parser.add_argument("--seeds", nargs="+", default=["0", "1"])
     parser.add_argument("--suites", nargs="+", default=list(SUITES), choices=SUITES)
     args = parser.parse_args()
     checked = training_code_digest()  # the code the runs below train with: it must not change under them
+    verdicts = {}  # commit → (its training-code digest, every suite identical)
     with tempfile.TemporaryDirectory() as tmp:
-        old = Path(tmp) / "code"
-        subprocess.run(["git", "worktree", "add", "--detach", str(old), args.against], cwd=REPO, check=True,
-                       capture_output=True)
-        try:
-            old_digest = source_digest(*(old / path.relative_to(REPO) for path in TRAINING_CODE))
-            same = {}
-            for suite in args.suites:
-                before = run_suite(old, suite, args.seeds, Path(tmp) / "before" / suite)
-                after = run_suite(REPO, suite, args.seeds, Path(tmp) / "after" / suite)
-                same[suite] = before.read_bytes() == after.read_bytes()
-                print(f"{suite}: metrics.csv {'identical' if same[suite] else 'DIFFERENT'}", flush=True)
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=REPO, check=False)
+        after = {suite: run_suite(REPO, suite, args.seeds, Path(tmp) / "after" / suite) for suite in args.suites}
+        for index, against in enumerate(args.against):
+            old = Path(tmp) / f"code{index}"
+            subprocess.run(["git", "worktree", "add", "--detach", str(old), against], cwd=REPO, check=True,
+                           capture_output=True)
+            try:
+                old_digest = source_digest(*(old / path.relative_to(REPO) for path in TRAINING_CODE))
+                same = {}
+                for suite in args.suites:
+                    before = run_suite(old, suite, args.seeds, Path(tmp) / f"before{index}" / suite)
+                    same[suite] = before.read_bytes() == after[suite].read_bytes()
+                    print(f"{against} {suite}: metrics.csv {'identical' if same[suite] else 'DIFFERENT'}", flush=True)
+            finally:
+                subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=REPO, check=False)
+            verdicts[against] = (old_digest, all(same.values()))
     digest = training_code_digest()
     if digest != checked:
         print("not recorded: the training code changed while it was checked; check again")
         return 1
-    if not all(same.values()) or digest == old_digest:
-        print("not recorded: " + ("the code differs in its results" if not all(same.values()) else
-                                  "the training code is the same"))
-        return 1 if not all(same.values()) else 0
     records = json.loads(EQUIVALENCE_FILE.read_text())["records"] if EQUIVALENCE_FILE.is_file() else []
     commit, dirty = git_state()
-    records.append({"digest": digest, "same_as": old_digest, "against": args.against,
-                    "checked_at": commit + ("+dirty" if dirty else ""), "suites": args.suites,
-                    "profile": "quick", "seeds": [int(s) for s in args.seeds],
-                    "written": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    for against, (old_digest, identical) in verdicts.items():
+        if not identical or digest == old_digest:
+            print(f"{against}: not recorded: " + ("the code differs in its results" if not identical else
+                                                  "the training code is the same"))
+            continue
+        records.append({"digest": digest, "same_as": old_digest, "against": against,
+                        "checked_at": commit + ("+dirty" if dirty else ""), "suites": args.suites,
+                        "profile": "quick", "seeds": [int(s) for s in args.seeds],
+                        "written": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        print(f"{against}: recorded in {EQUIVALENCE_FILE.relative_to(REPO)}: training code {digest} ≡ {old_digest}")
     EQUIVALENCE_FILE.write_text(json.dumps({"records": records}, indent=1) + "\n")
-    print(f"recorded in {EQUIVALENCE_FILE.relative_to(REPO)}: training code {digest} ≡ {old_digest}")
-    return 0
+    return 0 if all(identical for _, identical in verdicts.values()) else 1
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from cvpdl.detection.parts import DetectorParts
 from cvpdl.engine import Batch, EpochEnd, EpochStats, StepLosses, TrainLoop
 from cvpdl.errors import NonFiniteLossError
 from cvpdl.evaluation.coco_eval import evaluate_detections
-from cvpdl.population import Member, Population, PopulationLoop, member_slices, share_gradients
+from cvpdl.population import Member, Population, PopulationLoop, recipe_optimizer, shared_recipe
 from cvpdl.progress import EpochCallback, no_report
 
 
@@ -278,9 +278,7 @@ def fit_population(parts: list[DetectorParts], data: DetectionData, cfgs: list[D
     diverged gets its error."""
     if len(parts) == 1:
         return [fit(parts[0], data, cfgs[0], members[0].generator, device, checkpoint, desc, on_epoch)]
-    cfg = cfgs[0]
-    if any(replace(other, lr=cfg.lr, weight_decay=cfg.weight_decay) != cfg for other in cfgs):
-        raise ValueError("a population's members may differ in their recipe's lr and weight decay only")
+    cfg = shared_recipe(cfgs)
     models = [p.model.to(device) for p in parts]
     for model in models:
         _adamw(model.named_parameters(), cfg)  # freezes the backbone where lr_backbone is 0, before stacking
@@ -291,13 +289,8 @@ def fit_population(parts: list[DetectorParts], data: DetectionData, cfgs: list[D
         population = Population(models, lambda model, inputs, *queries: _predictions(
             model.forward_denoising(inputs, *queries)))
     population.template.encoder.channels_last = False  # not implemented under vmap for a batched input
-    if len({(other.lr, other.weight_decay) for other in cfgs}) == 1:
-        optimizer = _adamw(population.params.items(), cfg)
-    else:  # each member's slices in param groups of its own recipe
-        slices = member_slices(population)
-        optimizer = share_gradients(torch.optim.AdamW(
-            [group for own, other in zip(slices, cfgs) for group in _param_groups(own.items(), other)],
-            lr=cfg.lr, weight_decay=cfg.weight_decay), population, slices)
+    optimizer = recipe_optimizer(population, cfgs, _param_groups, lambda groups: torch.optim.AdamW(
+        groups, lr=cfg.lr, weight_decay=cfg.weight_decay))
     loop = PopulationLoop(desc, population, optimizer, members, len(data.train), cfg.batch_size, cfg.epochs,
                           steps_per_epoch=len(data.train) // cfg.batch_size,
                           epoch_scheduler=torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_drop or cfg.epochs + 1),

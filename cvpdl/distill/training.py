@@ -14,7 +14,7 @@ from cvpdl import ddp
 from cvpdl.checkpoint import Checkpoint
 from cvpdl.engine import Batch, EpochEnd, EpochStats, TrainLoop
 from cvpdl.errors import NonFiniteLossError
-from cvpdl.population import Member, Population, PopulationLoop, member_slices, share_gradients
+from cvpdl.population import Member, Population, PopulationLoop, recipe_optimizer, shared_recipe
 from cvpdl.progress import EpochCallback, no_report
 
 
@@ -162,9 +162,7 @@ def train_population(distillers: list[nn.Module], data: ClassificationData, cfgs
     history and the members whose loss diverged (index → error)."""
     if len(distillers) == 1:
         return [train(distillers[0], data, cfgs[0], members[0].generator, desc, checkpoint, evaluate, on_epoch)], {}
-    cfg = cfgs[0]
-    if any(dataclasses.replace(other, lr=cfg.lr, weight_decay=cfg.weight_decay) != cfg for other in cfgs):
-        raise ValueError("a population's members may differ in their recipe's lr and weight decay only")
+    cfg = shared_recipe(cfgs)
     teacher_out = None
     if distillers[0].teacher is not None:
         outputs = [predict(d.teacher, data.x_train, forward=d.teacher_outputs) for d in distillers]
@@ -176,14 +174,10 @@ def train_population(distillers: list[nn.Module], data: ClassificationData, cfgs
             return distiller.losses(x, y, t)
 
     population = Population(distillers, losses)
-    if len({(other.lr, other.weight_decay) for other in cfgs}) == 1:
-        optimizer = torch.optim.SGD(population.trainable(), lr=cfg.lr, momentum=cfg.momentum,
-                                    weight_decay=cfg.weight_decay)
-    else:  # each member's slices in a param group of their own recipe
-        slices = member_slices(population)
-        optimizer = share_gradients(torch.optim.SGD(
-            [{"params": list(own.values()), "lr": other.lr, "weight_decay": other.weight_decay}
-             for own, other in zip(slices, cfgs)], lr=cfg.lr, momentum=cfg.momentum), population, slices)
+    optimizer = recipe_optimizer(
+        population, cfgs, lambda named, recipe: [{"params": [value for _, value in named], "lr": recipe.lr,
+                                                  "weight_decay": recipe.weight_decay}],
+        lambda groups: torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum))
     steps = max(1, len(data.x_train) // cfg.batch_size)
     loop = PopulationLoop(desc, population, optimizer, members, len(data.x_train), cfg.batch_size, cfg.epochs,
                           step_scheduler=step_schedule(optimizer, cfg, steps), checkpoint=checkpoint,
