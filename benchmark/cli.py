@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--force", action="store_true", help="replace a plan whose confirmation has not started")
     plan.add_argument("--tuned", action="store_true", help="plan the tuned regime's confirmation from its pilot "
                                                            "DIR/tuned/<suite>/ (→ DIR/tuned/confirmation/<suite>/)")
+    plan.add_argument("--seed-cap", type=int, help="the most seeds the plan may ask, a budget fixed before the run "
+                                                   "(default: confirmation.SEED_CAP, 64); a claim that needs more is "
+                                                   "planned underpowered and says so")
 
     sensitivity = sub.add_parser("sensitivity", help="each primary claim across the knob that may drive it (the "
                                                      "suite's declared sweeps), on the development seeds → "
@@ -298,7 +301,7 @@ def cmd_evaluate(args) -> None:
 def cmd_plan(args) -> None:
     from benchmark.confirmation import write_plan
 
-    path = write_plan(args.suite, args.results_dir, args.force, args.tuned)
+    path = write_plan(args.suite, args.results_dir, args.force, args.tuned, args.seed_cap)
     plan = json.loads(path.read_text())
     print(f"{path}: {plan['n']} seeds ({plan['seeds'][0]}-{plan['seeds'][-1]}, none used before), one look, family of "
           f"{plan['family_size']} primary claims at α={plan['alpha']:g} (each test at "

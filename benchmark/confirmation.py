@@ -79,9 +79,12 @@ def _power(t: Tested, n: int) -> float:
     return max(difference, float(tost_power(abs(t.diff), t.sd, t.claim.delta, nobs, level)[0]))
 
 
-def build_plan(suite: str, results_dir: Path, tuned: bool = False) -> dict:
+def build_plan(suite: str, results_dir: Path, tuned: bool = False, seed_cap: int = SEED_CAP) -> dict:
     """The plan of ``suite``'s confirmation from its development pilot (``results_dir/<suite>``, or
-    ``results_dir/tuned/<suite>`` for the tuned regime, whose values the plan then fixes; seeds 0-4 only)."""
+    ``results_dir/tuned/<suite>`` for the tuned regime, whose values the plan then fixes; seeds 0-4 only).
+    ``seed_cap`` is a budget: a claim needing more seeds is planned underpowered, and says so."""
+    if not len(PILOT_SEEDS) <= seed_cap <= SEED_CAP:
+        raise UserInputError(f"--seed-cap {seed_cap}: must lie in [{len(PILOT_SEEDS)}, {SEED_CAP}]")
     spec = REGISTRY.suite(suite)
     if not isinstance(spec.report_sections, SuiteReport):
         raise UserInputError(f"suite {suite!r} declares no claims: nothing to plan")
@@ -101,13 +104,13 @@ def build_plan(suite: str, results_dir: Path, tuned: bool = False) -> dict:
     primaries = [t for t in tested.values() if t.claim.role == "primary"]
     level = ALPHA / len(family)
     for t in primaries:
-        needs = float(planned_seeds(t.diff, t.sd, t.claim.delta, level, SEED_CAP))
+        needs = float(planned_seeds(t.diff, t.sd, t.claim.delta, level, seed_cap))
         claims.append({
             "key": t.claim.key, "text": t.claim.text, "a": t.claim.a.__dict__, "b": t.claim.b.__dict__,
             "expected": t.claim.expected, "delta": t.claim.delta,
             "pilot": {"n": t.n, "diff": t.diff, "sd": t.sd, "ci": [t.ci_low, t.ci_high]},
             "level": level, "seeds_needed": _finite(needs)})
-    n = suite_seeds([c["seeds_needed"] for c in claims])
+    n = suite_seeds([c["seeds_needed"] for c in claims], seed_cap)
     for c, t in zip(claims, primaries):
         c["power_at_n"] = round(_power(t, n), 3) if t.n >= 2 else None
         c["underpowered"] = c["seeds_needed"] is None or c["seeds_needed"] > n
@@ -126,24 +129,25 @@ def build_plan(suite: str, results_dir: Path, tuned: bool = False) -> dict:
         "profile": run["profile"], "methods": run["methods"], "config_hash": run["config_hash"],
         "regime": TUNED if tuned else "papers", "params": run.get("params") or {},
         "alpha": ALPHA, "power_target": TARGET_POWER, "family": family, "family_size": len(family),
-        "procedure": PROCEDURE, "seed_cap": SEED_CAP,
+        "procedure": PROCEDURE, "seed_cap": seed_cap,
         "looks": [{"n": n, "boundary": f"adjusted p < {ALPHA:g} (one look: the whole α)"}],
         "claims": claims, "controls": [t.claim.key for t in tested.values() if t.claim.role == "control"],
         "n": n, "seeds": seeds,
     }
 
 
-def suite_seeds(needed: list[float | None]) -> int:
-    """A suite's one seed count: the most its claims need, within [pilot size, ``SEED_CAP``]."""
-    n = SEED_CAP if None in needed else int(max(needed, default=len(PILOT_SEEDS)))
-    return min(SEED_CAP, max(n, len(PILOT_SEEDS)))
+def suite_seeds(needed: list[float | None], cap: int = SEED_CAP) -> int:
+    """A suite's one seed count: the most its claims need, within [pilot size, ``cap``]."""
+    n = cap if None in needed else int(max(needed, default=len(PILOT_SEEDS)))
+    return min(cap, max(n, len(PILOT_SEEDS)))
 
 
 def _finite(x: float) -> float | None:
     return None if math.isnan(x) or math.isinf(x) else float(x)
 
 
-def write_plan(suite: str, results_dir: Path, force: bool = False, tuned: bool = False) -> Path:
+def write_plan(suite: str, results_dir: Path, force: bool = False, tuned: bool = False,
+               seed_cap: int | None = None) -> Path:
     """Write the plan once: a plan is never rewritten after its confirmation started (``force`` to replace an
     unrun plan)."""
     path = plan_path(results_dir, suite, tuned)
@@ -151,7 +155,7 @@ def write_plan(suite: str, results_dir: Path, force: bool = False, tuned: bool =
         raise UserInputError(f"{path} exists: a plan is written once (--force replaces it, only before its run)")
     if (path.parent / "metrics.csv").exists():
         raise UserInputError(f"{path.parent} holds a confirmation already: its plan cannot change")
-    plan = build_plan(suite, results_dir, tuned)
+    plan = build_plan(suite, results_dir, tuned, seed_cap or SEED_CAP)
     write_json(path, plan)
     return path
 

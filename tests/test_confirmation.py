@@ -116,7 +116,8 @@ def test_a_level_control_holds_only_when_its_lower_bound_clears_the_level():
 
 def test_duplicate_rows_are_an_error_and_missing_values_are_counted():
     claim = Claim("c", "a − b", Arm("a", "acc", "test"), Arm("b", "acc", "test"))
-    rows = [("s", m, seed, None, "test", "acc", 0.5 + 0.1 * (m == "a") + 0.01 * seed) for m in "ab" for seed in range(4)]
+    rows = [("s", m, seed, None, "test", "acc", 0.5 + 0.1 * (m == "a") + 0.01 * seed)
+            for m in "ab" for seed in range(4)]
     with pytest.raises(UserInputError, match=r"holds a acc\[test\] more than once at \(seed, epoch\) \(1, None\)"):
         evaluate_family(_frame(rows + [("s", "a", 1, None, "test", "acc", 0.9)]), [claim])
     rows[0] = ("s", "a", 0, None, "test", "acc", float("nan"))
@@ -139,6 +140,12 @@ def test_a_plan_takes_new_seeds_and_every_seed_keeps_one_role(tmp_path, cli):
     plan = build_plan("kd", results)
     assert set(plan["seeds"]).isdisjoint(used_seeds(results, "kd")) and plan["seeds"][0] == 205
     assert len(plan["seeds"]) == plan["n"] and plan["family_size"] == 12 and plan["pilot"]["seeds"] == [0, 1, 2, 3, 4]
+    capped = build_plan("kd", results, seed_cap=6)  # a budget: n never above it, a claim needing more says so
+    assert capped["n"] <= 6 and capped["seed_cap"] == 6 and capped["seeds"] == plan["seeds"][:capped["n"]]
+    assert all(c["underpowered"] == (c["seeds_needed"] is None or c["seeds_needed"] > capped["n"])
+               for c in capped["claims"])
+    code, _, err = cli("plan", "--suite", "kd", "--seed-cap", "2", "--results-dir", str(results))
+    assert code == 2 and err.strip().endswith("must lie in [5, 64]") and "\n" not in err.strip()
     code, out, _ = cli("plan", "--suite", "kd", "--results-dir", str(results))
     assert code == 0 and "run it once" in out
     assert cli("plan", "--suite", "kd", "--results-dir", str(results))[0] == 2  # a plan is written once
