@@ -169,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     sensitivity.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                              help="fixed overrides under every value (repeatable)")
     sensitivity.add_argument("--results-dir", type=Path, default=Path("results"), help="where results/<suite>/ is")
+    sensitivity.add_argument("--sweep", metavar="SECTION.KEY=V1,V2,...",
+                             help="sweep this knob instead of the suite's declared sweeps, for every method of each "
+                                  "claim (e.g. train.lr=5e-4,1e-3,2e-3): an exploratory question of your own, so give "
+                                  "it a --results-dir of its own")
+    sensitivity.add_argument("--claims", nargs="+", metavar="KEY", help="with --sweep: only these primary claims "
+                                                                         "(default: every one)")
     _add_machine_options(sensitivity)
     _add_population_option(sensitivity, "a method's seeds, and in kd a sweep's values × seeds,")
     sensitivity.add_argument("--jobs", type=int, default=1, help="train cells in N worker processes side by side")
@@ -378,8 +384,9 @@ def main(argv: list[str] | None = None) -> int:
             from benchmark.runner import RunOptions
             from benchmark.sensitivity import run_sensitivity
 
+            asked = args.__dict__.pop("sweep"), args.__dict__.pop("claims")
             table = run_sensitivity(RunOptions(**{k: v for k, v in vars(args).items() if k != "command"},
-                                               params=Path("none")))
+                                               params=Path("none")), *asked)
             print(table[["text", "knob", "value", "n", "diff", "ci_low", "ci_high", "p", "direction"]].to_string(
                 index=False, float_format=lambda x: f"{x:.4g}"))
         elif args.command == "evaluate":

@@ -49,13 +49,17 @@ def finding(question: str, claim: str, t: Tested | None, extra: str = "") -> Fin
 def report_family() -> list[str]:
     """``suite:key`` of every primary claim the report decides (its suites with all their methods): the error
     family of the primary claims, declared in each confirmation plan."""
-    keys = []
-    for name in SUITE_NAMES:
-        hook = next((s.report_sections for s in REGISTRY.suites() if s.name == name), None)
-        if isinstance(hook, SuiteReport):
-            everything = pd.DataFrame({"method": REGISTRY.method_names(name), "metric": "chance_top1"})
-            keys += [f"{name}:{c.key}" for c in hook.family(everything) if c.role == "primary"]
-    return keys
+    return [f"{name}:{c.key}" for name in SUITE_NAMES for c in primary_claims(name)]
+
+
+def primary_claims(suite: str) -> list[Claim]:
+    """The primary claims ``suite`` declares with all its methods run (none when it is not registered or declares
+    no claims)."""
+    hook = next((s.report_sections for s in REGISTRY.suites() if s.name == suite), None)
+    if not isinstance(hook, SuiteReport):
+        return []
+    everything = pd.DataFrame({"method": REGISTRY.method_names(suite), "metric": "chance_top1"})
+    return [c for c in hook.family(everything) if c.role == "primary"]
 
 
 @dataclass(frozen=True)

@@ -187,8 +187,8 @@ def diagnosis_lines(frame: pd.DataFrame, f: Finding, pair: Regimes | None) -> li
             reading = (f"tuned at equal budget, still **{pair.tuned.verdict}** ({moved}): tuning does not undo it, "
                        "so it is this testbed's finding about the method, not a carried-over setting's")
         elif pair.conflict:
-            reading = (f"tuned at equal budget: **{pair.tuned.verdict}** ({moved}): a setting carried over from the "
-                       f"paper drives the reversal; {knob}")
+            reading = (f"tuned at equal budget: **{pair.tuned.verdict}** ({moved}): a default setting (the paper's, "
+                       f"or this testbed's declared deviation from it) drives the reversal, not the method; {knob}")
         else:
             reading = (f"tuned at equal budget: **{pair.tuned.verdict}**{'' if pair.tuned_sensitive else '‡'} "
                        f"({moved}); which of the two it is needs more seeds of both regimes (the tuned regime's "

@@ -47,22 +47,28 @@ def tested_claim(spec: SuiteSpec, frame: pd.DataFrame, key: str) -> Tested:
     return evaluate_family(frame, [replace(claim, role="secondary")])[key]
 
 
-def run_sensitivity(options) -> pd.DataFrame:
+def run_sensitivity(options, asked: str | None = None, claims: list[str] | None = None) -> pd.DataFrame:
     """``options``: the ``RunOptions`` of the suite's default run (suite, seeds, profile, results dir, device ...);
-    each sweep value is that run with ``--set knob=value`` and only the swept methods."""
+    each sweep value is that run with ``--set knob=value`` and only the swept methods. ``asked``
+    (``section.key=v1,v2,...``): that knob instead of the declared sweeps, over every method of each primary claim
+    (of ``claims`` only, if given)."""
     from benchmark.runner import run_suite
 
     spec = REGISTRY.suite(options.suite)
-    if not spec.sweeps:
+    if asked is None and not spec.sweeps:
         raise UserInputError(f"suite {spec.name!r} declares no sweeps")
-    base = run_suite(replace(options, methods=None))
+    if claims and asked is None:
+        raise UserInputError("--claims goes with --sweep (the declared sweeps name their own claims)")
+    sweeps = spec.sweeps if asked is None else asked_sweeps(spec, *parse_sweep(spec, asked, options.profile), claims)
     base_dir = _base_folder(options)
+    _check_table(base_dir / "sensitivity.csv", {sweep.knob for sweep in sweeps})
+    base = run_suite(replace(options, methods=None))
     if options.population > 1 and spec.member_settings:
-        for sweep in spec.sweeps:
+        for sweep in sweeps:
             train_sweep_together(options, spec, sweep)
     config_hash = json.loads((base_dir / "run.json").read_text())["config_hash"]
     rows, runs = [], {}
-    for sweep in spec.sweeps:
+    for sweep in sweeps:
         default = default_value(spec, sweep.knob, options.profile)
         for value in sweep.values:
             if value == default:
@@ -82,6 +88,46 @@ def run_sensitivity(options) -> pd.DataFrame:
     render_suite(spec.name, base_dir, Path(options.results_dir) if base_dir.parent == Path(options.results_dir)
                  else None)
     return table
+
+
+def parse_sweep(spec: SuiteSpec, asked: str, profile: str) -> tuple[str, tuple]:
+    """``section.key=v1,v2,...`` → the knob and its values, read as its default's type, the default among them."""
+    from benchmark.config import apply_override
+
+    knob, _, listed = asked.partition("=")
+    try:
+        default = default_value(spec, knob, profile)
+    except (KeyError, ValueError):
+        raise UserInputError(f"--sweep {asked}: suite {spec.name!r} has no setting {knob!r}") from None
+    section, key = knob.split(".", 1)
+    values = {default}
+    for raw in filter(None, listed.split(",")):
+        cfg = {section: {key: default}}
+        apply_override(cfg, f"{knob}={raw}")
+        values.add(cfg[section][key])
+    if len(values) < 2:
+        raise UserInputError(f"--sweep {asked}: give values besides the default after '=', separated by commas")
+    return knob, tuple(sorted(values))
+
+
+def asked_sweeps(spec: SuiteSpec, knob: str, values: tuple, claims: list[str] | None) -> tuple[Sweep, ...]:
+    """One sweep of ``knob`` per primary claim (of ``claims``), over every method the claim compares."""
+    from benchmark.findings import primary_claims
+
+    primary = primary_claims(spec.name)
+    if unknown := sorted(set(claims or ()) - {c.key for c in primary}):
+        raise UserInputError(f"--claims {unknown[0]}: not a primary claim of suite {spec.name!r}; choose from: "
+                             f"{', '.join(c.key for c in primary)}")
+    return tuple(Sweep(c.key, knob, values, tuple(dict.fromkeys(arm.method for arm in (c.a, c.b)
+                                                                   if hasattr(arm, "method"))))
+                 for c in primary if not claims or c.key in claims)
+
+
+def _check_table(path: Path, knobs: set[str]) -> None:
+    """A sweep never overwrites another knob's table (a declared sweep's, or another question's)."""
+    if path.is_file() and (held := set(pd.read_csv(path, usecols=["knob"])["knob"])) != knobs:
+        raise UserInputError(f"{path} holds the sweep of {', '.join(sorted(held))}: sweep "
+                             f"{', '.join(sorted(knobs))} into another --results-dir")
 
 
 def value_options(options, sweep: Sweep, value):
