@@ -2,6 +2,8 @@
 over the development seeds and its 95% t-interval per value, the default filled, a zero line."""
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -28,7 +30,7 @@ def sensitivity(table: pd.DataFrame) -> plt.Figure | None:
             ax.plot([xi], [r["diff"]], "o", color="black", mfc="black" if r["default"] else "white", ms=6)
         ax.set_xticks(x, [f"{v:g}" for v in rows["value"]])
         ax.set_xlabel(knob)
-        ax.set_title(rows["text"].iloc[0].replace(" test top-1 (last epoch)", "").replace("`", "")
-                     .replace(" on ", "\non "), fontsize=8)
+        title = rows["text"].iloc[0].replace(" test top-1 (last epoch)", "").replace("`", "")
+        ax.set_title(textwrap.fill(title, 46), fontsize=8)  # a panel's width: long claims wrap, not overlap
     axes[0][0].set_ylabel("Δ (a − b), 95% CI")
     return figure
