@@ -166,6 +166,18 @@ def headline(suite: str, dev: Finding, dev_sensitive: bool, sources: dict[str, E
                  if (suite, dev.claim) in evidence.rows), ("development", dev, dev_sensitive))
 
 
+def exploratory_sweeps(results_dir: Path, suite: str) -> list[tuple[str, pd.DataFrame]]:
+    """Sweeps of one's own (``sensitivity --sweep`` into ``DIR/exploratory/<name>/``): quoted under their claims,
+    never deciding a verdict, each on the development seeds of its own base run."""
+    found = []
+    for path in sorted((results_dir / "exploratory").glob(f"*/{suite}/sensitivity.csv")):
+        table = read_sensitivity(path.parent, json.loads((path.parent / "run.json").read_text()))
+        if table is not None:
+            where = path.parent.relative_to(results_dir)
+            found.append((f"exploratory, development seeds of its own base run: `{where}/`", table))
+    return found
+
+
 def diagnosis_lines(frame: pd.DataFrame, f: Finding, pair: Regimes | None) -> list[str]:
     """Under a claim the papers' settings contradict: the experiment that tells "the method is worse here" from "a
     setting carried over from the paper hurts here" (every method tuned at equal budget; both regimes on the same
@@ -282,6 +294,7 @@ def report_markdown(results_dir: Path) -> str:
         findings, tested, sensitive = suite_findings(spec, frame)
         rows += findings
         sweeps[spec.name] = read_sensitivity(suite_dir, run)
+        explored = exploratory_sweeps(results_dir, spec.name)
         if not sensitive:  # the pilot's own controls; a confirmation's are tested on its own seeds (first table)
             confirmed = any(suite == spec.name for suite, _ in sources["confirmation"].rows)
             body.append(f"**{'In the development pilot, ' if confirmed else ''}"
@@ -319,9 +332,10 @@ def report_markdown(results_dir: Path) -> str:
                 if dev.question == section.heading and f.verdict == "contradicted" and f.tested is not None:
                     pair = regime_pairs(results_dir, [(suite, dev, sensitive)], sources, tuned).get((suite, dev.claim))
                     body += [f"- {line}\n" for line in diagnosis_lines(frame, f, pair)]
-            body += [f"- sensitivity (development seeds): {line}\n" for line in sensitivity_lines(sweeps[spec.name])
-                     if any(f.question == section.heading and f.tested is not None and line.startswith(
-                         f.tested.claim.text) for _, f, _ in findings)]
+            ours = [f.tested.claim.text for _, f, _ in findings if f.question == section.heading and f.tested]
+            body += [f"- sensitivity ({where}): {line}\n"
+                     for where, table in [("development seeds", sweeps[spec.name]), *explored]
+                     for line in sensitivity_lines(table) if line.startswith(tuple(ours))]
             for name in section.figures:
                 caption = CAPTIONS.get(spec.name, {}).get(name, "")
                 body.append(f"![{name}]({spec.name}/figures/{name}.png)\n\n*Figure `{name}`.* {caption}\n\n")

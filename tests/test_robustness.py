@@ -100,3 +100,21 @@ def test_diagnosis_reads_the_two_regimes_golden_lines():
     assert "**inconclusive**‡" in lines["open"] and "the same development seeds" in lines["open"]
     assert "needs more seeds of both regimes" in lines["open"]
     assert diagnosis_lines(frame, papers, None)[0].endswith("may be a carried-over setting's.")
+
+
+def test_a_sweep_of_ones_own_is_quoted_only_from_its_own_run(tmp_path):
+    """`sensitivity --sweep` into DIR/exploratory/<name>/: the report quotes its table where it matches its own base
+    run's config, and never a stale one."""
+    import json
+
+    from benchmark.report import exploratory_sweeps
+
+    folder = tmp_path / "exploratory" / "lr" / "kd"
+    folder.mkdir(parents=True)
+    _table(["inconclusive", "higher", "lower"]).to_csv(folder / "sensitivity.csv", index=False)
+    (folder / "run.json").write_text(json.dumps({"config_hash": "h"}))
+    (where, table), = exploratory_sweeps(tmp_path, "kd")
+    assert where.endswith("`exploratory/lr/kd/`") and list(table["value"]) == [1.0, 10.0, 100.0]
+    assert exploratory_sweeps(tmp_path, "ovd") == []
+    (folder / "run.json").write_text(json.dumps({"config_hash": "another"}))  # rerun on another config: stale
+    assert exploratory_sweeps(tmp_path, "kd") == []
