@@ -171,7 +171,8 @@ def exploratory_sweeps(results_dir: Path, suite: str) -> list[tuple[str, pd.Data
     never deciding a verdict, each on the development seeds of its own base run."""
     found = []
     for path in sorted((results_dir / "exploratory").glob(f"*/{suite}/sensitivity.csv")):
-        table = read_sensitivity(path.parent, json.loads((path.parent / "run.json").read_text()))
+        run = path.parent / "run.json"
+        table = read_sensitivity(path.parent, json.loads(run.read_text())) if run.is_file() else None
         if table is not None:
             where = path.parent.relative_to(results_dir)
             found.append((f"exploratory, development seeds of its own base run: `{where}/`", table))
