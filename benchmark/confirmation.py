@@ -155,7 +155,7 @@ def write_plan(suite: str, results_dir: Path, force: bool = False, tuned: bool =
         raise UserInputError(f"{path} exists: a plan is written once (--force replaces it, only before its run)")
     if (path.parent / "metrics.csv").exists():
         raise UserInputError(f"{path.parent} holds a confirmation already: its plan cannot change")
-    plan = build_plan(suite, results_dir, tuned, seed_cap or SEED_CAP)
+    plan = build_plan(suite, results_dir, tuned, SEED_CAP if seed_cap is None else seed_cap)
     write_json(path, plan)
     return path
 

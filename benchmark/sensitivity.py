@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.claims import Tested, evaluate_family
+from benchmark.claims import Arm, Tested, evaluate_family
 from benchmark.config import resolve as resolve_config
 from benchmark.registry import REGISTRY, SuiteSpec, Sweep
 from benchmark.results import atomic_write_csv
@@ -100,10 +100,9 @@ def parse_sweep(spec: SuiteSpec, asked: str, profile: str) -> tuple[str, tuple]:
     except (KeyError, ValueError):
         raise UserInputError(f"--sweep {asked}: suite {spec.name!r} has no setting {knob!r}") from None
     section, key = knob.split(".", 1)
-    values = {default}
+    cfg, values = {section: {key: default}}, {default}
     for raw in filter(None, listed.split(",")):
-        cfg = {section: {key: default}}
-        apply_override(cfg, f"{knob}={raw}")
+        apply_override(cfg, f"{knob}={raw}")  # read as the default's type, as --set reads it
         values.add(cfg[section][key])
     if len(values) < 2:
         raise UserInputError(f"--sweep {asked}: give values besides the default after '=', separated by commas")
@@ -119,7 +118,7 @@ def asked_sweeps(spec: SuiteSpec, knob: str, values: tuple, claims: list[str] | 
         raise UserInputError(f"--claims {unknown[0]}: not a primary claim of suite {spec.name!r}; choose from: "
                              f"{', '.join(c.key for c in primary)}")
     return tuple(Sweep(c.key, knob, values, tuple(dict.fromkeys(arm.method for arm in (c.a, c.b)
-                                                                   if hasattr(arm, "method"))))
+                                                                   if isinstance(arm, Arm))))
                  for c in primary if not claims or c.key in claims)
 
 
