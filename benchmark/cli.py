@@ -75,9 +75,9 @@ def _add_machine_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_population_option(parser: argparse.ArgumentParser, what: str = "a method's seeds") -> None:
     parser.add_argument("--population", type=int, default=1,
-                        help=f"train {what} N at a time as one batched model (consecutive chunks; kd, detr). Each "
-                             "member's numbers equal its run alone up to rounding (docs/performance.md); default 1: "
-                             "on a CPU a population is no faster")
+                        help=f"train {what} N at a time as one batched model (consecutive chunks; kd, detr, "
+                             "RegionCLIP). Each member's numbers equal its run alone up to rounding "
+                             "(docs/performance.md); default 1: on a CPU a population is no faster")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="fixed overrides under every trial (e.g. a shorter schedule)")
     tune.add_argument("--results-dir", type=Path, default=Path("results"), help="writes DIR/<suite>/tuning/")
     _add_machine_options(tune)
-    _add_population_option(tune, "a trial's seeds, and in kd and detr a batch of N // seeds trials × seeds,")
+    _add_population_option(tune, "a trial's seeds, and a batch of N // seeds trials × seeds,")
     tune.add_argument("--timeout", type=float, help="wall seconds per method's study (the trial in flight finishes)")
     tune.add_argument("--storage", metavar="URL", help="Optuna storage shared by `tune` workers on several machines: "
                       "a journal file on a shared file system (a path) or a database URL (postgresql://…); default: "

@@ -206,10 +206,12 @@ RECIPE_KEYS = tuple(f"train.{key}" for key in RECIPE)  # what a member's recipe 
 
 def member_knob(spec: SuiteSpec, method: MethodSpec, knob: str) -> bool:
     """Whether members of ``method`` may differ in ``knob`` (``section.key``) inside one population: a recipe value,
-    or a float field of a section the suite lets members differ in (``SuiteSpec.member_settings``)."""
+    or a float field of a section (or the field itself) the suite lets members differ in
+    (``SuiteSpec.member_settings``)."""
     section, key = knob.split(".", 1)
     sections = {**spec.config, **method.config}
-    allowed = section in spec.member_settings or (METHOD_SECTIONS in spec.member_settings and section in method.config)
+    allowed = (section in spec.member_settings or knob in spec.member_settings
+               or (METHOD_SECTIONS in spec.member_settings and section in method.config))
     return knob in RECIPE_KEYS or (allowed and section in sections
                                    and isinstance(getattr(sections[section](), key, None), float))
 

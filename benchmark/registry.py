@@ -120,8 +120,9 @@ class SuiteSpec:
     floors: tuple[Floor, ...] = ()  # levels below which a method (a baseline above all) is flagged in the report
     sweeps: tuple[Sweep, ...] = ()  # the knobs that may drive its primary claims (``benchmark sensitivity``)
     # the config sections whose float fields a population's members may differ in (``METHOD_SECTIONS``: each
-    # method's own), besides the ``train`` recipe's lr and weight decay (``invocation.member_knob``): then
-    # ``sensitivity --population`` trains a sweep's values × seeds together, ``tune --population`` trials × seeds
+    # method's own; a ``section.key``: that field alone), besides the ``train`` recipe's lr and weight decay
+    # (``invocation.member_knob``): then ``sensitivity --population`` trains a sweep's values × seeds together,
+    # ``tune --population`` trials × seeds
     member_settings: tuple[str, ...] = ()
     method_type: type = object  # what every method's ``from_config`` returns: what ``run_cell`` trains
 

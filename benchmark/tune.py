@@ -14,7 +14,7 @@ stays the same in total. Outputs beside it: ``trials.csv`` (every trial), ``best
 best values as ``section.key`` → value; ``run --params`` reads it) and ``figures/sensitivity_<method>.png``.
 
 ``--population N`` trains a trial's seeds as one batched model; in a suite whose members may differ in settings
-(kd, detr), it asks N // seeds trials at a time and trains the whole batch (trials × seeds) as one population
+(kd, detr, ovd), it asks N // seeds trials at a time and trains the whole batch (trials × seeds) as one population
 (``train_trials_together``), each trial then scored from its own cells.
 """
 from __future__ import annotations

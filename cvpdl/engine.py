@@ -132,7 +132,7 @@ class TrainLoop:
         ``state["losses"]``."""
         state = {} if state is None else state
         if end_epoch is None:
-            end_epoch = _log_losses
+            end_epoch = log_losses
             state.setdefault("losses", {})
         checkpoint = self.checkpoint or Checkpoint(None, self.name)
         stateful = self.stateful()
@@ -149,7 +149,8 @@ class TrainLoop:
         return state
 
 
-def _log_losses(epoch: int, stats: EpochStats, state: dict[str, Any]) -> dict[str, float]:
+def log_losses(epoch: int, stats: EpochStats, state: dict[str, Any]) -> dict[str, float]:
+    """The default epoch end: each mean loss term kept in ``state["losses"]`` and reported as ``train/<term>``."""
     for name, value in stats.losses.items():
         state["losses"].setdefault(name, []).append(value)
     return {f"train/{name}": value for name, value in stats.losses.items()}

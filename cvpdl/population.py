@@ -83,6 +83,9 @@ class Population:
                                                {f"member.{k}": v for k, v in buffers.items()}), args)
 
         self.batched = vmap(one, randomness="different")
+        # ops without a batching rule (torchvision's roi_align, CPU attention) run member by member under vmap, and
+        # their backward would warn so at every step: the cost is measured (``perf --population``), not warned of
+        torch._C._functorch._set_vmap_fallback_warning_enabled(False)
 
     def __len__(self) -> int:
         return len(self.modules)
@@ -118,7 +121,8 @@ class Population:
                 value.copy_(saved[name])
 
 
-# (every member's batch, in member order) → each loss term, one value per member (shape (P,)); the total is their sum
+# (every member's batch, in member order) → each loss term, one value per member (shape (P,)); the total is their
+# sum (weighted by ``PopulationLoop.weights``)
 PopulationLosses = Callable[[list[Batch]], dict[str, torch.Tensor]]
 # (member index, epoch, its stats, its bookkeeping) → the values reported for the epoch (``cvpdl.engine.EpochEnd``
 # per member; the members' modules hold their trained values when it is called)
@@ -143,6 +147,8 @@ class PopulationLoop:
     step_scheduler: Any = None
     epoch_scheduler: Any = None
     clip_norm: float | None = None  # each member's total gradient norm is clipped to this (``clip_grad_norm_``)
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)  # total = Σ weight · term, one weight per member
+    train_mode: bool = True  # False: the members train in eval mode (RegionCLIP's frozen batch norm)
     checkpoint: Checkpoint | None = None
     on_epoch: EpochCallback = no_report
     diverged: dict[int, NonFiniteLossError] = field(default_factory=dict)
@@ -164,7 +170,7 @@ class PopulationLoop:
 
     def train_one_epoch(self, step_losses: PopulationLosses, epoch: int) -> list[EpochStats]:
         started = time.perf_counter()
-        self.population.train(True)
+        self.population.train(self.train_mode)
         orders = [ddp.global_order(self.dataset_size, member.generator).tolist() for member in self.members]
         count = len(self.members)
         sums: dict[str, torch.Tensor] = {}
@@ -172,7 +178,7 @@ class PopulationLoop:
             where = f"{self.name} epoch {epoch}, step {step + 1}"
             window = slice(step * self.batch_size, (step + 1) * self.batch_size)
             terms = step_losses([Batch(order[window], order[window], where) for order in orders])
-            totals = sum(terms.values())
+            totals = sum(self.weights[name] * value if name in self.weights else value for name, value in terms.items())
             for index in torch.nonzero(~totals.detach().isfinite()).flatten().tolist():
                 if index not in self.diverged:
                     self.diverged[index] = NonFiniteLossError(f"non-finite loss at {where} (a population member)")

@@ -350,8 +350,8 @@ def test_dab_detr_forward_and_gradients_equal_hugging_face(seed, float64):
     images = torch.zeros(2, 3, 32, 40, dtype=torch.float64)
     ours.train(), theirs.train()
     out = ours(images)
-    targets = [{"class_labels": torch.tensor([1, 3]), "boxes": torch.tensor([[0.3, 0.4, 0.2, 0.3], [0.6, 0.6, 0.3, 0.2]],
-                                                                            dtype=torch.float64)},
+    targets = [{"class_labels": torch.tensor([1, 3]),
+                "boxes": torch.tensor([[0.3, 0.4, 0.2, 0.3], [0.6, 0.6, 0.3, 0.2]], dtype=torch.float64)},
                {"class_labels": torch.tensor([0]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.4]], dtype=torch.float64)}]
     hf = theirs(pixel_values=images, labels=targets)  # labels: transformers returns the auxiliary layers only then
     hf_layers = [*hf.auxiliary_outputs, {"logits": hf.logits, "pred_boxes": hf.pred_boxes}]

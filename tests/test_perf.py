@@ -335,13 +335,14 @@ def test_a_population_section_times_vmapped_members_and_their_gradients_match_on
     batches = training_batches(split, 4, 3, torch.device("cpu"))
     report = PerfReport()
     report.add("train", "detr images/s", 100.0, "img/s")
-    population.population_throughput(report, PerfOptions(), TrainingBench(None, batches, torch.device("cpu"), 4,
-                                                                          len(split.cat_ids)))
+    population.population_throughput(report, PerfOptions(cache_dir=cache_dir),
+                                     TrainingBench(None, batches, torch.device("cpu"), 4, len(split.cat_ids)))
     rows = {r["item"]: r["value"] for r in report.rows if r["section"] == "population"}
     assert {"detr population of 1 images/s", "detr population of 2 images/s"} <= set(rows)
     assert {"kd population of 1 images/s", "kd population of 2 images/s"} <= set(rows)  # the suite's own path
+    assert {"ovd population of 1 images/s", "ovd population of 2 images/s"} <= set(rows)  # RegionCLIP's
     assert all(v > 0 for k, v in rows.items() if k.endswith("images/s"))
     assert rows["detr member vs alone: largest |Δ gradient| / largest |gradient|"] < 1e-5
     goals = population.population_goals(report)
-    assert [goal.split(":")[0] for goal, _, _ in goals] == ["detr", "kd"]
+    assert [goal.split(":")[0] for goal, _, _ in goals] == ["detr", "kd", "ovd"]
     assert population.population_goals(PerfReport()) == []  # no population timed: no goal row

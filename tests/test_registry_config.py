@@ -103,8 +103,8 @@ def test_config_hash_is_stable_and_sensitive():
 
 def test_which_knobs_a_populations_members_may_differ_in():
     """A float the loss or the noise reads, or the recipe's lr and weight decay: never a value that shapes the model
-    (FitNet's hint stage), the schedule (epochs), another method's section, or what the batched model holds (detr's
-    dropout: member 0's)."""
+    (FitNet's hint stage, RegionCLIP's input scale), the schedule (epochs), another method's section, or what the
+    batched model holds (detr's dropout: member 0's)."""
     import benchmark.suites  # noqa: F401  (registers the suites)
     from benchmark.invocation import member_knob
     from benchmark.registry import REGISTRY
@@ -115,3 +115,6 @@ def test_which_knobs_a_populations_members_may_differ_in():
     assert not any(member_knob(kd, fitnet, k) for k in ("fitnet.hint_stage", "train.epochs", "gld.beta"))
     assert [member_knob(detr, dn, k) for k in ("loss.bbox", "dn.box_noise", "train.lr")] == [True] * 3
     assert not any(member_knob(detr, dn, k) for k in ("dn.groups", "dab.dropout", "model.d_model"))
+    ovd, regionclip = REGISTRY.suite("ovd"), REGISTRY.method("ovd", "regionclip")
+    assert all(member_knob(ovd, regionclip, f"regionclip.{k}") for k in ("lr", "temperature", "keep_threshold"))
+    assert not any(member_knob(ovd, regionclip, k) for k in ("regionclip.image_scale", "clip.lr", "regionclip.epochs"))

@@ -305,7 +305,8 @@ def test_perturbing_metrics_flips_the_first_table_row(tmp_path, suite, row, meth
     for sign in (1, -1):  # a clear, seed-consistent effect each way
         _set_from(path, method, metric, split, source, lambda seed: sign * (0.05 + 0.005 * seed))
         report = report_markdown(results)
-        assert report.index("| Q | claim | verdict | Δ [95% CI] | n | from |") < report.index("## Suite")  # first screen
+        header = report.index("| Q | claim | verdict | Δ [95% CI] | n | from |")
+        assert header < report.index("## Suite")  # on the first screen
         verdicts[sign] = _verdict(_table_row(report, row))
     assert verdicts == {1: "reproduced", -1: "contradicted"}
 

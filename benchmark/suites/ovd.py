@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from benchmark.cache import cache_key, cached_state
-from benchmark.config import section_config
+from benchmark.config import section_config, with_values
 from benchmark.context import CellResult, RunContext
 from benchmark.registry import REGISTRY, Floor, Deviation, MethodSpec, SearchParam, SuiteSpec, Sweep
 from benchmark.suites.ovd_report import report_sections
@@ -26,15 +26,16 @@ from cvpdl.checkpoint import Checkpoint
 from cvpdl.data.coco import OV_COCO_NOVEL, load_coco_splits, resolve_splits
 from cvpdl.data.detection_split import DetectionSplit
 from cvpdl.data.digits_world import GENERATOR_VERSION, DigitsWorldConfig, load_digits_split
-from cvpdl.errors import UserInputError
+from cvpdl.errors import NonFiniteLossError, UserInputError
 from cvpdl.ovd.clip_crop import ClipCrop
 from cvpdl.ovd.clip_model import ClipEncoder, TinyClipConfig, build_tiny_clip, load_pretrained_clip
 from cvpdl.ovd.clip_roi import ClipRoi
 from cvpdl.ovd.localizer import LocalizerConfig, build_localizer, propose, train_localizer
 from cvpdl.ovd.protocol import OvdEvalConfig, evaluate_ovd, gt_box_top1
 from cvpdl.ovd.region_classifier import OvdContext, RegionClassifier
-from cvpdl.ovd.regionclip import RegionClip, RegionClipConfig
+from cvpdl.ovd.regionclip import MEMBER_FIELDS, RegionClip, RegionClipConfig
 from cvpdl.ovd.tiny_clip_training import train_clip
+from cvpdl.population import Member
 
 log = logging.getLogger("benchmark")
 
@@ -170,13 +171,35 @@ def prepare(run: RunContext) -> OvdShared:
 
 def run_cell(run: RunContext, shared: OvdShared, method: MethodSpec, seed: int, generator: torch.Generator
              ) -> CellResult:
+    result, = run_population(run, shared, method, [seed], [Member(generator)])
+    if isinstance(result, NonFiniteLossError):
+        raise result
+    return result
+
+
+def run_population(run: RunContext, shared: OvdShared, method: MethodSpec, seeds: list[int], members: list[Member]
+                   ) -> list[CellResult | NonFiniteLossError]:
+    """The cells of ``seeds``: member i fitted with seed i's generator and its own settings (``Member.settings``:
+    the ``regionclip`` section's floats), as one population where the method trains batched
+    (``RegionClip.fit_population``; one member is ``fit`` alone), then each evaluated alone. A member whose loss
+    diverged gets its error."""
+    runs = [replace(run, cfg=with_values(run.cfg, member.settings)) for member in members]
+    classifiers: list[RegionClassifier] = [REGISTRY.build(method, own.cfg) for own in runs]
+    started = time.perf_counter()
+    checkpoint = Checkpoint(run.checkpoints, method.name)
+    histories = type(classifiers[0]).fit_population(classifiers, shared.context, members, checkpoint, run.on_epoch)
+    seconds = (time.perf_counter() - started) / len(seeds)  # a member's share of the population's time
+    return [history if isinstance(history, NonFiniteLossError)
+            else _cell(own, shared, classifier, seed, member.generator, history, seconds, len(seeds))
+            for own, classifier, seed, member, history in zip(runs, classifiers, seeds, members, histories)]
+
+
+def _cell(run: RunContext, shared: OvdShared, classifier: RegionClassifier, seed: int, generator: torch.Generator,
+          history: dict[str, list[float]], train_seconds: float, population: int) -> CellResult:
     data = section_config(run.cfg, "data", OvdDataConfig)
     test = shared.coco["test"] if shared.coco else _digits_split(run, "test", data.test_images, seed)
     single = None if shared.coco else _digits_split(run, "test_single", data.single_images, seed)
-    classifier: RegionClassifier = REGISTRY.build(method, run.cfg)
     started = time.perf_counter()
-    history = classifier.fit(shared.context, generator, Checkpoint(run.checkpoints, method.name), run.on_epoch)
-    train_seconds, started = time.perf_counter() - started, time.perf_counter()
     records = [{"epoch": epoch + 1, "split": "train", "metric": name, "value": value}
                for name, values in history.items() for epoch, value in enumerate(values)]
     # RegionCLIP's pseudo-label diagnostics (its own positive control: the student learned its teacher's labels)
@@ -200,6 +223,8 @@ def run_cell(run: RunContext, shared: OvdShared, method: MethodSpec, seed: int, 
     # wall clock of the cell's two parts, for perf's account of where a suite's time goes
     timings += [{"epoch": None, "split": "train", "metric": "train_seconds", "value": train_seconds},
                 {"epoch": None, "split": "test", "metric": "eval_seconds", "value": eval_seconds}]
+    if population > 1:  # trained with others: its train time is its share of the population's
+        timings.append({"epoch": None, "split": "train", "metric": "population", "value": float(population)})
     encoder = classifier.encoder(shared.context)  # a method that trains its own encoder (RegionCLIP) keeps it
     models = {} if encoder is shared.context.clip else {"visual_encoder": encoder.model}
     return CellResult(records, timings, {"score_vs_iou": result.scatter}, models=models)
@@ -232,6 +257,8 @@ SUITE = REGISTRY.register_suite(SuiteSpec(
     profiles=PROFILES,
     prepare=prepare,
     run_cell=run_cell,
+    run_population=run_population,
+    member_settings=tuple(f"regionclip.{key}" for key in MEMBER_FIELDS),  # what RegionClip.fit_population batches
     baseline="clip_crop",
     headline=(("zs_top1", "base"), ("zs_top1", "novel"), ("zs_top1_image", "all"), ("AP50", "novel"),
               ("AP50", "base"), ("score_iou_spearman", "all")),

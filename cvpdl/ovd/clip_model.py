@@ -101,15 +101,24 @@ class ClipEncoder:
         if not isinstance(visual, ModifiedResNet):
             raise UserInputError("RoIAlign region features need a ModifiedResNet CLIP (e.g. RN50); "
                                  f"got {type(visual).__name__}")
-        x = visual.stem(pixels.to(visual.conv1.weight.dtype))
-        x = visual.layer3(visual.layer2(visual.layer1(x)))  # stride 16
-        grid = visual.attnpool.positional_embedding.shape[0] - 1
-        side = int(round(grid ** 0.5)) * 2  # layer4 halves it back to the attention pool's grid
-        regions = region_features(x, [b.to(x.dtype) for b in boxes], side, stride=16)
-        return F.normalize(visual.attnpool(visual.layer4(regions)), dim=-1)
+        return visual_region_embeddings(visual, pixels, boxes)
 
 
-def region_features(feature_map: torch.Tensor, boxes: list[torch.Tensor], side: int, stride: int) -> torch.Tensor:
+def visual_region_embeddings(visual: ModifiedResNet, pixels: torch.Tensor, boxes: list[torch.Tensor] | torch.Tensor
+                             ) -> torch.Tensor:
+    """A ModifiedResNet's RoIAlign region embeddings, L2-normalised: ``boxes`` per image (xyxy, in the pixel
+    coordinates of ``pixels``) or as one (K, 5) tensor of (image index, x1, y1, x2, y2), as ``roi_align`` takes them."""
+    x = visual.stem(pixels.to(visual.conv1.weight.dtype))
+    x = visual.layer3(visual.layer2(visual.layer1(x)))  # stride 16
+    grid = visual.attnpool.positional_embedding.shape[0] - 1
+    side = int(round(grid ** 0.5)) * 2  # layer4 halves it back to the attention pool's grid
+    boxes = boxes.to(x.dtype) if isinstance(boxes, torch.Tensor) else [b.to(x.dtype) for b in boxes]
+    regions = region_features(x, boxes, side, stride=16)
+    return F.normalize(visual.attnpool(visual.layer4(regions)), dim=-1)
+
+
+def region_features(feature_map: torch.Tensor, boxes: list[torch.Tensor] | torch.Tensor, side: int, stride: int
+                    ) -> torch.Tensor:
     """RoIAlign of xyxy pixel boxes on a stride-``stride`` feature map: pixel-aligned, with an adaptive number of
     samples per bin (``sampling_ratio=0``, detectron2's ``POOLER_SAMPLING_RATIO`` default that RegionCLIP uses)."""
     return roi_align(feature_map, boxes, output_size=(side, side), spatial_scale=1 / stride, sampling_ratio=0,

@@ -14,7 +14,9 @@ from torchvision.models.detection import FCOS
 
 from cvpdl.checkpoint import Checkpoint
 from cvpdl.data.detection_split import DetectionSplit
+from cvpdl.errors import NonFiniteLossError
 from cvpdl.ovd.clip_model import ClipEncoder
+from cvpdl.population import Member
 from cvpdl.progress import EpochCallback, no_report
 
 
@@ -44,6 +46,13 @@ class RegionClassifier(abc.ABC):
     def fit(self, ctx: OvdContext, generator: torch.Generator, checkpoint: Checkpoint | None = None,
             on_epoch: EpochCallback = no_report) -> dict[str, list[float]]:
         return {}
+
+    @classmethod
+    def fit_population(cls, methods: list[RegionClassifier], ctx: OvdContext, members: list[Member],
+                       checkpoint: Checkpoint | None = None, on_epoch: EpochCallback = no_report
+                       ) -> list[dict[str, list[float]] | NonFiniteLossError]:
+        """``fit`` of method i with member i's generator, for each (a method that trains batched overrides it)."""
+        return [method.fit(ctx, member.generator, checkpoint, on_epoch) for method, member in zip(methods, members)]
 
     def encoder(self, ctx: OvdContext) -> ClipEncoder:
         """The visual encoder used for whole images (the CLIP itself unless the method trains its own)."""

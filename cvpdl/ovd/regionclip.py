@@ -21,7 +21,9 @@ the random-box ablation.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
+from types import SimpleNamespace
 from pathlib import Path
 
 import numpy as np
@@ -30,15 +32,16 @@ import torch
 from cvpdl import ddp
 from cvpdl.checkpoint import Checkpoint
 from cvpdl.data.captions import concept_pool, parse_concepts, prompt
-from cvpdl.engine import Batch, TrainLoop
-from cvpdl.errors import UserInputError
+from cvpdl.engine import Batch, TrainLoop, log_losses
+from cvpdl.errors import NonFiniteLossError, UserInputError
 from cvpdl.ovd.clip_crop import ClipCrop
-from cvpdl.ovd.clip_model import ClipEncoder
+from cvpdl.ovd.clip_model import ClipEncoder, visual_region_embeddings
 from cvpdl.ovd.clip_roi import ClipRoi, embed_regions_roi
 from cvpdl.losses import distillation_kl
 from cvpdl.ovd.losses import image_text_contrastive, region_concept_contrastive, same_caption_mask
 from cvpdl.ovd.localizer import propose
 from cvpdl.ovd.region_classifier import OvdContext
+from cvpdl.population import Member, Population, PopulationLoop, recipe_optimizer
 from cvpdl.progress import EpochCallback, no_report
 
 
@@ -64,6 +67,25 @@ class RegionClipConfig:
     weight_image: float = 1.0
     weight_distill: float = 1.0
     image_scale: float = 2.0
+
+
+# the student's AdamW weight decay (official WEIGHT_DECAY 1e-4; untuned, so not a config field)
+WEIGHT_DECAY = 1e-4
+# the config fields a population's members may differ in: the recipe's lr and what the losses and labels read
+MEMBER_FIELDS = ("lr", "temperature", "teacher_temperature", "keep_threshold", "weight_region", "weight_image",
+                 "weight_distill", "proposal_nms")
+
+
+@dataclass(frozen=True)
+class _Corpus:
+    """What pretraining reads, the same for every member: the first ``images`` training canvases, their captions,
+    the concept pool and the teacher's embeddings of the concepts' prompts and of the captions."""
+
+    images: np.ndarray
+    captions: list[str]
+    concepts: list[str]
+    concept_emb: torch.Tensor
+    caption_emb: torch.Tensor
 
 
 def random_boxes(n: int, size: int, generator: torch.Generator, min_side: float = 8.0) -> np.ndarray:
@@ -122,6 +144,8 @@ def global_boxes(images: np.ndarray) -> list[np.ndarray]:
 
 
 class RegionClip(ClipRoi):
+    population = True  # seeds and settings train as one population (``fit_population``, ``run --population``)
+
     def __init__(self, cfg: RegionClipConfig):
         super().__init__(cfg.image_scale)
         for key, choices in (("proposals", ("localizer", "random")), ("teacher_view", ("roi", "crop")),
@@ -173,26 +197,38 @@ class RegionClip(ClipRoi):
         pseudo-labels the whole batch (the keep-all fallback included), and the student's kept region and image
         embeddings are gathered with their gradient, so every rank computes the losses of the whole global batch,
         as one process does. ``student_forward``: the student's embedding call (DDP-wrapped by ``fit``)."""
-        cfg, student = self.cfg, self.student
-        scale = 1.0 / cfg.temperature
         mine = _block(len(images))
-        with torch.no_grad():
-            teacher_emb = ddp.all_gather_rows(
-                self._teacher_embeddings(ctx, images[mine], regions[mine]).to(student.device))
-            allowed = self._allowed(captions, regions, concepts)
-            teacher_logits, labels, keep = pseudo_label(teacher_emb, concept_emb, cfg.teacher_temperature,
-                                                        cfg.keep_threshold,
-                                                        None if allowed is None else allowed.to(student.device))
+        teacher_logits, labels, keep = self.pseudo_labels(ctx, images, captions, regions, concepts, concept_emb)
         first = sum(len(boxes) for boxes in regions[:mine.start])
         region_emb, global_emb = (student_forward or self.student_embeddings)(images[mine], regions[mine])
         region_emb = ddp.all_gather_with_grad(region_emb[keep[first:first + len(region_emb)]])
-        global_emb = ddp.all_gather_with_grad(global_emb)
+        return self.loss_terms(region_emb, ddp.all_gather_with_grad(global_emb), captions, teacher_logits, labels,
+                               keep, concept_emb, caption_emb)
+
+    @torch.no_grad()
+    def pseudo_labels(self, ctx: OvdContext, images: np.ndarray, captions: list[str], regions: list[np.ndarray],
+                      concepts: list[str], concept_emb: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The teacher's logits, labels and keep mask (``pseudo_label``) of every region of the global batch (each
+        rank embeds its own block; the embeddings are gathered)."""
+        mine, device = _block(len(images)), concept_emb.device
+        teacher_emb = ddp.all_gather_rows(self._teacher_embeddings(ctx, images[mine], regions[mine]).to(device))
+        allowed = self._allowed(captions, regions, concepts)
+        return pseudo_label(teacher_emb, concept_emb, self.cfg.teacher_temperature, self.cfg.keep_threshold,
+                            None if allowed is None else allowed.to(device))
+
+    def loss_terms(self, kept_region_emb: torch.Tensor, global_emb: torch.Tensor, captions: list[str],
+                   teacher_logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor, concept_emb: torch.Tensor,
+                   caption_emb: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The three losses, from the student's embeddings of the kept regions and of each whole image."""
+        cfg = self.cfg
+        scale = 1.0 / cfg.temperature
         same = (same_caption_mask(captions) if cfg.caption_duplicates == "positive"
-                else torch.eye(len(captions), dtype=torch.bool)).to(student.device)
+                else torch.eye(len(captions), dtype=torch.bool)).to(global_emb.device)
         return {
-            "loss_region": region_concept_contrastive(region_emb, concept_emb, labels[keep], scale),
+            "loss_region": region_concept_contrastive(kept_region_emb, concept_emb, labels[keep], scale),
             "loss_image": image_text_contrastive(global_emb, caption_emb, scale, same),
-            "loss_distill": distillation_kl(scale * region_emb @ concept_emb.T, teacher_logits[keep]),
+            "loss_distill": distillation_kl(scale * kept_region_emb @ concept_emb.T, teacher_logits[keep]),
         }
 
     def student_embeddings(self, images: np.ndarray, regions: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -222,29 +258,33 @@ class RegionClip(ClipRoi):
             p.requires_grad_(True)
         return params
 
-    def fit(self, ctx: OvdContext, generator: torch.Generator, checkpoint: Checkpoint | None = None,
-            on_epoch: EpochCallback = no_report) -> dict[str, list[float]]:
-        cfg, teacher = self.cfg, ctx.clip
-        n = min(cfg.images, len(ctx.train))
-        images = np.stack([ctx.train.image(i) for i in range(n)])
+    def _corpus(self, ctx: OvdContext) -> _Corpus:
+        n = min(self.cfg.images, len(ctx.train))
         captions = ctx.train.captions[:n]
-        pool = self.proposal_pool(ctx, n, generator)
         # a passed noun list is the pool as given (official); the class names only where the captions name them
         concepts = self.concept_vocabulary or concept_pool(captions, ctx.class_names)
         with torch.no_grad():
-            concept_emb = teacher.encode_text([prompt(c) for c in concepts])
-            caption_emb = torch.cat([teacher.encode_text(captions[i:i + 512]) for i in range(0, n, 512)])
+            concept_emb = ctx.clip.encode_text([prompt(c) for c in concepts])
+            caption_emb = torch.cat([ctx.clip.encode_text(captions[i:i + 512]) for i in range(0, n, 512)])
+        return _Corpus(np.stack([ctx.train.image(i) for i in range(n)]), captions, concepts, concept_emb, caption_emb)
 
+    def _schedule(self, optimizer: torch.optim.Optimizer, n: int) -> torch.optim.lr_scheduler.LRScheduler:
+        steps = max(1, n // self.cfg.batch_size)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.cfg.epochs * steps)
+
+    def fit(self, ctx: OvdContext, generator: torch.Generator, checkpoint: Checkpoint | None = None,
+            on_epoch: EpochCallback = no_report) -> dict[str, list[float]]:
+        cfg = self.cfg
+        corpus = self._corpus(ctx)
+        n, images, captions = len(corpus.images), corpus.images, corpus.captions
+        pool = self.proposal_pool(ctx, n, generator)
         params = self.init_student(ctx)
         model = self.student.model
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
-        steps = max(1, n // cfg.batch_size)
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=WEIGHT_DECAY)
         # the student trains in eval mode: every batch norm is frozen (official NORM: FrozenBN)
         loop = TrainLoop("RegionCLIP pretraining", model, optimizer, generator, n, cfg.batch_size, cfg.epochs,
-                         step_scheduler=torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps),
-                         clip_parameters=params, clip_norm=cfg.grad_clip_norm, train_mode=False,
-                         weights={"loss_region": cfg.weight_region, "loss_image": cfg.weight_image,
-                                  "loss_distill": cfg.weight_distill},
+                         step_scheduler=self._schedule(optimizer, n), clip_parameters=params,
+                         clip_norm=cfg.grad_clip_norm, train_mode=False, weights=self._weights(),
                          checkpoint=checkpoint or Checkpoint(None, "regionclip"), on_epoch=on_epoch)
         student_forward = ddp.wrap(model, self.student_embeddings)  # DDP over the trained visual parameters
 
@@ -254,14 +294,96 @@ class RegionClip(ClipRoi):
             # every rank passes the global batch, in the order the ranks' shards are gathered (as is with one rank)
             positions = ddp.gathered(list(range(len(idx))))
             idx, regions = [idx[p] for p in positions], [regions[p] for p in positions]
-            return self.losses(ctx, images[idx], [captions[i] for i in idx], regions, concepts, concept_emb,
-                               caption_emb[idx], student_forward)
+            return self.losses(ctx, images[idx], [captions[i] for i in idx], regions, corpus.concepts,
+                               corpus.concept_emb, corpus.caption_emb[idx], student_forward)
 
         history = loop.run(step_losses)["losses"]
-        for p in model.parameters():
-            p.requires_grad_(False)
-        self.diagnostics = self.diagnose(ctx, images, captions, pool, concepts, concept_emb, history)
+        self._finish(ctx, corpus, pool, history)
         return history
+
+    def _weights(self) -> dict[str, float]:
+        cfg = self.cfg
+        return {"loss_region": cfg.weight_region, "loss_image": cfg.weight_image, "loss_distill": cfg.weight_distill}
+
+    def _finish(self, ctx: OvdContext, corpus: _Corpus, pool: list[np.ndarray], history: dict[str, list[float]]
+                ) -> None:
+        for p in self.student.model.parameters():
+            p.requires_grad_(False)
+        self.diagnostics = self.diagnose(ctx, corpus.images, corpus.captions, pool, corpus.concepts,
+                                         corpus.concept_emb, history)
+
+    @classmethod
+    def fit_population(cls, methods: list[RegionClip], ctx: OvdContext, members: list[Member],
+                       checkpoint: Checkpoint | None = None, on_epoch: EpochCallback = no_report
+                       ) -> list[dict[str, list[float]] | NonFiniteLossError]:
+        """``fit`` for a population: method i is member i's (its generator draws its batch order, its proposals
+        where they are random, and its regions), the students' visual encoders trained as one batched model
+        (``cvpdl.population``). The methods' configs may differ in ``MEMBER_FIELDS`` only (its lr in a param group
+        of its own). Each member's step embeds its images once, the sampled regions and the whole-image box
+        together, padded to the population's largest region count (RoIAlign runs member by member under ``vmap``:
+        torchvision has no batching rule for it); its losses are ``loss_terms`` of its own config. One method goes
+        through ``fit`` itself. Returns each member's history, or its error where its loss diverged."""
+        if len(methods) == 1:
+            return [methods[0].fit(ctx, members[0].generator, checkpoint, on_epoch)]
+        first = methods[0]
+        differing = {f.name for f in dataclasses.fields(first.cfg)
+                     if len({getattr(m.cfg, f.name) for m in methods}) > 1}
+        if bad := sorted(differing - set(MEMBER_FIELDS)):
+            raise ValueError(f"RegionCLIP members may differ in {', '.join(MEMBER_FIELDS)} only, not in "
+                             f"{', '.join(bad)}")
+        cfg, corpus = first.cfg, first._corpus(ctx)
+        n, images = len(corpus.images), corpus.images
+        pools = [m.proposal_pool(ctx, n, member.generator) for m, member in zip(methods, members)]
+        for m in methods:
+            m.init_student(ctx)
+        population = Population([m.student.model.visual for m in methods], visual_region_embeddings)
+        optimizer = recipe_optimizer(
+            population, [SimpleNamespace(lr=m.cfg.lr, weight_decay=WEIGHT_DECAY) for m in methods],
+            lambda named, recipe: [{"params": [v for _, v in named], "lr": recipe.lr, "weight_decay": WEIGHT_DECAY}],
+            lambda groups: torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=WEIGHT_DECAY))
+        device = corpus.concept_emb.device
+        weights = {name: torch.tensor([m._weights()[name] for m in methods], device=device)
+                   for name in first._weights()}
+        loop = PopulationLoop("RegionCLIP pretraining", population, optimizer, members, n, cfg.batch_size, cfg.epochs,
+                              step_scheduler=first._schedule(optimizer, n), clip_norm=cfg.grad_clip_norm,
+                              train_mode=False, weights=weights, checkpoint=checkpoint, on_epoch=on_epoch)
+        size = int(round(ctx.clip.image_size * cfg.image_scale))
+        factor = size / images.shape[1]
+
+        def step_losses(batches: list[Batch]) -> dict[str, torch.Tensor]:
+            steps = []
+            for method, member, pool, batch in zip(methods, members, pools, batches):
+                idx = batch.indices
+                regions = sample_regions([pool[i] for i in idx], cfg.regions_per_image, member.generator)
+                captions = [corpus.captions[i] for i in idx]
+                labels = method.pseudo_labels(ctx, images[idx], captions, regions, corpus.concepts,
+                                              corpus.concept_emb)
+                whole = global_boxes(images[idx]) + regions  # each image's whole box first, then its regions
+                rois = torch.cat([torch.cat([torch.full((len(b), 1), float(i % len(idx))), torch.as_tensor(b) * factor],
+                                            dim=1) for i, b in enumerate(whole)])
+                steps.append((idx, captions, labels, rois))
+            width = max(len(rois) for *_, rois in steps)
+            rois = torch.stack([torch.cat([r, r[:1].expand(width - len(r), 5)]) for *_, r in steps]).to(device)
+            pixels = torch.stack([ctx.clip.to_tensor(images[idx], size=size) for idx, *_ in steps])
+            embeddings = population(pixels, rois)  # P × (images + regions, padded) × D
+            terms = []
+            for method, emb, (idx, captions, (logits, labels, keep), r) in zip(methods, embeddings, steps):
+                count = len(idx)
+                regions_emb = emb[count:len(r)]
+                terms.append(method.loss_terms(regions_emb[keep], emb[:count], captions, logits, labels, keep,
+                                               corpus.concept_emb, corpus.caption_emb[idx]))
+            return {name: torch.stack([t[name] for t in terms]) for name in terms[0]}
+
+        states = loop.run(step_losses, lambda index, *args: log_losses(*args),
+                          [{"losses": {}} for _ in methods])
+        results: list[dict[str, list[float]] | NonFiniteLossError] = []
+        for index, (method, pool, state) in enumerate(zip(methods, pools, states)):
+            if index in loop.diverged:
+                results.append(loop.diverged[index])
+                continue
+            method._finish(ctx, corpus, pool, state["losses"])
+            results.append(state["losses"])
+        return results
 
     DIAGNOSTIC_IMAGES = 256
 
