@@ -58,6 +58,15 @@ def population_chunks(seeds: list[int], size: int) -> list[list[int]]:
     return [seeds[i:i + size] for i in range(0, len(seeds), size)]
 
 
+def nested(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{"section.key": value}`` → ``{section: {key: value}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for knob, value in values.items():
+        section, key = knob.split(".", 1)
+        out.setdefault(section, {})[key] = value
+    return out
+
+
 def with_values(cfg: dict[str, dict[str, Any]], values: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """A copy of ``cfg`` with each ``section.key`` of ``values`` set (a population member's settings)."""
     out = {section: dict(fields) for section, fields in cfg.items()}
@@ -166,12 +175,16 @@ def apply_profile(cfg: dict[str, dict[str, Any]], profile: dict[str, Any]) -> No
 
 
 def resolve(sections: dict[str, type], profile: dict[str, Any], assignments: list[str],
-            file_values: dict[str, dict[str, Any]] | None = None,
-            source: str = "--config") -> dict[str, dict[str, Any]]:
+            file_values: dict[str, dict[str, Any]] | None = None, source: str = "--config",
+            tuned: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Defaults → profile → config file → a method's ``tuned`` values (``section.key`` → value) → ``assignments``
+    (``--set``, which win), validated."""
     cfg = defaults(sections)
     apply_profile(cfg, profile)
     if file_values:
         apply_file(cfg, file_values, source)
+    if tuned:
+        apply_file(cfg, nested(tuned), "--params")
     for assignment in assignments:
         apply_override(cfg, assignment)
     validate(cfg, sections)

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from benchmark import distributed
 from benchmark.cells import CellStore, FinishedCell
 from benchmark.context import RunContext
+from benchmark.params import TunedValues, stored
 from benchmark.paths import default_cache_dir
 from benchmark.plan import Execution, ResolvedRun, RunOptions, pick_device, resolve_run, run_tags
 from benchmark.registry import METHOD_SECTIONS, MethodSpec, SuiteSpec
@@ -67,10 +68,10 @@ class CellRunner:
     cell that trains (a run whose cells all finished before prepares nothing)."""
 
     def __init__(self, spec: SuiteSpec, context: RunContext, store: CellStore, tracker: Tracker | NoTracking,
-                 tags: dict[str, str], params: dict[str, list[str]], method_cfgs: dict[str, dict],
+                 tags: dict[str, str], tuned: TunedValues, method_cfgs: dict[str, dict],
                  options: RunOptions, ex: Execution):
         self.spec, self.context, self.store, self.tracker = spec, context, store, tracker
-        self.tags, self.params, self.method_cfgs, self.options, self.ex = tags, params, method_cfgs, options, ex
+        self.tags, self.tuned, self.method_cfgs, self.options, self.ex = tags, tuned, method_cfgs, options, ex
         self.shared = None
         self.prepare_seconds: float | None = None  # None until prepared
         self.prepare_threads: int | None = None
@@ -103,7 +104,7 @@ class CellRunner:
         tags = {**self.tags, "role": "cell", "method": method.name, "seed": str(seed), **extra_tags,
                 # declared differences from the paper's official code travel with the run
                 **{f"deviation.{i}": d.line()[:5000] for i, d in enumerate(method.deviations)},
-                **({"tuned_params": " ".join(self.params[method.name])} if method.name in self.params else {})}
+                **({"tuned_params": " ".join(stored(self.tuned)[method.name])} if method.name in self.tuned else {})}
         with self.tracker.run(f"{method.name}-seed{seed}", {**cfg, "method": method.name, "seed": seed}, tags,
                               nested=True, parent_id=self.parent_id) as run_id:
             yield run_id
@@ -316,5 +317,5 @@ def open_resolved(resolved: ResolvedRun, ex: Execution) -> Invocation:
     context = RunContext(spec.name, resolved.cfg, ex.device, Path(options.cache_dir or default_cache_dir()),
                          options.data, options.data_root, options.clip, options.clip_weights)
     runner = CellRunner(spec, context, CellStore(resolved.suite_dir, resolved.cell_keys), tracker, tags,
-                        resolved.params, resolved.method_cfgs, options, ex)
+                        resolved.tuned, resolved.method_cfgs, options, ex)
     return Invocation(resolved, tags, tracker, runner, ex)

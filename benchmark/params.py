@@ -1,12 +1,14 @@
-"""The tuned values ``benchmark tune`` writes to ``best.json``, read back: the ``section.key=value`` overrides
-``run --params`` applies per method. Both ``tune`` (which writes the file) and the runner (which reads it) import
-this module, so neither imports the other."""
+"""The tuned values ``benchmark tune`` writes to ``best.json``, read back: per method, the typed ``section.key`` →
+value that ``run --params`` applies over its config. They travel typed; only run.json and plan.json store them as
+``section.key=value`` strings (``stored`` and ``from_stored``: the form the config hashes were made from). Both
+``tune`` (which writes the file) and the runner (which reads it) import this module, so neither imports the other."""
 from __future__ import annotations
 
 import json
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from benchmark.paths import REPO_ROOT, source_digest
 from benchmark.reproducibility import git_state
@@ -26,8 +28,31 @@ TUNING_SEEDS = (1000, 1001)
 TUNED = "tuned"
 
 
+# per method, its tuned ``section.key`` → value
+TunedValues = dict[str, dict[str, Any]]
+
+
 def assignment(key: str, value) -> str:
     return f"{key}={json.dumps(value) if isinstance(value, bool) else value}"
+
+
+def stored(tuned: TunedValues) -> dict[str, list[str]]:
+    """The storage form of tuned values (run.json and plan.json ``params``, hashed into the config hash): per method,
+    its sorted ``section.key=value`` strings."""
+    return {name: [assignment(key, value) for key, value in sorted(values.items())] for name, values in tuned.items()}
+
+
+def from_stored(params: dict[str, list[str]]) -> TunedValues:
+    """``stored``'s strings read back as values (JSON where they parse as JSON: numbers, booleans; else the text,
+    which the config reads as its field's type); ``stored(from_stored(p)) == p`` for every stored form."""
+    def value(raw: str):
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw
+
+    return {name: dict((key, value(raw)) for key, raw in (text.split("=", 1) for text in texts))
+            for name, texts in params.items()}
 
 
 def study_profile(path: Path) -> str | None:
@@ -81,9 +106,8 @@ def staleness(payload: dict) -> str | None:
     return None
 
 
-def load_params(path: Path, suite: str, allow_stale: bool = False, seeds: tuple[int, ...] = ()
-                ) -> dict[str, list[str]]:
-    """``best.json`` → per method, the ``section.key=value`` overrides ``run --params`` applies to that method.
+def load_params(path: Path, suite: str, allow_stale: bool = False, seeds: tuple[int, ...] = ()) -> TunedValues:
+    """``best.json`` → per method, the tuned values ``run --params`` applies to that method.
     Refused: values tuned on other code (unless ``allow_stale``) or on one of the run's own ``seeds``."""
     try:
         payload = json.loads(Path(path).read_text())
@@ -100,4 +124,4 @@ def load_params(path: Path, suite: str, allow_stale: bool = False, seeds: tuple[
     if shared:
         raise UserInputError(f"--params {path} was tuned on seed {shared[0]}, which this run evaluates too: "
                              "run other --seeds, or tune on other --seeds")
-    return {name: [assignment(k, v) for k, v in sorted(entry["params"].items())] for name, entry in methods.items()}
+    return {name: dict(sorted(entry["params"].items())) for name, entry in methods.items()}

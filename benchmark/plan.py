@@ -6,6 +6,7 @@ import os
 import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -13,7 +14,7 @@ from benchmark import config as config_lib
 from benchmark import distributed, reproducibility
 from benchmark.config import check_seeds
 from benchmark.confirmation import CONFIRMATION, check_seed_roles, load_plan
-from benchmark.params import TUNED, load_params, study_profile
+from benchmark.params import TUNED, TunedValues, from_stored, load_params, stored, study_profile
 from benchmark.registry import REGISTRY, MethodSpec, SuiteSpec
 from cvpdl.errors import UserInputError
 
@@ -53,7 +54,7 @@ class RunOptions:
     # best.json of `benchmark tune`: each method's tuned values (--set still wins). "tuned": the suite's own study,
     # DIR/<suite>/tuning/best.json; None or "none": the defaults (the papers' settings: one of the two regimes)
     params: Path | None = None
-    method_overrides: dict[str, list[str]] | None = None  # the same as a dict (a run.json's "params"), without a file
+    tuned_values: TunedValues | None = None  # the same as values (a run.json's "params" read back), without a file
     allow_stale: bool = False  # use a best.json tuned on other code (refused otherwise)
     plan: Path | None = None  # a pre-registered confirmation plan.json: its seeds, methods and profile, run once
     # the (commit, dirty) the invocation started at, handed to its --jobs workers and submitit jobs: a commit made
@@ -95,7 +96,8 @@ def apply_plan(options: RunOptions) -> RunOptions:
     check_seed_roles(root, options.suite, plan["seeds"], "confirmation", plan_folder=path.parent)
     # the tuned regime's values as the plan fixed them (not whatever best.json holds by the time it runs)
     return replace(options, seeds=list(plan["seeds"]), methods=list(plan["methods"]), profile=plan["profile"],
-                   results_dir=path.parent.parent, params=Path("none"), method_overrides=plan.get("params") or None)
+                   results_dir=path.parent.parent, params=Path("none"),
+                   tuned_values=from_stored(plan["params"]) if plan.get("params") else None)
 
 
 def resolve(options: RunOptions) -> tuple[SuiteSpec, list[MethodSpec], dict]:
@@ -128,11 +130,7 @@ def resolve(options: RunOptions) -> tuple[SuiteSpec, list[MethodSpec], dict]:
     if options.slurm_time < 1 or options.gpus_per_cell < 0:
         raise UserInputError(f"--slurm-time must be at least 1 minute and --gpus-per-cell at least 0, got "
                              f"{options.slurm_time} and {options.gpus_per_cell}")
-    sections = dict(spec.config)
-    for method in REGISTRY.methods(spec.name):
-        sections.update(method.config)
-    file_values = config_lib.read_config_file(options.config_file) if options.config_file else None
-    cfg = config_lib.resolve(sections, spec.profiles[options.profile], options.overrides, file_values)
+    cfg = suite_config(options, spec)
     for method in methods:
         REGISTRY.build(method, cfg)  # constructors validate their config values: fail now, before anything is written
     if options.data != "digits" and (options.data_root is None or not Path(options.data_root).is_dir()):
@@ -145,20 +143,34 @@ def resolve(options: RunOptions) -> tuple[SuiteSpec, list[MethodSpec], dict]:
     return spec, methods, cfg
 
 
-def tuned_configs(options: RunOptions, methods: list[MethodSpec]) -> tuple[dict[str, list[str]], dict[str, dict]]:
-    """``--params best.json``: per method, its tuned ``section.key=value`` list and the config it runs with (the
-    tuned values over the profile and config file; ``--set`` still wins). Methods absent from the file run as is."""
+def suite_config(options: RunOptions, spec: SuiteSpec, tuned: dict[str, Any] | None = None) -> dict:
+    """The suite's config (every method's sections) under the options' profile, config file and ``--set``, with one
+    method's ``tuned`` values under the ``--set`` ones."""
+    sections = dict(spec.config)
+    for method in REGISTRY.methods(spec.name):
+        sections.update(method.config)
+    file_values = config_lib.read_config_file(options.config_file) if options.config_file else None
+    return config_lib.resolve(sections, spec.profiles[options.profile], options.overrides, file_values, tuned=tuned)
+
+
+def tuned_configs(options: RunOptions, methods: list[MethodSpec]) -> tuple[TunedValues, dict[str, dict]]:
+    """``--params best.json``: per method, its tuned values and the config it runs with (the tuned values over the
+    profile and config file; ``--set`` still wins), validated by building the method. Methods absent from the file
+    run as is."""
     path = own_study(options) if str(options.params) == TUNED else options.params
     if str(path) == "none":
         path = None
-    if path is None and not options.method_overrides:
+    if path is None and not options.tuned_values:
         return {}, {}
     tuned = (load_params(path, options.suite, options.allow_stale, tuple(options.seeds)) if path
-             else options.method_overrides)
-    params = {m.name: tuned[m.name] for m in methods if tuned.get(m.name)}
-    method_cfgs = {name: resolve(replace(options, overrides=[*values, *options.overrides]))[2]
-                   for name, values in params.items()}
-    return params, method_cfgs
+             else options.tuned_values)
+    tuned = {m.name: tuned[m.name] for m in methods if tuned.get(m.name)}
+    spec, method_cfgs = REGISTRY.suite(options.suite), {}
+    for method in methods:
+        if method.name in tuned:
+            method_cfgs[method.name] = suite_config(options, spec, tuned[method.name])
+            REGISTRY.build(method, method_cfgs[method.name])  # its constructor validates the tuned values
+    return tuned, method_cfgs
 
 
 @dataclass(frozen=True)
@@ -171,9 +183,11 @@ class Execution:
     world: int  # number of torchrun ranks (1 without torchrun)
 
 
-def run_config_hash(options: RunOptions, cfg: dict, params: dict[str, list[str]]) -> str:
-    """What decides a run's numbers besides code and seeds: the config, the data and CLIP options, tuned values."""
-    return config_lib.config_hash({"cfg": cfg, **options.data_options(), **({"params": params} if params else {})})
+def run_config_hash(options: RunOptions, cfg: dict, tuned: TunedValues) -> str:
+    """What decides a run's numbers besides code and seeds: the config, the data and CLIP options, tuned values (in
+    their stored form, which the committed hashes were made from)."""
+    return config_lib.config_hash({"cfg": cfg, **options.data_options(),
+                                   **({"params": stored(tuned)} if tuned else {})})
 
 
 def own_study(options: RunOptions) -> Path:
@@ -194,7 +208,7 @@ def results_folder(options: RunOptions, methods: list[MethodSpec], cfg_hash: str
     suite_dir = Path(options.results_dir) / options.suite
     profiles = REGISTRY.suite(options.suite).profiles
     default = replace(options, data="digits", data_root=None, clip=None, clip_weights=None, overrides=[],
-                      config_file=None, params=None, method_overrides=None, allow_stale=True,  # compared, never run
+                      config_file=None, params=None, tuned_values=None, allow_stale=True,  # compared, never run
                       profile="default" if "default" in profiles else next(iter(profiles)))
     _, _, default_cfg = resolve(default)
     if cfg_hash == run_config_hash(default, default_cfg, {}):
@@ -216,7 +230,7 @@ class ResolvedRun:
     options: RunOptions  # with the plan applied and the code state the invocation started at
     cfg: dict  # the resolved config (every method's, before its tuned values)
     methods: tuple[str, ...]
-    params: dict[str, list[str]]  # per tuned method, its values as applied
+    tuned: TunedValues  # per tuned method, its values as applied
     method_cfgs: dict[str, dict]  # per tuned method, the config it trains with
     run_info: dict  # run.json
     suite_dir: Path  # where the run writes
@@ -237,15 +251,15 @@ def resolve_run(options: RunOptions, ex: Execution) -> ResolvedRun:
     from benchmark.cells import cell_keys
 
     spec, methods, cfg = resolve(options)
-    params, method_cfgs = tuned_configs(options, methods)
+    tuned, method_cfgs = tuned_configs(options, methods)
     if options.plan is not None:
         plan = load_plan(options.plan, spec.name)
-        cfg_hash = run_config_hash(options, cfg, params)
+        cfg_hash = run_config_hash(options, cfg, tuned)
         if cfg_hash != plan["config_hash"]:
             raise UserInputError(f"--plan {options.plan}: this code resolves the plan's profile to config hash "
                                  f"{cfg_hash[:8]}, not the plan's {plan['config_hash'][:8]} (the config changed since "
                                  "the pilot: plan again from a new pilot)")
-    run_info = describe_run(options, spec, methods, cfg, params, ex)
+    run_info = describe_run(options, spec, methods, cfg, tuned, ex)
     options = replace(options, code_state=(run_info["git_commit"], run_info["git_dirty"]))
     suite_dir = results_folder(options, methods, run_info["config_hash"])
     # a method trains in populations where its built form says it can (``population``: e.g. not DN-DETR's noise)
@@ -254,7 +268,7 @@ def resolve_run(options: RunOptions, ex: Execution) -> ResolvedRun:
     run_info["population"] = population
     keys = cell_keys(methods, run_info["config_hash"], method_cfgs, options.data_options(), run_info["git_commit"],
                      ex.world, population)
-    return ResolvedRun(options, cfg, tuple(m.name for m in methods), params, method_cfgs, run_info, suite_dir, keys,
+    return ResolvedRun(options, cfg, tuple(m.name for m in methods), tuned, method_cfgs, run_info, suite_dir, keys,
                        population)
 
 
@@ -269,14 +283,14 @@ def run_tags(resolved: ResolvedRun, ex: Execution) -> dict[str, str]:
 
 
 def describe_run(options: RunOptions, spec: SuiteSpec, methods: list[MethodSpec], cfg: dict,
-                 params: dict[str, list[str]], ex: Execution) -> dict:
+                 tuned: TunedValues, ex: Execution) -> dict:
     """``run.json``: config, its hash, code, machine: what a rerun elsewhere compares against."""
     data_options = options.data_options()
-    cfg_hash = run_config_hash(options, cfg, params)
+    cfg_hash = run_config_hash(options, cfg, tuned)
     commit, dirty = options.code_state or reproducibility.git_state()
     run_info = {"suite": spec.name, "profile": options.profile, "methods": [m.name for m in methods],
                 "seeds": options.seeds, "plan": str(options.plan) if options.plan else None, "config": cfg,
-                "config_hash": cfg_hash, "params": params, **data_options,
+                "config_hash": cfg_hash, "params": stored(tuned), **data_options,
                 "git_commit": commit, "git_dirty": dirty, "device": str(ex.device), "threads": ex.threads,
                 "world_size": ex.world, "jobs": options.jobs, "executor": options.executor,
                 # versions, date, command, CPU/ISA, OS, torch build, evaluator, data hashes; the signature decides

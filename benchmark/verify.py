@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmark.params import from_stored
 from benchmark.paths import REPO_ROOT
 from benchmark.results import read_metrics
 from cvpdl.errors import UserInputError
@@ -192,7 +193,8 @@ def verify(suite: str, results_dir: Path | None = None, run: bool = False, metho
                              data=info.get("data", "digits"), data_root=info.get("data_root"),
                              clip=info.get("clip"), clip_weights=info.get("clip_weights"), cache_dir=cache_dir,
                              threads=threads or info.get("threads"),
-                             method_overrides=info.get("params")))  # the tuned values the committed run used
+                             # the tuned values the committed run used
+                             tuned_values=from_stored(info["params"]) if info.get("params") else None))
         print(f"\nverify: ran {spec.name} into {results_dir}")
     comparison = compare_with_committed(spec.name, Path(results_dir or "results"), repo, methods, seeds)
     print(comparison.report())

@@ -179,7 +179,7 @@ def test_the_tuned_regime_plans_its_own_seeds_and_fixes_its_values(tmp_path, cli
     assert set(plan["seeds"]).isdisjoint(papers["seeds"])  # each regime's confirmation on seeds of its own
     assert plan["seeds"][0] == papers["seeds"][-1] + 1
     options = apply_plan(RunOptions(suite="kd", plan=plan_file))
-    assert options.method_overrides == plan["params"] and options.seeds == plan["seeds"]
+    assert options.tuned_values == {"fitnet": {"fitnet.hint_weight": 10.0}} and options.seeds == plan["seeds"]
     assert options.results_dir == results.resolve() / "tuned" / "confirmation"
     # a development run may not take a seed either plan reserves
     code, _, err = cli("run", "--suite", "kd", "--seeds", str(plan["seeds"][0]), "--results-dir", str(results))

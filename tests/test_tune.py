@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from benchmark.context import CellResult
-from benchmark.params import load_params
+from benchmark.params import load_params, stored
 from benchmark.registry import REGISTRY, MethodSpec, SearchParam, SuiteSpec
 from benchmark.runner import RunOptions, run_suite
 from benchmark.tune import TuneOptions, objective_value, tune_suite
@@ -85,7 +85,7 @@ def test_tune_gives_each_method_its_budget_and_run_reads_best_json(tmp_path):
     pd.testing.assert_frame_equal(trials, again)
 
     params = load_params(tmp_path / "knob" / "tuning" / "best.json", "knob")
-    assert params["tunable"] == [f"knob.x={x}"]
+    assert params["tunable"] == {"knob.x": x}
     metrics = run_suite(RunOptions(suite="knob", seeds=[0], profile="quick", results_dir=tmp_path / "final",
                                    cache_dir=tmp_path / "c", params=tmp_path / "knob" / "tuning" / "best.json"))
     test = metrics[metrics["split"] == "test"].set_index("method")["value"]
@@ -187,7 +187,7 @@ def test_killed_tune_resumes_and_run_reads_its_best_json(tmp_path):
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     recorded = json.loads((suite_folder(tmp_path / "final", "detr") / "run.json").read_text())
-    assert recorded["params"]["detr"] == load_params(best, "detr")["detr"]
+    assert recorded["params"]["detr"] == stored(load_params(best, "detr"))["detr"]
 
 
 def test_report_says_how_much_tuning_moved_each_method(tmp_path):

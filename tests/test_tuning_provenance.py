@@ -6,7 +6,8 @@ import json
 import pandas as pd
 import pytest
 
-from benchmark.params import TUNING_SEEDS, load_params, staleness, study_provenance, training_code_digest
+from benchmark.params import (TUNING_SEEDS, from_stored, load_params, staleness, stored, study_provenance,
+                              training_code_digest)
 from cvpdl.errors import UserInputError
 
 
@@ -29,11 +30,11 @@ def test_provenance_records_the_code_and_the_study():
 
 def test_values_from_other_code_are_refused_unless_allowed(tmp_path):
     fresh = study_provenance(seeds=TUNING_SEEDS, threads=2, seconds=1.0)
-    assert load_params(_best(tmp_path, fresh), "knob") == {"tunable": ["knob.x=0.3"]}
+    assert load_params(_best(tmp_path, fresh), "knob") == {"tunable": {"knob.x": 0.3}}
     stale = {**fresh, "code_digest": "0" * 16, "commit": "a4fd8ac0ffee"}
     with pytest.raises(UserInputError, match=r"tuned on other training code \(commit a4fd8ac0ffee\).*--allow-stale"):
         load_params(_best(tmp_path, stale), "knob")
-    assert load_params(_best(tmp_path, stale), "knob", allow_stale=True) == {"tunable": ["knob.x=0.3"]}
+    assert load_params(_best(tmp_path, stale), "knob", allow_stale=True) == {"tunable": {"knob.x": 0.3}}
     with pytest.raises(UserInputError, match="records no provenance"):  # the studies committed before this check
         load_params(_best(tmp_path, None), "knob")
 
@@ -88,3 +89,23 @@ def test_a_recorded_equivalence_keeps_a_study_fresh_through_a_chain(tmp_path, mo
     provenance = {**study_provenance(seeds=TUNING_SEEDS, threads=1, seconds=1.0), "commit": "a4fd8ac0ffee"}
     assert staleness({"provenance": {**provenance, "code_digest": "a"}}) is None
     assert "other training code" in staleness({"provenance": {**provenance, "code_digest": "x"}})
+
+
+def test_tuned_values_travel_typed_and_are_stored_as_the_committed_strings():
+    """Tuned values are typed in flight; run.json and plan.json store them as ``section.key=value`` strings, the form
+    the committed config hashes were made from. Every committed stored form reads back to values that store to the
+    same strings, so no committed hash moves; the typed values are the config's types."""
+    from benchmark.paths import REPO_ROOT
+
+    values = {"fitnet": {"fitnet.hint_weight": 10.0, "train.lr": 1.96e-3, "gld.grid": 2, "x.flag": True,
+                         "regionclip.label_pool": "all"}}
+    assert stored(values) == {"fitnet": ["fitnet.hint_weight=10.0", "gld.grid=2", "regionclip.label_pool=all",
+                                         "train.lr=0.00196", "x.flag=true"]}
+    assert from_stored(stored(values)) == values
+    committed = [path for pattern in ("results/**/run.json", "results/**/plan.json")
+                 for path in REPO_ROOT.glob(pattern)]
+    forms = [params for path in committed if (params := json.loads(path.read_text()).get("params"))]
+    assert len(forms) >= 6  # the tuned regimes' runs and plans of three suites
+    for params in forms:
+        assert stored(from_stored(params)) == params
+        assert all(not isinstance(v, str) for values in from_stored(params).values() for v in values.values())
