@@ -14,6 +14,7 @@ from pathlib import Path
 from benchmark import config as config_lib
 from benchmark.config import check_seeds
 from benchmark.registry import SUITE_NAMES
+from benchmark.sizing import AUTO, population_size
 from cvpdl.errors import UserInputError
 
 CATALOG_VERSION = 6  # bump when the catalog's shape changes
@@ -85,10 +86,10 @@ def preflight(args) -> None:
             raise UserInputError(f"unknown method {name!r} for suite {suite_name!r}; choose from: {', '.join(known)}")
     if len(set(methods)) != len(methods):
         raise UserInputError(f"--methods lists a method twice: {' '.join(methods)}")
-    population = getattr(args, "population", 1)
-    if population < 1:
+    population = getattr(args, "population", 1)  # "auto" is chosen per device type (``sizing``)
+    if population != AUTO and population < 1:
         raise UserInputError(f"--population must be at least 1, got {population}")
-    if population > 1 and not suite["population"]:
+    if population != AUTO and population > 1 and not suite["population"]:
         able = ", ".join(s["name"] for s in suite_catalog() if s["population"])
         raise UserInputError(f"suite {suite_name!r} trains every seed alone: --population > 1 needs a suite with "
                              f"population training ({able})")
@@ -123,14 +124,18 @@ def dry_run(args) -> str:
     if args.plan is not None:
         seeds = json.loads(Path(args.plan).read_text())["seeds"]
     methods = args.methods or [m["name"] for m in suite["methods"]]
-    chunks = config_lib.population_chunks(seeds, args.population)
     together = [m["name"] for m in suite["methods"] if m["population"] and m["name"] in methods]
-    trained = ("each trained alone" if args.population == 1 or not together else
+    size, why = population_size(args.population, args.suite, bool(together), "cuda" if args.device == "cuda" else "cpu")
+    chunks = config_lib.population_chunks(seeds, size)
+    trained = ("each trained alone" if size == 1 or not together else
                f"populations of {', '.join(together)}: {' | '.join(' '.join(map(str, c)) for c in chunks)}"
                + ("; the others' seeds alone" if len(together) < len(methods) else ""))
     lines = [f"{args.suite}, profile {args.profile}: {len(methods) * len(seeds)} cells = {len(methods)} methods × "
              f"{len(seeds)} seeds, {trained} (--jobs {args.jobs})",
              f"  methods: {' '.join(methods)}", f"  seeds: {' '.join(map(str, seeds))}"]
+    if args.population == AUTO:
+        lines.append(f"  population: auto → {size} ({why}" + ("; --device auto: as on a CPU, a GPU chooses its own)"
+                                                             if args.device == "auto" else ")"))
     committed = Path(args.results_dir) / args.suite / "run.json"
     run = json.loads(committed.read_text()) if committed.is_file() else {}
     if run.get("profile") != args.profile or not run.get("wall_seconds"):
@@ -143,4 +148,4 @@ def dry_run(args) -> str:
                                f"shared set-up {run.get('prepare_seconds', 0.0):.0f} s; finished cells are reused and "
                                "cost nothing" + ("; a population member is counted at a cell's cost alone, as on a "
                                                  "CPU: a GPU's is measured by perf --population"
-                                                 if args.population > 1 else "") + ")"])
+                                                 if size > 1 else "") + ")"])

@@ -20,6 +20,7 @@ from benchmark import catalog
 from benchmark.perf import extras as perf_extras
 from benchmark.config import seed
 from benchmark.registry import PROFILES, SUITE_NAMES
+from benchmark.sizing import AUTO, population_option
 from cvpdl.errors import UserInputError
 
 EXIT_USAGE = 2
@@ -74,10 +75,11 @@ def _add_machine_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_population_option(parser: argparse.ArgumentParser, what: str = "a method's seeds") -> None:
-    parser.add_argument("--population", type=int, default=1,
+    parser.add_argument("--population", type=population_option, default=AUTO, metavar="{N,auto}",
                         help=f"train {what} N at a time as one batched model (consecutive chunks; kd, detr, "
                              "RegionCLIP). Each member's numbers equal its run alone up to rounding "
-                             "(docs/performance.md); default 1: on a CPU a population is no faster")
+                             "(docs/performance.md); auto: the size the committed perf --population run on this "
+                             "device type measured fastest (1 on this CPU), recorded in run.json")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     sensitivity.add_argument("--claims", nargs="+", metavar="KEY", help="with --sweep: only these primary claims "
                                                                          "(default: every one)")
     _add_machine_options(sensitivity)
-    _add_population_option(sensitivity, "a method's seeds, and in kd a sweep's values × seeds,")
+    _add_population_option(sensitivity, "a method's seeds, and a sweep's values × seeds,")
     sensitivity.add_argument("--jobs", type=int, default=1, help="train cells in N worker processes side by side")
 
     evaluate = sub.add_parser("evaluate", help="the common COCO evaluator on a ground truth and detections")

@@ -16,6 +16,7 @@ from benchmark.config import check_seeds
 from benchmark.confirmation import CONFIRMATION, check_seed_roles, load_plan
 from benchmark.params import TUNED, TunedValues, from_stored, load_params, stored, study_profile
 from benchmark.registry import REGISTRY, MethodSpec, SuiteSpec
+from benchmark.sizing import AUTO, population_size
 from cvpdl.errors import UserInputError
 
 
@@ -38,8 +39,8 @@ class RunOptions:
     resume: bool = False  # continue interrupted cells from their last per-epoch checkpoint
     jobs: int = 1  # worker processes that train cells side by side (each with cores / jobs threads)
     # seeds of a method trained together as one batched model (consecutive chunks of the seed list; suites with
-    # ``run_population``): 1 on CPU, where the batched kernels are no faster (docs/performance.md)
-    population: int = 1
+    # ``run_population``), or "auto": chosen per device type from the committed perf measurement (``sizing``)
+    population: int | str = 1
     executor: str = "local"  # "submitit": each cell a job (SLURM, or submitit's local executor without it)
     slurm_partition: str | None = None
     slurm_time: int = 240  # minutes per cell's job
@@ -75,6 +76,12 @@ def pick_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise UserInputError(f"unknown device {name!r}; choose from: auto, cpu, cuda")
     return torch.device(name)
+
+
+def chosen_population(population: int | str, spec: SuiteSpec, device: str) -> int:
+    """``--population`` as a size: ``auto`` chosen for the device ``device`` names (``sizing``)."""
+    return population_size(population, spec.name, spec.run_population is not None, pick_device(device).type,
+                           distributed.world_size())[0]
 
 
 def apply_plan(options: RunOptions) -> RunOptions:
@@ -117,9 +124,10 @@ def resolve(options: RunOptions) -> tuple[SuiteSpec, list[MethodSpec], dict]:
     check_seeds(options.seeds)
     if options.jobs < 1 or (options.jobs > 1 and distributed.world_size() > 1):
         raise UserInputError(f"--jobs must be at least 1 (and 1 under torchrun), got {options.jobs}")
-    if options.population < 1 or (options.population > 1 and distributed.world_size() > 1):
+    explicit = options.population != AUTO
+    if explicit and (options.population < 1 or (options.population > 1 and distributed.world_size() > 1)):
         raise UserInputError(f"--population must be at least 1 (and 1 under torchrun), got {options.population}")
-    if options.population > 1 and spec.run_population is None:
+    if explicit and options.population > 1 and spec.run_population is None:
         able = ", ".join(suite.name for suite in REGISTRY.suites() if suite.run_population)
         raise UserInputError(f"suite {spec.name!r} trains every seed alone: --population > 1 needs a suite with "
                              f"population training ({able})")
@@ -259,7 +267,11 @@ def resolve_run(options: RunOptions, ex: Execution) -> ResolvedRun:
             raise UserInputError(f"--plan {options.plan}: this code resolves the plan's profile to config hash "
                                  f"{cfg_hash[:8]}, not the plan's {plan['config_hash'][:8]} (the config changed since "
                                  "the pilot: plan again from a new pilot)")
+    size, why = population_size(options.population, spec.name, spec.run_population is not None, ex.device.type,
+                                ex.world)
+    options = replace(options, population=size)
     run_info = describe_run(options, spec, methods, cfg, tuned, ex)
+    run_info["population_choice"] = why  # the size's source: --population, or auto's measurement
     options = replace(options, code_state=(run_info["git_commit"], run_info["git_dirty"]))
     suite_dir = results_folder(options, methods, run_info["config_hash"])
     # a method trains in populations where its built form says it can (``population``: e.g. not DN-DETR's noise)

@@ -52,9 +52,11 @@ def run_sensitivity(options, asked: str | None = None, claims: list[str] | None 
     each sweep value is that run with ``--set knob=value`` and only the swept methods. ``asked``
     (``section.key=v1,v2,...``): that knob instead of the declared sweeps, over every method of each primary claim
     (of ``claims`` only, if given)."""
+    from benchmark.plan import chosen_population
     from benchmark.runner import run_suite
 
     spec = REGISTRY.suite(options.suite)
+    options = replace(options, population=chosen_population(options.population, spec, options.device))
     if asked is None and not spec.sweeps:
         raise UserInputError(f"suite {spec.name!r} declares no sweeps")
     if claims and asked is None:

@@ -27,7 +27,7 @@ import socket
 import time
 import warnings
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -52,7 +52,7 @@ class TuneOptions:
     cache_dir: Path | None = None
     device: str = "auto"
     threads: int | None = None
-    population: int = 1  # a trial's seeds trained as one batched model (``run --population``)
+    population: int | str = 1  # a trial's seeds trained as one batched model (``run --population``; or "auto")
     timeout: float | None = None  # seconds per method's study (a wall budget; the trial in flight finishes)
     storage: str | None = None  # an Optuna storage shared by several workers: a journal file path or an RDB URL
 
@@ -158,9 +158,11 @@ def open_storage(storage: str | None, tuning_dir: Path):
 def tune_suite(options: TuneOptions) -> pd.DataFrame:
     import optuna
 
+    from benchmark.plan import chosen_population
     from benchmark.runner import CellsFailedError, RunOptions, run_suite
 
     spec, methods = _resolve(options)
+    options = replace(options, population=chosen_population(options.population, spec, options.device))
     metric, split = spec.tuning_objective
     tuning_dir = Path(options.results_dir) / spec.name / "tuning"
     tuning_dir.mkdir(parents=True, exist_ok=True)

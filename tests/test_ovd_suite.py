@@ -44,7 +44,11 @@ def test_quick_run_writes_every_output(quick_run):
     for metric in ("train_seconds", "eval_seconds"):
         seconds = timings[timings["metric"] == metric]["value"]
         assert len(seconds) == 6 and (seconds >= 0).all(), metric  # 3 methods × 2 seeds
-    cache = json.loads((suite_dir / "run.json").read_text())["prepare_cache"]
+    run = json.loads((suite_dir / "run.json").read_text())
+    # --population auto: this CPU's committed perf run measured no population faster, so each seed alone
+    assert run["population"] == {"clip_crop": 1, "clip_roi": 1, "regionclip": 1}
+    assert run["population_choice"].startswith("no population measured faster on cpu")
+    cache = run["prepare_cache"]
     assert sorted(name.split("_")[0] for name in cache) == ["fcos", "tiny"]
     assert set(cache.values()) <= {"trained", "loaded"}
 
