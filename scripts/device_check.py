@@ -10,12 +10,13 @@ Steps, each in this one process (one import of torch):
 1. the quick profile of every suite, seeds 0 and 1 (the dry run: seed 0);
 2. seed 0 of every suite again, from a cache holding step 1's data but no trained model (CLIP, localizer, teacher,
    backbone trained anew): the metrics are compared with step 1's, identical or the largest difference stated;
-3. ``perf --population`` (training images/s of the project's detectors vs their Hugging Face counterparts, detr
-   trained as populations of 1, 8 and 32 vmapped members, the evaluator vs pycocotools), without suite runs or
-   cost curves;
+3. ``perf --population`` (training images/s of the project's detectors vs their Hugging Face counterparts; detr,
+   kd's logit KD and ovd's RegionCLIP trained as populations of 1, 8 and 32 vmapped members, with the peak memory
+   per member; the evaluator vs pycocotools), without suite runs or cost curves: what ``--population auto`` reads
+   on a GPU once committed under ``results/perf/device_check/perf/``;
 4. the ``full`` profile of ``detr``, every method, seed 0, with its wall time;
 5. on request (``--steps population``): the ``full`` profile of ``detr``, every method, seeds 0-4 with
-   ``--population 5`` (DETR's and DAB-DETR's seeds one population each, DN-DETR's alone), with its wall time: the
+   ``--population 5`` (each method's five seeds one population), with its wall time: the
    population issue's goal of 15 minutes on one H100.
 
 ``OUT`` (default ``results/perf/device_check/``) receives ``device_check.md`` and ``device_check.json`` (rewritten
