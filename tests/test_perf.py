@@ -346,3 +346,32 @@ def test_a_population_section_times_vmapped_members_and_their_gradients_match_on
     goals = population.population_goals(report)
     assert [goal.split(":")[0] for goal, _, _ in goals] == ["detr", "kd", "ovd"]
     assert population.population_goals(PerfReport()) == []  # no population timed: no goal row
+
+
+def test_a_bf16_section_times_autocast_and_measures_its_drift(cache_dir, monkeypatch):
+    """``perf --bf16`` on tiny batches: a rate and a parameter drift per detr variant; the drift is positive under
+    bf16 and exactly 0 with autocast taken away (the same model trained twice in fp32 is the same)."""
+    import contextlib
+
+    import torch
+
+    from benchmark.perf.common import detr_config, training_batches, training_split
+    from benchmark.perf.extras import bf16
+    from benchmark.perf.models import training_step
+
+    cfg = detr_config()
+    split = training_split(cfg, 20, cache_dir)
+    batches = training_batches(split, 4, 5, torch.device("cpu"))
+
+    def make_step(name, compiled=False):
+        return training_step(name, cfg, len(split.cat_ids), torch.device("cpu"))
+
+    def drift() -> dict:
+        report = PerfReport()
+        bf16.bf16_throughput(report, ["detr"], make_step, batches, torch.device("cpu"), 2)
+        return {r["item"]: r["value"] for r in report.rows if r["section"] == "bf16"}
+
+    rows = drift()
+    assert rows["detr bf16 autocast images/s"] > 0 and rows["detr bf16 parameter drift"] > 0
+    monkeypatch.setattr(torch, "autocast", lambda *args, **kwargs: contextlib.nullcontext())
+    assert drift()["detr bf16 parameter drift"] == 0.0
