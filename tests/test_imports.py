@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # machine and git state a run records, tuned values, what a suite's hooks exchange with the runner
     ("harness base", ("benchmark", "benchmark.paths", "benchmark.distributed", "benchmark.results",
                       "benchmark.registry", "benchmark.config", "benchmark.reproducibility", "benchmark.params",
-                      "benchmark.context")),
+                      "benchmark.context", "benchmark.sizing")),
     ("claims and cache", ("benchmark.metric_summaries", "benchmark.power", "benchmark.claims", "benchmark.findings",
                           "benchmark.cache", "benchmark.robustness")),
     ("the runner's parts", ("benchmark.confirmation", "benchmark.plan", "benchmark.cells", "benchmark.tracking",
@@ -37,7 +37,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("perf measurements", ("benchmark.perf.suites", "benchmark.perf.curves", "benchmark.perf.profile")),
     ("perf extras", ("benchmark.perf.extras", "benchmark.perf.extras.*")),
     ("commands", ("benchmark.sensitivity", "benchmark.tune", "benchmark.verify", "benchmark.perf.command")),
-    ("command line", ("benchmark.catalog", "benchmark.cli", "benchmark.__main__")),
+    ("command line", ("benchmark.catalog", "benchmark.parser", "benchmark.cli", "benchmark.__main__")),
 ]
 
 

@@ -53,7 +53,7 @@ def test_a_study_before_several_seeds_records_its_one_seed():
 
 
 def test_the_default_tuning_seeds_are_no_evaluation_seeds():
-    from benchmark.cli import build_parser
+    from benchmark.parser import build_parser
     from benchmark.tune import TuneOptions
 
     assert TuneOptions(suite="kd").seeds == list(TUNING_SEEDS)
