@@ -23,8 +23,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -135,6 +135,14 @@ def _block(n: int) -> slice:
     rank, world = ddp.rank_world()
     sizes = [len(range(r, n, world)) for r in range(world)]
     return slice(sum(sizes[:rank]), sum(sizes[:rank + 1]))
+
+
+def _roi_rows(images: np.ndarray, regions: list[np.ndarray], factor: float) -> torch.Tensor:
+    """``roi_align``'s (K, 5) rows (image index, xyxy × ``factor``): each image's whole box first, in image order,
+    then every image's ``regions``."""
+    boxes = global_boxes(images) + regions
+    return torch.cat([torch.cat([torch.full((len(b), 1), float(i % len(images))), torch.as_tensor(b) * factor], dim=1)
+                      for i, b in enumerate(boxes)])
 
 
 def global_boxes(images: np.ndarray) -> list[np.ndarray]:
@@ -333,7 +341,16 @@ class RegionClip(ClipRoi):
                              f"{', '.join(bad)}")
         cfg, corpus = first.cfg, first._corpus(ctx)
         n, images = len(corpus.images), corpus.images
-        pools = [m.proposal_pool(ctx, n, member.generator) for m, member in zip(methods, members)]
+        localizer_pools: dict[float, list[np.ndarray]] = {}  # the localizer's depend on the NMS threshold alone
+
+        def pool_of(method: RegionClip, member: Member) -> list[np.ndarray]:
+            if cfg.proposals == "random":  # each member's own draws
+                return method.proposal_pool(ctx, n, member.generator)
+            if method.cfg.proposal_nms not in localizer_pools:
+                localizer_pools[method.cfg.proposal_nms] = method.proposal_pool(ctx, n, member.generator)
+            return localizer_pools[method.cfg.proposal_nms]
+
+        pools = [pool_of(m, member) for m, member in zip(methods, members)]
         for m in methods:
             m.init_student(ctx)
         population = Population([m.student.model.visual for m in methods], visual_region_embeddings)
@@ -358,10 +375,7 @@ class RegionClip(ClipRoi):
                 captions = [corpus.captions[i] for i in idx]
                 labels = method.pseudo_labels(ctx, images[idx], captions, regions, corpus.concepts,
                                               corpus.concept_emb)
-                whole = global_boxes(images[idx]) + regions  # each image's whole box first, then its regions
-                rois = torch.cat([torch.cat([torch.full((len(b), 1), float(i % len(idx))), torch.as_tensor(b) * factor],
-                                            dim=1) for i, b in enumerate(whole)])
-                steps.append((idx, captions, labels, rois))
+                steps.append((idx, captions, labels, _roi_rows(images[idx], regions, factor)))
             width = max(len(rois) for *_, rois in steps)
             rois = torch.stack([torch.cat([r, r[:1].expand(width - len(r), 5)]) for *_, r in steps]).to(device)
             pixels = torch.stack([ctx.clip.to_tensor(images[idx], size=size) for idx, *_ in steps])
