@@ -348,6 +348,27 @@ def test_a_population_section_times_vmapped_members_and_their_gradients_match_on
     assert population.population_goals(PerfReport()) == []  # no population timed: no goal row
 
 
+def test_population_goals_compare_each_suite_with_one_member_alone():
+    """Hand-made rates: detr's one member alone is its train table row (its P = 1 is the batched model), kd's and
+    ovd's their P = 1; a population faster than that is the goal, and 1.8× at P = 8 (CPU), 15× at P = 32 (GPU)."""
+    from benchmark.perf.extras import population
+
+    report = PerfReport()
+    report.add("train", "detr images/s", 100.0, "img/s")
+    for suite, rates in (("detr", {1: 70.0, 8: 86.0}), ("kd", {1: 100.0, 8: 190.0}), ("ovd", {1: 20.0, 32: 400.0})):
+        for size, rate in rates.items():
+            report.add("population", f"{suite} population of {size} images/s", rate, "img/s")
+    assert population.population_goals(report) == [
+        ("detr: a population (P > 1) is faster than one member alone (then `auto` picks it)", "best P = 8: 0.86×",
+         False),
+        ("detr: 8 members ≥ 1.8× one member's images/s (CPU)", "0.86×", False),
+        ("kd: a population (P > 1) is faster than one member alone (then `auto` picks it)", "best P = 8: 1.90×", True),
+        ("kd: 8 members ≥ 1.8× one member's images/s (CPU)", "1.90×", True),
+        ("ovd: a population (P > 1) is faster than one member alone (then `auto` picks it)", "best P = 32: 20.00×",
+         True),
+        ("ovd: 32 members ≥ 15× one member's images/s (GPU)", "20.00×", True)]
+
+
 def test_a_bf16_section_times_autocast_and_measures_its_drift(cache_dir, monkeypatch):
     """``perf --bf16`` on tiny batches: a rate and a parameter drift per detr variant; the drift is positive under
     bf16 and exactly 0 with autocast taken away (the same model trained twice in fp32 is the same)."""
