@@ -47,7 +47,7 @@ def test_quick_run_writes_every_output(quick_run):
     run = json.loads((suite_dir / "run.json").read_text())
     # --population auto: this CPU's committed perf run measured no population faster, so each seed alone
     assert run["population"] == {"clip_crop": 1, "clip_roi": 1, "regionclip": 1}
-    assert run["population_choice"].startswith("no population measured faster on cpu")
+    assert run["population_choice"].startswith("no population measured 1.25× faster on cpu")
     cache = run["prepare_cache"]
     assert sorted(name.split("_")[0] for name in cache) == ["fcos", "tiny"]
     assert set(cache.values()) <= {"trained", "loaded"}
