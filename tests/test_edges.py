@@ -54,6 +54,17 @@ def _run_args(results_dir: Path, *extra: str) -> list[str]:
             "--cache-dir", str(results_dir / "cache"), *extra]
 
 
+def test_population_is_refused_where_a_suite_trains_seeds_alone(tmp_path, cli):
+    """A suite without ``run_population`` (every suite of the benchmark has one now): one line, nothing written;
+    ``auto`` there is 1."""
+    code, _, err = cli(*_run_args(tmp_path / "r", "--population", "2"))
+    assert code == 2 and "suite 'edges' trains every seed alone" in err
+    assert err.count("\n") == 1 and not (tmp_path / "r").exists()
+    assert cli(*_run_args(tmp_path / "auto"))[0] == 0
+    run = json.loads(next((tmp_path / "auto" / "edges").rglob("run.json")).read_text())
+    assert run["population"] == {"a": 1} and run["population_choice"] == "the suite trains every seed alone"
+
+
 @pytest.fixture(params=["default", "explicit"])
 def store(request, tmp_path, monkeypatch) -> Path:
     """The SQLite store a run tracks into: the results dir's, or one named by ``MLFLOW_TRACKING_URI`` elsewhere."""

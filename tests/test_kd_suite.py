@@ -78,12 +78,6 @@ def test_a_population_run_gives_each_seed_its_cell_alone_within_rounding(tmp_pat
     assert relative[estimated].max() < 0.05 and relative[~accuracy & ~estimated].max() < 1e-3
 
 
-def test_population_is_refused_where_a_suite_trains_seeds_alone(tmp_path, cli):
-    code, _, err = cli("run", "--suite", "ovd", "--population", "2", "--results-dir", str(tmp_path / "r"))
-    assert code == 2 and "suite 'ovd' trains every seed alone" in err
-    assert err.count("\n") == 1 and not (tmp_path / "r").exists()
-
-
 def test_sensitivity_trains_a_sweeps_values_and_seeds_together(tmp_path, cache_dir, monkeypatch, capfd):
     """``sensitivity --population 4``: FitNet's hint weights 1 and 10 × seeds 0 1 are one population of four members
     differing in the knob; each member is stored as its value's cell, which that value's run then reuses, and its
